@@ -1,0 +1,1 @@
+//! Azure DPS and IoT Hub clients.

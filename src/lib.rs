@@ -1,0 +1,3 @@
+//! deprovisiond: deprovisions Azure IoT devices enrolled through DPS.
+pub mod azure;
+pub mod sim;

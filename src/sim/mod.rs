@@ -1,0 +1,1 @@
+//! Simulator of the DPS and IoT Hub APIs.
