@@ -1,1 +1,3 @@
 //! Azure DPS and IoT Hub clients.
+pub mod sas;
+pub mod secret;
