@@ -10,11 +10,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use sha2::Sha256;
 
 /// Characters left as-is by URL encoding, as `encodeURIComponent` / `urllib.parse.quote(safe='')` do.
-const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// URL-encodes one component (a resource URI, a signature, a policy name).
 pub fn url_encode(s: &str) -> String {
@@ -80,10 +76,9 @@ mod tests {
 
     #[test]
     fn derived_device_key_matches_documented_vector() {
-        let group = decode_key(
-            "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==",
-        )
-        .unwrap();
+        let group =
+            decode_key("8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==")
+                .unwrap();
         assert_eq!(
             derive_device_key(&group, "sn-007-888-abc-mac-a1-b2-c3-d4-e5-f6"),
             "Jsm0lyGpjaVYVP2g3FnmnmG9dI/9qU24wNoykUmermc="

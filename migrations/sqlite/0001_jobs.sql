@@ -1,0 +1,82 @@
+-- Jobs, their device items and the append-only event timeline.
+-- Times are milliseconds since the Unix epoch (INTEGER) so that both stores share one code path.
+
+CREATE TABLE jobs (
+    id               TEXT PRIMARY KEY,
+    dps              TEXT NOT NULL,
+    target_kind      TEXT NOT NULL,
+    target_id        TEXT NOT NULL,
+    target_key       TEXT NOT NULL,
+    request_json     TEXT NOT NULL,
+    requested_by     TEXT,
+    reason_code      TEXT NOT NULL,
+    reason_text      TEXT,
+    ticket_system    TEXT,
+    ticket_key       TEXT,
+    ticket_url       TEXT,
+    idempotency_key  TEXT UNIQUE,
+    request_hash     TEXT,
+    status           TEXT NOT NULL,
+    -- dps + '/' + target_key while the job is queued or running, NULL otherwise: one active job per target.
+    active_key       TEXT UNIQUE,
+    plan_json        TEXT NOT NULL,
+    context_json     TEXT,
+    step_index       INTEGER NOT NULL DEFAULT 0,
+    lane_state       TEXT NOT NULL,
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    fence            INTEGER NOT NULL DEFAULT 0,
+    next_run_at      INTEGER NOT NULL,
+    lease_owner      TEXT,
+    lease_expires_at INTEGER,
+    cursor           TEXT,
+    last_error       TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    started_at       INTEGER,
+    finished_at      INTEGER
+);
+CREATE INDEX jobs_claim ON jobs (lane_state, next_run_at);
+CREATE INDEX jobs_created ON jobs (created_at, id);
+CREATE INDEX jobs_target ON jobs (target_id);
+CREATE INDEX jobs_ticket ON jobs (ticket_key);
+CREATE INDEX jobs_status ON jobs (status);
+
+CREATE TABLE job_items (
+    id               TEXT PRIMARY KEY,
+    job_id           TEXT NOT NULL REFERENCES jobs (id),
+    seq              INTEGER NOT NULL,
+    registration_id  TEXT NOT NULL,
+    device_id        TEXT,
+    hub              TEXT,
+    data_json        TEXT,
+    step_index       INTEGER NOT NULL DEFAULT 0,
+    state            TEXT NOT NULL,
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    fence            INTEGER NOT NULL DEFAULT 0,
+    next_run_at      INTEGER NOT NULL,
+    lease_owner      TEXT,
+    lease_expires_at INTEGER,
+    last_error       TEXT,
+    skip_reason      TEXT,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    finished_at      INTEGER,
+    UNIQUE (job_id, seq),
+    UNIQUE (job_id, registration_id)
+);
+CREATE INDEX job_items_claim ON job_items (state, next_run_at);
+CREATE INDEX job_items_job_state ON job_items (job_id, state);
+
+CREATE TABLE job_events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id      TEXT NOT NULL REFERENCES jobs (id),
+    item_id     TEXT,
+    at          INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    step        TEXT,
+    attempt     INTEGER,
+    message     TEXT,
+    detail_json TEXT
+);
+CREATE INDEX job_events_job ON job_events (job_id, id);

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# The project's single test command (CI runs it through .ci/run):
+# fmt check, clippy, then the whole test suite against SQLite and PostgreSQL.
+#
+# PostgreSQL: DEPROVISIOND_TEST_PG_URL (or DATABASE_URL=postgres…) names a server
+# to use as is; otherwise a throwaway cluster is started on a free loopback port
+# and removed on exit. DEPROVISIOND_SKIP_PG=1 runs SQLite-only, for machines with no PostgreSQL at all.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+exec </dev/null                          # CI has no stdin; nothing may prompt
+export CARGO_TERM_PROGRESS_WHEN=never    # progress bars only garble CI logs
+
+start_all=$SECONDS
+timings=""
+current=""                               # the phase running now, if any
+pg_tmp=""
+pg_bin=""
+
+log() { echo "test.sh: $*" >&2; }
+
+# Runs one named phase and records how long it took.
+phase() {
+    current=$1 phase_t0=$SECONDS
+    shift
+    log "== $current: $*"
+    "$@"
+    timings+="  $current $((SECONDS - phase_t0))s"$'\n'
+    current=""
+}
+
+# Always stop the throwaway cluster and delete its folder, also on failure or Ctrl-C.
+cleanup() {
+    local status=$?
+    [[ -z $current ]] || timings+="  $current FAILED after $((SECONDS - phase_t0))s"$'\n'
+    if [[ -n $pg_tmp ]]; then
+        as_pg "$pg_bin/pg_ctl" -D "$pg_tmp/data" -m immediate stop >/dev/null 2>&1 || true
+        rm -rf "$pg_tmp"
+    fi
+    printf '%s' "$timings" >&2
+    log "total $((SECONDS - start_all))s (exit $status)"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# The PostgreSQL server binaries refuse to run as root: run them as `postgres` then.
+as_pg() {
+    if [[ $EUID -ne 0 ]]; then
+        "$@"
+    else
+        # cd first: postgres cannot read root's working directory.
+        (cd "$pg_tmp" && runuser -u postgres -- "$@")
+    fi
+}
+
+# initdb/pg_ctl/postgres are not on PATH on Debian; pg_config knows where they are.
+find_pg_bin() {
+    local d
+    if command -v pg_config >/dev/null && d=$(pg_config --bindir 2>/dev/null) && [[ -x $d/initdb ]]; then
+        echo "$d"
+        return
+    fi
+    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+    [[ -n $d && -x $d/initdb ]] && echo "$d"
+}
+
+# A port nobody listens on right now (bash's /dev/tcp connect fails on a free port).
+free_port() {
+    local p
+    for _ in $(seq 50); do
+        p=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return
+        fi
+    done
+    log "no free port found"
+    return 1
+}
+
+start_pg() {
+    # Under /tmp, not $TMPDIR: the postgres user must reach it, and unix socket paths are short.
+    pg_tmp=$(mktemp -d /tmp/deprovisiond-pg.XXXXXX)
+    [[ $EUID -ne 0 ]] || chown postgres: "$pg_tmp"
+    as_pg mkdir "$pg_tmp/sock"
+    local port
+    port=$(free_port)
+    as_pg "$pg_bin/initdb" -D "$pg_tmp/data" -A trust -U postgres --no-sync -E UTF8 --no-locale \
+        >"$pg_tmp/initdb.log" 2>&1 || { cat "$pg_tmp/initdb.log" >&2; log "initdb failed"; return 1; }
+    # Durability is pointless for a throwaway cluster; many connections for parallel tests.
+    as_pg "$pg_bin/pg_ctl" -D "$pg_tmp/data" -l "$pg_tmp/server.log" -w -t 60 start \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $pg_tmp/sock -c fsync=off \
+            -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+        >/dev/null || { cat "$pg_tmp/server.log" >&2; log "PostgreSQL failed to start (server log above)"; return 1; }
+    # pg_ctl -w waited for the socket; also make sure TCP, which the tests use, answers.
+    local deadline=$((SECONDS + 30))
+    until "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres; do
+        if ((SECONDS > deadline)); then
+            cat "$pg_tmp/server.log" >&2
+            log "PostgreSQL not ready on 127.0.0.1:$port after 30s (server log above)"
+            return 1
+        fi
+        sleep 0.5
+    done
+    export DEPROVISIOND_TEST_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    log "throwaway PostgreSQL ready: $DEPROVISIOND_TEST_PG_URL"
+}
+
+# --- PostgreSQL: decide before the long build, so a missing server fails fast ---
+pg_mode=start
+if [[ ${DEPROVISIOND_SKIP_PG:-} == 1 ]]; then
+    pg_mode=skip
+elif [[ -n ${DEPROVISIOND_TEST_PG_URL:-} ]]; then
+    pg_mode=given
+elif [[ ${DATABASE_URL:-} == postgres* ]]; then
+    export DEPROVISIOND_TEST_PG_URL=$DATABASE_URL
+    pg_mode=given
+fi
+
+if [[ $pg_mode == start ]]; then
+    pg_bin=$(find_pg_bin || true)
+    # A new CI machine has only the psql client; as root, install the server like any
+    # other build dependency rather than skipping the PostgreSQL half of the suite.
+    if [[ -z $pg_bin && $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+        log "PostgreSQL server binaries missing: installing Debian's postgresql package"
+        export DEBIAN_FRONTEND=noninteractive
+        { apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql >/dev/null; } ||
+            { log "ERROR: apt-get install postgresql failed"; exit 1; }
+        pg_bin=$(find_pg_bin || true)
+    fi
+    if [[ -z $pg_bin ]]; then
+        log "ERROR: PostgreSQL server binaries (initdb, pg_ctl) not found."
+        log "Install PostgreSQL, set DEPROVISIOND_TEST_PG_URL/DATABASE_URL, or set DEPROVISIOND_SKIP_PG=1."
+        exit 1
+    fi
+    log "PostgreSQL binaries: $pg_bin"
+elif [[ $pg_mode == skip ]]; then
+    unset DEPROVISIOND_TEST_PG_URL
+    log "WARNING: ******** DEPROVISIOND_SKIP_PG=1: PostgreSQL tests are NOT run (SQLite only) ********"
+else
+    log "using the given PostgreSQL server (nothing started)"
+fi
+
+if [[ -d $root/../shared/azure-specs ]]; then
+    AZURE_SPECS_DIR="$(cd "$root/../shared/azure-specs" && pwd)"
+    export AZURE_SPECS_DIR
+    log "AZURE_SPECS_DIR=$AZURE_SPECS_DIR"
+else
+    log "no ../shared/azure-specs beside the repo: AZURE_SPECS_DIR not set"
+fi
+
+phase fmt cargo fmt --all -- --check
+phase clippy cargo clippy --all-targets -- -D warnings
+# An `if`, not `||`: set -e must stay in force inside start_pg.
+if [[ $pg_mode == start ]]; then phase postgres start_pg; fi
+phase test cargo test --all-targets
+
+if [[ -x conformance/run.sh ]]; then
+    phase conformance conformance/run.sh
+else
+    log "conformance/run.sh absent or not executable: skipped"
+fi

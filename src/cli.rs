@@ -1,0 +1,278 @@
+//! The command line: `serve`, `migrate`, `demo`, `openapi`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::app::{App, AppConfig};
+use crate::domain::backoff::BackoffPolicy;
+use crate::domain::clock::SystemClock;
+use crate::store::Store;
+use crate::worker::rehearsal::RehearsalWorkflow;
+use crate::worker::{EngineConfig, Workflow};
+
+/// Deprovisions Azure IoT devices enrolled through DPS: revoke at DPS, then disable or delete in the hub.
+#[derive(Debug, Parser)]
+#[command(name = "deprovisiond", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the API and the background worker.
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(DbArgs),
+    /// Run the service on a throwaway embedded database, ready to try.
+    Demo(DemoArgs),
+    /// Print the OpenAPI document, or write it to a file.
+    Openapi(OpenapiArgs),
+}
+
+/// Database selection.
+#[derive(Debug, Args, Clone)]
+pub struct DbArgs {
+    /// Database URL: `postgres://…` (production) or `sqlite://FILE` (embedded, the default).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://deprovisiond.db?mode=rwc", hide_env_values = true)]
+    pub database_url: String,
+    /// File holding the database URL (it may hold a password); wins over --database-url.
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+}
+
+impl DbArgs {
+    /// The effective URL.
+    pub fn url(&self) -> anyhow::Result<String> {
+        match &self.database_url_file {
+            Some(p) => read_secret_file(p),
+            None => Ok(self.database_url.clone()),
+        }
+    }
+}
+
+/// Reads a secret from a file, trimming the trailing newline editors add.
+pub fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let s = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read secret file {}: {e}", path.display()))?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Which workflow runs the jobs.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum WorkflowKind {
+    /// Touches nothing outside the database: every step waits `--rehearsal-step-ms` and succeeds.
+    Rehearsal,
+}
+
+/// Worker settings.
+#[derive(Debug, Args, Clone)]
+pub struct WorkerArgs {
+    /// Serve the API only; run no background worker in this process.
+    #[arg(long, env = "DEPROVISIOND_NO_WORKER")]
+    pub no_worker: bool,
+    /// Steps run at the same time by this process.
+    #[arg(long, env = "DEPROVISIOND_WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub worker_concurrency: u32,
+    /// Seconds a claim stays valid without renewal; a crashed worker's work is taken over after it.
+    #[arg(long, env = "DEPROVISIOND_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_secs: u64,
+    /// Milliseconds between looks for work when not woken.
+    #[arg(long, env = "DEPROVISIOND_POLL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub poll_ms: u64,
+    /// First retry delay ceiling, in milliseconds.
+    #[arg(long, env = "DEPROVISIOND_BACKOFF_BASE_MS", default_value_t = 500)]
+    pub backoff_base_ms: u64,
+    /// Largest retry delay ceiling, in milliseconds.
+    #[arg(long, env = "DEPROVISIOND_BACKOFF_CAP_MS", default_value_t = 300_000)]
+    pub backoff_cap_ms: u64,
+    /// Attempts per step before it fails.
+    #[arg(long, env = "DEPROVISIOND_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+    /// Seconds in-flight steps may run on after SIGTERM before their leases are released.
+    #[arg(long, env = "DEPROVISIOND_GRACE_SECS", default_value_t = 20)]
+    pub grace_secs: u64,
+    /// Which workflow runs jobs.
+    #[arg(long, env = "DEPROVISIOND_WORKFLOW", value_enum, default_value_t = WorkflowKind::Rehearsal)]
+    pub workflow: WorkflowKind,
+    /// Rehearsal workflow: milliseconds each step takes.
+    #[arg(long, env = "DEPROVISIOND_REHEARSAL_STEP_MS", default_value_t = 200)]
+    pub rehearsal_step_ms: u64,
+    /// Rehearsal workflow: append a line per step start to this file.
+    #[arg(long, env = "DEPROVISIOND_REHEARSAL_JOURNAL")]
+    pub rehearsal_journal: Option<PathBuf>,
+}
+
+impl WorkerArgs {
+    /// The engine configuration.
+    pub fn engine(&self) -> EngineConfig {
+        let lease = Duration::from_secs(self.lease_secs);
+        EngineConfig {
+            concurrency: self.worker_concurrency as usize,
+            lease,
+            renew_every: lease / 3,
+            poll_every: Duration::from_millis(self.poll_ms),
+            backoff: BackoffPolicy {
+                base: Duration::from_millis(self.backoff_base_ms),
+                cap: Duration::from_millis(self.backoff_cap_ms.max(self.backoff_base_ms)),
+                max_attempts: self.max_attempts,
+            },
+            grace: Duration::from_secs(self.grace_secs),
+            ..EngineConfig::default()
+        }
+    }
+
+    /// The workflow.
+    pub fn workflow(&self) -> Arc<dyn Workflow> {
+        match self.workflow {
+            WorkflowKind::Rehearsal => Arc::new(RehearsalWorkflow {
+                step_delay: Duration::from_millis(self.rehearsal_step_ms),
+                journal: self.rehearsal_journal.clone(),
+                ..RehearsalWorkflow::default()
+            }),
+        }
+    }
+}
+
+/// `serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the API.
+    #[arg(long, env = "DEPROVISIOND_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Database.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Worker.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    /// Names of the DPS instances jobs may target (comma-separated).
+    #[arg(long, env = "DEPROVISIOND_DPS_NAMES", value_delimiter = ',', default_value = "default")]
+    pub dps_names: Vec<String>,
+}
+
+/// `demo` options.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address of the API.
+    #[arg(long, env = "DEPROVISIOND_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+}
+
+/// `openapi` options.
+#[derive(Debug, Args)]
+pub struct OpenapiArgs {
+    /// Write the document to this file instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate(db) => {
+            let store = Store::connect(&db.url()?).await?;
+            store.migrate().await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Demo(args) => demo(args).await,
+        Command::Openapi(args) => {
+            let doc = crate::http::openapi_json();
+            match args.out {
+                Some(p) => std::fs::write(&p, doc).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?,
+                None => print!("{doc}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = AppConfig {
+        database_url: args.db.url()?,
+        listen: args.listen,
+        run_worker: !args.worker.no_worker,
+        engine: args.worker.engine(),
+        dps_names: args.dps_names.clone(),
+    };
+    let app = App::build(config, args.worker.workflow(), Arc::new(SystemClock)).await?;
+    let addr = app.local_addr();
+    tracing::info!(%addr, "deprovisiond listening");
+    println!("deprovisiond listening on http://{addr} (Swagger UI: http://{addr}/docs)");
+    app.run_until_stopped(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("demo.db").display());
+    let worker = WorkerArgs {
+        no_worker: false,
+        worker_concurrency: 16,
+        lease_secs: 30,
+        poll_ms: 200,
+        backoff_base_ms: 200,
+        backoff_cap_ms: 10_000,
+        max_attempts: 8,
+        grace_secs: 5,
+        workflow: WorkflowKind::Rehearsal,
+        rehearsal_step_ms: 300,
+        rehearsal_journal: None,
+    };
+    let config = AppConfig {
+        database_url: db,
+        listen: args.listen,
+        run_worker: true,
+        engine: worker.engine(),
+        dps_names: vec!["default".into()],
+    };
+    let app = App::build(config, worker.workflow(), Arc::new(SystemClock)).await?;
+    let addr = app.local_addr();
+    println!("deprovisiond demo on a throwaway SQLite database ({})", dir.path().display());
+    println!("  API:        http://{addr}/v1/deprovisions");
+    println!("  Swagger UI: http://{addr}/docs");
+    println!("  try: curl -s -X POST http://{addr}/v1/deprovisions -H 'content-type: application/json' \\");
+    println!(
+        "         -d '{{\"target\":{{\"kind\":\"individual_enrollment\",\"registration_id\":\"sk-sensor-001\"}},\"reason\":{{\"code\":\"stolen\"}}}}'"
+    );
+    println!("Press Ctrl-C to stop.");
+    app.run_until_stopped(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,431 @@
+//! A deprovisioning request and the job it becomes.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::ids::{DpsName, GroupId, RegistrationId};
+
+/// Maximum size of the free-text reason, in bytes.
+pub const MAX_REASON_TEXT_BYTES: usize = 1024;
+
+/// An individual enrollment target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IndividualTarget {
+    /// The enrollment's registration id.
+    #[schema(value_type = String, example = "tpm-sensor-001")]
+    pub registration_id: RegistrationId,
+}
+
+/// A whole enrollment group target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupTarget {
+    /// The enrollment group id.
+    #[schema(value_type = String, example = "fleet-x509")]
+    pub group_id: GroupId,
+}
+
+/// One device of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupDeviceTarget {
+    /// The group the device enrolled through.
+    #[schema(value_type = String, example = "fleet-x509")]
+    pub group_id: GroupId,
+    /// The device's registration id (for X.509: its leaf certificate's subject CN).
+    #[schema(value_type = String, example = "x509-dev-0007")]
+    pub registration_id: RegistrationId,
+    /// The device's leaf certificate (PEM); without it a disabled symmetric-key enrollment blocks the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_pem: Option<String>,
+}
+
+/// What a job deprovisions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Target {
+    /// One individual enrollment (TPM, symmetric key, X.509 leaf with no chain).
+    IndividualEnrollment(IndividualTarget),
+    /// A whole enrollment group and every device provisioned through it.
+    EnrollmentGroup(GroupTarget),
+    /// One device of an enrollment group, blocked by a disabled individual enrollment.
+    GroupDevice(GroupDeviceTarget),
+}
+
+impl Target {
+    /// The target's kind as stored and filtered on.
+    pub fn kind(&self) -> TargetKind {
+        match self {
+            Target::IndividualEnrollment(_) => TargetKind::IndividualEnrollment,
+            Target::EnrollmentGroup(_) => TargetKind::EnrollmentGroup,
+            Target::GroupDevice(_) => TargetKind::GroupDevice,
+        }
+    }
+
+    /// The id a caller filters on: the registration id, or the group id for a whole group.
+    pub fn id(&self) -> &str {
+        match self {
+            Target::IndividualEnrollment(IndividualTarget { registration_id }) => registration_id.as_str(),
+            Target::EnrollmentGroup(GroupTarget { group_id }) => group_id.as_str(),
+            Target::GroupDevice(GroupDeviceTarget { registration_id, .. }) => registration_id.as_str(),
+        }
+    }
+
+    /// A key unique per target within one DPS instance, used to keep one active job per target.
+    pub fn key(&self) -> String {
+        match self {
+            Target::IndividualEnrollment(IndividualTarget { registration_id }) => {
+                format!("individual:{registration_id}")
+            }
+            Target::EnrollmentGroup(GroupTarget { group_id }) => format!("group:{group_id}"),
+            // A group device is blocked by an individual enrollment with its registration id,
+            // so it shares the key space of individual enrollments.
+            Target::GroupDevice(GroupDeviceTarget { registration_id, .. }) => format!("individual:{registration_id}"),
+        }
+    }
+}
+
+/// The kind of a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// An individual enrollment.
+    IndividualEnrollment,
+    /// A whole enrollment group.
+    EnrollmentGroup,
+    /// One device of a group.
+    GroupDevice,
+}
+
+impl TargetKind {
+    /// The wire and database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::IndividualEnrollment => "individual_enrollment",
+            TargetKind::EnrollmentGroup => "enrollment_group",
+            TargetKind::GroupDevice => "group_device",
+        }
+    }
+}
+
+/// How access to DPS is revoked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeAction {
+    /// Disable the enrollment (temporary, reversible).
+    #[default]
+    Disable,
+    /// Delete the enrollment (permanent; individual enrollments only).
+    Delete,
+}
+
+/// What happens to the device identity in its IoT hub.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistryAction {
+    /// Disable the identity (keeps identity and twin; reversible).
+    #[default]
+    Disable,
+    /// Delete the identity (permanent).
+    Delete,
+}
+
+/// Why a device is deprovisioned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    /// The device was lost.
+    Lost,
+    /// The device was stolen.
+    Stolen,
+    /// The device was sold.
+    Sold,
+    /// The device or a certificate of its chain is compromised.
+    Compromised,
+    /// The device moves to another hub or tenant.
+    Moved,
+    /// The device is retired.
+    Decommissioned,
+    /// Another reason, explained in the text.
+    Other,
+}
+
+impl ReasonCode {
+    /// The wire and database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::Lost => "lost",
+            ReasonCode::Stolen => "stolen",
+            ReasonCode::Sold => "sold",
+            ReasonCode::Compromised => "compromised",
+            ReasonCode::Moved => "moved",
+            ReasonCode::Decommissioned => "decommissioned",
+            ReasonCode::Other => "other",
+        }
+    }
+}
+
+/// Reason code plus free text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reason {
+    /// The reason code.
+    pub code: ReasonCode,
+    /// Free text (at most 1 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "Reported stolen by the customer")]
+    pub text: Option<String>,
+}
+
+/// The ticket a request came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ticket {
+    /// Ticketing system, e.g. `jira` or `servicenow`.
+    #[schema(example = "jira")]
+    pub system: String,
+    /// The ticket key, e.g. `OPS-1234`.
+    #[schema(example = "OPS-1234")]
+    pub key: String,
+    /// Link to the ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "https://jira.example.com/browse/OPS-1234")]
+    pub url: Option<String>,
+}
+
+/// The body of `POST /v1/deprovisions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeprovisionRequest {
+    /// Name of the configured DPS instance; optional when exactly one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "demo-dps")]
+    pub dps: Option<DpsName>,
+    /// What to deprovision.
+    pub target: Target,
+    /// How DPS access is revoked (default `disable`).
+    #[serde(default)]
+    pub revoke: RevokeAction,
+    /// What happens to the hub identity (default `disable`).
+    #[serde(default)]
+    pub registry: RegistryAction,
+    /// Enrollment groups only: delete the group's registration records after the devices are handled.
+    #[serde(default)]
+    pub delete_registrations: bool,
+    /// Enrollment groups only: delete the group itself, last.
+    #[serde(default)]
+    pub delete_group: bool,
+    /// Delete the group even when an enabled group higher in the same certificate chain would re-admit its devices.
+    #[serde(default)]
+    pub force: bool,
+    /// Why.
+    pub reason: Reason,
+    /// The ticket this request came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<Ticket>,
+    /// Who asked (until API keys identify callers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "alice@example.com")]
+    pub requested_by: Option<String>,
+    /// Plan only: change nothing and return what would be done.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One problem with a request field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// JSON path of the field, e.g. `reason.text`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A problem with `field`.
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        Self { field: field.to_string(), message: message.into() }
+    }
+}
+
+impl DeprovisionRequest {
+    /// Checks the rules serde cannot express; returns every problem at once.
+    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        if let Some(text) = &self.reason.text {
+            if text.len() > MAX_REASON_TEXT_BYTES {
+                errors.push(FieldError::new(
+                    "reason.text",
+                    format!("is {} bytes long; at most {MAX_REASON_TEXT_BYTES} are allowed", text.len()),
+                ));
+            }
+        }
+        if self.reason.code == ReasonCode::Other && self.reason.text.as_deref().is_none_or(|t| t.trim().is_empty()) {
+            errors.push(FieldError::new("reason.text", "is required when reason.code is `other`"));
+        }
+        if let Some(t) = &self.ticket {
+            check_text(&mut errors, "ticket.system", &t.system, 64);
+            check_text(&mut errors, "ticket.key", &t.key, 128);
+            if let Some(u) = &t.url {
+                match url::Url::parse(u) {
+                    Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && u.len() <= 2048 => {}
+                    _ => {
+                        errors.push(FieldError::new("ticket.url", "must be an http(s) URL of at most 2048 characters"))
+                    }
+                }
+            }
+        }
+        if let Some(r) = &self.requested_by {
+            check_text(&mut errors, "requested_by", r, 256);
+        }
+        let is_group = matches!(self.target, Target::EnrollmentGroup(_));
+        match &self.target {
+            Target::IndividualEnrollment(_) => {}
+            Target::EnrollmentGroup(_) => {
+                if self.revoke == RevokeAction::Delete {
+                    errors.push(FieldError::new(
+                        "revoke",
+                        "an enrollment group is always revoked by disabling it (that blocklists its signing \
+                         certificate); ask for `delete_group: true` to delete it after its devices are handled",
+                    ));
+                }
+            }
+            Target::GroupDevice(GroupDeviceTarget { certificate_pem, .. }) => {
+                if self.revoke == RevokeAction::Delete {
+                    errors.push(FieldError::new(
+                        "revoke",
+                        "one device of a group is revoked by a disabled individual enrollment, which must never be \
+                         deleted; use `disable`",
+                    ));
+                }
+                if let Some(pem) = certificate_pem {
+                    if !pem.contains("-----BEGIN CERTIFICATE-----") || pem.len() > 16 * 1024 {
+                        errors.push(FieldError::new(
+                            "target.certificate_pem",
+                            "must be one PEM certificate (-----BEGIN CERTIFICATE-----), at most 16 KiB",
+                        ));
+                    }
+                }
+            }
+        }
+        if !is_group {
+            if self.delete_group {
+                errors.push(FieldError::new("delete_group", "applies only to an enrollment_group target"));
+            }
+            if self.delete_registrations {
+                errors.push(FieldError::new("delete_registrations", "applies only to an enrollment_group target"));
+            }
+        }
+        if self.force && !self.delete_group {
+            errors.push(FieldError::new("force", "only means something together with `delete_group: true`"));
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+}
+
+fn check_text(errors: &mut Vec<FieldError>, field: &str, value: &str, max: usize) {
+    if value.trim().is_empty() {
+        errors.push(FieldError::new(field, "must not be empty"));
+    } else if value.chars().count() > max {
+        errors.push(FieldError::new(field, format!("is longer than {max} characters")));
+    } else if value.chars().any(char::is_control) {
+        errors.push(FieldError::new(field, "must not contain control characters"));
+    }
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Accepted, not started yet (or re-queued by a retry).
+    Queued,
+    /// A worker is carrying it out.
+    Running,
+    /// Every step succeeded (or was skipped with a reason).
+    Succeeded,
+    /// A step failed permanently; see the events. Can be retried.
+    Failed,
+    /// Cancelled by a caller.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// The wire and database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the database name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => JobStatus::Queued,
+            "running" => JobStatus::Running,
+            "succeeded" => JobStatus::Succeeded,
+            "failed" => JobStatus::Failed,
+            "cancelled" => JobStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Whether the job still holds its target (at most one active job per target).
+    pub fn is_active(self) -> bool {
+        matches!(self, JobStatus::Queued | JobStatus::Running)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: serde_json::Value) -> Result<DeprovisionRequest, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+
+    #[test]
+    fn defaults_and_target_kinds() {
+        let r = parse(
+            json!({"target": {"kind": "enrollment_group", "group_id": "Fleet"}, "reason": {"code": "compromised"}}),
+        )
+        .unwrap();
+        assert_eq!(r.revoke, RevokeAction::Disable);
+        assert_eq!(r.registry, RegistryAction::Disable);
+        assert_eq!(r.target.key(), "group:fleet");
+        assert!(r.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_everywhere() {
+        assert!(parse(json!({"target": {"kind": "individual_enrollment", "registration_id": "a"}, "reason": {"code": "lost"}, "x": 1})).is_err());
+        assert!(parse(json!({"target": {"kind": "individual_enrollment", "registration_id": "a", "x": 1}, "reason": {"code": "lost"}})).is_err());
+        assert!(parse(json!({"target": {"kind": "individual_enrollment", "registration_id": "a"}, "reason": {"code": "lost", "x": 1}})).is_err());
+    }
+
+    #[test]
+    fn validation_collects_every_problem() {
+        let r = parse(json!({
+            "target": {"kind": "individual_enrollment", "registration_id": "a"},
+            "reason": {"code": "other", "text": "x".repeat(1025)},
+            "delete_group": true,
+            "ticket": {"system": "jira", "key": "", "url": "ftp://x"}
+        }))
+        .unwrap();
+        let errs = r.validate().unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["reason.text", "ticket.key", "ticket.url", "delete_group"]);
+    }
+
+    #[test]
+    fn group_cannot_be_revoked_by_delete() {
+        let r = parse(json!({"target": {"kind": "enrollment_group", "group_id": "g"}, "revoke": "delete", "reason": {"code": "lost"}}))
+            .unwrap();
+        assert_eq!(r.validate().unwrap_err()[0].field, "revoke");
+    }
+}

@@ -1,0 +1,331 @@
+//! `/v1/deprovisions`: create, read, list, cancel and retry jobs.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, Problem};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::views::{DevicePage, DeviceView, EventPage, EventView, JobPage, JobView, ListJobsQuery, PageQuery};
+use super::{AppState, PROBLEM};
+use crate::domain::job::{DeprovisionRequest, FieldError};
+use crate::store::{Created, JobFilter, NewJob, Store};
+
+/// The routes of this resource.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_deprovision, list_deprovisions))
+        .routes(routes!(get_deprovision))
+        .routes(routes!(list_devices))
+        .routes(routes!(list_events))
+        .routes(routes!(cancel_deprovision))
+        .routes(routes!(retry_deprovision))
+}
+
+/// Queue a deprovisioning job.
+///
+/// The worker first revokes the target's access at DPS, then disables or deletes each device's
+/// identity in its IoT hub. With an `Idempotency-Key`, repeating the same request returns the same
+/// job (200); the same key with another body is refused (422).
+#[utoipa::path(
+    post,
+    path = "/v1/deprovisions",
+    tag = "deprovisions",
+    request_body(content = DeprovisionRequest, examples(
+        ("individual" = (summary = "Disable a stolen device's enrollment and hub identity", value = json!({
+            "target": {"kind": "individual_enrollment", "registration_id": "sk-sensor-001"},
+            "revoke": "disable", "registry": "disable",
+            "reason": {"code": "stolen", "text": "Reported stolen by the customer"},
+            "ticket": {"system": "jira", "key": "OPS-1234"}
+        }))),
+        ("group" = (summary = "Compromised intermediate: disable the whole group", value = json!({
+            "target": {"kind": "enrollment_group", "group_id": "fleet-x509"},
+            "registry": "disable",
+            "reason": {"code": "compromised", "text": "Intermediate CA key leaked"}
+        }))),
+        ("group_device" = (summary = "Block one device of a group", value = json!({
+            "target": {"kind": "group_device", "group_id": "fleet-sk", "registration_id": "sk-dev-0007"},
+            "registry": "delete",
+            "reason": {"code": "sold"}
+        })))
+    )),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe: same key and body give the same job (1-255 visible ASCII characters)")),
+    responses(
+        (status = 202, description = "Job queued", body = JobView, headers(("Location" = String, description = "URL of the job"))),
+        (status = 200, description = "Same Idempotency-Key and body as an earlier request: that job", body = JobView),
+        (status = 400, description = "Malformed JSON or header", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "A job for this target is already queued or running", body = Problem, content_type = PROBLEM),
+        (status = 413, description = "Body larger than the limit", body = Problem, content_type = PROBLEM),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = PROBLEM),
+    )
+)]
+pub async fn create_deprovision(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<DeprovisionRequest>,
+) -> Result<Response, ApiError> {
+    request.validate().map_err(ApiError::Validation)?;
+    let key = idempotency_key(&headers)?;
+    let dps = state.resolve_dps(request.dps.as_ref().map(|d| d.as_str()))?;
+    let mut request = request;
+    // Store the resolved instance so the job shows where it runs and the hash covers it.
+    request.dps = Some(
+        crate::domain::ids::DpsName::parse(&dps)
+            .map_err(|e| ApiError::Validation(vec![FieldError::new("dps", e.to_string())]))?,
+    );
+    if request.dry_run {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "dry_run",
+            "previews are not available yet in this version; omit dry_run",
+        )]));
+    }
+    let plan = state.workflow.plan(&request);
+    let idempotency = key.map(|k| (k, request_hash(&request)));
+    let created = state.store.create_job(NewJob { dps, request, plan, idempotency }, state.clock.now_ms()).await?;
+    match created {
+        Created::New(job) => {
+            state.waker.wake();
+            let view = job_view(&state.store, &job).await?;
+            let location = format!("/v1/deprovisions/{}", job.id);
+            let mut resp = (StatusCode::ACCEPTED, ApiJson(view)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(resp)
+        }
+        Created::Replayed(job) => Ok((StatusCode::OK, ApiJson(job_view(&state.store, &job).await?)).into_response()),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let s = v
+        .to_str()
+        .ok()
+        .filter(|s| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| ApiError::BadRequest("Idempotency-Key must be 1-255 visible ASCII characters".into()))?;
+    Ok(Some(s.to_string()))
+}
+
+/// Hash of the normalised request: two bodies that mean the same thing hash the same.
+fn request_hash(request: &DeprovisionRequest) -> String {
+    let canonical = serde_json::to_vec(request).unwrap_or_default();
+    let digest = Sha256::digest(&canonical);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn job_view(store: &Store, job: &crate::store::JobRecord) -> Result<JobView, ApiError> {
+    let counts = store.item_counts(&job.id).await?;
+    Ok(JobView::new(job, &counts))
+}
+
+fn parse_job_id(id: &str) -> Result<String, ApiError> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a job id (a UUID)")))
+}
+
+/// Get a job: status, target, options, progress counts and the state of each step.
+#[utoipa::path(
+    get,
+    path = "/v1/deprovisions/{id}",
+    tag = "deprovisions",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 400, description = "Not a job id", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such job", body = Problem, content_type = PROBLEM),
+    )
+)]
+pub async fn get_deprovision(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<JobView>, ApiError> {
+    let id = parse_job_id(&id)?;
+    let job = state.store.get_job(&id).await?.ok_or_else(|| not_found(&id))?;
+    Ok(ApiJson(job_view(&state.store, &job).await?))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no deprovisioning job with id {id}"))
+}
+
+fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, FieldError> {
+    v.as_deref()
+        .map(|s| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|t| t.timestamp_millis())
+                .map_err(|_| FieldError::new(field, "must be an RFC 3339 time, e.g. 2026-11-28T10:00:00Z"))
+        })
+        .transpose()
+}
+
+/// List jobs, newest first, with filters and cursor paging.
+#[utoipa::path(
+    get,
+    path = "/v1/deprovisions",
+    tag = "deprovisions",
+    params(ListJobsQuery),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 400, description = "Bad query string", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid filter values", body = Problem, content_type = PROBLEM),
+    )
+)]
+pub async fn list_deprovisions(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListJobsQuery>,
+) -> Result<ApiJson<JobPage>, ApiError> {
+    let mut errors = Vec::new();
+    let from = parse_time("created_after", &q.created_after).unwrap_or_else(|e| {
+        errors.push(e);
+        None
+    });
+    let to = parse_time("created_before", &q.created_before).unwrap_or_else(|e| {
+        errors.push(e);
+        None
+    });
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        errors.push(FieldError::new("limit", "must be between 1 and 200"));
+    }
+    if let Some(c) = &q.cursor {
+        if !Store::is_valid_job_cursor(c) {
+            errors.push(FieldError::new("cursor", "is not a cursor this API returned"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let filter = JobFilter {
+        status: q.status,
+        target_kind: q.target_kind.map(|k| k.as_str().to_string()),
+        target_id: q.target_id,
+        ticket_key: q.ticket_key,
+        created_from: from,
+        created_to: to,
+    };
+    let page = state.store.list_jobs(&filter, q.cursor.as_deref(), limit).await?;
+    let mut items = Vec::with_capacity(page.rows.len());
+    for job in &page.rows {
+        items.push(job_view(&state.store, job).await?);
+    }
+    Ok(ApiJson(JobPage { items, next_cursor: page.next_cursor }))
+}
+
+fn page_params(q: &PageQuery) -> Result<(Option<i64>, u32), ApiError> {
+    let mut errors = Vec::new();
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        errors.push(FieldError::new("limit", "must be between 1 and 1000"));
+    }
+    let cursor = match q.cursor.as_deref().map(str::parse::<i64>) {
+        None => None,
+        Some(Ok(c)) if c >= 0 => Some(c),
+        Some(_) => {
+            errors.push(FieldError::new("cursor", "is not a cursor this API returned"));
+            None
+        }
+    };
+    if errors.is_empty() { Ok((cursor, limit)) } else { Err(ApiError::Validation(errors)) }
+}
+
+/// List the devices of a job and where each one is.
+#[utoipa::path(
+    get,
+    path = "/v1/deprovisions/{id}/devices",
+    tag = "deprovisions",
+    params(("id" = String, Path, description = "Job id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of devices", body = DevicePage),
+        (status = 404, description = "No such job", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid paging", body = Problem, content_type = PROBLEM),
+    )
+)]
+pub async fn list_devices(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<ApiJson<DevicePage>, ApiError> {
+    let id = parse_job_id(&id)?;
+    let (cursor, limit) = page_params(&q)?;
+    let job = state.store.get_job(&id).await?.ok_or_else(|| not_found(&id))?;
+    let page = state.store.list_items(&id, cursor, limit).await?;
+    Ok(ApiJson(DevicePage {
+        items: page.rows.iter().map(|i| DeviceView::new(i, &job.plan.item_steps)).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// The job's timeline: every transition and every Azure answer that mattered.
+#[utoipa::path(
+    get,
+    path = "/v1/deprovisions/{id}/events",
+    tag = "deprovisions",
+    params(("id" = String, Path, description = "Job id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of events, oldest first", body = EventPage),
+        (status = 404, description = "No such job", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid paging", body = Problem, content_type = PROBLEM),
+    )
+)]
+pub async fn list_events(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<ApiJson<EventPage>, ApiError> {
+    let id = parse_job_id(&id)?;
+    let (cursor, limit) = page_params(&q)?;
+    state.store.get_job(&id).await?.ok_or_else(|| not_found(&id))?;
+    let page = state.store.list_events(&id, cursor, limit).await?;
+    Ok(ApiJson(EventPage { items: page.rows.iter().map(EventView::from).collect(), next_cursor: page.next_cursor }))
+}
+
+/// Cancel a queued or running job.
+///
+/// Nothing new starts; an Azure call already in flight completes and is recorded.
+#[utoipa::path(
+    post,
+    path = "/v1/deprovisions/{id}/cancel",
+    tag = "deprovisions",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job, cancelled or cancelling", body = JobView),
+        (status = 404, description = "No such job", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "The job already finished", body = Problem, content_type = PROBLEM),
+    )
+)]
+pub async fn cancel_deprovision(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<JobView>, ApiError> {
+    let id = parse_job_id(&id)?;
+    let job = state.store.cancel_job(&id, state.clock.now_ms()).await?;
+    Ok(ApiJson(job_view(&state.store, &job).await?))
+}
+
+/// Retry a failed job: it resumes at its failed steps and never repeats a succeeded one.
+#[utoipa::path(
+    post,
+    path = "/v1/deprovisions/{id}/retry",
+    tag = "deprovisions",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job, queued again", body = JobView),
+        (status = 404, description = "No such job", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "The job is not failed, or another job is active for the target", body = Problem, content_type = PROBLEM),
+    )
+)]
+pub async fn retry_deprovision(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<JobView>, ApiError> {
+    let id = parse_job_id(&id)?;
+    let job = state.store.retry_job(&id, state.clock.now_ms()).await?;
+    state.waker.wake();
+    Ok(ApiJson(job_view(&state.store, &job).await?))
+}

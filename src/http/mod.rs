@@ -1,0 +1,156 @@
+//! The HTTP API: routes, extractors, errors and the OpenAPI document.
+
+pub mod deprovisions;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod views;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Request, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::domain::clock::SharedClock;
+use crate::domain::job::FieldError;
+use crate::store::Store;
+use crate::worker::{Waker, Workflow};
+use error::{ApiError, problem_response};
+
+/// Content type of error responses, for the OpenAPI document.
+pub const PROBLEM: &str = error::PROBLEM_JSON;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
+
+/// Shared application state, cheap to clone into every handler.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+/// What handlers share.
+pub struct AppInner {
+    /// The database.
+    pub store: Store,
+    /// The steps of jobs (plans are made when a job is created).
+    pub workflow: Arc<dyn Workflow>,
+    /// Time source.
+    pub clock: SharedClock,
+    /// Wakes the engine on new work.
+    pub waker: Waker,
+    /// Names of the configured DPS instances.
+    pub dps_names: Vec<String>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Wraps the shared parts.
+    pub fn new(inner: AppInner) -> Self {
+        Self(Arc::new(inner))
+    }
+
+    /// The DPS instance a request runs against: the named one, or the only one configured.
+    pub fn resolve_dps(&self, requested: Option<&str>) -> Result<String, ApiError> {
+        let known = self.dps_names.join(", ");
+        match requested {
+            Some(name) if self.dps_names.iter().any(|n| n == name) => Ok(name.to_string()),
+            Some(name) => Err(ApiError::Validation(vec![FieldError::new(
+                "dps",
+                format!("unknown DPS instance `{name}`; configured: {known}"),
+            )])),
+            None if self.dps_names.len() == 1 => Ok(self.dps_names[0].clone()),
+            None => Err(ApiError::Validation(vec![FieldError::new(
+                "dps",
+                format!("is required because several DPS instances are configured: {known}"),
+            )])),
+        }
+    }
+}
+
+/// The OpenAPI document's fixed parts; paths come from the routers.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "deprovisiond",
+        description = "Deprovisions Azure IoT devices enrolled through the Device Provisioning Service: \
+            revoke at DPS first, then disable or delete the identity in the assigned IoT hub. \
+            Every error is an RFC 9457 problem document (application/problem+json).",
+        license(name = "MIT", identifier = "MIT")
+    ),
+    tags(
+        (name = "deprovisions", description = "Deprovisioning jobs"),
+        (name = "health", description = "Probes")
+    ),
+    components(schemas(error::Problem))
+)]
+pub struct ApiDoc;
+
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(deprovisions::router()).merge(health::router())
+}
+
+/// The OpenAPI document (also committed as `openapi/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = api_router().into_openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
+/// The document as the pretty JSON that is committed.
+pub fn openapi_json() -> String {
+    // Serialising an OpenApi value to JSON cannot fail: it is plain data.
+    let mut s = serde_json::to_string_pretty(&openapi()).expect("OpenAPI document serialises");
+    s.push('\n');
+    s
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let (router, _) = api_router().split_for_parts();
+    router
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(60),
+        ))
+}
+
+async fn no_route(uri: Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().to_string())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    let err = ApiError::Internal(anyhow::anyhow!("handler panicked"));
+    problem_response(StatusCode::INTERNAL_SERVER_ERROR, err.problem()).into_response()
+}

@@ -1,0 +1,1153 @@
+//! The database: jobs, items and events on PostgreSQL (production) or SQLite (embedded default).
+//!
+//! One implementation serves both through sqlx's `Any` driver: every column is TEXT or BIGINT and
+//! times are epoch milliseconds, so the SQL is shared; the few dialect differences (row locking on
+//! claims) are chosen by [`Backend`].
+
+mod records;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::Value;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+
+/// Formats SQL text whose only interpolations are this module's column lists, lock clauses and
+/// `$n` placeholders — never values — so it is safe from injection.
+macro_rules! sql {
+    ($($t:tt)*) => {
+        AssertSqlSafe(format!($($t)*))
+    };
+}
+
+pub use records::*;
+
+use crate::domain::clock::Millis;
+use crate::domain::job::{DeprovisionRequest, JobStatus};
+use crate::domain::lane::{ITEMS_BARRIER, LaneState, StepError, Transition};
+
+/// Which database engine is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL: several replicas, `FOR UPDATE SKIP LOCKED` claims.
+    Postgres,
+    /// SQLite: one process, one connection (SQLite has one writer anyway).
+    Sqlite,
+}
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such job.
+    #[error("job {0} not found")]
+    NotFound(String),
+    /// The idempotency key was used with a different body.
+    #[error("idempotency key already used by job {job_id} with a different request body")]
+    IdempotencyMismatch {
+        /// The job created with that key.
+        job_id: String,
+    },
+    /// Another job for the same target is queued or running.
+    #[error("job {job_id} is already active for this target")]
+    ActiveJobExists {
+        /// The active job.
+        job_id: String,
+    },
+    /// The job is not in a status that allows the action.
+    #[error("job {job_id} is {status}; {action} needs {allowed}")]
+    InvalidTransition {
+        /// The job.
+        job_id: String,
+        /// Its status.
+        status: &'static str,
+        /// The refused action.
+        action: &'static str,
+        /// The statuses that allow it.
+        allowed: &'static str,
+    },
+    /// A worker whose lease was taken over tried to write.
+    #[error("lease lost: a newer claim owns this work")]
+    Fenced,
+    /// A stored value could not be read back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The configured database URL is not usable.
+    #[error("unsupported database URL: {0}")]
+    BadUrl(String),
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Handle to the database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Outcome of creating a job.
+#[derive(Debug, Clone)]
+pub enum Created {
+    /// A new job.
+    New(JobRecord),
+    /// The job an earlier request with the same idempotency key and body created.
+    Replayed(JobRecord),
+}
+
+const JOB_COLUMNS: &str = "id, dps, request_json, status, plan_json, context_json, step_index, lane_state, attempt, \
+    fence, next_run_at, lease_owner, lease_expires_at, cursor, last_error, cancel_requested, idempotency_key, \
+    created_at, updated_at, started_at, finished_at";
+
+const ITEM_COLUMNS: &str = "id, job_id, seq, registration_id, device_id, hub, data_json, step_index, state, attempt, \
+    fence, next_run_at, lease_owner, lease_expires_at, last_error, skip_reason, created_at, updated_at, finished_at";
+
+const EVENT_COLUMNS: &str = "id, job_id, item_id, at, kind, step, attempt, message, detail_json";
+
+static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl Store {
+    /// Connects to `url` (`postgres://…` or `sqlite://…`); does not migrate.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::BadUrl(
+                "expected postgres://… or sqlite://… (e.g. sqlite://deprovisiond.db)".into(),
+            ));
+        };
+        let options = AnyConnectOptions::from_str(url)?;
+        let pool = match backend {
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(10)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await?
+            }
+            Backend::Sqlite => {
+                // One connection: SQLite allows one writer, and a single connection never meets
+                // SQLITE_BUSY between our own transactions.
+                AnyPoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            for pragma in [
+                                "PRAGMA journal_mode = WAL",
+                                "PRAGMA synchronous = NORMAL",
+                                "PRAGMA busy_timeout = 5000",
+                                "PRAGMA foreign_keys = ON",
+                            ] {
+                                sqlx::query(pragma).execute(&mut *conn).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?
+            }
+        };
+        Ok(Self { pool, backend })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<()> {
+        match self.backend {
+            Backend::Postgres => PG_MIGRATIONS.run(&self.pool).await?,
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers and every migration of this build is applied.
+    pub async fn ready(&self) -> Result<bool> {
+        let migrator = match self.backend {
+            Backend::Postgres => &PG_MIGRATIONS,
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+        };
+        let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = $1")
+            .bind(true)
+            .fetch_one(&self.pool)
+            .await
+            .or_else(|e| match e {
+                // No migrations table yet: not ready.
+                sqlx::Error::Database(_) => Ok(None),
+                other => Err(other),
+            })?;
+        Ok(applied.unwrap_or(0) >= latest)
+    }
+
+    /// The engine behind the store.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The underlying pool (for LISTEN/NOTIFY and tests).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ----- jobs -----
+
+    /// Creates a job, or returns the one an earlier identical request with the same idempotency key created.
+    pub async fn create_job(&self, new: NewJob, now: Millis) -> Result<Created> {
+        if let Some((key, hash)) = &new.idempotency {
+            if let Some(existing) = self.replay(key, hash).await? {
+                return Ok(Created::Replayed(existing));
+            }
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let req = &new.request;
+        let target_key = format!("{}/{}", new.dps, req.target.key());
+        let first_state = crate::domain::lane::next_step(&new.plan.job_steps, 0, now);
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (id, dps, target_kind, target_id, target_key, request_json, requested_by, reason_code, \
+             reason_text, ticket_system, ticket_key, ticket_url, idempotency_key, request_hash, status, active_key, \
+             plan_json, step_index, lane_state, next_run_at, created_at, updated_at) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$21)",
+        )
+        .bind(&id)
+        .bind(&new.dps)
+        .bind(req.target.kind().as_str())
+        .bind(req.target.id())
+        .bind(req.target.key())
+        .bind(to_json(req))
+        .bind(req.requested_by.clone())
+        .bind(req.reason.code.as_str())
+        .bind(req.reason.text.clone())
+        .bind(req.ticket.as_ref().map(|t| t.system.clone()))
+        .bind(req.ticket.as_ref().map(|t| t.key.clone()))
+        .bind(req.ticket.as_ref().and_then(|t| t.url.clone()))
+        .bind(new.idempotency.as_ref().map(|(k, _)| k.clone()))
+        .bind(new.idempotency.as_ref().map(|(_, h)| h.clone()))
+        .bind(JobStatus::Queued.as_str())
+        .bind(&target_key)
+        .bind(to_json(&new.plan))
+        .bind(first_state.step_index as i64)
+        .bind(first_state.state.as_str())
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                tx.rollback().await?;
+                // Either a concurrent request with the same idempotency key won, or the target is busy.
+                if let Some((key, hash)) = &new.idempotency {
+                    if let Some(existing) = self.replay(key, hash).await? {
+                        return Ok(Created::Replayed(existing));
+                    }
+                }
+                let job_id: Option<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE active_key = $1")
+                    .bind(&target_key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                return Err(StoreError::ActiveJobExists { job_id: job_id.unwrap_or_default() });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        insert_event(
+            &mut tx,
+            &id,
+            now,
+            &NewEvent {
+                kind: "created".into(),
+                message: Some(format!(
+                    "{} {} requested ({}){}",
+                    req.target.kind().as_str(),
+                    req.target.id(),
+                    req.reason.code.as_str(),
+                    req.requested_by.as_ref().map(|r| format!(" by {r}")).unwrap_or_default()
+                )),
+                ..NewEvent::default()
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        let job = self.get_job(&id).await?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+        Ok(Created::New(job))
+    }
+
+    async fn replay(&self, key: &str, hash: &str) -> Result<Option<JobRecord>> {
+        let row = sqlx::query("SELECT id, request_hash FROM jobs WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id: String = row.try_get("id")?;
+        let stored: Option<String> = row.try_get("request_hash")?;
+        if stored.as_deref() != Some(hash) {
+            return Err(StoreError::IdempotencyMismatch { job_id: id });
+        }
+        self.get_job(&id).await
+    }
+
+    /// One job.
+    pub async fn get_job(&self, id: &str) -> Result<Option<JobRecord>> {
+        let row = sqlx::query(sql!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| job_from_row(&r)).transpose()
+    }
+
+    /// Jobs, newest first, filtered, one page at a time.
+    pub async fn list_jobs(&self, filter: &JobFilter, cursor: Option<&str>, limit: u32) -> Result<Page<JobRecord>> {
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1");
+        let mut texts: Vec<(usize, String)> = Vec::new();
+        let mut ints: Vec<(usize, i64)> = Vec::new();
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if let Some(s) = filter.status {
+            let i = next();
+            sql += &format!(" AND status = ${i}");
+            texts.push((i, s.as_str().into()));
+        }
+        if let Some(k) = &filter.target_kind {
+            let i = next();
+            sql += &format!(" AND target_kind = ${i}");
+            texts.push((i, k.clone()));
+        }
+        if let Some(t) = &filter.target_id {
+            let i = next();
+            sql += &format!(" AND target_id = ${i}");
+            texts.push((i, t.to_ascii_lowercase()));
+        }
+        if let Some(t) = &filter.ticket_key {
+            let i = next();
+            sql += &format!(" AND ticket_key = ${i}");
+            texts.push((i, t.clone()));
+        }
+        if let Some(f) = filter.created_from {
+            let i = next();
+            sql += &format!(" AND created_at >= ${i}");
+            ints.push((i, f));
+        }
+        if let Some(t) = filter.created_to {
+            let i = next();
+            sql += &format!(" AND created_at < ${i}");
+            ints.push((i, t));
+        }
+        if let Some(c) = cursor {
+            let (at, id) = decode_job_cursor(c).ok_or_else(|| StoreError::Corrupt("cursor".into()))?;
+            let (a, b, d) = (next(), next(), next());
+            sql += &format!(" AND (created_at < ${a} OR (created_at = ${b} AND id < ${d}))");
+            ints.push((a, at));
+            ints.push((b, at));
+            texts.push((d, id));
+        }
+        let l = next();
+        sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT ${l}");
+        ints.push((l, i64::from(limit) + 1));
+        // Bind in placeholder order.
+        let mut binds: Vec<(usize, Bind)> = texts.into_iter().map(|(i, v)| (i, Bind::Text(v))).collect();
+        binds.extend(ints.into_iter().map(|(i, v)| (i, Bind::Int(v))));
+        binds.sort_by_key(|(i, _)| *i);
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for (_, b) in binds {
+            q = match b {
+                Bind::Text(v) => q.bind(v),
+                Bind::Int(v) => q.bind(v),
+            };
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        let next_cursor = if jobs.len() > limit as usize {
+            jobs.truncate(limit as usize);
+            jobs.last().map(|j| encode_job_cursor(j.created_at, &j.id))
+        } else {
+            None
+        };
+        Ok(Page { rows: jobs, next_cursor })
+    }
+
+    /// Whether a job cursor is well-formed (so the API can answer 400 instead of 500).
+    pub fn is_valid_job_cursor(cursor: &str) -> bool {
+        decode_job_cursor(cursor).is_some()
+    }
+
+    /// Counts of a job's items by state.
+    pub async fn item_counts(&self, job_id: &str) -> Result<ItemCounts> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM job_items WHERE job_id = $1 GROUP BY state")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut c = ItemCounts::default();
+        for r in rows {
+            let state: String = r.try_get("state")?;
+            let n: i64 = r.try_get("n")?;
+            let n = n as u64;
+            c.total += n;
+            match LaneState::parse(&state) {
+                Some(LaneState::Waiting) => c.waiting += n,
+                Some(LaneState::Pending) => c.pending += n,
+                Some(LaneState::Running) => c.running += n,
+                Some(LaneState::Succeeded) => c.succeeded += n,
+                Some(LaneState::Skipped) => c.skipped += n,
+                Some(LaneState::Failed) => c.failed += n,
+                Some(LaneState::Cancelled) => c.cancelled += n,
+                _ => return Err(StoreError::Corrupt(format!("item state {state}"))),
+            }
+        }
+        Ok(c)
+    }
+
+    /// A job's items in discovery order, one page at a time (cursor = last seq).
+    pub async fn list_items(&self, job_id: &str, after_seq: Option<i64>, limit: u32) -> Result<Page<ItemRecord>> {
+        let rows = sqlx::query(sql!(
+            "SELECT {ITEM_COLUMNS} FROM job_items WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        ))
+        .bind(job_id)
+        .bind(after_seq.unwrap_or(-1))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = rows.iter().map(item_from_row).collect::<Result<Vec<_>>>()?;
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|i| i.seq.to_string())
+        } else {
+            None
+        };
+        Ok(Page { rows: items, next_cursor })
+    }
+
+    /// One item.
+    pub async fn get_item(&self, item_id: &str) -> Result<Option<ItemRecord>> {
+        let row = sqlx::query(sql!("SELECT {ITEM_COLUMNS} FROM job_items WHERE id = $1"))
+            .bind(item_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| item_from_row(&r)).transpose()
+    }
+
+    /// A job's timeline, oldest first (cursor = last event id).
+    pub async fn list_events(&self, job_id: &str, after_id: Option<i64>, limit: u32) -> Result<Page<EventRecord>> {
+        let rows = sqlx::query(sql!(
+            "SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        ))
+        .bind(job_id)
+        .bind(after_id.unwrap_or(0))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = rows.iter().map(event_from_row).collect::<Result<Vec<_>>>()?;
+        let next_cursor = if events.len() > limit as usize {
+            events.truncate(limit as usize);
+            events.last().map(|e| e.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { rows: events, next_cursor })
+    }
+
+    /// Appends events to a job's timeline.
+    pub async fn append_events(&self, job_id: &str, now: Millis, events: &[NewEvent]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for e in events {
+            insert_event(&mut tx, job_id, now, e).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Asks a queued or running job to stop: nothing new starts; a step in flight completes and is recorded.
+    pub async fn cancel_job(&self, id: &str, now: Millis) -> Result<JobRecord> {
+        let job = self.get_job(id).await?.ok_or_else(|| StoreError::NotFound(id.into()))?;
+        if !job.status.is_active() {
+            return Err(StoreError::InvalidTransition {
+                job_id: id.into(),
+                status: job.status.as_str(),
+                action: "cancel",
+                allowed: "queued or running",
+            });
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE job_items SET state = 'cancelled', updated_at = $2, finished_at = $2 \
+             WHERE job_id = $1 AND state IN ('waiting', 'pending')",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE jobs SET lane_state = 'cancelled', updated_at = $2 \
+             WHERE id = $1 AND lane_state IN ('pending', 'waiting_items')",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(&mut tx, id, now, &NewEvent::new("cancel_requested", "cancellation requested")).await?;
+        tx.commit().await?;
+        self.settle(id, now).await?;
+        self.get_job(id).await?.ok_or_else(|| StoreError::NotFound(id.into()))
+    }
+
+    /// Re-queues a failed job: failed steps run again, succeeded ones are never repeated.
+    pub async fn retry_job(&self, id: &str, now: Millis) -> Result<JobRecord> {
+        let job = self.get_job(id).await?.ok_or_else(|| StoreError::NotFound(id.into()))?;
+        if job.status != JobStatus::Failed {
+            return Err(StoreError::InvalidTransition {
+                job_id: id.into(),
+                status: job.status.as_str(),
+                action: "retry",
+                allowed: "failed",
+            });
+        }
+        let at_barrier = job.current_step() == Some(ITEMS_BARRIER);
+        let lane = if job.lane_state == LaneState::Failed && !at_barrier {
+            LaneState::Pending
+        } else {
+            LaneState::WaitingItems
+        };
+        let target_key = format!("{}/{}", job.dps, job.request.target.key());
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE jobs SET status = 'queued', active_key = $2, lane_state = $3, attempt = 0, next_run_at = $4, \
+             last_error = NULL, finished_at = NULL, updated_at = $4 WHERE id = $1 AND status = 'failed'",
+        )
+        .bind(id)
+        .bind(&target_key)
+        .bind(lane.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match updated {
+            Ok(r) if r.rows_affected() == 1 => {}
+            Ok(_) => {
+                return Err(StoreError::InvalidTransition {
+                    job_id: id.into(),
+                    status: "no longer failed",
+                    action: "retry",
+                    allowed: "failed",
+                });
+            }
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                tx.rollback().await?;
+                let other: Option<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE active_key = $1")
+                    .bind(&target_key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                return Err(StoreError::ActiveJobExists { job_id: other.unwrap_or_default() });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let items = sqlx::query(
+            "UPDATE job_items SET state = 'pending', attempt = 0, next_run_at = $2, finished_at = NULL, updated_at = $2 \
+             WHERE job_id = $1 AND state = 'failed'",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(
+            &mut tx,
+            id,
+            now,
+            &NewEvent::new(
+                "retried",
+                format!(
+                    "retry requested: job resumes at its failed step; {} failed device(s) re-queued",
+                    items.rows_affected()
+                ),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        self.get_job(id).await?.ok_or_else(|| StoreError::NotFound(id.into()))
+    }
+
+    // ----- worker side -----
+
+    /// Claims up to `limit` runnable job lanes (pending and due, or running with an expired lease).
+    /// Each claim bumps the fence and counts as an attempt.
+    pub async fn claim_jobs(&self, owner: &str, now: Millis, lease: Duration, limit: u32) -> Result<Vec<JobRecord>> {
+        let lock = self.lock_clause();
+        let sql = format!(
+            "UPDATE jobs SET lane_state = 'running', lease_owner = $1, lease_expires_at = $2, fence = fence + 1, \
+             attempt = attempt + 1, updated_at = $3, started_at = COALESCE(started_at, $3), \
+             status = CASE WHEN status = 'queued' THEN 'running' ELSE status END \
+             WHERE id IN (SELECT id FROM jobs WHERE cancel_requested = 0 AND \
+               ((lane_state = 'pending' AND next_run_at <= $3) OR (lane_state = 'running' AND lease_expires_at < $3)) \
+               ORDER BY next_run_at LIMIT $4{lock}) \
+             RETURNING {JOB_COLUMNS}"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Claims up to `limit` runnable device items.
+    pub async fn claim_items(&self, owner: &str, now: Millis, lease: Duration, limit: u32) -> Result<Vec<ItemRecord>> {
+        let lock = self.lock_clause();
+        let sql = format!(
+            "UPDATE job_items SET state = 'running', lease_owner = $1, lease_expires_at = $2, fence = fence + 1, \
+             attempt = attempt + 1, updated_at = $3 \
+             WHERE id IN (SELECT id FROM job_items WHERE \
+               ((state = 'pending' AND next_run_at <= $3) OR (state = 'running' AND lease_expires_at < $3)) \
+               AND job_id NOT IN (SELECT id FROM jobs WHERE cancel_requested = 1) \
+               ORDER BY next_run_at LIMIT $4{lock}) \
+             RETURNING {ITEM_COLUMNS}"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let items: Vec<ItemRecord> = rows.iter().map(item_from_row).collect::<Result<_>>()?;
+        // A job whose first activity is an item (after a retry) becomes running.
+        let mut seen = std::collections::HashSet::new();
+        for it in &items {
+            if seen.insert(it.job_id.clone()) {
+                sqlx::query("UPDATE jobs SET status = 'running', updated_at = $2 WHERE id = $1 AND status = 'queued'")
+                    .bind(&it.job_id)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(items)
+    }
+
+    fn lock_clause(&self) -> &'static str {
+        match self.backend {
+            // Replicas skip rows another replica is claiming instead of waiting for it.
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            // SQLite serialises writers; the single UPDATE is atomic.
+            Backend::Sqlite => "",
+        }
+    }
+
+    /// Extends a job lease; false when the lease was lost.
+    pub async fn renew_job(&self, id: &str, fence: i64, until: Millis) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 AND fence = $2 AND lane_state = 'running'",
+        )
+        .bind(id)
+        .bind(fence)
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Extends an item lease; false when the lease was lost.
+    pub async fn renew_item(&self, id: &str, fence: i64, until: Millis) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE job_items SET lease_expires_at = $3 WHERE id = $1 AND fence = $2 AND state = 'running'",
+        )
+        .bind(id)
+        .bind(fence)
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Gives a job lane back without counting the attempt (graceful shutdown).
+    pub async fn release_job(&self, id: &str, fence: i64, now: Millis) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE jobs SET lane_state = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
+             attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END, next_run_at = $3, updated_at = $3 \
+             WHERE id = $1 AND fence = $2 AND lane_state = 'running'",
+        )
+        .bind(id)
+        .bind(fence)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Gives an item back without counting the attempt (graceful shutdown).
+    pub async fn release_item(&self, id: &str, fence: i64, now: Millis) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE job_items SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
+             attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END, next_run_at = $3, updated_at = $3 \
+             WHERE id = $1 AND fence = $2 AND state = 'running'",
+        )
+        .bind(id)
+        .bind(fence)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Records the result of a job step, fenced on the claim: a stale worker gets [`StoreError::Fenced`].
+    pub async fn complete_job_step(
+        &self,
+        job: &JobRecord,
+        t: &Transition,
+        effects: &StepEffects,
+        now: Millis,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let state = if job_cancelled(&mut tx, &job.id).await? && !t.state.is_terminal() {
+            LaneState::Cancelled
+        } else {
+            t.state
+        };
+        let ctx = effects.context.as_ref().map(to_json).or_else(|| job.context.as_ref().map(to_json));
+        let r = sqlx::query(
+            "UPDATE jobs SET lane_state = $3, step_index = $4, attempt = $5, next_run_at = $6, cursor = $7, \
+             last_error = $8, context_json = $9, lease_owner = NULL, lease_expires_at = NULL, updated_at = $10 \
+             WHERE id = $1 AND fence = $2 AND lane_state = 'running'",
+        )
+        .bind(&job.id)
+        .bind(job.fence)
+        .bind(state.as_str())
+        .bind(t.step_index as i64)
+        .bind(i64::from(t.attempt))
+        .bind(t.next_run_at)
+        .bind(t.cursor.clone())
+        .bind(t.error.as_ref().map(to_json))
+        .bind(ctx)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Err(StoreError::Fenced);
+        }
+        if !effects.new_items.is_empty() {
+            insert_items(&mut tx, &job.id, &effects.new_items, now).await?;
+        }
+        if state == LaneState::WaitingItems {
+            // The revoke step is behind us: the devices' registry steps may start now.
+            sqlx::query(
+                "UPDATE job_items SET state = 'pending', next_run_at = $2, updated_at = $2 \
+                 WHERE job_id = $1 AND state = 'waiting'",
+            )
+            .bind(&job.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for e in &effects.events {
+            insert_event(&mut tx, &job.id, now, e).await?;
+        }
+        tx.commit().await?;
+        self.settle(&job.id, now).await?;
+        Ok(())
+    }
+
+    /// Records the result of an item step, fenced on the claim.
+    pub async fn complete_item_step(
+        &self,
+        item: &ItemRecord,
+        t: &Transition,
+        effects: &StepEffects,
+        now: Millis,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let state = if job_cancelled(&mut tx, &item.job_id).await? && !t.state.is_terminal() {
+            LaneState::Cancelled
+        } else {
+            t.state
+        };
+        let finished = state.is_terminal().then_some(now);
+        let data = effects.item_data.as_ref().map(to_json).or_else(|| item.data.as_ref().map(to_json));
+        let r = sqlx::query(
+            "UPDATE job_items SET state = $3, step_index = $4, attempt = $5, next_run_at = $6, last_error = $7, \
+             skip_reason = $8, data_json = $9, lease_owner = NULL, lease_expires_at = NULL, updated_at = $10, \
+             finished_at = $11 WHERE id = $1 AND fence = $2 AND state = 'running'",
+        )
+        .bind(&item.id)
+        .bind(item.fence)
+        .bind(state.as_str())
+        .bind(t.step_index as i64)
+        .bind(i64::from(t.attempt))
+        .bind(t.next_run_at)
+        .bind(t.error.as_ref().map(to_json))
+        .bind(t.skip_reason.clone())
+        .bind(data)
+        .bind(now)
+        .bind(finished)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Err(StoreError::Fenced);
+        }
+        for e in &effects.events {
+            insert_event(&mut tx, &item.job_id, now, e).await?;
+        }
+        tx.commit().await?;
+        if state.is_terminal() {
+            self.settle(&item.job_id, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Moves a job on when nothing is left running: past the items barrier once every item is done,
+    /// to `failed` when some failed, to `cancelled` after a cancel, and derives its status.
+    ///
+    /// Runs in its own statements after the write that may have unblocked it, and is idempotent, so
+    /// concurrent completions on several replicas cannot leave a job stuck.
+    pub async fn settle(&self, job_id: &str, now: Millis) -> Result<()> {
+        let Some(job) = self.get_job(job_id).await? else { return Ok(()) };
+        if !job.status.is_active() {
+            return Ok(());
+        }
+        if job.cancel_requested {
+            // Work whose worker died after the cancel will never be reclaimed: end it here.
+            sqlx::query(
+                "UPDATE job_items SET state = 'cancelled', lease_owner = NULL, finished_at = $2, updated_at = $2 \
+                 WHERE job_id = $1 AND state = 'running' AND lease_expires_at < $2",
+            )
+            .bind(job_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+            sqlx::query(
+                "UPDATE jobs SET lane_state = 'cancelled', lease_owner = NULL, updated_at = $2 \
+                 WHERE id = $1 AND lane_state = 'running' AND lease_expires_at < $2",
+            )
+            .bind(job_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        }
+        let Some(job) = self.get_job(job_id).await? else { return Ok(()) };
+        let counts = self.item_counts(job_id).await?;
+        let busy = counts.running > 0 || job.lane_state == LaneState::Running;
+        if job.cancel_requested {
+            if busy {
+                return Ok(());
+            }
+            return self.finish(&job, JobStatus::Cancelled, LaneState::Cancelled, None, now, "job cancelled").await;
+        }
+        match job.lane_state {
+            LaneState::WaitingItems => {
+                let open = counts.waiting + counts.pending + counts.running;
+                if open > 0 {
+                    return Ok(());
+                }
+                if counts.failed > 0 {
+                    let err = StepError::msg(format!(
+                        "{} of {} device(s) failed; later steps did not run (retry the job to resume)",
+                        counts.failed, counts.total
+                    ));
+                    let msg = err.message.clone();
+                    return self.finish(&job, JobStatus::Failed, LaneState::Failed, Some(err), now, &msg).await;
+                }
+                let t = crate::domain::lane::next_step(&job.plan.job_steps, job.step_index + 1, now);
+                let r = sqlx::query(
+                    "UPDATE jobs SET lane_state = $2, step_index = $3, attempt = 0, next_run_at = $4, updated_at = $4 \
+                     WHERE id = $1 AND lane_state = 'waiting_items' AND step_index = $5",
+                )
+                .bind(job_id)
+                .bind(t.state.as_str())
+                .bind(t.step_index as i64)
+                .bind(now)
+                .bind(job.step_index as i64)
+                .execute(&self.pool)
+                .await?;
+                if r.rows_affected() == 1 {
+                    self.append_events(
+                        job_id,
+                        now,
+                        &[NewEvent::new("items_finished", format!("all {} device(s) handled", counts.total))],
+                    )
+                    .await?;
+                    if t.state == LaneState::Succeeded {
+                        return self
+                            .finish(&job, JobStatus::Succeeded, LaneState::Succeeded, None, now, "job succeeded")
+                            .await;
+                    }
+                }
+                Ok(())
+            }
+            LaneState::Succeeded => {
+                if counts.waiting + counts.pending + counts.running > 0 {
+                    return Ok(());
+                }
+                if counts.failed > 0 {
+                    let err = StepError::msg(format!("{} device(s) failed", counts.failed));
+                    let msg = err.message.clone();
+                    return self.finish(&job, JobStatus::Failed, LaneState::Failed, Some(err), now, &msg).await;
+                }
+                self.finish(&job, JobStatus::Succeeded, LaneState::Succeeded, None, now, "job succeeded").await
+            }
+            LaneState::Failed => {
+                if busy {
+                    return Ok(());
+                }
+                let msg = job.last_error.as_ref().map(|e| e.message.clone()).unwrap_or_else(|| "job failed".into());
+                self.finish(
+                    &job,
+                    JobStatus::Failed,
+                    LaneState::Failed,
+                    job.last_error.clone(),
+                    now,
+                    &format!("job failed: {msg}"),
+                )
+                .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn finish(
+        &self,
+        job: &JobRecord,
+        status: JobStatus,
+        lane: LaneState,
+        error: Option<StepError>,
+        now: Millis,
+        message: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE jobs SET status = $2, lane_state = $3, active_key = NULL, last_error = $4, finished_at = $5, \
+             updated_at = $5 WHERE id = $1 AND status IN ('queued', 'running') AND lane_state <> 'running'",
+        )
+        .bind(&job.id)
+        .bind(status.as_str())
+        .bind(lane.as_str())
+        .bind(error.as_ref().map(to_json))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 1 {
+            let mut e = NewEvent::new(status.as_str(), message);
+            e.kind = format!("job_{}", status.as_str());
+            insert_event(&mut tx, &job.id, now, &e).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Settles every job waiting on its items (a periodic safety net for missed wake-ups).
+    pub async fn settle_waiting(&self, now: Millis) -> Result<()> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE status IN ('queued', 'running') AND \
+             (lane_state IN ('waiting_items', 'succeeded', 'failed', 'cancelled') OR cancel_requested = 1)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for id in ids {
+            self.settle(&id, now).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Side effects of a step besides its outcome.
+#[derive(Debug, Clone, Default)]
+pub struct StepEffects {
+    /// Device items discovered (job steps only).
+    pub new_items: Vec<NewItem>,
+    /// New workflow context of the job (job steps only).
+    pub context: Option<Value>,
+    /// New data of the item (item steps only).
+    pub item_data: Option<Value>,
+    /// Timeline entries.
+    pub events: Vec<NewEvent>,
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+async fn job_cancelled(tx: &mut sqlx::Transaction<'_, sqlx::Any>, job_id: &str) -> Result<bool> {
+    let flag: Option<i64> = sqlx::query_scalar("SELECT cancel_requested FROM jobs WHERE id = $1")
+        .bind(job_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(flag.unwrap_or(0) != 0)
+}
+
+async fn insert_items(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    job_id: &str,
+    items: &[NewItem],
+    now: Millis,
+) -> Result<()> {
+    let mut seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), -1) FROM job_items WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    for it in items {
+        seq += 1;
+        // Re-discovering a device (a page fetched again after a crash) changes nothing.
+        sqlx::query(
+            "INSERT INTO job_items (id, job_id, seq, registration_id, device_id, hub, data_json, state, next_run_at, \
+             created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,'waiting',$8,$8,$8) \
+             ON CONFLICT (job_id, registration_id) DO NOTHING",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(job_id)
+        .bind(seq)
+        .bind(&it.registration_id)
+        .bind(it.device_id.clone())
+        .bind(it.hub.clone())
+        .bind(it.data.as_ref().map(to_json))
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    job_id: &str,
+    now: Millis,
+    e: &NewEvent,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO job_events (job_id, item_id, at, kind, step, attempt, message, detail_json) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+    )
+    .bind(job_id)
+    .bind(e.item_id.clone())
+    .bind(now)
+    .bind(&e.kind)
+    .bind(e.step.clone())
+    .bind(e.attempt.map(i64::from))
+    .bind(e.message.clone())
+    .bind(e.detail.as_ref().map(to_json))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    // Serialising our own plain data types cannot fail (no maps with non-string keys, no I/O).
+    serde_json::to_string(v).expect("plain data serialises")
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn encode_job_cursor(created_at: Millis, id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{created_at}|{id}"))
+}
+
+fn decode_job_cursor(c: &str) -> Option<(Millis, String)> {
+    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(c).ok()?).ok()?;
+    let (at, id) = raw.split_once('|')?;
+    Some((at.parse().ok()?, id.to_string()))
+}
+
+fn opt_json<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<Option<T>> {
+    let raw: Option<String> = row.try_get(col)?;
+    raw.map(|s| from_json(&s, col)).transpose()
+}
+
+fn lane(row: &AnyRow, col: &str) -> Result<LaneState> {
+    let s: String = row.try_get(col)?;
+    LaneState::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("{col} = {s}")))
+}
+
+fn job_from_row(row: &AnyRow) -> Result<JobRecord> {
+    let status: String = row.try_get("status")?;
+    let request: String = row.try_get("request_json")?;
+    let plan: String = row.try_get("plan_json")?;
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        dps: row.try_get("dps")?,
+        request: from_json::<DeprovisionRequest>(&request, "request_json")?,
+        status: JobStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+        plan: from_json(&plan, "plan_json")?,
+        context: opt_json(row, "context_json")?,
+        step_index: row.try_get::<i64, _>("step_index")? as usize,
+        lane_state: lane(row, "lane_state")?,
+        attempt: row.try_get::<i64, _>("attempt")? as u32,
+        fence: row.try_get("fence")?,
+        next_run_at: row.try_get("next_run_at")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        cursor: row.try_get("cursor")?,
+        last_error: opt_json(row, "last_error")?,
+        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+        idempotency_key: row.try_get("idempotency_key")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn item_from_row(row: &AnyRow) -> Result<ItemRecord> {
+    Ok(ItemRecord {
+        id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        seq: row.try_get("seq")?,
+        registration_id: row.try_get("registration_id")?,
+        device_id: row.try_get("device_id")?,
+        hub: row.try_get("hub")?,
+        data: opt_json(row, "data_json")?,
+        step_index: row.try_get::<i64, _>("step_index")? as usize,
+        state: lane(row, "state")?,
+        attempt: row.try_get::<i64, _>("attempt")? as u32,
+        fence: row.try_get("fence")?,
+        next_run_at: row.try_get("next_run_at")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        last_error: opt_json(row, "last_error")?,
+        skip_reason: row.try_get("skip_reason")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn event_from_row(row: &AnyRow) -> Result<EventRecord> {
+    Ok(EventRecord {
+        id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        item_id: row.try_get("item_id")?,
+        at: row.try_get("at")?,
+        kind: row.try_get("kind")?,
+        step: row.try_get("step")?,
+        attempt: row.try_get::<Option<i64>, _>("attempt")?.map(|a| a as u32),
+        message: row.try_get("message")?,
+        detail: opt_json(row, "detail_json")?,
+    })
+}

@@ -1,0 +1,234 @@
+//! What the store reads and writes: job, item and event records.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::domain::clock::Millis;
+use crate::domain::job::{DeprovisionRequest, JobStatus};
+use crate::domain::lane::{LaneState, StepError};
+
+/// The steps of a job lane (with the items barrier) and of each item lane, fixed when the job is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Job-level steps in order; [`crate::domain::lane::ITEMS_BARRIER`] marks where items run.
+    pub job_steps: Vec<String>,
+    /// Steps each device item runs, in order.
+    pub item_steps: Vec<String>,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    /// Job id (UUIDv7 text).
+    pub id: String,
+    /// DPS instance name.
+    pub dps: String,
+    /// The request as accepted (normalised).
+    pub request: DeprovisionRequest,
+    /// Status derived from the lanes.
+    pub status: JobStatus,
+    /// Steps fixed at creation.
+    pub plan: Plan,
+    /// Workflow scratch data (what resolve found, etc.).
+    pub context: Option<Value>,
+    /// Index of the current job step.
+    pub step_index: usize,
+    /// State of the job lane.
+    pub lane_state: LaneState,
+    /// Attempts at the current job step.
+    pub attempt: u32,
+    /// Claim counter: every write by a worker is fenced on it.
+    pub fence: i64,
+    /// When the job lane may run next.
+    pub next_run_at: Millis,
+    /// Worker holding the lease.
+    pub lease_owner: Option<String>,
+    /// When that lease expires.
+    pub lease_expires_at: Option<Millis>,
+    /// Paging cursor of the current step.
+    pub cursor: Option<String>,
+    /// Last error of the job lane.
+    pub last_error: Option<StepError>,
+    /// A caller asked to cancel.
+    pub cancel_requested: bool,
+    /// Idempotency key given at creation.
+    pub idempotency_key: Option<String>,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+    /// First claim.
+    pub started_at: Option<Millis>,
+    /// When it reached a final status.
+    pub finished_at: Option<Millis>,
+}
+
+impl JobRecord {
+    /// The name of the current job step, if any remain.
+    pub fn current_step(&self) -> Option<&str> {
+        self.plan.job_steps.get(self.step_index).map(String::as_str)
+    }
+}
+
+/// A stored device item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemRecord {
+    /// Item id.
+    pub id: String,
+    /// Its job.
+    pub job_id: String,
+    /// Position within the job (paging order).
+    pub seq: i64,
+    /// DPS registration id.
+    pub registration_id: String,
+    /// Device id in the hub, when known.
+    pub device_id: Option<String>,
+    /// Assigned hub host name, when known.
+    pub hub: Option<String>,
+    /// Workflow data for the item.
+    pub data: Option<Value>,
+    /// Index of the current item step.
+    pub step_index: usize,
+    /// Lane state.
+    pub state: LaneState,
+    /// Attempts at the current step.
+    pub attempt: u32,
+    /// Claim counter (fencing token).
+    pub fence: i64,
+    /// When it may run next.
+    pub next_run_at: Millis,
+    /// Worker holding the lease.
+    pub lease_owner: Option<String>,
+    /// Lease expiry.
+    pub lease_expires_at: Option<Millis>,
+    /// Last error.
+    pub last_error: Option<StepError>,
+    /// Why it was skipped.
+    pub skip_reason: Option<String>,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+    /// When it reached a final state.
+    pub finished_at: Option<Millis>,
+}
+
+/// One entry of a job's timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    /// Monotonic id (also the paging cursor).
+    pub id: i64,
+    /// The job.
+    pub job_id: String,
+    /// The item, for device events.
+    pub item_id: Option<String>,
+    /// When.
+    pub at: Millis,
+    /// What happened, e.g. `created`, `step_succeeded`.
+    pub kind: String,
+    /// The step concerned.
+    pub step: Option<String>,
+    /// The attempt concerned.
+    pub attempt: Option<u32>,
+    /// Human-readable summary.
+    pub message: Option<String>,
+    /// Structured details (Azure error code, tracking id, ...).
+    pub detail: Option<Value>,
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NewEvent {
+    /// The item, for device events.
+    pub item_id: Option<String>,
+    /// What happened.
+    pub kind: String,
+    /// The step concerned.
+    pub step: Option<String>,
+    /// The attempt concerned.
+    pub attempt: Option<u32>,
+    /// Summary.
+    pub message: Option<String>,
+    /// Details.
+    pub detail: Option<Value>,
+}
+
+impl NewEvent {
+    /// An event of `kind` with a message.
+    pub fn new(kind: &str, message: impl Into<String>) -> Self {
+        Self { kind: kind.to_string(), message: Some(message.into()), ..Self::default() }
+    }
+}
+
+/// A device item a step discovered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewItem {
+    /// DPS registration id (unique within the job: re-adding it is a no-op).
+    pub registration_id: String,
+    /// Hub device id, when known.
+    pub device_id: Option<String>,
+    /// Assigned hub host name, when known.
+    pub hub: Option<String>,
+    /// Workflow data.
+    pub data: Option<Value>,
+}
+
+/// What a job to create looks like.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// DPS instance name (resolved).
+    pub dps: String,
+    /// The validated request.
+    pub request: DeprovisionRequest,
+    /// The steps.
+    pub plan: Plan,
+    /// Idempotency key and the hash of the request it came with.
+    pub idempotency: Option<(String, String)>,
+}
+
+/// Progress counts of a job's items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ItemCounts {
+    /// All items.
+    pub total: u64,
+    /// Held until the revoke step succeeds.
+    pub waiting: u64,
+    /// Ready or being retried.
+    pub pending: u64,
+    /// Being worked on.
+    pub running: u64,
+    /// Registry step done.
+    pub succeeded: u64,
+    /// Nothing to do (with a reason).
+    pub skipped: u64,
+    /// Failed permanently.
+    pub failed: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+}
+
+/// Filters of the job list.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only this status.
+    pub status: Option<JobStatus>,
+    /// Only this target kind.
+    pub target_kind: Option<String>,
+    /// Only this target id (registration or group id).
+    pub target_id: Option<String>,
+    /// Only this ticket key.
+    pub ticket_key: Option<String>,
+    /// Created at or after.
+    pub created_from: Option<Millis>,
+    /// Created before.
+    pub created_to: Option<Millis>,
+}
+
+/// One page of results and the cursor of the next page.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    /// The rows.
+    pub rows: Vec<T>,
+    /// Opaque cursor of the next page, when there is one.
+    pub next_cursor: Option<String>,
+}

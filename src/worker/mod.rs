@@ -1,0 +1,347 @@
+//! The background engine: claims runnable lanes with a lease, runs their current step through a
+//! [`Workflow`], renews the lease while the step runs and records the outcome, fenced on the claim.
+
+pub mod rehearsal;
+mod step;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use step::{StepResult, Workflow};
+
+use crate::domain::backoff::BackoffPolicy;
+use crate::domain::clock::SharedClock;
+use crate::domain::lane::{self, Outcome, Position, StepError};
+use crate::store::{ItemRecord, JobRecord, NewEvent, Store, StoreError};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This worker's name in leases (unique per process).
+    pub worker_id: String,
+    /// Steps run at the same time.
+    pub concurrency: usize,
+    /// How long a claim is valid without renewal.
+    pub lease: Duration,
+    /// How often a running step's lease is renewed.
+    pub renew_every: Duration,
+    /// How often to look for work when not woken.
+    pub poll_every: Duration,
+    /// Retry schedule.
+    pub backoff: BackoffPolicy,
+    /// How long in-flight steps may run on after shutdown starts before their leases are released.
+    pub grace: Duration,
+    /// Seed of the jitter RNG (random when `None`).
+    pub rng_seed: Option<u64>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            worker_id: format!("worker-{}", uuid::Uuid::new_v4()),
+            concurrency: 16,
+            lease: Duration::from_secs(30),
+            renew_every: Duration::from_secs(10),
+            poll_every: Duration::from_millis(500),
+            backoff: BackoffPolicy::default(),
+            grace: Duration::from_secs(20),
+            rng_seed: None,
+        }
+    }
+}
+
+/// Wakes the engine when new work is queued (cheap to clone).
+#[derive(Debug, Clone, Default)]
+pub struct Waker(Arc<Notify>);
+
+impl Waker {
+    /// Tells the engine to look for work now.
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// The background engine.
+pub struct Engine {
+    store: Store,
+    workflow: Arc<dyn Workflow>,
+    clock: SharedClock,
+    config: EngineConfig,
+    waker: Waker,
+    rng: Arc<Mutex<StdRng>>,
+}
+
+/// Which kind of lane a task runs.
+enum Claimed {
+    Job(Box<JobRecord>),
+    Item(Box<ItemRecord>),
+}
+
+impl Engine {
+    /// An engine over `store` running `workflow`.
+    pub fn new(
+        store: Store,
+        workflow: Arc<dyn Workflow>,
+        clock: SharedClock,
+        config: EngineConfig,
+        waker: Waker,
+    ) -> Self {
+        let rng = match config.rng_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Self { store, workflow, clock, config, waker, rng: Arc::new(Mutex::new(rng)) }
+    }
+
+    /// Runs until `shutdown` fires, then stops claiming, lets in-flight steps finish for the grace
+    /// period, and releases the leases of those still running.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(this.config.concurrency));
+        let hard_stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut last_settle = tokio::time::Instant::now();
+        tracing::info!(worker = %this.config.worker_id, "engine started");
+        while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            let free = slots.available_permits() as u32;
+            let mut claimed = 0;
+            if free > 0 {
+                match this.claim(free).await {
+                    Ok(work) => {
+                        claimed = work.len();
+                        for w in work {
+                            // The permit count was read above and only this loop takes permits.
+                            let permit = slots.clone().try_acquire_owned().expect("free slot counted above");
+                            let me = this.clone();
+                            let stop = hard_stop.clone();
+                            tasks.spawn(async move {
+                                me.execute(w, stop).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "claiming work failed"),
+                }
+            }
+            if last_settle.elapsed() >= this.config.poll_every {
+                last_settle = tokio::time::Instant::now();
+                if let Err(e) = this.store.settle_waiting(this.clock.now_ms()).await {
+                    tracing::error!(error = %e, "settling jobs failed");
+                }
+            }
+            if claimed == 0 || slots.available_permits() == 0 {
+                tokio::select! {
+                    _ = this.waker.0.notified() => {}
+                    _ = tokio::time::sleep(this.config.poll_every) => {}
+                    _ = shutdown.cancelled() => {}
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                }
+            }
+        }
+        tracing::info!(in_flight = tasks.len(), "engine stopping: no new claims");
+        let drained =
+            tokio::time::timeout(this.config.grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(in_flight = tasks.len(), "grace period over: releasing leases of unfinished steps");
+            hard_stop.cancel();
+            while tasks.join_next().await.is_some() {}
+        }
+        tracing::info!("engine stopped");
+    }
+
+    async fn claim(&self, free: u32) -> Result<Vec<Claimed>, StoreError> {
+        let now = self.clock.now_ms();
+        let jobs = self.store.claim_jobs(&self.config.worker_id, now, self.config.lease, free).await?;
+        let left = free - jobs.len() as u32;
+        let mut out: Vec<Claimed> = jobs.into_iter().map(|j| Claimed::Job(Box::new(j))).collect();
+        if left > 0 {
+            let items = self.store.claim_items(&self.config.worker_id, now, self.config.lease, left).await?;
+            out.extend(items.into_iter().map(|i| Claimed::Item(Box::new(i))));
+        }
+        Ok(out)
+    }
+
+    async fn execute(&self, work: Claimed, hard_stop: CancellationToken) {
+        let r = match work {
+            Claimed::Job(job) => self.execute_job(*job, hard_stop).await,
+            Claimed::Item(item) => self.execute_item(*item, hard_stop).await,
+        };
+        match r {
+            Ok(()) => {}
+            Err(StoreError::Fenced) => {
+                tracing::warn!("a newer claim took this work over; result dropped")
+            }
+            Err(e) => tracing::error!(error = %e, "recording a step failed; the lease will expire and the step re-run"),
+        }
+    }
+
+    async fn execute_job(&self, job: JobRecord, hard_stop: CancellationToken) -> Result<(), StoreError> {
+        let Some(step) = job.current_step().map(str::to_string) else {
+            return self.store.settle(&job.id, self.clock.now_ms()).await;
+        };
+        let span = tracing::info_span!("job_step", job = %job.id, step = %step, attempt = job.attempt);
+        let _g = span.enter();
+        let result = if self.exhausted(job.attempt) {
+            lease_exhausted(job.attempt)
+        } else {
+            let wf = self.workflow.clone();
+            let j = job.clone();
+            let s = step.clone();
+            let fut = async move { wf.run_job_step(&j, &s).await };
+            let store = self.store.clone();
+            let (id, fence) = (job.id.clone(), job.fence);
+            let renew = move |until| {
+                let store = store.clone();
+                let id = id.clone();
+                async move { store.renew_job(&id, fence, until).await }
+            };
+            match self.supervise(fut, renew, hard_stop).await {
+                Supervised::Done(r) => *r,
+                Supervised::LeaseLost => return Err(StoreError::Fenced),
+                Supervised::Stopped => {
+                    self.store.release_job(&job.id, job.fence, self.clock.now_ms()).await?;
+                    return Ok(());
+                }
+            }
+        };
+        let now = self.clock.now_ms();
+        let t = self.advance(&job.plan.job_steps, job.step_index, job.attempt, result.outcome.clone(), now);
+        let mut effects = result.effects;
+        effects.events.push(outcome_event(None, &step, job.attempt, &result.outcome, &t));
+        self.store.complete_job_step(&job, &t, &effects, now).await
+    }
+
+    async fn execute_item(&self, item: ItemRecord, hard_stop: CancellationToken) -> Result<(), StoreError> {
+        let Some(job) = self.store.get_job(&item.job_id).await? else {
+            return Err(StoreError::NotFound(item.job_id.clone()));
+        };
+        let Some(step) = job.plan.item_steps.get(item.step_index).cloned() else {
+            return Err(StoreError::Corrupt(format!("item {} has no step {}", item.id, item.step_index)));
+        };
+        let result = if self.exhausted(item.attempt) {
+            lease_exhausted(item.attempt)
+        } else {
+            let wf = self.workflow.clone();
+            let (j, it, s) = (job.clone(), item.clone(), step.clone());
+            let fut = async move { wf.run_item_step(&j, &it, &s).await };
+            let store = self.store.clone();
+            let (id, fence) = (item.id.clone(), item.fence);
+            let renew = move |until| {
+                let store = store.clone();
+                let id = id.clone();
+                async move { store.renew_item(&id, fence, until).await }
+            };
+            match self.supervise(fut, renew, hard_stop).await {
+                Supervised::Done(r) => *r,
+                Supervised::LeaseLost => return Err(StoreError::Fenced),
+                Supervised::Stopped => {
+                    self.store.release_item(&item.id, item.fence, self.clock.now_ms()).await?;
+                    return Ok(());
+                }
+            }
+        };
+        let now = self.clock.now_ms();
+        let t = self.advance(&job.plan.item_steps, item.step_index, item.attempt, result.outcome.clone(), now);
+        let mut effects = result.effects;
+        effects.events.push(outcome_event(Some(&item), &step, item.attempt, &result.outcome, &t));
+        self.store.complete_item_step(&item, &t, &effects, now).await
+    }
+
+    /// A lane claimed more often than attempts allow (its leases kept expiring) fails instead of running again.
+    fn exhausted(&self, attempt: u32) -> bool {
+        attempt > self.config.backoff.max_attempts
+    }
+
+    fn advance(&self, steps: &[String], index: usize, attempt: u32, outcome: Outcome, now: i64) -> lane::Transition {
+        // The lock only guards the RNG; it is never held across an await.
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        lane::advance(steps, Position { step_index: index, attempt }, outcome, now, &self.config.backoff, &mut *rng)
+    }
+
+    /// Runs a step while renewing its lease; gives up the step when the lease is lost or the grace period ends.
+    async fn supervise<F, R, RF>(&self, fut: F, renew: R, hard_stop: CancellationToken) -> Supervised
+    where
+        F: std::future::Future<Output = StepResult> + Send,
+        R: Fn(i64) -> RF,
+        RF: std::future::Future<Output = Result<bool, StoreError>>,
+    {
+        tokio::pin!(fut);
+        let mut ticker = tokio::time::interval(self.config.renew_every);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                r = &mut fut => return Supervised::Done(Box::new(r)),
+                _ = ticker.tick() => {
+                    let until = self.clock.now_ms() + self.config.lease.as_millis() as i64;
+                    match renew(until).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!("lease lost while the step ran; abandoning it");
+                            return Supervised::LeaseLost;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "lease renewal failed; will try again"),
+                    }
+                }
+                _ = hard_stop.cancelled() => return Supervised::Stopped,
+            }
+        }
+    }
+}
+
+enum Supervised {
+    Done(Box<StepResult>),
+    LeaseLost,
+    Stopped,
+}
+
+fn lease_exhausted(attempt: u32) -> StepResult {
+    Outcome::Fail(StepError::msg(format!(
+        "claimed {attempt} times without finishing (the worker's lease kept expiring); giving up"
+    )))
+    .into()
+}
+
+fn outcome_event(
+    item: Option<&ItemRecord>,
+    step: &str,
+    attempt: u32,
+    outcome: &Outcome,
+    t: &lane::Transition,
+) -> NewEvent {
+    let (kind, message, error) = match outcome {
+        Outcome::Done => ("step_succeeded", format!("{step} succeeded"), None),
+        Outcome::Skipped(reason) => ("step_skipped", format!("{step} skipped: {reason}"), None),
+        Outcome::Continue { .. } => ("step_progressed", format!("{step} made progress"), None),
+        Outcome::Retry { error, .. } if t.state == lane::LaneState::Failed => {
+            ("step_failed", t.error.as_ref().map(|e| e.message.clone()).unwrap_or_default(), Some(error))
+        }
+        Outcome::Retry { error, .. } => (
+            "step_retry_scheduled",
+            format!(
+                "{step} failed (will retry at {}): {}",
+                crate::domain::clock::to_rfc3339(t.next_run_at),
+                error.message
+            ),
+            Some(error),
+        ),
+        Outcome::Fail(error) => ("step_failed", format!("{step} failed: {}", error.message), Some(error)),
+    };
+    NewEvent {
+        item_id: item.map(|i| i.id.clone()),
+        kind: kind.into(),
+        step: Some(step.into()),
+        attempt: Some(attempt),
+        message: Some(match item {
+            Some(i) => format!("{}: {message}", i.registration_id),
+            None => message,
+        }),
+        detail: error.map(|e| serde_json::to_value(e).unwrap_or_default()),
+    }
+}
