@@ -1,0 +1,300 @@
+//! Test support: throwaway databases on both stores, and the real app on a random port.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deprovisiond::app::{App, AppConfig};
+use deprovisiond::domain::backoff::BackoffPolicy;
+use deprovisiond::domain::clock::SystemClock;
+use deprovisiond::domain::job::{DeprovisionRequest, Target};
+use deprovisiond::domain::lane::{ITEMS_BARRIER, Outcome, StepError};
+use deprovisiond::store::{ItemRecord, JobRecord, NewItem, Plan, StepEffects, Store};
+use deprovisiond::worker::{EngineConfig, StepResult, Workflow};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// A fresh, empty database for one test.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+        TestDb { url, _dir: Some(dir) }
+    }
+
+    /// A new database on the server named by `DEPROVISIOND_TEST_PG_URL`; `None` (and a loud note) when unset.
+    pub async fn postgres() -> Option<TestDb> {
+        let Ok(server) = std::env::var("DEPROVISIOND_TEST_PG_URL") else {
+            eprintln!("SKIPPED: PostgreSQL variant (DEPROVISIOND_TEST_PG_URL is not set; scripts/test.sh sets it)");
+            return None;
+        };
+        let name = format!("dp_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = Store::connect(&server).await.expect("connect to the test PostgreSQL server");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(admin.pool())
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let mut url = url::Url::parse(&server).expect("DEPROVISIOND_TEST_PG_URL is a URL");
+        url.set_path(&name);
+        Some(TestDb { url: url.to_string(), _dir: None })
+    }
+
+    pub async fn store(&self) -> Store {
+        let s = Store::connect(&self.url).await.expect("connect");
+        s.migrate().await.expect("migrate");
+        s
+    }
+}
+
+/// Runs a test body on SQLite and on PostgreSQL, as two test functions.
+#[macro_export]
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::support::TestDb::sqlite()).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(db) = $crate::support::TestDb::postgres().await {
+                        super::$name(db).await
+                    }
+                }
+            }
+        )*
+    };
+}
+
+/// Engine settings for fast tests.
+pub fn fast_engine() -> EngineConfig {
+    EngineConfig {
+        concurrency: 8,
+        lease: Duration::from_secs(5),
+        renew_every: Duration::from_millis(500),
+        poll_every: Duration::from_millis(50),
+        backoff: BackoffPolicy { base: Duration::from_millis(20), cap: Duration::from_millis(200), max_attempts: 4 },
+        grace: Duration::from_secs(2),
+        rng_seed: Some(42),
+        ..EngineConfig::default()
+    }
+}
+
+/// The app, running on a random port.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestApp {
+    pub async fn spawn(db: &TestDb, workflow: Arc<dyn Workflow>) -> TestApp {
+        Self::spawn_with(db, workflow, fast_engine(), true).await
+    }
+
+    pub async fn spawn_with(db: &TestDb, workflow: Arc<dyn Workflow>, engine: EngineConfig, worker: bool) -> TestApp {
+        let config = AppConfig {
+            database_url: db.url.clone(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            run_worker: worker,
+            engine,
+            dps_names: vec!["default".into()],
+        };
+        let app = App::build(config, workflow, Arc::new(SystemClock)).await.expect("app builds");
+        let base = format!("http://{}", app.local_addr());
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            app.run_until_stopped(async move { s.cancelled().await }).await.expect("app runs");
+        });
+        TestApp { base, http: reqwest::Client::new(), stop, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http.post(self.url(path)).json(body).send().await.expect("request")
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let r = self.http.get(self.url(path)).send().await.expect("request");
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.expect("json")
+    }
+
+    /// Polls a job until `done` holds, returning it; panics after `timeout`.
+    pub async fn wait_job(&self, id: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let start = std::time::Instant::now();
+        loop {
+            let job = self.get_json(&format!("/v1/deprovisions/{id}")).await;
+            if done(&job) {
+                return job;
+            }
+            assert!(start.elapsed() < timeout, "job {id} did not reach the expected state in time: {job:#}");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
+    pub async fn wait_status(&self, id: &str, status: &str) -> Value {
+        self.wait_job(id, Duration::from_secs(30), |j| j["status"] == status).await
+    }
+
+    pub async fn events(&self, id: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/v1/deprovisions/{id}/events?limit=1000&cursor={c}"),
+                None => format!("/v1/deprovisions/{id}/events?limit=1000"),
+            };
+            let page = self.get_json(&path).await;
+            out.extend(page["items"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return out,
+            }
+        }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// A request body for an individual enrollment.
+pub fn individual(reg: &str) -> Value {
+    serde_json::json!({
+        "target": {"kind": "individual_enrollment", "registration_id": reg},
+        "reason": {"code": "stolen", "text": "test"},
+        "ticket": {"system": "jira", "key": "OPS-1"}
+    })
+}
+
+/// A request body for a whole group.
+pub fn group(id: &str) -> Value {
+    serde_json::json!({
+        "target": {"kind": "enrollment_group", "group_id": id},
+        "reason": {"code": "compromised"}
+    })
+}
+
+/// What a scripted step does on its n-th run (1-based); runs past the script succeed.
+#[derive(Debug, Clone)]
+pub enum Act {
+    Succeed,
+    Retry(Option<Duration>),
+    Fail,
+    Hang(Duration),
+}
+
+/// One recorded step execution.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub step: String,
+    pub item: Option<String>,
+    pub attempt: u32,
+    pub at: std::time::Instant,
+}
+
+/// A workflow driven by scripts, recording every run: the engine's test double.
+#[derive(Default)]
+pub struct Scripted {
+    /// Per (step, registration id or "-"): what each run does.
+    pub scripts: Mutex<std::collections::HashMap<(String, String), Vec<Act>>>,
+    pub runs: Mutex<Vec<Run>>,
+    pub devices: usize,
+}
+
+impl Scripted {
+    pub fn new(devices: usize) -> Arc<Self> {
+        Arc::new(Self { devices, ..Self::default() })
+    }
+
+    pub fn script(&self, step: &str, who: &str, acts: Vec<Act>) {
+        self.scripts.lock().unwrap().insert((step.into(), who.into()), acts);
+    }
+
+    pub fn runs_of(&self, step: &str, who: Option<&str>) -> Vec<Run> {
+        self.runs.lock().unwrap().iter().filter(|r| r.step == step && r.item.as_deref() == who).cloned().collect()
+    }
+
+    async fn act(&self, step: &str, who: &str, attempt: u32) -> Outcome {
+        let n = {
+            let mut runs = self.runs.lock().unwrap();
+            runs.push(Run {
+                step: step.into(),
+                item: (who != "-").then(|| who.to_string()),
+                attempt,
+                at: std::time::Instant::now(),
+            });
+            runs.iter().filter(|r| r.step == step && r.item.as_deref().unwrap_or("-") == who).count()
+        };
+        let act =
+            self.scripts.lock().unwrap().get(&(step.to_string(), who.to_string())).and_then(|s| s.get(n - 1).cloned());
+        match act.unwrap_or(Act::Succeed) {
+            Act::Succeed => Outcome::Done,
+            Act::Retry(after) => Outcome::Retry {
+                error: StepError {
+                    message: format!("scripted transient failure #{n}"),
+                    code: Some("ServiceUnavailable".into()),
+                    tracking_id: Some(format!("track-{n}")),
+                    http_status: Some(503),
+                },
+                retry_after: after,
+            },
+            Act::Fail => Outcome::Fail(StepError {
+                message: "scripted permanent failure".into(),
+                code: Some("403002".into()),
+                tracking_id: Some("track-fail".into()),
+                http_status: Some(403),
+            }),
+            Act::Hang(d) => {
+                tokio::time::sleep(d).await;
+                Outcome::Done
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Workflow for Scripted {
+    fn plan(&self, _r: &DeprovisionRequest) -> Plan {
+        Plan {
+            job_steps: vec!["resolve".into(), "revoke".into(), ITEMS_BARRIER.into(), "finish".into()],
+            item_steps: vec!["registry".into()],
+        }
+    }
+
+    async fn run_job_step(&self, job: &JobRecord, step: &str) -> StepResult {
+        let outcome = self.act(step, "-", job.attempt).await;
+        let mut effects = StepEffects::default();
+        if step == "resolve" && outcome == Outcome::Done {
+            let n = if matches!(job.request.target, Target::EnrollmentGroup(_)) { self.devices } else { 1 };
+            effects.new_items = (0..n)
+                .map(|i| NewItem {
+                    registration_id: format!("dev-{i:04}"),
+                    device_id: Some(format!("dev-{i:04}")),
+                    hub: Some(format!("hub-{}.azure-devices.net", i % 2)),
+                    data: None,
+                })
+                .collect();
+        }
+        StepResult { outcome, effects }
+    }
+
+    async fn run_item_step(&self, _job: &JobRecord, item: &ItemRecord, step: &str) -> StepResult {
+        self.act(step, &item.registration_id, item.attempt).await.into()
+    }
+}
