@@ -14,6 +14,7 @@ pub mod transport;
 
 pub use auth::SasTokenProvider;
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{AzureClients, AzureConfig, ConfigError, DpsInstanceConfig, HubConfig, HubTier};
 
 pub use connection_string::{ConnectionString, ConnectionStringError};
 pub use dps::DpsClient;
