@@ -1,6 +1,8 @@
 //! Azure DPS and IoT Hub clients: connection strings, SAS tokens, wire models, one classified error type, and
 //! the per-instance client registry built from configuration.
 pub mod auth;
+#[cfg(test)]
+mod client_tests;
 pub mod clock;
 pub mod config;
 pub mod connection_string;

@@ -228,7 +228,10 @@ impl Endpoint {
             .header(http::header::AUTHORIZATION, authorization);
         request = match body {
             Body::None => request,
-            Body::Empty => request.body(Vec::new()),
+            // hyper omits the header for an empty body; IIS-fronted services answer 411 without it.
+            Body::Empty => request
+                .header(http::header::CONTENT_LENGTH, "0")
+                .body(Vec::new()),
             Body::Json(bytes) => request
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(bytes),
