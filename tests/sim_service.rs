@@ -1269,3 +1269,142 @@ async fn connection_strings_and_custom_policies() {
     );
     env.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn registration_state_shows_on_the_enrollment_and_goes_with_it() {
+    let env = Env::default().await;
+    env.dps(
+        Method::PUT,
+        "/enrollments/solo",
+        Some(sym_enrollment("solo")),
+        &[],
+    )
+    .await;
+    let dps = env.sim.state().dps(DPS).unwrap();
+    dps.upsert_registration(None, json!({"registrationId": "solo", "assignedHub": HUB, "deviceId": "solo", "status": "assigned"}))
+        .unwrap();
+    let (_, _, got) = env.dps(Method::GET, "/enrollments/solo", None, &[]).await;
+    assert_eq!(got["registrationState"]["assignedHub"], HUB);
+    assert_eq!(got["registrationState"]["status"], "assigned");
+    // Deleting the individual enrollment removes its registration record.
+    assert_eq!(
+        env.dps(Method::DELETE, "/enrollments/solo", None, &[])
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        env.dps(Method::GET, "/registrations/solo", None, &[])
+            .await
+            .0,
+        404
+    );
+    // Deleting a group leaves its records behind.
+    let g = json!({"enrollmentGroupId": "g", "attestation": {"type": "symmetricKey"}});
+    env.dps(Method::PUT, "/enrollmentGroups/g", Some(g), &[])
+        .await;
+    dps.upsert_registration(
+        Some("g"),
+        json!({"registrationId": "g-1", "status": "assigned"}),
+    )
+    .unwrap();
+    assert_eq!(
+        env.dps(Method::DELETE, "/enrollmentGroups/g", None, &[])
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        env.dps(Method::GET, "/registrations/g-1", None, &[])
+            .await
+            .0,
+        200
+    );
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn conflict_policy_for_put_without_if_match_is_configurable() {
+    let mut cfg = SimConfig::single(DPS, &[HUB]);
+    cfg.dps_behavior.put_existing_without_if_match = deprovisiond::sim::ExistingPutPolicy::Conflict;
+    let env = Env::start(cfg).await;
+    assert_eq!(
+        env.dps(
+            Method::PUT,
+            "/enrollments/c",
+            Some(sym_enrollment("c")),
+            &[]
+        )
+        .await
+        .0,
+        200
+    );
+    let (s, _, err) = env
+        .dps(
+            Method::PUT,
+            "/enrollments/c",
+            Some(sym_enrollment("c")),
+            &[],
+        )
+        .await;
+    assert_eq!((s.as_u16(), err["errorCode"].as_u64()), (409, Some(409201)));
+    assert_eq!(
+        env.dps(
+            Method::PUT,
+            "/enrollments/c",
+            Some(sym_enrollment("c")),
+            &[("if-match", "*")]
+        )
+        .await
+        .0,
+        200
+    );
+    // If-Match with an etag on a missing record cannot match.
+    assert_eq!(
+        env.dps(
+            Method::PUT,
+            "/enrollments/new",
+            Some(sym_enrollment("new")),
+            &[("if-match", "abc")]
+        )
+        .await
+        .0,
+        412
+    );
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_conditional_updates_let_exactly_one_win() {
+    let env = Arc::new(Env::default().await);
+    let (_, _, dev) = env
+        .hub(Method::PUT, "/devices/race", Some(json!({})), &[])
+        .await;
+    let etag = format!("\"{}\"", dev["etag"].as_str().unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let env = env.clone();
+        let etag = etag.clone();
+        let mut body = dev.clone();
+        body["statusReason"] = json!(format!("writer {i}"));
+        tasks.push(tokio::spawn(async move {
+            env.hub(
+                Method::PUT,
+                "/devices/race",
+                Some(body),
+                &[("if-match", &etag)],
+            )
+            .await
+            .0
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap().as_u16() {
+            200 => ok += 1,
+            412 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ok, 1);
+}

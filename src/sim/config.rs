@@ -421,3 +421,33 @@ impl Default for DpsBehavior {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_config_file_with_defaults() {
+        let cfg: SimConfig = serde_json::from_str(
+            r#"{
+                "dps": [{"name": "demo-dps", "linked_hubs": [{"host": "demo-hub-1.azure-devices.net"}]}],
+                "hubs": [{"host": "demo-hub-1.azure-devices.net", "tier": "S3", "units": 2}],
+                "throttle": {"retry_after": false},
+                "time_scale": 60.0
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.dps[0].host_name(),
+            "demo-dps.azure-devices-provisioning.net"
+        );
+        assert_eq!(cfg.dps[0].linked_hubs[0].allocation_weight, 1);
+        assert_eq!(cfg.hubs[0].tier, HubTier::S3);
+        assert!(cfg.throttle.enabled && !cfg.throttle.retry_after);
+        assert_eq!(cfg.throttle.bulk_cost, BulkCost::PerItem);
+        assert_eq!(cfg.time_scale, 60.0);
+        assert_eq!(cfg.bind_host, "127.0.0.1");
+        assert_eq!(HubTier::S3.registry_ops_per_minute_per_unit(), 5_000.0);
+        assert_eq!(HubTier::S1.queries_per_minute_per_unit(), 20.0);
+    }
+}

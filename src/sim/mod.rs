@@ -2,6 +2,38 @@
 //!
 //! One listener per DPS instance and per hub (plain HTTP on 127.0.0.1), each serving the Azure wire
 //! format of its instance plus the `/_sim/` admin API. Start with [`Simulator::start`].
+//!
+//! Every call goes through one pipeline ([`server::run_call`]): injected latency and faults, then
+//! `api-version` (required, `YYYY-MM-DD[-preview]`, else 400), SAS (401), quota (429), the operation.
+//!
+//! Choices where azure-specs/README.md leaves Azure's behaviour open (each is configurable or
+//! easy to change, and tested):
+//! - DPS PUT without If-Match on an existing record replaces it (the spec: If-Match optional);
+//!   [`ExistingPutPolicy::Conflict`] answers 409 / 409201 instead. If-Match `*` on a missing record
+//!   creates it; a specific etag on a missing record is 412.
+//! - DPS error codes beyond the verified 404201 and 401002: 400004 (bad request), 409201 (conflict),
+//!   412001 (etag mismatch), 429001, 500001, 503001; `x-ms-error-code` carries the same number.
+//! - DPS GET and queries hide symmetric keys (`"symmetricKey": {}`); PUT responses and
+//!   `POST …/attestationmechanism` show them. Keys absent from a PUT are regenerated (64 bytes).
+//!   Certificates are accepted as PEM or base64 DER and never returned: only `info`. A PUT that
+//!   echoes `info` without `certificate` keeps the stored certificate when the thumbprint matches.
+//! - Deleting an individual enrollment removes its registration record; deleting a group does not.
+//! - DPS paging: 100 items when `x-ms-max-item-count` is absent, at most 1000; hub twin query: 100
+//!   by default and at most 100. Continuation tokens are opaque and key-based, so deleting items
+//!   while paging neither skips nor repeats the rest.
+//! - Hub errors: `iothub-errorcode` header; `Message` is legacy `ErrorCode:<Name>;<text>` for
+//!   registry errors and a JSON string with the numeric code for 401s (both shapes exist).
+//!   PUT with If-Match on a missing device is 404 DeviceNotFound; DELETE without If-Match is
+//!   400 ArgumentNull; bulk with more than 100 items is 413 TooManyDevices (413002); a device twice
+//!   in one bulk is 400 DeviceDefinedMultipleTimes. Bulk `update`/`updateIfMatchETag` create missing
+//!   devices (import-job semantics); `delete` of a missing device is a per-item DeviceNotFound.
+//! - Hub twin query supports `SELECT * FROM devices [WHERE path = 'v' [AND path != 'v' ...]]`
+//!   (strings, numbers, booleans); anything else is 400 ArgumentInvalid.
+//! - `/devices/query` needs ServiceConnect (README §3); DPS registration reads need
+//!   RegistrationStatusRead, deletes RegistrationStatusWrite. Rights do not imply each other.
+//! - Quotas: token buckets holding a minute of quota (`burst_fraction`), refilled continuously;
+//!   bulk calls cost one op per item unless `bulk_cost = per_call`. `Retry-After` (whole seconds,
+//!   at least 1) is on by default though Azure documents none for IoT Hub.
 
 pub mod admin;
 pub mod auth;

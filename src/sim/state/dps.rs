@@ -5,6 +5,7 @@
 //! Renderings that hide secrets live in `dps_service`.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -308,7 +309,7 @@ impl DpsInstance {
     /// A page of enrollments or groups in id order, after `after` (exclusive).
     pub fn page(&self, kind: EnrollmentKind, after: Option<&str>, limit: usize) -> Page {
         let mut data = self.data.lock();
-        page_of(data.map(kind), after, limit, Value::clone)
+        page_of(after_range(data.map(kind), after), limit)
     }
 
     /// The registration state of a device, if any.
@@ -379,13 +380,10 @@ impl DpsInstance {
     pub fn registrations_page(&self, group_id: &str, after: Option<&str>, limit: usize) -> Page {
         let data = self.data.lock();
         let gid = key_of(group_id);
-        let filtered: BTreeMap<String, Value> = data
-            .registrations
-            .iter()
+        let iter = after_range(&data.registrations, after)
             .filter(|(_, r)| r.group_id.as_deref().is_some_and(|g| key_of(g) == gid))
-            .map(|(k, r)| (k.clone(), r.state.clone()))
-            .collect();
-        page_of(&filtered, after, limit, Value::clone)
+            .map(|(k, r)| (k, &r.state));
+        page_of(iter, limit)
     }
 
     /// Counts of records, for snapshots and tests.
@@ -585,22 +583,29 @@ impl DpsInstance {
     }
 }
 
-fn page_of(
-    map: &BTreeMap<String, Value>,
+/// Entries of `map` strictly after `after` (all when `None`), in key order.
+pub(super) fn after_range<'a, V>(
+    map: &'a BTreeMap<String, V>,
     after: Option<&str>,
+) -> std::collections::btree_map::Range<'a, String, V> {
+    match after {
+        Some(a) => map.range::<str, _>((Bound::Excluded(a), Bound::Unbounded)),
+        None => map.range::<str, _>((Bound::Unbounded, Bound::Unbounded)),
+    }
+}
+
+/// Takes up to `limit` items; `next_after` is set only when more follow.
+pub(super) fn page_of<'a>(
+    iter: impl Iterator<Item = (&'a String, &'a Value)>,
     limit: usize,
-    render: impl Fn(&Value) -> Value,
 ) -> Page {
     let limit = limit.max(1);
-    let mut iter = map
-        .iter()
-        .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
-        .peekable();
+    let mut iter = iter.peekable();
     let mut items = Vec::new();
     let mut last = None;
     while items.len() < limit {
         let Some((k, v)) = iter.next() else { break };
-        items.push(render(v));
+        items.push(v.clone());
         last = Some(k.clone());
     }
     let more = iter.peek().is_some();

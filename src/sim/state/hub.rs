@@ -433,11 +433,7 @@ impl HubInstance {
         let mut items = Vec::new();
         let mut last = None;
         let mut more = false;
-        for (k, d) in data
-            .devices
-            .iter()
-            .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
-        {
+        for (k, d) in super::dps::after_range(&data.devices, after) {
             let twin = render_twin(d);
             if !query.matches(&twin) {
                 continue;
