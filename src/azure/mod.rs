@@ -1,3 +1,26 @@
-//! Azure DPS and IoT Hub clients.
+//! Azure DPS and IoT Hub clients: connection strings, SAS tokens, wire models, one classified error type, and
+//! the per-instance client registry built from configuration.
+pub mod auth;
+#[cfg(test)]
+mod client_tests;
+pub mod clock;
+pub mod config;
+pub mod connection_string;
+pub mod dps;
+pub mod error;
+pub mod hub;
+pub mod models;
 pub mod sas;
 pub mod secret;
+pub mod transport;
+
+pub use auth::SasTokenProvider;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{AzureClients, AzureConfig, ConfigError, DpsInstanceConfig, HubConfig, HubTier};
+
+pub use connection_string::{ConnectionString, ConnectionStringError};
+pub use dps::DpsClient;
+pub use error::{AzureError, ErrorDetails};
+pub use hub::{HubClient, IfMatch};
+pub use secret::Secret;
+pub use transport::ClientOptions;
