@@ -56,24 +56,50 @@ pub struct App {
 
 impl App {
     /// Opens and migrates the database, binds the listener and prepares the engine.
-    pub async fn build(config: AppConfig, workflow: Arc<dyn Workflow>, clock: SharedClock) -> Result<Self, AppError> {
+    pub async fn build(
+        config: AppConfig,
+        workflow: Arc<dyn Workflow>,
+        clock: SharedClock,
+    ) -> Result<Self, AppError> {
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
-        let listener =
-            TcpListener::bind(config.listen).await.map_err(|source| AppError::Bind { addr: config.listen, source })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let waker = Waker::default();
-        let engine = config
-            .run_worker
-            .then(|| Engine::new(store.clone(), workflow.clone(), clock.clone(), config.engine.clone(), waker.clone()));
-        let state =
-            AppState::new(AppInner { store: store.clone(), workflow, clock, waker, dps_names: config.dps_names });
-        Ok(Self { listener, state, engine, store })
+        let engine = config.run_worker.then(|| {
+            Engine::new(
+                store.clone(),
+                workflow.clone(),
+                clock.clone(),
+                config.engine.clone(),
+                waker.clone(),
+            )
+        });
+        let state = AppState::new(AppInner {
+            store: store.clone(),
+            workflow,
+            clock,
+            waker,
+            dps_names: config.dps_names,
+        });
+        Ok(Self {
+            listener,
+            state,
+            engine,
+            store,
+        })
     }
 
     /// The address the API listens on.
     pub fn local_addr(&self) -> SocketAddr {
         // A bound TCP listener always has a local address.
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// The store the app uses (tests inspect it).
@@ -83,7 +109,10 @@ impl App {
 
     /// Serves until `shutdown` resolves, then stops taking requests and work, and lets the engine
     /// finish or release what it runs.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
         let stop = CancellationToken::new();
         let engine_task = self.engine.map(|e| tokio::spawn(e.run(stop.clone())));
         let router = crate::http::app(self.state);
@@ -93,8 +122,9 @@ impl App {
             shutdown.await;
             trigger.cancel();
         });
-        let served =
-            axum::serve(self.listener, router).with_graceful_shutdown(async move { http_stop.cancelled().await }).await;
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await;
         stop.cancel();
         if let Some(task) = engine_task {
             if let Err(e) = task.await {

@@ -40,7 +40,12 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct DbArgs {
     /// Database URL: `postgres://…` (production) or `sqlite://FILE` (embedded, the default).
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://deprovisiond.db?mode=rwc", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://deprovisiond.db?mode=rwc",
+        hide_env_values = true
+    )]
     pub database_url: String,
     /// File holding the database URL (it may hold a password); wins over --database-url.
     #[arg(long, env = "DATABASE_URL_FILE")]
@@ -153,7 +158,12 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub worker: WorkerArgs,
     /// Names of the DPS instances jobs may target (comma-separated).
-    #[arg(long, env = "DEPROVISIOND_DPS_NAMES", value_delimiter = ',', default_value = "default")]
+    #[arg(
+        long,
+        env = "DEPROVISIOND_DPS_NAMES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
     pub dps_names: Vec<String>,
 }
 
@@ -187,7 +197,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Openapi(args) => {
             let doc = crate::http::openapi_json();
             match args.out {
-                Some(p) => std::fs::write(&p, doc).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?,
+                Some(p) => std::fs::write(&p, doc)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?,
                 None => print!("{doc}"),
             }
             Ok(())
@@ -236,10 +247,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     let app = App::build(config, worker.workflow(), Arc::new(SystemClock)).await?;
     let addr = app.local_addr();
-    println!("deprovisiond demo on a throwaway SQLite database ({})", dir.path().display());
+    println!(
+        "deprovisiond demo on a throwaway SQLite database ({})",
+        dir.path().display()
+    );
     println!("  API:        http://{addr}/v1/deprovisions");
     println!("  Swagger UI: http://{addr}/docs");
-    println!("  try: curl -s -X POST http://{addr}/v1/deprovisions -H 'content-type: application/json' \\");
+    println!(
+        "  try: curl -s -X POST http://{addr}/v1/deprovisions -H 'content-type: application/json' \\"
+    );
     println!(
         "         -d '{{\"target\":{{\"kind\":\"individual_enrollment\",\"registration_id\":\"sk-sensor-001\"}},\"reason\":{{\"code\":\"stolen\"}}}}'"
     );

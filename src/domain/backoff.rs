@@ -17,7 +17,11 @@ pub struct BackoffPolicy {
 
 impl Default for BackoffPolicy {
     fn default() -> Self {
-        Self { base: Duration::from_millis(500), cap: Duration::from_secs(300), max_attempts: 8 }
+        Self {
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(300),
+            max_attempts: 8,
+        }
     }
 }
 
@@ -30,7 +34,12 @@ impl BackoffPolicy {
 
     /// The delay before the next try: a uniformly random value in `[0, ceiling]` ("full jitter"),
     /// unless the service asked for a specific wait, which is honoured.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
+    pub fn delay(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        rng: &mut impl Rng,
+    ) -> Duration {
         if let Some(hint) = retry_after {
             // A hint beyond an hour is treated as an hour, so a bad header cannot park work for days.
             return hint.min(Duration::from_secs(3600));
@@ -52,7 +61,11 @@ mod tests {
     use rand::rngs::StdRng;
 
     fn policy() -> BackoffPolicy {
-        BackoffPolicy { base: Duration::from_millis(100), cap: Duration::from_secs(2), max_attempts: 5 }
+        BackoffPolicy {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(2),
+            max_attempts: 5,
+        }
     }
 
     #[test]
@@ -75,7 +88,9 @@ mod tests {
         }
         // Full jitter spreads over the whole range, not just the top.
         let mut r = StdRng::seed_from_u64(1);
-        let samples: Vec<_> = (0..200).map(|_| p.delay(6, None, &mut r).as_millis()).collect();
+        let samples: Vec<_> = (0..200)
+            .map(|_| p.delay(6, None, &mut r).as_millis())
+            .collect();
         assert!(samples.iter().any(|&d| d < 500) && samples.iter().any(|&d| d > 1500));
     }
 
@@ -83,8 +98,14 @@ mod tests {
     fn retry_after_is_honoured() {
         let p = policy();
         let mut r = StdRng::seed_from_u64(1);
-        assert_eq!(p.delay(1, Some(Duration::from_secs(7)), &mut r), Duration::from_secs(7));
-        assert_eq!(p.delay(1, Some(Duration::from_millis(10)), &mut r), Duration::from_millis(10));
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(7)), &mut r),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_millis(10)), &mut r),
+            Duration::from_millis(10)
+        );
     }
 
     #[test]

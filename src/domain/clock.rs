@@ -49,5 +49,7 @@ pub type SharedClock = Arc<dyn Clock>;
 
 /// Formats stored milliseconds as RFC 3339 UTC text for the API.
 pub fn to_rfc3339(ms: Millis) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

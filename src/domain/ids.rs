@@ -43,10 +43,21 @@ fn check_dps_id(kind: &'static str, s: &str) -> Result<String, IdError> {
     }
     let len = s.chars().count();
     if len > 128 {
-        return Err(IdError::TooLong { kind, len, max: 128 });
+        return Err(IdError::TooLong {
+            kind,
+            len,
+            max: 128,
+        });
     }
-    if let Some(ch) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))) {
-        return Err(IdError::BadChar { kind, ch, allowed: DPS_ALLOWED });
+    if let Some(ch) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')))
+    {
+        return Err(IdError::BadChar {
+            kind,
+            ch,
+            allowed: DPS_ALLOWED,
+        });
     }
     // DPS treats these ids case-insensitively and stores them lower-case.
     Ok(s.to_ascii_lowercase())
@@ -149,11 +160,29 @@ mod tests {
 
     #[test]
     fn registration_id_rules() {
-        assert_eq!(RegistrationId::parse("Dev-01.a_b:c").unwrap().as_str(), "dev-01.a_b:c");
-        assert_eq!(RegistrationId::parse(""), Err(IdError::Empty { kind: "registration_id" }));
-        assert!(matches!(RegistrationId::parse(&"a".repeat(129)), Err(IdError::TooLong { len: 129, max: 128, .. })));
+        assert_eq!(
+            RegistrationId::parse("Dev-01.a_b:c").unwrap().as_str(),
+            "dev-01.a_b:c"
+        );
+        assert_eq!(
+            RegistrationId::parse(""),
+            Err(IdError::Empty {
+                kind: "registration_id"
+            })
+        );
+        assert!(matches!(
+            RegistrationId::parse(&"a".repeat(129)),
+            Err(IdError::TooLong {
+                len: 129,
+                max: 128,
+                ..
+            })
+        ));
         assert!(RegistrationId::parse(&"a".repeat(128)).is_ok());
-        assert!(matches!(RegistrationId::parse("dev/1"), Err(IdError::BadChar { ch: '/', .. })));
+        assert!(matches!(
+            RegistrationId::parse("dev/1"),
+            Err(IdError::BadChar { ch: '/', .. })
+        ));
         assert!(RegistrationId::parse("dév").is_err());
     }
 

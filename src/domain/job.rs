@@ -66,9 +66,13 @@ impl Target {
     /// The id a caller filters on: the registration id, or the group id for a whole group.
     pub fn id(&self) -> &str {
         match self {
-            Target::IndividualEnrollment(IndividualTarget { registration_id }) => registration_id.as_str(),
+            Target::IndividualEnrollment(IndividualTarget { registration_id }) => {
+                registration_id.as_str()
+            }
             Target::EnrollmentGroup(GroupTarget { group_id }) => group_id.as_str(),
-            Target::GroupDevice(GroupDeviceTarget { registration_id, .. }) => registration_id.as_str(),
+            Target::GroupDevice(GroupDeviceTarget {
+                registration_id, ..
+            }) => registration_id.as_str(),
         }
     }
 
@@ -81,7 +85,9 @@ impl Target {
             Target::EnrollmentGroup(GroupTarget { group_id }) => format!("group:{group_id}"),
             // A group device is blocked by an individual enrollment with its registration id,
             // so it shares the key space of individual enrollments.
-            Target::GroupDevice(GroupDeviceTarget { registration_id, .. }) => format!("individual:{registration_id}"),
+            Target::GroupDevice(GroupDeviceTarget {
+                registration_id, ..
+            }) => format!("individual:{registration_id}"),
         }
     }
 }
@@ -245,7 +251,10 @@ pub struct FieldError {
 impl FieldError {
     /// A problem with `field`.
     pub fn new(field: &str, message: impl Into<String>) -> Self {
-        Self { field: field.to_string(), message: message.into() }
+        Self {
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -257,22 +266,36 @@ impl DeprovisionRequest {
             if text.len() > MAX_REASON_TEXT_BYTES {
                 errors.push(FieldError::new(
                     "reason.text",
-                    format!("is {} bytes long; at most {MAX_REASON_TEXT_BYTES} are allowed", text.len()),
+                    format!(
+                        "is {} bytes long; at most {MAX_REASON_TEXT_BYTES} are allowed",
+                        text.len()
+                    ),
                 ));
             }
         }
-        if self.reason.code == ReasonCode::Other && self.reason.text.as_deref().is_none_or(|t| t.trim().is_empty()) {
-            errors.push(FieldError::new("reason.text", "is required when reason.code is `other`"));
+        if self.reason.code == ReasonCode::Other
+            && self
+                .reason
+                .text
+                .as_deref()
+                .is_none_or(|t| t.trim().is_empty())
+        {
+            errors.push(FieldError::new(
+                "reason.text",
+                "is required when reason.code is `other`",
+            ));
         }
         if let Some(t) = &self.ticket {
             check_text(&mut errors, "ticket.system", &t.system, 64);
             check_text(&mut errors, "ticket.key", &t.key, 128);
             if let Some(u) = &t.url {
                 match url::Url::parse(u) {
-                    Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && u.len() <= 2048 => {}
-                    _ => {
-                        errors.push(FieldError::new("ticket.url", "must be an http(s) URL of at most 2048 characters"))
-                    }
+                    Ok(parsed)
+                        if matches!(parsed.scheme(), "http" | "https") && u.len() <= 2048 => {}
+                    _ => errors.push(FieldError::new(
+                        "ticket.url",
+                        "must be an http(s) URL of at most 2048 characters",
+                    )),
                 }
             }
         }
@@ -291,7 +314,9 @@ impl DeprovisionRequest {
                     ));
                 }
             }
-            Target::GroupDevice(GroupDeviceTarget { certificate_pem, .. }) => {
+            Target::GroupDevice(GroupDeviceTarget {
+                certificate_pem, ..
+            }) => {
                 if self.revoke == RevokeAction::Delete {
                     errors.push(FieldError::new(
                         "revoke",
@@ -311,16 +336,29 @@ impl DeprovisionRequest {
         }
         if !is_group {
             if self.delete_group {
-                errors.push(FieldError::new("delete_group", "applies only to an enrollment_group target"));
+                errors.push(FieldError::new(
+                    "delete_group",
+                    "applies only to an enrollment_group target",
+                ));
             }
             if self.delete_registrations {
-                errors.push(FieldError::new("delete_registrations", "applies only to an enrollment_group target"));
+                errors.push(FieldError::new(
+                    "delete_registrations",
+                    "applies only to an enrollment_group target",
+                ));
             }
         }
         if self.force && !self.delete_group {
-            errors.push(FieldError::new("force", "only means something together with `delete_group: true`"));
+            errors.push(FieldError::new(
+                "force",
+                "only means something together with `delete_group: true`",
+            ));
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -328,9 +366,15 @@ fn check_text(errors: &mut Vec<FieldError>, field: &str, value: &str, max: usize
     if value.trim().is_empty() {
         errors.push(FieldError::new(field, "must not be empty"));
     } else if value.chars().count() > max {
-        errors.push(FieldError::new(field, format!("is longer than {max} characters")));
+        errors.push(FieldError::new(
+            field,
+            format!("is longer than {max} characters"),
+        ));
     } else if value.chars().any(char::is_control) {
-        errors.push(FieldError::new(field, "must not contain control characters"));
+        errors.push(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
 }
 
@@ -419,7 +463,10 @@ mod tests {
         .unwrap();
         let errs = r.validate().unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["reason.text", "ticket.key", "ticket.url", "delete_group"]);
+        assert_eq!(
+            fields,
+            ["reason.text", "ticket.key", "ticket.url", "delete_group"]
+        );
     }
 
     #[test]

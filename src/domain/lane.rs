@@ -70,7 +70,10 @@ impl LaneState {
 
     /// Whether nothing more will happen to the lane (until a retry).
     pub fn is_terminal(self) -> bool {
-        matches!(self, LaneState::Succeeded | LaneState::Skipped | LaneState::Failed | LaneState::Cancelled)
+        matches!(
+            self,
+            LaneState::Succeeded | LaneState::Skipped | LaneState::Failed | LaneState::Cancelled
+        )
     }
 }
 
@@ -93,7 +96,10 @@ pub struct StepError {
 impl StepError {
     /// An error with only a message.
     pub fn msg(message: impl Into<String>) -> Self {
-        Self { message: message.into(), ..Self::default() }
+        Self {
+            message: message.into(),
+            ..Self::default()
+        }
     }
 }
 
@@ -171,18 +177,38 @@ pub fn advance(
     };
     match outcome {
         Outcome::Done => next_step(steps, pos.step_index + 1, now),
-        Outcome::Skipped(reason) => Transition { state: LaneState::Skipped, skip_reason: Some(reason), ..base },
-        Outcome::Continue { cursor } => Transition { attempt: 0, cursor: Some(cursor), ..base },
+        Outcome::Skipped(reason) => Transition {
+            state: LaneState::Skipped,
+            skip_reason: Some(reason),
+            ..base
+        },
+        Outcome::Continue { cursor } => Transition {
+            attempt: 0,
+            cursor: Some(cursor),
+            ..base
+        },
         Outcome::Retry { error, retry_after } => {
             if backoff.allows_another(pos.attempt) {
                 let delay = backoff.delay(pos.attempt, retry_after, rng);
-                Transition { next_run_at: now + delay.as_millis() as Millis, error: Some(error), ..base }
+                Transition {
+                    next_run_at: now + delay.as_millis() as Millis,
+                    error: Some(error),
+                    ..base
+                }
             } else {
                 let message = format!("gave up after {} attempts: {}", pos.attempt, error.message);
-                Transition { state: LaneState::Failed, error: Some(StepError { message, ..error }), ..base }
+                Transition {
+                    state: LaneState::Failed,
+                    error: Some(StepError { message, ..error }),
+                    ..base
+                }
             }
         }
-        Outcome::Fail(error) => Transition { state: LaneState::Failed, error: Some(error), ..base },
+        Outcome::Fail(error) => Transition {
+            state: LaneState::Failed,
+            error: Some(error),
+            ..base
+        },
     }
 }
 
@@ -215,19 +241,56 @@ mod tests {
     }
 
     fn backoff() -> BackoffPolicy {
-        BackoffPolicy { base: Duration::from_millis(100), cap: Duration::from_secs(10), max_attempts: 3 }
+        BackoffPolicy {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(10),
+            max_attempts: 3,
+        }
     }
 
     #[test]
     fn done_moves_to_next_step_then_barrier_then_end() {
         let s = steps(&["resolve", "revoke", ITEMS_BARRIER, "cleanup"]);
         let mut rng = StdRng::seed_from_u64(0);
-        let t = advance(&s, Position { step_index: 0, attempt: 2 }, Outcome::Done, 1000, &backoff(), &mut rng);
-        assert_eq!((t.state, t.step_index, t.attempt), (LaneState::Pending, 1, 0));
-        let t = advance(&s, Position { step_index: 1, attempt: 1 }, Outcome::Done, 1000, &backoff(), &mut rng);
+        let t = advance(
+            &s,
+            Position {
+                step_index: 0,
+                attempt: 2,
+            },
+            Outcome::Done,
+            1000,
+            &backoff(),
+            &mut rng,
+        );
+        assert_eq!(
+            (t.state, t.step_index, t.attempt),
+            (LaneState::Pending, 1, 0)
+        );
+        let t = advance(
+            &s,
+            Position {
+                step_index: 1,
+                attempt: 1,
+            },
+            Outcome::Done,
+            1000,
+            &backoff(),
+            &mut rng,
+        );
         assert_eq!((t.state, t.step_index), (LaneState::WaitingItems, 2));
         assert_eq!(next_step(&s, 3, 5).state, LaneState::Pending);
-        let t = advance(&s, Position { step_index: 3, attempt: 1 }, Outcome::Done, 1000, &backoff(), &mut rng);
+        let t = advance(
+            &s,
+            Position {
+                step_index: 3,
+                attempt: 1,
+            },
+            Outcome::Done,
+            1000,
+            &backoff(),
+            &mut rng,
+        );
         assert_eq!((t.state, t.step_index), (LaneState::Succeeded, 4));
     }
 
@@ -238,8 +301,14 @@ mod tests {
         let e = StepError::msg("503");
         let t = advance(
             &s,
-            Position { step_index: 0, attempt: 1 },
-            Outcome::Retry { error: e.clone(), retry_after: None },
+            Position {
+                step_index: 0,
+                attempt: 1,
+            },
+            Outcome::Retry {
+                error: e.clone(),
+                retry_after: None,
+            },
             1000,
             &backoff(),
             &mut rng,
@@ -248,8 +317,14 @@ mod tests {
         assert!((1000..=1100).contains(&t.next_run_at));
         let t = advance(
             &s,
-            Position { step_index: 0, attempt: 2 },
-            Outcome::Retry { error: e.clone(), retry_after: Some(Duration::from_secs(30)) },
+            Position {
+                step_index: 0,
+                attempt: 2,
+            },
+            Outcome::Retry {
+                error: e.clone(),
+                retry_after: Some(Duration::from_secs(30)),
+            },
             1000,
             &backoff(),
             &mut rng,
@@ -264,8 +339,14 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0);
         let t = advance(
             &s,
-            Position { step_index: 0, attempt: 3 },
-            Outcome::Retry { error: StepError::msg("503"), retry_after: None },
+            Position {
+                step_index: 0,
+                attempt: 3,
+            },
+            Outcome::Retry {
+                error: StepError::msg("503"),
+                retry_after: None,
+            },
             0,
             &backoff(),
             &mut rng,
@@ -280,13 +361,21 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0);
         let t = advance(
             &s,
-            Position { step_index: 0, attempt: 2 },
-            Outcome::Continue { cursor: "c2".into() },
+            Position {
+                step_index: 0,
+                attempt: 2,
+            },
+            Outcome::Continue {
+                cursor: "c2".into(),
+            },
             7,
             &backoff(),
             &mut rng,
         );
-        assert_eq!((t.state, t.step_index, t.attempt, t.cursor.as_deref()), (LaneState::Pending, 0, 0, Some("c2")));
+        assert_eq!(
+            (t.state, t.step_index, t.attempt, t.cursor.as_deref()),
+            (LaneState::Pending, 0, 0, Some("c2"))
+        );
     }
 
     #[test]
@@ -295,7 +384,10 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0);
         let t = advance(
             &s,
-            Position { step_index: 0, attempt: 1 },
+            Position {
+                step_index: 0,
+                attempt: 1,
+            },
             Outcome::Fail(StepError::msg("403")),
             0,
             &backoff(),
@@ -304,12 +396,18 @@ mod tests {
         assert!(t.state.is_terminal());
         let t = advance(
             &s,
-            Position { step_index: 0, attempt: 1 },
+            Position {
+                step_index: 0,
+                attempt: 1,
+            },
             Outcome::Skipped("never provisioned".into()),
             0,
             &backoff(),
             &mut rng,
         );
-        assert_eq!((t.state, t.skip_reason.as_deref()), (LaneState::Skipped, Some("never provisioned")));
+        assert_eq!(
+            (t.state, t.skip_reason.as_deref()),
+            (LaneState::Skipped, Some("never provisioned"))
+        );
     }
 }

@@ -9,7 +9,9 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
-use super::views::{DevicePage, DeviceView, EventPage, EventView, JobPage, JobView, ListJobsQuery, PageQuery};
+use super::views::{
+    DevicePage, DeviceView, EventPage, EventView, JobPage, JobView, ListJobsQuery, PageQuery,
+};
 use super::{AppState, PROBLEM};
 use crate::domain::job::{DeprovisionRequest, FieldError};
 use crate::store::{Created, JobFilter, NewJob, Store};
@@ -85,7 +87,18 @@ pub async fn create_deprovision(
     }
     let plan = state.workflow.plan(&request);
     let idempotency = key.map(|k| (k, request_hash(&request)));
-    let created = state.store.create_job(NewJob { dps, request, plan, idempotency }, state.clock.now_ms()).await?;
+    let created = state
+        .store
+        .create_job(
+            NewJob {
+                dps,
+                request,
+                plan,
+                idempotency,
+            },
+            state.clock.now_ms(),
+        )
+        .await?;
     match created {
         Created::New(job) => {
             state.waker.wake();
@@ -97,17 +110,23 @@ pub async fn create_deprovision(
             }
             Ok(resp)
         }
-        Created::Replayed(job) => Ok((StatusCode::OK, ApiJson(job_view(&state.store, &job).await?)).into_response()),
+        Created::Replayed(job) => {
+            Ok((StatusCode::OK, ApiJson(job_view(&state.store, &job).await?)).into_response())
+        }
     }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
     let s = v
         .to_str()
         .ok()
         .filter(|s| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| ApiError::BadRequest("Idempotency-Key must be 1-255 visible ASCII characters".into()))?;
+        .ok_or_else(|| {
+            ApiError::BadRequest("Idempotency-Key must be 1-255 visible ASCII characters".into())
+        })?;
     Ok(Some(s.to_string()))
 }
 
@@ -146,7 +165,11 @@ pub async fn get_deprovision(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<JobView>, ApiError> {
     let id = parse_job_id(&id)?;
-    let job = state.store.get_job(&id).await?.ok_or_else(|| not_found(&id))?;
+    let job = state
+        .store
+        .get_job(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
     Ok(ApiJson(job_view(&state.store, &job).await?))
 }
 
@@ -159,7 +182,9 @@ fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, FieldError
         .map(|s| {
             chrono::DateTime::parse_from_rfc3339(s)
                 .map(|t| t.timestamp_millis())
-                .map_err(|_| FieldError::new(field, "must be an RFC 3339 time, e.g. 2026-11-28T10:00:00Z"))
+                .map_err(|_| {
+                    FieldError::new(field, "must be an RFC 3339 time, e.g. 2026-11-28T10:00:00Z")
+                })
         })
         .transpose()
 }
@@ -195,7 +220,10 @@ pub async fn list_deprovisions(
     }
     if let Some(c) = &q.cursor {
         if !Store::is_valid_job_cursor(c) {
-            errors.push(FieldError::new("cursor", "is not a cursor this API returned"));
+            errors.push(FieldError::new(
+                "cursor",
+                "is not a cursor this API returned",
+            ));
         }
     }
     if !errors.is_empty() {
@@ -209,12 +237,18 @@ pub async fn list_deprovisions(
         created_from: from,
         created_to: to,
     };
-    let page = state.store.list_jobs(&filter, q.cursor.as_deref(), limit).await?;
+    let page = state
+        .store
+        .list_jobs(&filter, q.cursor.as_deref(), limit)
+        .await?;
     let mut items = Vec::with_capacity(page.rows.len());
     for job in &page.rows {
         items.push(job_view(&state.store, job).await?);
     }
-    Ok(ApiJson(JobPage { items, next_cursor: page.next_cursor }))
+    Ok(ApiJson(JobPage {
+        items,
+        next_cursor: page.next_cursor,
+    }))
 }
 
 fn page_params(q: &PageQuery) -> Result<(Option<i64>, u32), ApiError> {
@@ -227,11 +261,18 @@ fn page_params(q: &PageQuery) -> Result<(Option<i64>, u32), ApiError> {
         None => None,
         Some(Ok(c)) if c >= 0 => Some(c),
         Some(_) => {
-            errors.push(FieldError::new("cursor", "is not a cursor this API returned"));
+            errors.push(FieldError::new(
+                "cursor",
+                "is not a cursor this API returned",
+            ));
             None
         }
     };
-    if errors.is_empty() { Ok((cursor, limit)) } else { Err(ApiError::Validation(errors)) }
+    if errors.is_empty() {
+        Ok((cursor, limit))
+    } else {
+        Err(ApiError::Validation(errors))
+    }
 }
 
 /// List the devices of a job and where each one is.
@@ -253,10 +294,18 @@ pub async fn list_devices(
 ) -> Result<ApiJson<DevicePage>, ApiError> {
     let id = parse_job_id(&id)?;
     let (cursor, limit) = page_params(&q)?;
-    let job = state.store.get_job(&id).await?.ok_or_else(|| not_found(&id))?;
+    let job = state
+        .store
+        .get_job(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
     let page = state.store.list_items(&id, cursor, limit).await?;
     Ok(ApiJson(DevicePage {
-        items: page.rows.iter().map(|i| DeviceView::new(i, &job.plan.item_steps)).collect(),
+        items: page
+            .rows
+            .iter()
+            .map(|i| DeviceView::new(i, &job.plan.item_steps))
+            .collect(),
         next_cursor: page.next_cursor,
     }))
 }
@@ -280,9 +329,16 @@ pub async fn list_events(
 ) -> Result<ApiJson<EventPage>, ApiError> {
     let id = parse_job_id(&id)?;
     let (cursor, limit) = page_params(&q)?;
-    state.store.get_job(&id).await?.ok_or_else(|| not_found(&id))?;
+    state
+        .store
+        .get_job(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
     let page = state.store.list_events(&id, cursor, limit).await?;
-    Ok(ApiJson(EventPage { items: page.rows.iter().map(EventView::from).collect(), next_cursor: page.next_cursor }))
+    Ok(ApiJson(EventPage {
+        items: page.rows.iter().map(EventView::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// Cancel a queued or running job.

@@ -98,12 +98,21 @@ pub enum ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(id) => ApiError::NotFound(format!("no deprovisioning job with id {id}")),
+            StoreError::NotFound(id) => {
+                ApiError::NotFound(format!("no deprovisioning job with id {id}"))
+            }
             StoreError::ActiveJobExists { job_id } => ApiError::ActiveJob { job_id },
             StoreError::IdempotencyMismatch { job_id } => ApiError::IdempotencyMismatch { job_id },
-            StoreError::InvalidTransition { job_id, status, action, allowed } => ApiError::InvalidTransition {
+            StoreError::InvalidTransition {
                 job_id,
-                detail: format!("the job is {status}; {action} is only possible when it is {allowed}"),
+                status,
+                action,
+                allowed,
+            } => ApiError::InvalidTransition {
+                job_id,
+                detail: format!(
+                    "the job is {status}; {action} is only possible when it is {allowed}"
+                ),
             },
             StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
                 ApiError::Unavailable("the database is not reachable".into())
@@ -116,35 +125,63 @@ impl From<StoreError> for ApiError {
 impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "The request could not be read"),
-            ApiError::Validation(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed", "Request validation failed")
-            }
+            ApiError::BadRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "The request could not be read",
+            ),
+            ApiError::Validation(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation-failed",
+                "Request validation failed",
+            ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Resource not found"),
             ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "no-such-route", "No such route"),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
-            ApiError::PayloadTooLarge(_) => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large")
-            }
-            ApiError::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
-            }
-            ApiError::ActiveJob { .. } => {
-                (StatusCode::CONFLICT, "active-job-exists", "A job for this target is already active")
-            }
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            ApiError::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Request body too large",
+            ),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            ApiError::ActiveJob { .. } => (
+                StatusCode::CONFLICT,
+                "active-job-exists",
+                "A job for this target is already active",
+            ),
             ApiError::IdempotencyMismatch { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",
                 "Idempotency key reused with a different request",
             ),
-            ApiError::InvalidTransition { .. } => {
-                (StatusCode::CONFLICT, "invalid-job-transition", "Action not allowed in the job's status")
-            }
-            ApiError::Conflict { slug, .. } => {
-                (StatusCode::CONFLICT, slug, "Request refused to protect a device block")
-            }
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal-error", "Internal server error"),
+            ApiError::InvalidTransition { .. } => (
+                StatusCode::CONFLICT,
+                "invalid-job-transition",
+                "Action not allowed in the job's status",
+            ),
+            ApiError::Conflict { slug, .. } => (
+                StatusCode::CONFLICT,
+                slug,
+                "Request refused to protect a device block",
+            ),
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal-error",
+                "Internal server error",
+            ),
         }
     }
 
@@ -155,9 +192,15 @@ impl ApiError {
             ApiError::Validation(errors) => format!(
                 "{} field(s) are invalid: {}",
                 errors.len(),
-                errors.iter().map(|e| format!("{} {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
+                errors
+                    .iter()
+                    .map(|e| format!("{} {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
-            ApiError::MethodNotAllowed => "this route does not accept that method; see /docs for the API".into(),
+            ApiError::MethodNotAllowed => {
+                "this route does not accept that method; see /docs for the API".into()
+            }
             ApiError::NoRoute(p) => format!("nothing is served at {p}; see /docs for the API"),
             ApiError::ActiveJob { job_id } => format!(
                 "job {job_id} is already queued or running for this target; follow it, or cancel it before asking again"
@@ -194,7 +237,8 @@ impl IntoResponse for ApiError {
             tracing::error!(error = ?e, "internal error");
         }
         let problem = self.problem();
-        let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         problem_response(status, problem)
     }
 }
@@ -202,6 +246,7 @@ impl IntoResponse for ApiError {
 /// Builds a problem+json response.
 pub fn problem_response(status: StatusCode, problem: Problem) -> Response {
     let mut resp = (status, Json(problem)).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     resp
 }

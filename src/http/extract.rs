@@ -35,12 +35,14 @@ impl From<JsonRejection> for ApiError {
                 "the request body is larger than the limit of {} bytes",
                 super::BODY_LIMIT_BYTES
             )),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                ApiError::UnsupportedMediaType("send the body as JSON with `Content-Type: application/json`".into())
-            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(
+                "send the body as JSON with `Content-Type: application/json`".into(),
+            ),
             _ => match r {
                 JsonRejection::JsonDataError(e) => data_error(&e),
-                JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(format!("malformed JSON: {}", e.body_text())),
+                JsonRejection::JsonSyntaxError(e) => {
+                    ApiError::BadRequest(format!("malformed JSON: {}", e.body_text()))
+                }
                 other => ApiError::BadRequest(other.body_text()),
             },
         }
@@ -66,10 +68,18 @@ fn data_error(e: &axum::extract::rejection::JsonDataError) -> ApiError {
     while let Some(err) = source {
         if let Some(p) = err.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>() {
             let path = p.path().to_string();
-            let field = if path == "." { "body".to_string() } else { path };
+            let field = if path == "." {
+                "body".to_string()
+            } else {
+                path
+            };
             // serde_json appends " at line L column C"; the field path says more to a caller.
             let message = p.inner().to_string();
-            let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_string();
             return ApiError::Validation(vec![crate::domain::job::FieldError { field, message }]);
         }
         source = err.source();

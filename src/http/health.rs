@@ -13,7 +13,9 @@ use super::{AppState, PROBLEM};
 
 /// The routes of the probes.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
 /// Probe answer.
@@ -40,13 +42,19 @@ pub async fn healthz() -> ApiJson<Health> {
         (status = 503, description = "Database unreachable or not migrated", body = Problem, content_type = PROBLEM),
     )
 )]
-pub async fn readyz(State(state): State<AppState>) -> Result<(StatusCode, ApiJson<Health>), ApiError> {
+pub async fn readyz(
+    State(state): State<AppState>,
+) -> Result<(StatusCode, ApiJson<Health>), ApiError> {
     match state.store.ready().await {
         Ok(true) => Ok((StatusCode::OK, ApiJson(Health { status: "ok" }))),
-        Ok(false) => Err(ApiError::Unavailable("database migrations are not applied".into())),
+        Ok(false) => Err(ApiError::Unavailable(
+            "database migrations are not applied".into(),
+        )),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            Err(ApiError::Unavailable("the database is not reachable".into()))
+            Err(ApiError::Unavailable(
+                "the database is not reachable".into(),
+            ))
         }
     }
 }

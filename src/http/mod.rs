@@ -101,7 +101,9 @@ impl AppState {
 pub struct ApiDoc;
 
 fn api_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(deprovisions::router()).merge(health::router())
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(deprovisions::router())
+        .merge(health::router())
 }
 
 /// The OpenAPI document (also committed as `openapi/openapi.json`).

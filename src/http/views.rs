@@ -118,7 +118,11 @@ impl JobView {
                     LaneState::Pending
                 };
                 StepView {
-                    name: if name == ITEMS_BARRIER { "devices".into() } else { name.clone() },
+                    name: if name == ITEMS_BARRIER {
+                        "devices".into()
+                    } else {
+                        name.clone()
+                    },
                     state,
                     attempt: (i == job.step_index && job.attempt > 0).then_some(job.attempt),
                 }

@@ -182,15 +182,16 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
         };
         let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
-        let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = $1")
-            .bind(true)
-            .fetch_one(&self.pool)
-            .await
-            .or_else(|e| match e {
-                // No migrations table yet: not ready.
-                sqlx::Error::Database(_) => Ok(None),
-                other => Err(other),
-            })?;
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = $1")
+                .bind(true)
+                .fetch_one(&self.pool)
+                .await
+                .or_else(|e| match e {
+                    // No migrations table yet: not ready.
+                    sqlx::Error::Database(_) => Ok(None),
+                    other => Err(other),
+                })?;
         Ok(applied.unwrap_or(0) >= latest)
     }
 
@@ -262,11 +263,14 @@ impl Store {
                         return Ok(Created::Replayed(existing));
                     }
                 }
-                let job_id: Option<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE active_key = $1")
-                    .bind(&target_key)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                return Err(StoreError::ActiveJobExists { job_id: job_id.unwrap_or_default() });
+                let job_id: Option<String> =
+                    sqlx::query_scalar("SELECT id FROM jobs WHERE active_key = $1")
+                        .bind(&target_key)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                return Err(StoreError::ActiveJobExists {
+                    job_id: job_id.unwrap_or_default(),
+                });
             }
             Err(e) => return Err(e.into()),
         }
@@ -281,14 +285,20 @@ impl Store {
                     req.target.kind().as_str(),
                     req.target.id(),
                     req.reason.code.as_str(),
-                    req.requested_by.as_ref().map(|r| format!(" by {r}")).unwrap_or_default()
+                    req.requested_by
+                        .as_ref()
+                        .map(|r| format!(" by {r}"))
+                        .unwrap_or_default()
                 )),
                 ..NewEvent::default()
             },
         )
         .await?;
         tx.commit().await?;
-        let job = self.get_job(&id).await?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+        let job = self
+            .get_job(&id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.clone()))?;
         Ok(Created::New(job))
     }
 
@@ -316,7 +326,12 @@ impl Store {
     }
 
     /// Jobs, newest first, filtered, one page at a time.
-    pub async fn list_jobs(&self, filter: &JobFilter, cursor: Option<&str>, limit: u32) -> Result<Page<JobRecord>> {
+    pub async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<JobRecord>> {
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1");
         let mut texts: Vec<(usize, String)> = Vec::new();
         let mut ints: Vec<(usize, i64)> = Vec::new();
@@ -356,7 +371,8 @@ impl Store {
             ints.push((i, t));
         }
         if let Some(c) = cursor {
-            let (at, id) = decode_job_cursor(c).ok_or_else(|| StoreError::Corrupt("cursor".into()))?;
+            let (at, id) =
+                decode_job_cursor(c).ok_or_else(|| StoreError::Corrupt("cursor".into()))?;
             let (a, b, d) = (next(), next(), next());
             sql += &format!(" AND (created_at < ${a} OR (created_at = ${b} AND id < ${d}))");
             ints.push((a, at));
@@ -367,7 +383,8 @@ impl Store {
         sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT ${l}");
         ints.push((l, i64::from(limit) + 1));
         // Bind in placeholder order.
-        let mut binds: Vec<(usize, Bind)> = texts.into_iter().map(|(i, v)| (i, Bind::Text(v))).collect();
+        let mut binds: Vec<(usize, Bind)> =
+            texts.into_iter().map(|(i, v)| (i, Bind::Text(v))).collect();
         binds.extend(ints.into_iter().map(|(i, v)| (i, Bind::Int(v))));
         binds.sort_by_key(|(i, _)| *i);
         let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -385,7 +402,10 @@ impl Store {
         } else {
             None
         };
-        Ok(Page { rows: jobs, next_cursor })
+        Ok(Page {
+            rows: jobs,
+            next_cursor,
+        })
     }
 
     /// Whether a job cursor is well-formed (so the API can answer 400 instead of 500).
@@ -395,10 +415,12 @@ impl Store {
 
     /// Counts of a job's items by state.
     pub async fn item_counts(&self, job_id: &str) -> Result<ItemCounts> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM job_items WHERE job_id = $1 GROUP BY state")
-            .bind(job_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n FROM job_items WHERE job_id = $1 GROUP BY state",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
         let mut c = ItemCounts::default();
         for r in rows {
             let state: String = r.try_get("state")?;
@@ -420,7 +442,12 @@ impl Store {
     }
 
     /// A job's items in discovery order, one page at a time (cursor = last seq).
-    pub async fn list_items(&self, job_id: &str, after_seq: Option<i64>, limit: u32) -> Result<Page<ItemRecord>> {
+    pub async fn list_items(
+        &self,
+        job_id: &str,
+        after_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<ItemRecord>> {
         let rows = sqlx::query(sql!(
             "SELECT {ITEM_COLUMNS} FROM job_items WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
         ))
@@ -436,7 +463,10 @@ impl Store {
         } else {
             None
         };
-        Ok(Page { rows: items, next_cursor })
+        Ok(Page {
+            rows: items,
+            next_cursor,
+        })
     }
 
     /// One item.
@@ -449,7 +479,12 @@ impl Store {
     }
 
     /// A job's timeline, oldest first (cursor = last event id).
-    pub async fn list_events(&self, job_id: &str, after_id: Option<i64>, limit: u32) -> Result<Page<EventRecord>> {
+    pub async fn list_events(
+        &self,
+        job_id: &str,
+        after_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<EventRecord>> {
         let rows = sqlx::query(sql!(
             "SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3"
         ))
@@ -458,18 +493,29 @@ impl Store {
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await?;
-        let mut events = rows.iter().map(event_from_row).collect::<Result<Vec<_>>>()?;
+        let mut events = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>>>()?;
         let next_cursor = if events.len() > limit as usize {
             events.truncate(limit as usize);
             events.last().map(|e| e.id.to_string())
         } else {
             None
         };
-        Ok(Page { rows: events, next_cursor })
+        Ok(Page {
+            rows: events,
+            next_cursor,
+        })
     }
 
     /// Appends events to a job's timeline.
-    pub async fn append_events(&self, job_id: &str, now: Millis, events: &[NewEvent]) -> Result<()> {
+    pub async fn append_events(
+        &self,
+        job_id: &str,
+        now: Millis,
+        events: &[NewEvent],
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for e in events {
             insert_event(&mut tx, job_id, now, e).await?;
@@ -480,7 +526,10 @@ impl Store {
 
     /// Asks a queued or running job to stop: nothing new starts; a step in flight completes and is recorded.
     pub async fn cancel_job(&self, id: &str, now: Millis) -> Result<JobRecord> {
-        let job = self.get_job(id).await?.ok_or_else(|| StoreError::NotFound(id.into()))?;
+        let job = self
+            .get_job(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.into()))?;
         if !job.status.is_active() {
             return Err(StoreError::InvalidTransition {
                 job_id: id.into(),
@@ -511,15 +560,26 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        insert_event(&mut tx, id, now, &NewEvent::new("cancel_requested", "cancellation requested")).await?;
+        insert_event(
+            &mut tx,
+            id,
+            now,
+            &NewEvent::new("cancel_requested", "cancellation requested"),
+        )
+        .await?;
         tx.commit().await?;
         self.settle(id, now).await?;
-        self.get_job(id).await?.ok_or_else(|| StoreError::NotFound(id.into()))
+        self.get_job(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.into()))
     }
 
     /// Re-queues a failed job: failed steps run again, succeeded ones are never repeated.
     pub async fn retry_job(&self, id: &str, now: Millis) -> Result<JobRecord> {
-        let job = self.get_job(id).await?.ok_or_else(|| StoreError::NotFound(id.into()))?;
+        let job = self
+            .get_job(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.into()))?;
         if job.status != JobStatus::Failed {
             return Err(StoreError::InvalidTransition {
                 job_id: id.into(),
@@ -558,11 +618,14 @@ impl Store {
             }
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 tx.rollback().await?;
-                let other: Option<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE active_key = $1")
-                    .bind(&target_key)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                return Err(StoreError::ActiveJobExists { job_id: other.unwrap_or_default() });
+                let other: Option<String> =
+                    sqlx::query_scalar("SELECT id FROM jobs WHERE active_key = $1")
+                        .bind(&target_key)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                return Err(StoreError::ActiveJobExists {
+                    job_id: other.unwrap_or_default(),
+                });
             }
             Err(e) => return Err(e.into()),
         }
@@ -588,14 +651,22 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        self.get_job(id).await?.ok_or_else(|| StoreError::NotFound(id.into()))
+        self.get_job(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.into()))
     }
 
     // ----- worker side -----
 
     /// Claims up to `limit` runnable job lanes (pending and due, or running with an expired lease).
     /// Each claim bumps the fence and counts as an attempt.
-    pub async fn claim_jobs(&self, owner: &str, now: Millis, lease: Duration, limit: u32) -> Result<Vec<JobRecord>> {
+    pub async fn claim_jobs(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>> {
         let lock = self.lock_clause();
         let sql = format!(
             "UPDATE jobs SET lane_state = 'running', lease_owner = $1, lease_expires_at = $2, fence = fence + 1, \
@@ -617,7 +688,13 @@ impl Store {
     }
 
     /// Claims up to `limit` runnable device items.
-    pub async fn claim_items(&self, owner: &str, now: Millis, lease: Duration, limit: u32) -> Result<Vec<ItemRecord>> {
+    pub async fn claim_items(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<ItemRecord>> {
         let lock = self.lock_clause();
         let sql = format!(
             "UPDATE job_items SET state = 'running', lease_owner = $1, lease_expires_at = $2, fence = fence + 1, \
@@ -729,7 +806,11 @@ impl Store {
         } else {
             t.state
         };
-        let ctx = effects.context.as_ref().map(to_json).or_else(|| job.context.as_ref().map(to_json));
+        let ctx = effects
+            .context
+            .as_ref()
+            .map(to_json)
+            .or_else(|| job.context.as_ref().map(to_json));
         let r = sqlx::query(
             "UPDATE jobs SET lane_state = $3, step_index = $4, attempt = $5, next_run_at = $6, cursor = $7, \
              last_error = $8, context_json = $9, lease_owner = NULL, lease_expires_at = NULL, updated_at = $10 \
@@ -788,7 +869,11 @@ impl Store {
             t.state
         };
         let finished = state.is_terminal().then_some(now);
-        let data = effects.item_data.as_ref().map(to_json).or_else(|| item.data.as_ref().map(to_json));
+        let data = effects
+            .item_data
+            .as_ref()
+            .map(to_json)
+            .or_else(|| item.data.as_ref().map(to_json));
         let r = sqlx::query(
             "UPDATE job_items SET state = $3, step_index = $4, attempt = $5, next_run_at = $6, last_error = $7, \
              skip_reason = $8, data_json = $9, lease_owner = NULL, lease_expires_at = NULL, updated_at = $10, \
@@ -827,7 +912,9 @@ impl Store {
     /// Runs in its own statements after the write that may have unblocked it, and is idempotent, so
     /// concurrent completions on several replicas cannot leave a job stuck.
     pub async fn settle(&self, job_id: &str, now: Millis) -> Result<()> {
-        let Some(job) = self.get_job(job_id).await? else { return Ok(()) };
+        let Some(job) = self.get_job(job_id).await? else {
+            return Ok(());
+        };
         if !job.status.is_active() {
             return Ok(());
         }
@@ -850,14 +937,25 @@ impl Store {
             .execute(&self.pool)
             .await?;
         }
-        let Some(job) = self.get_job(job_id).await? else { return Ok(()) };
+        let Some(job) = self.get_job(job_id).await? else {
+            return Ok(());
+        };
         let counts = self.item_counts(job_id).await?;
         let busy = counts.running > 0 || job.lane_state == LaneState::Running;
         if job.cancel_requested {
             if busy {
                 return Ok(());
             }
-            return self.finish(&job, JobStatus::Cancelled, LaneState::Cancelled, None, now, "job cancelled").await;
+            return self
+                .finish(
+                    &job,
+                    JobStatus::Cancelled,
+                    LaneState::Cancelled,
+                    None,
+                    now,
+                    "job cancelled",
+                )
+                .await;
         }
         match job.lane_state {
             LaneState::WaitingItems => {
@@ -871,9 +969,19 @@ impl Store {
                         counts.failed, counts.total
                     ));
                     let msg = err.message.clone();
-                    return self.finish(&job, JobStatus::Failed, LaneState::Failed, Some(err), now, &msg).await;
+                    return self
+                        .finish(
+                            &job,
+                            JobStatus::Failed,
+                            LaneState::Failed,
+                            Some(err),
+                            now,
+                            &msg,
+                        )
+                        .await;
                 }
-                let t = crate::domain::lane::next_step(&job.plan.job_steps, job.step_index + 1, now);
+                let t =
+                    crate::domain::lane::next_step(&job.plan.job_steps, job.step_index + 1, now);
                 let r = sqlx::query(
                     "UPDATE jobs SET lane_state = $2, step_index = $3, attempt = 0, next_run_at = $4, updated_at = $4 \
                      WHERE id = $1 AND lane_state = 'waiting_items' AND step_index = $5",
@@ -889,12 +997,22 @@ impl Store {
                     self.append_events(
                         job_id,
                         now,
-                        &[NewEvent::new("items_finished", format!("all {} device(s) handled", counts.total))],
+                        &[NewEvent::new(
+                            "items_finished",
+                            format!("all {} device(s) handled", counts.total),
+                        )],
                     )
                     .await?;
                     if t.state == LaneState::Succeeded {
                         return self
-                            .finish(&job, JobStatus::Succeeded, LaneState::Succeeded, None, now, "job succeeded")
+                            .finish(
+                                &job,
+                                JobStatus::Succeeded,
+                                LaneState::Succeeded,
+                                None,
+                                now,
+                                "job succeeded",
+                            )
                             .await;
                     }
                 }
@@ -907,15 +1025,36 @@ impl Store {
                 if counts.failed > 0 {
                     let err = StepError::msg(format!("{} device(s) failed", counts.failed));
                     let msg = err.message.clone();
-                    return self.finish(&job, JobStatus::Failed, LaneState::Failed, Some(err), now, &msg).await;
+                    return self
+                        .finish(
+                            &job,
+                            JobStatus::Failed,
+                            LaneState::Failed,
+                            Some(err),
+                            now,
+                            &msg,
+                        )
+                        .await;
                 }
-                self.finish(&job, JobStatus::Succeeded, LaneState::Succeeded, None, now, "job succeeded").await
+                self.finish(
+                    &job,
+                    JobStatus::Succeeded,
+                    LaneState::Succeeded,
+                    None,
+                    now,
+                    "job succeeded",
+                )
+                .await
             }
             LaneState::Failed => {
                 if busy {
                     return Ok(());
                 }
-                let msg = job.last_error.as_ref().map(|e| e.message.clone()).unwrap_or_else(|| "job failed".into());
+                let msg = job
+                    .last_error
+                    .as_ref()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_else(|| "job failed".into());
                 self.finish(
                     &job,
                     JobStatus::Failed,
@@ -1007,10 +1146,11 @@ async fn insert_items(
     items: &[NewItem],
     now: Millis,
 ) -> Result<()> {
-    let mut seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), -1) FROM job_items WHERE job_id = $1")
-        .bind(job_id)
-        .fetch_one(&mut **tx)
-        .await?;
+    let mut seq: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), -1) FROM job_items WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_one(&mut **tx)
+            .await?;
     for it in items {
         seq += 1;
         // Re-discovering a device (a page fetched again after a crash) changes nothing.
@@ -1093,7 +1233,8 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord> {
         id: row.try_get("id")?,
         dps: row.try_get("dps")?,
         request: from_json::<DeprovisionRequest>(&request, "request_json")?,
-        status: JobStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+        status: JobStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
         plan: from_json(&plan, "plan_json")?,
         context: opt_json(row, "context_json")?,
         step_index: row.try_get::<i64, _>("step_index")? as usize,

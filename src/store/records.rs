@@ -156,7 +156,11 @@ pub struct NewEvent {
 impl NewEvent {
     /// An event of `kind` with a message.
     pub fn new(kind: &str, message: impl Into<String>) -> Self {
-        Self { kind: kind.to_string(), message: Some(message.into()), ..Self::default() }
+        Self {
+            kind: kind.to_string(),
+            message: Some(message.into()),
+            ..Self::default()
+        }
     }
 }
 

@@ -96,7 +96,14 @@ impl Engine {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        Self { store, workflow, clock, config, waker, rng: Arc::new(Mutex::new(rng)) }
+        Self {
+            store,
+            workflow,
+            clock,
+            config,
+            waker,
+            rng: Arc::new(Mutex::new(rng)),
+        }
     }
 
     /// Runs until `shutdown` fires, then stops claiming, lets in-flight steps finish for the grace
@@ -118,7 +125,10 @@ impl Engine {
                         claimed = work.len();
                         for w in work {
                             // The permit count was read above and only this loop takes permits.
-                            let permit = slots.clone().try_acquire_owned().expect("free slot counted above");
+                            let permit = slots
+                                .clone()
+                                .try_acquire_owned()
+                                .expect("free slot counted above");
                             let me = this.clone();
                             let stop = hard_stop.clone();
                             tasks.spawn(async move {
@@ -146,10 +156,15 @@ impl Engine {
             }
         }
         tracing::info!(in_flight = tasks.len(), "engine stopping: no new claims");
-        let drained =
-            tokio::time::timeout(this.config.grace, async { while tasks.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(this.config.grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
-            tracing::warn!(in_flight = tasks.len(), "grace period over: releasing leases of unfinished steps");
+            tracing::warn!(
+                in_flight = tasks.len(),
+                "grace period over: releasing leases of unfinished steps"
+            );
             hard_stop.cancel();
             while tasks.join_next().await.is_some() {}
         }
@@ -158,11 +173,20 @@ impl Engine {
 
     async fn claim(&self, free: u32) -> Result<Vec<Claimed>, StoreError> {
         let now = self.clock.now_ms();
-        let jobs = self.store.claim_jobs(&self.config.worker_id, now, self.config.lease, free).await?;
+        let jobs = self
+            .store
+            .claim_jobs(&self.config.worker_id, now, self.config.lease, free)
+            .await?;
         let left = free - jobs.len() as u32;
-        let mut out: Vec<Claimed> = jobs.into_iter().map(|j| Claimed::Job(Box::new(j))).collect();
+        let mut out: Vec<Claimed> = jobs
+            .into_iter()
+            .map(|j| Claimed::Job(Box::new(j)))
+            .collect();
         if left > 0 {
-            let items = self.store.claim_items(&self.config.worker_id, now, self.config.lease, left).await?;
+            let items = self
+                .store
+                .claim_items(&self.config.worker_id, now, self.config.lease, left)
+                .await?;
             out.extend(items.into_iter().map(|i| Claimed::Item(Box::new(i))));
         }
         Ok(out)
@@ -178,15 +202,22 @@ impl Engine {
             Err(StoreError::Fenced) => {
                 tracing::warn!("a newer claim took this work over; result dropped")
             }
-            Err(e) => tracing::error!(error = %e, "recording a step failed; the lease will expire and the step re-run"),
+            Err(e) => {
+                tracing::error!(error = %e, "recording a step failed; the lease will expire and the step re-run")
+            }
         }
     }
 
-    async fn execute_job(&self, job: JobRecord, hard_stop: CancellationToken) -> Result<(), StoreError> {
+    async fn execute_job(
+        &self,
+        job: JobRecord,
+        hard_stop: CancellationToken,
+    ) -> Result<(), StoreError> {
         let Some(step) = job.current_step().map(str::to_string) else {
             return self.store.settle(&job.id, self.clock.now_ms()).await;
         };
-        let span = tracing::info_span!("job_step", job = %job.id, step = %step, attempt = job.attempt);
+        let span =
+            tracing::info_span!("job_step", job = %job.id, step = %step, attempt = job.attempt);
         let _g = span.enter();
         let result = if self.exhausted(job.attempt) {
             lease_exhausted(job.attempt)
@@ -206,24 +237,41 @@ impl Engine {
                 Supervised::Done(r) => *r,
                 Supervised::LeaseLost => return Err(StoreError::Fenced),
                 Supervised::Stopped => {
-                    self.store.release_job(&job.id, job.fence, self.clock.now_ms()).await?;
+                    self.store
+                        .release_job(&job.id, job.fence, self.clock.now_ms())
+                        .await?;
                     return Ok(());
                 }
             }
         };
         let now = self.clock.now_ms();
-        let t = self.advance(&job.plan.job_steps, job.step_index, job.attempt, result.outcome.clone(), now);
+        let t = self.advance(
+            &job.plan.job_steps,
+            job.step_index,
+            job.attempt,
+            result.outcome.clone(),
+            now,
+        );
         let mut effects = result.effects;
-        effects.events.push(outcome_event(None, &step, job.attempt, &result.outcome, &t));
+        effects
+            .events
+            .push(outcome_event(None, &step, job.attempt, &result.outcome, &t));
         self.store.complete_job_step(&job, &t, &effects, now).await
     }
 
-    async fn execute_item(&self, item: ItemRecord, hard_stop: CancellationToken) -> Result<(), StoreError> {
+    async fn execute_item(
+        &self,
+        item: ItemRecord,
+        hard_stop: CancellationToken,
+    ) -> Result<(), StoreError> {
         let Some(job) = self.store.get_job(&item.job_id).await? else {
             return Err(StoreError::NotFound(item.job_id.clone()));
         };
         let Some(step) = job.plan.item_steps.get(item.step_index).cloned() else {
-            return Err(StoreError::Corrupt(format!("item {} has no step {}", item.id, item.step_index)));
+            return Err(StoreError::Corrupt(format!(
+                "item {} has no step {}",
+                item.id, item.step_index
+            )));
         };
         let result = if self.exhausted(item.attempt) {
             lease_exhausted(item.attempt)
@@ -242,16 +290,32 @@ impl Engine {
                 Supervised::Done(r) => *r,
                 Supervised::LeaseLost => return Err(StoreError::Fenced),
                 Supervised::Stopped => {
-                    self.store.release_item(&item.id, item.fence, self.clock.now_ms()).await?;
+                    self.store
+                        .release_item(&item.id, item.fence, self.clock.now_ms())
+                        .await?;
                     return Ok(());
                 }
             }
         };
         let now = self.clock.now_ms();
-        let t = self.advance(&job.plan.item_steps, item.step_index, item.attempt, result.outcome.clone(), now);
+        let t = self.advance(
+            &job.plan.item_steps,
+            item.step_index,
+            item.attempt,
+            result.outcome.clone(),
+            now,
+        );
         let mut effects = result.effects;
-        effects.events.push(outcome_event(Some(&item), &step, item.attempt, &result.outcome, &t));
-        self.store.complete_item_step(&item, &t, &effects, now).await
+        effects.events.push(outcome_event(
+            Some(&item),
+            &step,
+            item.attempt,
+            &result.outcome,
+            &t,
+        ));
+        self.store
+            .complete_item_step(&item, &t, &effects, now)
+            .await
     }
 
     /// A lane claimed more often than attempts allow (its leases kept expiring) fails instead of running again.
@@ -259,14 +323,36 @@ impl Engine {
         attempt > self.config.backoff.max_attempts
     }
 
-    fn advance(&self, steps: &[String], index: usize, attempt: u32, outcome: Outcome, now: i64) -> lane::Transition {
+    fn advance(
+        &self,
+        steps: &[String],
+        index: usize,
+        attempt: u32,
+        outcome: Outcome,
+        now: i64,
+    ) -> lane::Transition {
         // The lock only guards the RNG; it is never held across an await.
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-        lane::advance(steps, Position { step_index: index, attempt }, outcome, now, &self.config.backoff, &mut *rng)
+        lane::advance(
+            steps,
+            Position {
+                step_index: index,
+                attempt,
+            },
+            outcome,
+            now,
+            &self.config.backoff,
+            &mut *rng,
+        )
     }
 
     /// Runs a step while renewing its lease; gives up the step when the lease is lost or the grace period ends.
-    async fn supervise<F, R, RF>(&self, fut: F, renew: R, hard_stop: CancellationToken) -> Supervised
+    async fn supervise<F, R, RF>(
+        &self,
+        fut: F,
+        renew: R,
+        hard_stop: CancellationToken,
+    ) -> Supervised
     where
         F: std::future::Future<Output = StepResult> + Send,
         R: Fn(i64) -> RF,
@@ -319,9 +405,14 @@ fn outcome_event(
         Outcome::Done => ("step_succeeded", format!("{step} succeeded"), None),
         Outcome::Skipped(reason) => ("step_skipped", format!("{step} skipped: {reason}"), None),
         Outcome::Continue { .. } => ("step_progressed", format!("{step} made progress"), None),
-        Outcome::Retry { error, .. } if t.state == lane::LaneState::Failed => {
-            ("step_failed", t.error.as_ref().map(|e| e.message.clone()).unwrap_or_default(), Some(error))
-        }
+        Outcome::Retry { error, .. } if t.state == lane::LaneState::Failed => (
+            "step_failed",
+            t.error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_default(),
+            Some(error),
+        ),
         Outcome::Retry { error, .. } => (
             "step_retry_scheduled",
             format!(
@@ -331,7 +422,11 @@ fn outcome_event(
             ),
             Some(error),
         ),
-        Outcome::Fail(error) => ("step_failed", format!("{step} failed: {}", error.message), Some(error)),
+        Outcome::Fail(error) => (
+            "step_failed",
+            format!("{step} failed: {}", error.message),
+            Some(error),
+        ),
     };
     NewEvent {
         item_id: item.map(|i| i.id.clone()),

@@ -28,7 +28,11 @@ pub struct RehearsalWorkflow {
 
 impl Default for RehearsalWorkflow {
     fn default() -> Self {
-        Self { step_delay: Duration::from_millis(200), group_size: 3, journal: None }
+        Self {
+            step_delay: Duration::from_millis(200),
+            group_size: 3,
+            journal: None,
+        }
     }
 }
 
@@ -52,7 +56,12 @@ impl RehearsalWorkflow {
 impl Workflow for RehearsalWorkflow {
     fn plan(&self, _request: &DeprovisionRequest) -> Plan {
         Plan {
-            job_steps: vec!["resolve".into(), "revoke".into(), ITEMS_BARRIER.into(), "finish".into()],
+            job_steps: vec![
+                "resolve".into(),
+                "revoke".into(),
+                ITEMS_BARRIER.into(),
+                "finish".into(),
+            ],
             item_steps: vec!["registry".into()],
         }
     }
@@ -63,9 +72,9 @@ impl Workflow for RehearsalWorkflow {
         let mut effects = StepEffects::default();
         if step == "resolve" {
             let ids: Vec<String> = match &job.request.target {
-                Target::EnrollmentGroup(g) => {
-                    (0..self.group_size).map(|i| format!("{}-dev-{i:04}", g.group_id)).collect()
-                }
+                Target::EnrollmentGroup(g) => (0..self.group_size)
+                    .map(|i| format!("{}-dev-{i:04}", g.group_id))
+                    .collect(),
                 other => vec![other.id().to_string()],
             };
             effects.new_items = ids
@@ -78,7 +87,10 @@ impl Workflow for RehearsalWorkflow {
                 })
                 .collect();
         }
-        StepResult { outcome: Outcome::Done, effects }
+        StepResult {
+            outcome: Outcome::Done,
+            effects,
+        }
     }
 
     async fn run_item_step(&self, job: &JobRecord, item: &ItemRecord, step: &str) -> StepResult {

@@ -17,7 +17,10 @@ pub struct StepResult {
 
 impl From<Outcome> for StepResult {
     fn from(outcome: Outcome) -> Self {
-        Self { outcome, effects: StepEffects::default() }
+        Self {
+            outcome,
+            effects: StepEffects::default(),
+        }
     }
 }
 

@@ -23,24 +23,50 @@ both_stores!(
 
 async fn transient_failures_back_off_then_succeed(db: TestDb) {
     let wf = Scripted::new(1);
-    wf.script("registry", "dev-0000", vec![Act::Retry(None), Act::Retry(None), Act::Retry(None)]);
+    wf.script(
+        "registry",
+        "dev-0000",
+        vec![Act::Retry(None), Act::Retry(None), Act::Retry(None)],
+    );
     let app = TestApp::spawn(&db, wf.clone()).await;
-    let job: Value = app.post("/v1/deprovisions", &individual("dev-0000")).await.json().await.unwrap();
+    let job: Value = app
+        .post("/v1/deprovisions", &individual("dev-0000"))
+        .await
+        .json()
+        .await
+        .unwrap();
     let id = job["id"].as_str().unwrap();
     app.wait_status(id, "succeeded").await;
     let runs = wf.runs_of("registry", Some("dev-0000"));
-    assert_eq!(runs.iter().map(|r| r.attempt).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(
+        runs.iter().map(|r| r.attempt).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
     // Full jitter: each wait is at most the ceiling for that attempt (plus the poll interval and slack).
     let policy = fast_engine().backoff;
     for w in runs.windows(2) {
         let gap = w[1].at - w[0].at;
-        let ceiling = policy.ceiling(w[0].attempt) + fast_engine().poll_every + Duration::from_millis(250);
-        assert!(gap <= ceiling, "attempt {} waited {gap:?} > {ceiling:?}", w[0].attempt);
+        let ceiling =
+            policy.ceiling(w[0].attempt) + fast_engine().poll_every + Duration::from_millis(250);
+        assert!(
+            gap <= ceiling,
+            "attempt {} waited {gap:?} > {ceiling:?}",
+            w[0].attempt
+        );
     }
     let events = app.events(id).await;
-    let retries: Vec<&Value> = events.iter().filter(|e| e["kind"] == "step_retry_scheduled").collect();
+    let retries: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "step_retry_scheduled")
+        .collect();
     assert_eq!(retries.len(), 3);
-    assert_eq!(retries.iter().map(|e| e["attempt"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        retries
+            .iter()
+            .map(|e| e["attempt"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
     assert_eq!(retries[0]["detail"]["code"], "ServiceUnavailable");
     assert_eq!(retries[0]["detail"]["tracking_id"], "track-1");
     app.stop().await;
@@ -50,26 +76,52 @@ async fn attempts_are_bounded(db: TestDb) {
     let wf = Scripted::new(1);
     wf.script("registry", "dev-0000", vec![Act::Retry(None); 10]);
     let app = TestApp::spawn(&db, wf.clone()).await;
-    let job: Value = app.post("/v1/deprovisions", &individual("dev-0000")).await.json().await.unwrap();
+    let job: Value = app
+        .post("/v1/deprovisions", &individual("dev-0000"))
+        .await
+        .json()
+        .await
+        .unwrap();
     let id = job["id"].as_str().unwrap();
     app.wait_status(id, "failed").await;
-    assert_eq!(wf.runs_of("registry", Some("dev-0000")).len(), fast_engine().backoff.max_attempts as usize);
-    let devices = app.get_json(&format!("/v1/deprovisions/{id}/devices")).await;
-    let err = devices["items"][0]["last_error"]["message"].as_str().unwrap();
+    assert_eq!(
+        wf.runs_of("registry", Some("dev-0000")).len(),
+        fast_engine().backoff.max_attempts as usize
+    );
+    let devices = app
+        .get_json(&format!("/v1/deprovisions/{id}/devices"))
+        .await;
+    let err = devices["items"][0]["last_error"]["message"]
+        .as_str()
+        .unwrap();
     assert!(err.starts_with("gave up after 4 attempts"), "{err}");
     app.stop().await;
 }
 
 async fn retry_after_hint_is_honoured(db: TestDb) {
     let wf = Scripted::new(1);
-    wf.script("revoke", "-", vec![Act::Retry(Some(Duration::from_millis(700)))]);
+    wf.script(
+        "revoke",
+        "-",
+        vec![Act::Retry(Some(Duration::from_millis(700)))],
+    );
     let app = TestApp::spawn(&db, wf.clone()).await;
-    let job: Value = app.post("/v1/deprovisions", &individual("dev-0000")).await.json().await.unwrap();
-    app.wait_status(job["id"].as_str().unwrap(), "succeeded").await;
+    let job: Value = app
+        .post("/v1/deprovisions", &individual("dev-0000"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.wait_status(job["id"].as_str().unwrap(), "succeeded")
+        .await;
     let runs = wf.runs_of("revoke", None);
     assert_eq!(runs.len(), 2);
     // The backoff ceiling is 20 ms here; only the hint explains a wait of 700 ms.
-    assert!(runs[1].at - runs[0].at >= Duration::from_millis(690), "{:?}", runs[1].at - runs[0].at);
+    assert!(
+        runs[1].at - runs[0].at >= Duration::from_millis(690),
+        "{:?}",
+        runs[1].at - runs[0].at
+    );
     app.stop().await;
 }
 
@@ -80,8 +132,14 @@ async fn lease_is_renewed_while_a_long_step_runs(db: TestDb) {
     engine.lease = Duration::from_millis(800);
     engine.renew_every = Duration::from_millis(200);
     let app = TestApp::spawn_with(&db, wf.clone(), engine, true).await;
-    let job: Value = app.post("/v1/deprovisions", &individual("dev-0000")).await.json().await.unwrap();
-    app.wait_status(job["id"].as_str().unwrap(), "succeeded").await;
+    let job: Value = app
+        .post("/v1/deprovisions", &individual("dev-0000"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.wait_status(job["id"].as_str().unwrap(), "succeeded")
+        .await;
     // Without renewal the 0.8 s lease would have expired three times and the step re-run.
     assert_eq!(wf.runs_of("revoke", None).len(), 1);
     app.stop().await;
@@ -91,9 +149,17 @@ async fn shutdown_lets_short_steps_finish(db: TestDb) {
     let wf = Scripted::new(1);
     wf.script("revoke", "-", vec![Act::Hang(Duration::from_millis(600))]);
     let app = TestApp::spawn(&db, wf.clone()).await;
-    let job: Value = app.post("/v1/deprovisions", &individual("dev-0000")).await.json().await.unwrap();
+    let job: Value = app
+        .post("/v1/deprovisions", &individual("dev-0000"))
+        .await
+        .json()
+        .await
+        .unwrap();
     let id = job["id"].as_str().unwrap().to_string();
-    app.wait_job(&id, Duration::from_secs(10), |j| j["steps"][1]["state"] == "running").await;
+    app.wait_job(&id, Duration::from_secs(10), |j| {
+        j["steps"][1]["state"] == "running"
+    })
+    .await;
     app.stop().await;
     let store = db.store().await;
     // The step finished within the grace period and was recorded; nothing new was claimed.
@@ -109,15 +175,29 @@ async fn shutdown_releases_leases_of_steps_past_the_grace_period(db: TestDb) {
     let mut engine = fast_engine();
     engine.grace = Duration::from_millis(300);
     let app = TestApp::spawn_with(&db, wf.clone(), engine, true).await;
-    let job: Value = app.post("/v1/deprovisions", &individual("dev-0000")).await.json().await.unwrap();
+    let job: Value = app
+        .post("/v1/deprovisions", &individual("dev-0000"))
+        .await
+        .json()
+        .await
+        .unwrap();
     let id = job["id"].as_str().unwrap().to_string();
-    app.wait_job(&id, Duration::from_secs(10), |j| j["steps"][1]["state"] == "running").await;
+    app.wait_job(&id, Duration::from_secs(10), |j| {
+        j["steps"][1]["state"] == "running"
+    })
+    .await;
     let started = Instant::now();
     app.stop().await;
-    assert!(started.elapsed() < Duration::from_secs(5), "shutdown waited for the hanging step");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited for the hanging step"
+    );
     let store = db.store().await;
     let j = store.get_job(&id).await.unwrap().unwrap();
-    assert_eq!((j.lane_state, j.lease_owner.as_deref(), j.attempt), (LaneState::Pending, None, 0));
+    assert_eq!(
+        (j.lane_state, j.lease_owner.as_deref(), j.attempt),
+        (LaneState::Pending, None, 0)
+    );
     // The next process picks it up at once instead of waiting for a lease to expire.
     let app = TestApp::spawn(&db, wf.clone()).await;
     app.wait_status(&id, "succeeded").await;
@@ -142,8 +222,15 @@ fn start_binary(db: &TestDb, journal: &std::path::Path) -> (Child, String) {
         .expect("start deprovisiond");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
-    let addr = line.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).expect("address").to_string();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("address")
+        .to_string();
     (child, format!("http://{addr}"))
 }
 
@@ -173,7 +260,10 @@ async fn sigkill_mid_step_reruns_that_step_at_most_once(db: TestDb) {
     // Wait until the revoke step has started, then kill the process without warning.
     let start = Instant::now();
     while journal_count(&journal, &id, "revoke") == 0 {
-        assert!(start.elapsed() < Duration::from_secs(20), "revoke never started");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "revoke never started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     child.kill().expect("SIGKILL");
@@ -181,21 +271,41 @@ async fn sigkill_mid_step_reruns_that_step_at_most_once(db: TestDb) {
     let (mut child, base) = start_binary(&db, &journal);
     let start = Instant::now();
     let job = loop {
-        let j: Value = http.get(format!("{base}/v1/deprovisions/{id}")).send().await.unwrap().json().await.unwrap();
+        let j: Value = http
+            .get(format!("{base}/v1/deprovisions/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if j["status"] == "succeeded" {
             break j;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "job did not finish after restart: {j:#}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "job did not finish after restart: {j:#}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(job["progress"]["registry_done"], 1);
     assert_eq!(journal_count(&journal, &id, "resolve"), 1);
-    assert_eq!(journal_count(&journal, &id, "revoke"), 2, "the killed step re-ran exactly once");
+    assert_eq!(
+        journal_count(&journal, &id, "revoke"),
+        2,
+        "the killed step re-ran exactly once"
+    );
     assert_eq!(journal_count(&journal, &id, "registry"), 1);
     assert_eq!(journal_count(&journal, &id, "finish"), 1);
     // The timeline shows the revoke step succeeding on its second attempt (the expired lease counted).
-    let events: Value =
-        http.get(format!("{base}/v1/deprovisions/{id}/events")).send().await.unwrap().json().await.unwrap();
+    let events: Value = http
+        .get(format!("{base}/v1/deprovisions/{id}/events"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let revoke_ok = events["items"]
         .as_array()
         .unwrap()

@@ -16,7 +16,13 @@ fn committed_openapi_matches_the_code() {
 fn every_route_documents_its_errors_as_problem_json() {
     let doc: serde_json::Value = serde_json::from_str(&deprovisiond::http::openapi_json()).unwrap();
     let paths = doc["paths"].as_object().unwrap();
-    for p in ["/v1/deprovisions", "/v1/deprovisions/{id}", "/v1/deprovisions/{id}/cancel", "/healthz", "/readyz"] {
+    for p in [
+        "/v1/deprovisions",
+        "/v1/deprovisions/{id}",
+        "/v1/deprovisions/{id}/cancel",
+        "/healthz",
+        "/readyz",
+    ] {
         assert!(paths.contains_key(p), "missing {p}");
     }
     for (path, item) in paths {

@@ -6,7 +6,9 @@ use std::time::Duration;
 use deprovisiond::domain::backoff::BackoffPolicy;
 use deprovisiond::domain::job::{DeprovisionRequest, JobStatus};
 use deprovisiond::domain::lane::{self, ITEMS_BARRIER, LaneState, Outcome, Position, StepError};
-use deprovisiond::store::{Created, JobFilter, NewItem, NewJob, Plan, StepEffects, Store, StoreError};
+use deprovisiond::store::{
+    Created, JobFilter, NewItem, NewJob, Plan, StepEffects, Store, StoreError,
+};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -25,21 +27,34 @@ both_stores!(
 
 fn plan() -> Plan {
     Plan {
-        job_steps: vec!["resolve".into(), "revoke".into(), ITEMS_BARRIER.into(), "finish".into()],
+        job_steps: vec![
+            "resolve".into(),
+            "revoke".into(),
+            ITEMS_BARRIER.into(),
+            "finish".into(),
+        ],
         item_steps: vec!["registry".into()],
     }
 }
 
 fn new_job(body: serde_json::Value, key: Option<(&str, &str)>) -> NewJob {
     let request: DeprovisionRequest = serde_json::from_value(body).unwrap();
-    NewJob { dps: "default".into(), request, plan: plan(), idempotency: key.map(|(k, h)| (k.into(), h.into())) }
+    NewJob {
+        dps: "default".into(),
+        request,
+        plan: plan(),
+        idempotency: key.map(|(k, h)| (k.into(), h.into())),
+    }
 }
 
 fn done(steps: &[String], index: usize, attempt: u32, now: i64) -> lane::Transition {
     let mut rng = StdRng::seed_from_u64(1);
     lane::advance(
         steps,
-        Position { step_index: index, attempt },
+        Position {
+            step_index: index,
+            attempt,
+        },
         Outcome::Done,
         now,
         &BackoffPolicy::default(),
@@ -49,19 +64,29 @@ fn done(steps: &[String], index: usize, attempt: u32, now: i64) -> lane::Transit
 
 async fn create_get_and_idempotency(db: TestDb) {
     let s = db.store().await;
-    let Created::New(job) = s.create_job(new_job(individual("dev-1"), Some(("k1", "h1"))), 1_000).await.unwrap() else {
+    let Created::New(job) = s
+        .create_job(new_job(individual("dev-1"), Some(("k1", "h1"))), 1_000)
+        .await
+        .unwrap()
+    else {
         panic!("expected a new job")
     };
     assert_eq!(job.status, JobStatus::Queued);
     assert_eq!(job.lane_state, LaneState::Pending);
     assert_eq!(job.created_at, 1_000);
     assert_eq!(s.get_job(&job.id).await.unwrap().unwrap(), job);
-    let Created::Replayed(again) = s.create_job(new_job(individual("dev-1"), Some(("k1", "h1"))), 2_000).await.unwrap()
+    let Created::Replayed(again) = s
+        .create_job(new_job(individual("dev-1"), Some(("k1", "h1"))), 2_000)
+        .await
+        .unwrap()
     else {
         panic!("expected a replay")
     };
     assert_eq!(again.id, job.id);
-    match s.create_job(new_job(individual("dev-2"), Some(("k1", "h2"))), 2_000).await {
+    match s
+        .create_job(new_job(individual("dev-2"), Some(("k1", "h2"))), 2_000)
+        .await
+    {
         Err(StoreError::IdempotencyMismatch { job_id }) => assert_eq!(job_id, job.id),
         other => panic!("expected a mismatch, got {other:?}"),
     }
@@ -69,54 +94,110 @@ async fn create_get_and_idempotency(db: TestDb) {
     assert_eq!(page.rows.len(), 1);
     let events = s.list_events(&job.id, None, 10).await.unwrap();
     assert_eq!(events.rows[0].kind, "created");
-    assert!(s.get_job("00000000-0000-0000-0000-000000000000").await.unwrap().is_none());
+    assert!(
+        s.get_job("00000000-0000-0000-0000-000000000000")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn one_active_job_per_target(db: TestDb) {
     let s = db.store().await;
-    let Created::New(a) = s.create_job(new_job(group("g"), None), 1).await.unwrap() else { panic!() };
+    let Created::New(a) = s.create_job(new_job(group("g"), None), 1).await.unwrap() else {
+        panic!()
+    };
     match s.create_job(new_job(group("G"), None), 2).await {
         Err(StoreError::ActiveJobExists { job_id }) => assert_eq!(job_id, a.id),
         other => panic!("expected a conflict, got {other:?}"),
     }
     s.cancel_job(&a.id, 3).await.unwrap();
-    assert_eq!(s.get_job(&a.id).await.unwrap().unwrap().status, JobStatus::Cancelled);
-    assert!(matches!(s.create_job(new_job(group("g"), None), 4).await.unwrap(), Created::New(_)));
+    assert_eq!(
+        s.get_job(&a.id).await.unwrap().unwrap().status,
+        JobStatus::Cancelled
+    );
+    assert!(matches!(
+        s.create_job(new_job(group("g"), None), 4).await.unwrap(),
+        Created::New(_)
+    ));
 }
 
 async fn expired_lease_is_reclaimed_and_stale_writer_fenced(db: TestDb) {
     let s = db.store().await;
     let lease = Duration::from_secs(5);
-    let Created::New(job) = s.create_job(new_job(individual("dev-1"), None), 1_000).await.unwrap() else { panic!() };
+    let Created::New(job) = s
+        .create_job(new_job(individual("dev-1"), None), 1_000)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
     let a = s.claim_jobs("worker-a", 1_000, lease, 10).await.unwrap();
     assert_eq!(a.len(), 1);
     let a = a.into_iter().next().unwrap();
-    assert_eq!((a.attempt, a.fence, a.lane_state), (1, 1, LaneState::Running));
+    assert_eq!(
+        (a.attempt, a.fence, a.lane_state),
+        (1, 1, LaneState::Running)
+    );
     assert_eq!(a.status, JobStatus::Running);
     // While the lease holds, nobody else gets the job; renewal extends it.
-    assert!(s.claim_jobs("worker-b", 5_000, lease, 10).await.unwrap().is_empty());
+    assert!(
+        s.claim_jobs("worker-b", 5_000, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(s.renew_job(&a.id, a.fence, 9_000).await.unwrap());
-    assert!(s.claim_jobs("worker-b", 8_000, lease, 10).await.unwrap().is_empty());
+    assert!(
+        s.claim_jobs("worker-b", 8_000, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Worker A goes silent; after expiry, B takes over and that counts as an attempt.
-    let b = s.claim_jobs("worker-b", 9_001, lease, 10).await.unwrap().into_iter().next().expect("reclaimed");
-    assert_eq!((b.attempt, b.fence, b.lease_owner.as_deref()), (2, 2, Some("worker-b")));
+    let b = s
+        .claim_jobs("worker-b", 9_001, lease, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .expect("reclaimed");
+    assert_eq!(
+        (b.attempt, b.fence, b.lease_owner.as_deref()),
+        (2, 2, Some("worker-b"))
+    );
     // A wakes up: it can neither renew nor record its (stale) result.
     assert!(!s.renew_job(&a.id, a.fence, 20_000).await.unwrap());
     let t = done(&a.plan.job_steps, 0, a.attempt, 9_100);
-    assert!(matches!(s.complete_job_step(&a, &t, &StepEffects::default(), 9_100).await, Err(StoreError::Fenced)));
+    assert!(matches!(
+        s.complete_job_step(&a, &t, &StepEffects::default(), 9_100)
+            .await,
+        Err(StoreError::Fenced)
+    ));
     let after = s.get_job(&job.id).await.unwrap().unwrap();
     assert_eq!((after.step_index, after.fence), (0, 2));
     // B's write goes through.
     let t = done(&b.plan.job_steps, 0, b.attempt, 9_200);
-    s.complete_job_step(&b, &t, &StepEffects::default(), 9_200).await.unwrap();
+    s.complete_job_step(&b, &t, &StepEffects::default(), 9_200)
+        .await
+        .unwrap();
     let after = s.get_job(&job.id).await.unwrap().unwrap();
-    assert_eq!((after.step_index, after.lane_state, after.attempt), (1, LaneState::Pending, 0));
+    assert_eq!(
+        (after.step_index, after.lane_state, after.attempt),
+        (1, LaneState::Pending, 0)
+    );
 }
 
 async fn items_wait_for_the_barrier_then_finish_the_job(db: TestDb) {
     let s = db.store().await;
     let lease = Duration::from_secs(30);
-    let Created::New(job) = s.create_job(new_job(group("fleet"), None), 0).await.unwrap() else { panic!() };
+    let Created::New(job) = s
+        .create_job(new_job(group("fleet"), None), 0)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
     // resolve: discovers 3 devices (one twice: re-adding is a no-op).
     let j = s.claim_jobs("w", 1, lease, 1).await.unwrap().remove(0);
     let effects = StepEffects {
@@ -131,15 +212,27 @@ async fn items_wait_for_the_barrier_then_finish_the_job(db: TestDb) {
             .collect(),
         ..StepEffects::default()
     };
-    s.complete_job_step(&j, &done(&j.plan.job_steps, 0, 1, 2), &effects, 2).await.unwrap();
+    s.complete_job_step(&j, &done(&j.plan.job_steps, 0, 1, 2), &effects, 2)
+        .await
+        .unwrap();
     let counts = s.item_counts(&job.id).await.unwrap();
     assert_eq!((counts.total, counts.waiting), (3, 3));
     // Items are held until revoke succeeds.
     assert!(s.claim_items("w", 3, lease, 10).await.unwrap().is_empty());
     let j = s.claim_jobs("w", 3, lease, 1).await.unwrap().remove(0);
     assert_eq!(j.current_step(), Some("revoke"));
-    s.complete_job_step(&j, &done(&j.plan.job_steps, 1, 1, 4), &StepEffects::default(), 4).await.unwrap();
-    assert_eq!(s.get_job(&job.id).await.unwrap().unwrap().lane_state, LaneState::WaitingItems);
+    s.complete_job_step(
+        &j,
+        &done(&j.plan.job_steps, 1, 1, 4),
+        &StepEffects::default(),
+        4,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_job(&job.id).await.unwrap().unwrap().lane_state,
+        LaneState::WaitingItems
+    );
     let items = s.claim_items("w", 5, lease, 10).await.unwrap();
     assert_eq!(items.len(), 3);
     // Two succeed, one fails permanently: the job fails at the barrier.
@@ -148,7 +241,10 @@ async fn items_wait_for_the_barrier_then_finish_the_job(db: TestDb) {
             let mut rng = StdRng::seed_from_u64(1);
             lane::advance(
                 &j.plan.item_steps,
-                Position { step_index: 0, attempt: 1 },
+                Position {
+                    step_index: 0,
+                    attempt: 1,
+                },
                 Outcome::Fail(StepError::msg("no")),
                 6,
                 &BackoffPolicy::default(),
@@ -157,24 +253,49 @@ async fn items_wait_for_the_barrier_then_finish_the_job(db: TestDb) {
         } else {
             done(&j.plan.item_steps, 0, 1, 6)
         };
-        s.complete_item_step(it, &t, &StepEffects::default(), 6).await.unwrap();
+        s.complete_item_step(it, &t, &StepEffects::default(), 6)
+            .await
+            .unwrap();
     }
     let failed = s.get_job(&job.id).await.unwrap().unwrap();
     assert_eq!(failed.status, JobStatus::Failed);
     assert_eq!(failed.current_step(), Some(ITEMS_BARRIER));
     // Retry: only the failed item runs again, then the job moves past the barrier to `finish`.
     let retried = s.retry_job(&job.id, 10).await.unwrap();
-    assert_eq!((retried.status, retried.lane_state), (JobStatus::Queued, LaneState::WaitingItems));
+    assert_eq!(
+        (retried.status, retried.lane_state),
+        (JobStatus::Queued, LaneState::WaitingItems)
+    );
     let again = s.claim_items("w", 11, lease, 10).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].registration_id, "d2");
-    assert_eq!(s.get_job(&job.id).await.unwrap().unwrap().status, JobStatus::Running);
-    s.complete_item_step(&again[0], &done(&j.plan.item_steps, 0, 1, 12), &StepEffects::default(), 12).await.unwrap();
+    assert_eq!(
+        s.get_job(&job.id).await.unwrap().unwrap().status,
+        JobStatus::Running
+    );
+    s.complete_item_step(
+        &again[0],
+        &done(&j.plan.item_steps, 0, 1, 12),
+        &StepEffects::default(),
+        12,
+    )
+    .await
+    .unwrap();
     let j = s.claim_jobs("w", 13, lease, 1).await.unwrap().remove(0);
     assert_eq!(j.current_step(), Some("finish"));
-    s.complete_job_step(&j, &done(&j.plan.job_steps, 3, 1, 14), &StepEffects::default(), 14).await.unwrap();
+    s.complete_job_step(
+        &j,
+        &done(&j.plan.job_steps, 3, 1, 14),
+        &StepEffects::default(),
+        14,
+    )
+    .await
+    .unwrap();
     let end = s.get_job(&job.id).await.unwrap().unwrap();
-    assert_eq!((end.status, end.finished_at), (JobStatus::Succeeded, Some(14)));
+    assert_eq!(
+        (end.status, end.finished_at),
+        (JobStatus::Succeeded, Some(14))
+    );
     let c = s.item_counts(&job.id).await.unwrap();
     assert_eq!((c.succeeded, c.failed), (3, 0));
 }
@@ -182,17 +303,37 @@ async fn items_wait_for_the_barrier_then_finish_the_job(db: TestDb) {
 async fn concurrent_claimers_never_share_work(db: TestDb) {
     let s = db.store().await;
     let lease = Duration::from_secs(30);
-    let Created::New(job) = s.create_job(new_job(group("fleet"), None), 0).await.unwrap() else { panic!() };
+    let Created::New(job) = s
+        .create_job(new_job(group("fleet"), None), 0)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
     let j = s.claim_jobs("w", 1, lease, 1).await.unwrap().remove(0);
     let effects = StepEffects {
         new_items: (0..200)
-            .map(|i| NewItem { registration_id: format!("d{i}"), device_id: None, hub: None, data: None })
+            .map(|i| NewItem {
+                registration_id: format!("d{i}"),
+                device_id: None,
+                hub: None,
+                data: None,
+            })
             .collect(),
         ..StepEffects::default()
     };
-    s.complete_job_step(&j, &done(&j.plan.job_steps, 0, 1, 2), &effects, 2).await.unwrap();
+    s.complete_job_step(&j, &done(&j.plan.job_steps, 0, 1, 2), &effects, 2)
+        .await
+        .unwrap();
     let j = s.claim_jobs("w", 3, lease, 1).await.unwrap().remove(0);
-    s.complete_job_step(&j, &done(&j.plan.job_steps, 1, 1, 4), &StepEffects::default(), 4).await.unwrap();
+    s.complete_job_step(
+        &j,
+        &done(&j.plan.job_steps, 1, 1, 4),
+        &StepEffects::default(),
+        4,
+    )
+    .await
+    .unwrap();
     let mut tasks = Vec::new();
     for w in 0..4 {
         let s: Store = s.clone();
@@ -220,14 +361,26 @@ async fn concurrent_claimers_never_share_work(db: TestDb) {
 async fn release_gives_work_back_without_an_attempt(db: TestDb) {
     let s = db.store().await;
     let lease = Duration::from_secs(30);
-    let Created::New(job) = s.create_job(new_job(individual("d"), None), 0).await.unwrap() else { panic!() };
+    let Created::New(job) = s
+        .create_job(new_job(individual("d"), None), 0)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
     let j = s.claim_jobs("w", 1, lease, 1).await.unwrap().remove(0);
     assert!(s.release_job(&j.id, j.fence, 2).await.unwrap());
     let back = s.get_job(&job.id).await.unwrap().unwrap();
-    assert_eq!((back.lane_state, back.attempt, back.lease_owner), (LaneState::Pending, 0, None));
+    assert_eq!(
+        (back.lane_state, back.attempt, back.lease_owner),
+        (LaneState::Pending, 0, None)
+    );
     let again = s.claim_jobs("w2", 3, lease, 1).await.unwrap().remove(0);
     assert_eq!((again.attempt, again.fence), (1, 2));
-    assert!(!s.release_job(&j.id, j.fence, 4).await.unwrap(), "a stale fence cannot release");
+    assert!(
+        !s.release_job(&j.id, j.fence, 4).await.unwrap(),
+        "a stale fence cannot release"
+    );
 }
 
 async fn migrations_are_idempotent_and_ready(db: TestDb) {

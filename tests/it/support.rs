@@ -24,17 +24,24 @@ impl TestDb {
     pub fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
-        TestDb { url, _dir: Some(dir) }
+        TestDb {
+            url,
+            _dir: Some(dir),
+        }
     }
 
     /// A new database on the server named by `DEPROVISIOND_TEST_PG_URL`; `None` (and a loud note) when unset.
     pub async fn postgres() -> Option<TestDb> {
         let Ok(server) = std::env::var("DEPROVISIOND_TEST_PG_URL") else {
-            eprintln!("SKIPPED: PostgreSQL variant (DEPROVISIOND_TEST_PG_URL is not set; scripts/test.sh sets it)");
+            eprintln!(
+                "SKIPPED: PostgreSQL variant (DEPROVISIOND_TEST_PG_URL is not set; scripts/test.sh sets it)"
+            );
             return None;
         };
         let name = format!("dp_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = Store::connect(&server).await.expect("connect to the test PostgreSQL server");
+        let admin = Store::connect(&server)
+            .await
+            .expect("connect to the test PostgreSQL server");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(admin.pool())
             .await
@@ -42,7 +49,10 @@ impl TestDb {
         admin.close().await;
         let mut url = url::Url::parse(&server).expect("DEPROVISIOND_TEST_PG_URL is a URL");
         url.set_path(&name);
-        Some(TestDb { url: url.to_string(), _dir: None })
+        Some(TestDb {
+            url: url.to_string(),
+            _dir: None,
+        })
     }
 
     pub async fn store(&self) -> Store {
@@ -80,7 +90,11 @@ pub fn fast_engine() -> EngineConfig {
         lease: Duration::from_secs(5),
         renew_every: Duration::from_millis(500),
         poll_every: Duration::from_millis(50),
-        backoff: BackoffPolicy { base: Duration::from_millis(20), cap: Duration::from_millis(200), max_attempts: 4 },
+        backoff: BackoffPolicy {
+            base: Duration::from_millis(20),
+            cap: Duration::from_millis(200),
+            max_attempts: 4,
+        },
         grace: Duration::from_secs(2),
         rng_seed: Some(42),
         ..EngineConfig::default()
@@ -101,7 +115,12 @@ impl TestApp {
         Self::spawn_with(db, workflow, fast_engine(), true).await
     }
 
-    pub async fn spawn_with(db: &TestDb, workflow: Arc<dyn Workflow>, engine: EngineConfig, worker: bool) -> TestApp {
+    pub async fn spawn_with(
+        db: &TestDb,
+        workflow: Arc<dyn Workflow>,
+        engine: EngineConfig,
+        worker: bool,
+    ) -> TestApp {
         let config = AppConfig {
             database_url: db.url.clone(),
             listen: "127.0.0.1:0".parse().expect("addr"),
@@ -109,14 +128,23 @@ impl TestApp {
             engine,
             dps_names: vec!["default".into()],
         };
-        let app = App::build(config, workflow, Arc::new(SystemClock)).await.expect("app builds");
+        let app = App::build(config, workflow, Arc::new(SystemClock))
+            .await
+            .expect("app builds");
         let base = format!("http://{}", app.local_addr());
         let stop = CancellationToken::new();
         let s = stop.clone();
         let task = tokio::spawn(async move {
-            app.run_until_stopped(async move { s.cancelled().await }).await.expect("app runs");
+            app.run_until_stopped(async move { s.cancelled().await })
+                .await
+                .expect("app runs");
         });
-        TestApp { base, http: reqwest::Client::new(), stop, task }
+        TestApp {
+            base,
+            http: reqwest::Client::new(),
+            stop,
+            task,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -124,7 +152,12 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.http.post(self.url(path)).json(body).send().await.expect("request")
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
@@ -134,20 +167,29 @@ impl TestApp {
     }
 
     /// Polls a job until `done` holds, returning it; panics after `timeout`.
-    pub async fn wait_job(&self, id: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_job(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let start = std::time::Instant::now();
         loop {
             let job = self.get_json(&format!("/v1/deprovisions/{id}")).await;
             if done(&job) {
                 return job;
             }
-            assert!(start.elapsed() < timeout, "job {id} did not reach the expected state in time: {job:#}");
+            assert!(
+                start.elapsed() < timeout,
+                "job {id} did not reach the expected state in time: {job:#}"
+            );
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
     }
 
     pub async fn wait_status(&self, id: &str, status: &str) -> Value {
-        self.wait_job(id, Duration::from_secs(30), |j| j["status"] == status).await
+        self.wait_job(id, Duration::from_secs(30), |j| j["status"] == status)
+            .await
     }
 
     pub async fn events(&self, id: &str) -> Vec<Value> {
@@ -219,15 +261,27 @@ pub struct Scripted {
 
 impl Scripted {
     pub fn new(devices: usize) -> Arc<Self> {
-        Arc::new(Self { devices, ..Self::default() })
+        Arc::new(Self {
+            devices,
+            ..Self::default()
+        })
     }
 
     pub fn script(&self, step: &str, who: &str, acts: Vec<Act>) {
-        self.scripts.lock().unwrap().insert((step.into(), who.into()), acts);
+        self.scripts
+            .lock()
+            .unwrap()
+            .insert((step.into(), who.into()), acts);
     }
 
     pub fn runs_of(&self, step: &str, who: Option<&str>) -> Vec<Run> {
-        self.runs.lock().unwrap().iter().filter(|r| r.step == step && r.item.as_deref() == who).cloned().collect()
+        self.runs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.step == step && r.item.as_deref() == who)
+            .cloned()
+            .collect()
     }
 
     async fn act(&self, step: &str, who: &str, attempt: u32) -> Outcome {
@@ -239,10 +293,16 @@ impl Scripted {
                 attempt,
                 at: std::time::Instant::now(),
             });
-            runs.iter().filter(|r| r.step == step && r.item.as_deref().unwrap_or("-") == who).count()
+            runs.iter()
+                .filter(|r| r.step == step && r.item.as_deref().unwrap_or("-") == who)
+                .count()
         };
-        let act =
-            self.scripts.lock().unwrap().get(&(step.to_string(), who.to_string())).and_then(|s| s.get(n - 1).cloned());
+        let act = self
+            .scripts
+            .lock()
+            .unwrap()
+            .get(&(step.to_string(), who.to_string()))
+            .and_then(|s| s.get(n - 1).cloned());
         match act.unwrap_or(Act::Succeed) {
             Act::Succeed => Outcome::Done,
             Act::Retry(after) => Outcome::Retry {
@@ -272,7 +332,12 @@ impl Scripted {
 impl Workflow for Scripted {
     fn plan(&self, _r: &DeprovisionRequest) -> Plan {
         Plan {
-            job_steps: vec!["resolve".into(), "revoke".into(), ITEMS_BARRIER.into(), "finish".into()],
+            job_steps: vec![
+                "resolve".into(),
+                "revoke".into(),
+                ITEMS_BARRIER.into(),
+                "finish".into(),
+            ],
             item_steps: vec!["registry".into()],
         }
     }
@@ -281,7 +346,11 @@ impl Workflow for Scripted {
         let outcome = self.act(step, "-", job.attempt).await;
         let mut effects = StepEffects::default();
         if step == "resolve" && outcome == Outcome::Done {
-            let n = if matches!(job.request.target, Target::EnrollmentGroup(_)) { self.devices } else { 1 };
+            let n = if matches!(job.request.target, Target::EnrollmentGroup(_)) {
+                self.devices
+            } else {
+                1
+            };
             effects.new_items = (0..n)
                 .map(|i| NewItem {
                     registration_id: format!("dev-{i:04}"),
@@ -295,6 +364,8 @@ impl Workflow for Scripted {
     }
 
     async fn run_item_step(&self, _job: &JobRecord, item: &ItemRecord, step: &str) -> StepResult {
-        self.act(step, &item.registration_id, item.attempt).await.into()
+        self.act(step, &item.registration_id, item.attempt)
+            .await
+            .into()
     }
 }
