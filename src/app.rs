@@ -7,10 +7,21 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::azure::AzureClients;
 use crate::domain::clock::SharedClock;
 use crate::http::{AppInner, AppState};
 use crate::store::Store;
 use crate::worker::{Engine, EngineConfig, Waker, Workflow};
+use crate::workflow::AzureWorkflow;
+
+/// Which workflow runs the jobs.
+#[derive(Clone)]
+pub enum WorkflowChoice {
+    /// The real one, talking to DPS and the hubs through these clients.
+    Azure(Arc<AzureClients>),
+    /// Another implementation (the rehearsal workflow, or a test double), serving these DPS names.
+    Custom(Arc<dyn Workflow>, Vec<String>),
+}
 
 /// What the service needs to start.
 #[derive(Debug, Clone)]
@@ -23,8 +34,8 @@ pub struct AppConfig {
     pub run_worker: bool,
     /// Engine settings.
     pub engine: EngineConfig,
-    /// Names of the configured DPS instances.
-    pub dps_names: Vec<String>,
+    /// How often to audit tombstones in the background (`None`: only on request).
+    pub tombstone_audit_every: Option<std::time::Duration>,
 }
 
 /// Errors starting the service.
@@ -52,13 +63,16 @@ pub struct App {
     state: AppState,
     engine: Option<Engine>,
     store: Store,
+    azure: Option<Arc<AzureWorkflow>>,
+    audit_every: Option<std::time::Duration>,
+    clock: SharedClock,
 }
 
 impl App {
     /// Opens and migrates the database, binds the listener and prepares the engine.
     pub async fn build(
         config: AppConfig,
-        workflow: Arc<dyn Workflow>,
+        choice: WorkflowChoice,
         clock: SharedClock,
     ) -> Result<Self, AppError> {
         let store = Store::connect(&config.database_url).await?;
@@ -69,6 +83,19 @@ impl App {
                 addr: config.listen,
                 source,
             })?;
+        let (workflow, azure, dps_names, default_dps): (Arc<dyn Workflow>, _, Vec<String>, Option<String>) =
+            match choice {
+                WorkflowChoice::Azure(clients) => {
+                    let names = clients.dps_names().into_iter().map(str::to_string).collect();
+                    let default = clients.default_dps_name().map(str::to_string);
+                    let wf = Arc::new(AzureWorkflow::new(clients, store.clone(), clock.clone()));
+                    (wf.clone(), Some(wf), names, default)
+                }
+                WorkflowChoice::Custom(wf, names) => {
+                    let default = (names.len() == 1).then(|| names[0].clone());
+                    (wf, None, names, default)
+                }
+            };
         let waker = Waker::default();
         let engine = config.run_worker.then(|| {
             Engine::new(
@@ -82,15 +109,20 @@ impl App {
         let state = AppState::new(AppInner {
             store: store.clone(),
             workflow,
-            clock,
+            azure: azure.clone(),
+            clock: clock.clone(),
             waker,
-            dps_names: config.dps_names,
+            dps_names,
+            default_dps,
         });
         Ok(Self {
             listener,
             state,
             engine,
             store,
+            azure,
+            audit_every: config.tombstone_audit_every,
+            clock,
         })
     }
 
@@ -115,6 +147,9 @@ impl App {
     ) -> Result<(), AppError> {
         let stop = CancellationToken::new();
         let engine_task = self.engine.map(|e| tokio::spawn(e.run(stop.clone())));
+        if let (Some(wf), Some(every)) = (self.azure.clone(), self.audit_every) {
+            tokio::spawn(audit_loop(wf, every, self.clock.clone(), stop.clone()));
+        }
         let router = crate::http::app(self.state);
         let http_stop = stop.clone();
         let trigger = stop.clone();
@@ -133,5 +168,20 @@ impl App {
         }
         self.store.close().await;
         served.map_err(AppError::Serve)
+    }
+}
+
+/// Audits tombstones every `every` until stopped.
+async fn audit_loop(wf: Arc<AzureWorkflow>, every: std::time::Duration, clock: SharedClock, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        match wf.audit_tombstones(clock.now_ms()).await {
+            Ok(r) if r.drift.is_empty() => tracing::info!(checked = r.checked, errors = r.errors, "tombstone audit: every block holds"),
+            Ok(r) => tracing::warn!(checked = r.checked, drift = r.drift.len(), "tombstone audit found blocks that no longer hold"),
+            Err(e) => tracing::error!(error = %e, "tombstone audit failed"),
+        }
     }
 }

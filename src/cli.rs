@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::app::{App, AppConfig};
+use crate::app::{App, AppConfig, WorkflowChoice};
+use crate::azure::{AzureClients, AzureConfig};
 use crate::domain::backoff::BackoffPolicy;
 use crate::domain::clock::SystemClock;
 use crate::store::Store;
@@ -72,6 +73,8 @@ pub fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
 /// Which workflow runs the jobs.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum WorkflowKind {
+    /// Deprovision for real against the configured DPS instances and IoT hubs.
+    Azure,
     /// Touches nothing outside the database: every step waits `--rehearsal-step-ms` and succeeds.
     Rehearsal,
 }
@@ -104,8 +107,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "DEPROVISIOND_GRACE_SECS", default_value_t = 20)]
     pub grace_secs: u64,
     /// Which workflow runs jobs.
-    #[arg(long, env = "DEPROVISIOND_WORKFLOW", value_enum, default_value_t = WorkflowKind::Rehearsal)]
+    #[arg(long, env = "DEPROVISIOND_WORKFLOW", value_enum, default_value_t = WorkflowKind::Azure)]
     pub workflow: WorkflowKind,
+    /// Seconds between background audits of tombstones (0: only on request).
+    #[arg(long, env = "DEPROVISIOND_TOMBSTONE_AUDIT_SECS", default_value_t = 3600)]
+    pub tombstone_audit_secs: u64,
     /// Rehearsal workflow: milliseconds each step takes.
     #[arg(long, env = "DEPROVISIOND_REHEARSAL_STEP_MS", default_value_t = 200)]
     pub rehearsal_step_ms: u64,
@@ -133,15 +139,34 @@ impl WorkerArgs {
         }
     }
 
-    /// The workflow.
-    pub fn workflow(&self) -> Arc<dyn Workflow> {
+    /// The workflow: Azure (configured from the environment, see README) or the rehearsal.
+    pub fn workflow(&self) -> anyhow::Result<WorkflowChoice> {
         match self.workflow {
-            WorkflowKind::Rehearsal => Arc::new(RehearsalWorkflow {
-                step_delay: Duration::from_millis(self.rehearsal_step_ms),
-                journal: self.rehearsal_journal.clone(),
-                ..RehearsalWorkflow::default()
-            }),
+            WorkflowKind::Azure => {
+                let config = AzureConfig::from_env()?;
+                let clients = AzureClients::new(&config)?;
+                if clients.dps_names().is_empty() {
+                    anyhow::bail!(
+                        "no DPS instance configured: set DEPROVISIOND_DPS_<NAME>_CONNECTION_STRING (or \
+                         DEPROVISIOND_AZURE_CONFIG), or run `deprovisiond demo` to try it against the simulator"
+                    );
+                }
+                Ok(WorkflowChoice::Azure(Arc::new(clients)))
+            }
+            WorkflowKind::Rehearsal => {
+                let wf: Arc<dyn Workflow> = Arc::new(RehearsalWorkflow {
+                    step_delay: Duration::from_millis(self.rehearsal_step_ms),
+                    journal: self.rehearsal_journal.clone(),
+                    ..RehearsalWorkflow::default()
+                });
+                Ok(WorkflowChoice::Custom(wf, vec!["default".into()]))
+            }
         }
+    }
+
+    /// How often tombstones are audited in the background.
+    pub fn audit_every(&self) -> Option<Duration> {
+        (self.tombstone_audit_secs > 0).then(|| Duration::from_secs(self.tombstone_audit_secs))
     }
 }
 
@@ -212,9 +237,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         run_worker: !args.worker.no_worker,
         engine: args.worker.engine(),
-        dps_names: args.dps_names.clone(),
+        tombstone_audit_every: args.worker.audit_every(),
     };
-    let app = App::build(config, args.worker.workflow(), Arc::new(SystemClock)).await?;
+    let app = App::build(config, args.worker.workflow()?, Arc::new(SystemClock)).await?;
     let addr = app.local_addr();
     tracing::info!(%addr, "deprovisiond listening");
     println!("deprovisiond listening on http://{addr} (Swagger UI: http://{addr}/docs)");
@@ -237,15 +262,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         workflow: WorkflowKind::Rehearsal,
         rehearsal_step_ms: 300,
         rehearsal_journal: None,
+        tombstone_audit_secs: 0,
     };
     let config = AppConfig {
         database_url: db,
         listen: args.listen,
         run_worker: true,
         engine: worker.engine(),
-        dps_names: vec!["default".into()],
+        tombstone_audit_every: None,
     };
-    let app = App::build(config, worker.workflow(), Arc::new(SystemClock)).await?;
+    let app = App::build(config, worker.workflow()?, Arc::new(SystemClock)).await?;
     let addr = app.local_addr();
     println!(
         "deprovisiond demo on a throwaway SQLite database ({})",

@@ -1,5 +1,6 @@
 //! Pure domain types and state machines: no I/O here.
 pub mod backoff;
+pub mod cert;
 pub mod clock;
 pub mod ids;
 pub mod job;

@@ -13,13 +13,15 @@ use super::views::{
     DevicePage, DeviceView, EventPage, EventView, JobPage, JobView, ListJobsQuery, PageQuery,
 };
 use super::{AppState, PROBLEM};
-use crate::domain::job::{DeprovisionRequest, FieldError};
+use crate::domain::job::{DeprovisionRequest, FieldError, Target};
+use crate::workflow::preview::{Preview, Refusal};
 use crate::store::{Created, JobFilter, NewJob, Store};
 
 /// The routes of this resource.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_deprovision, list_deprovisions))
+        .routes(routes!(preview_deprovision))
         .routes(routes!(get_deprovision))
         .routes(routes!(list_devices))
         .routes(routes!(list_events))
@@ -57,9 +59,9 @@ pub fn router() -> OpenApiRouter<AppState> {
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe: same key and body give the same job (1-255 visible ASCII characters)")),
     responses(
         (status = 202, description = "Job queued", body = JobView, headers(("Location" = String, description = "URL of the job"))),
-        (status = 200, description = "Same Idempotency-Key and body as an earlier request: that job", body = JobView),
+        (status = 200, description = "Same Idempotency-Key and body as an earlier request: that job; with `dry_run: true`, the preview (see /v1/deprovisions/preview)", body = JobView),
         (status = 400, description = "Malformed JSON or header", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "A job for this target is already queued or running", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "A job for this target is already queued or running; or the request would delete a tombstone, or a group whose devices an enabled higher-chain group would re-admit", body = Problem, content_type = PROBLEM),
         (status = 413, description = "Body larger than the limit", body = Problem, content_type = PROBLEM),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = PROBLEM),
@@ -70,7 +72,7 @@ pub async fn create_deprovision(
     headers: HeaderMap,
     ApiJson(request): ApiJson<DeprovisionRequest>,
 ) -> Result<Response, ApiError> {
-    request.validate().map_err(ApiError::Validation)?;
+    validate(&request)?;
     let key = idempotency_key(&headers)?;
     let dps = state.resolve_dps(request.dps.as_ref().map(|d| d.as_str()))?;
     let mut request = request;
@@ -80,10 +82,15 @@ pub async fn create_deprovision(
             .map_err(|e| ApiError::Validation(vec![FieldError::new("dps", e.to_string())]))?,
     );
     if request.dry_run {
-        return Err(ApiError::Validation(vec![FieldError::new(
-            "dry_run",
-            "previews are not available yet in this version; omit dry_run",
-        )]));
+        let preview = run_preview(&state, &dps, &request).await?;
+        return Ok((StatusCode::OK, ApiJson(preview)).into_response());
+    }
+    if let Some(azure) = &state.azure {
+        azure.admit(&dps, &request).await.map_err(|r| match r {
+            Refusal::Tombstone(detail) => ApiError::Conflict { slug: "tombstone-protected", detail },
+            Refusal::HigherChain(detail) => ApiError::Conflict { slug: "higher-chain-group-enabled", detail },
+            Refusal::Store(e) => ApiError::from(e),
+        })?;
     }
     let plan = state.workflow.plan(&request);
     let idempotency = key.map(|k| (k, request_hash(&request)));
@@ -384,4 +391,66 @@ pub async fn retry_deprovision(
     let job = state.store.retry_job(&id, state.clock.now_ms()).await?;
     state.waker.wake();
     Ok(ApiJson(job_view(&state.store, &job).await?))
+}
+
+/// Serde-level and rule-level checks, plus the leaf certificate's CN.
+fn validate(request: &DeprovisionRequest) -> Result<(), ApiError> {
+    let mut errors = request.validate().err().unwrap_or_default();
+    if let Target::GroupDevice(t) = &request.target {
+        if let Some(pem) = &t.certificate_pem {
+            if errors.iter().all(|e| e.field != "target.certificate_pem") {
+                match crate::domain::cert::leaf_common_name(pem) {
+                    Ok(cn) if cn.eq_ignore_ascii_case(t.registration_id.as_str()) => {}
+                    Ok(cn) => errors.push(FieldError::new(
+                        "target.certificate_pem",
+                        format!(
+                            "its subject CN is `{cn}` but registration_id is `{}`; for X.509 the registration id is the leaf CN",
+                            t.registration_id
+                        ),
+                    )),
+                    Err(e) => errors.push(FieldError::new("target.certificate_pem", e.to_string())),
+                }
+            }
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(ApiError::Validation(errors)) }
+}
+
+async fn run_preview(state: &AppState, dps: &str, request: &DeprovisionRequest) -> Result<Preview, ApiError> {
+    let Some(azure) = &state.azure else {
+        return Err(ApiError::Unavailable(
+            "previews read DPS and the hubs; this instance runs the rehearsal workflow, which has none".into(),
+        ));
+    };
+    azure.preview(dps, request).await.map_err(|e| {
+        tracing::warn!(error = %e, "preview failed");
+        ApiError::Upstream(format!("could not read DPS or a hub for the preview: {}", e.message()))
+    })
+}
+
+/// Preview a request: what it would find and do, changing nothing.
+///
+/// The same as `POST /v1/deprovisions` with `dry_run: true`. Lists what DPS holds for the target, the devices
+/// per hub, what each step would do, warnings (never provisioned, no credentials for a hub, an enabled group
+/// higher in the chain, a tombstone already present) and a duration estimate from the hubs' quotas.
+#[utoipa::path(
+    post,
+    path = "/v1/deprovisions/preview",
+    tag = "deprovisions",
+    request_body = DeprovisionRequest,
+    responses(
+        (status = 200, description = "The plan", body = Preview),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = PROBLEM),
+        (status = 502, description = "DPS or a hub could not be read", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "No Azure workflow configured", body = Problem, content_type = PROBLEM),
+    )
+)]
+pub async fn preview_deprovision(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<DeprovisionRequest>,
+) -> Result<ApiJson<Preview>, ApiError> {
+    validate(&request)?;
+    let dps = state.resolve_dps(request.dps.as_ref().map(|d| d.as_str()))?;
+    Ok(ApiJson(run_preview(&state, &dps, &request).await?))
 }

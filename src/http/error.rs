@@ -87,9 +87,12 @@ pub enum ApiError {
         /// Why.
         detail: String,
     },
-    /// The database is unreachable.
-    #[error("service unavailable: {0}")]
+    /// The database is unreachable, or a feature is not configured.
+    #[error("{0}")]
     Unavailable(String),
+    /// Azure could not be read.
+    #[error("{0}")]
+    Upstream(String),
     /// Anything else: logged in full, reported without details.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -170,12 +173,17 @@ impl ApiError {
             ApiError::Conflict { slug, .. } => (
                 StatusCode::CONFLICT,
                 slug,
-                "Request refused to protect a device block",
+                "Request refused by a safety rule",
             ),
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
+            ),
+            ApiError::Upstream(_) => (
+                StatusCode::BAD_GATEWAY,
+                "azure-unavailable",
+                "Azure could not be read",
             ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

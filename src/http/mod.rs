@@ -4,6 +4,7 @@ pub mod deprovisions;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod tombstones;
 pub mod views;
 
 use std::sync::Arc;
@@ -43,12 +44,16 @@ pub struct AppInner {
     pub store: Store,
     /// The steps of jobs (plans are made when a job is created).
     pub workflow: Arc<dyn Workflow>,
+    /// The Azure workflow, for previews, admission checks and tombstones (absent in rehearsal mode).
+    pub azure: Option<Arc<crate::workflow::AzureWorkflow>>,
     /// Time source.
     pub clock: SharedClock,
     /// Wakes the engine on new work.
     pub waker: Waker,
     /// Names of the configured DPS instances.
     pub dps_names: Vec<String>,
+    /// The instance used when a request names none.
+    pub default_dps: Option<String>,
 }
 
 impl std::ops::Deref for AppState {
@@ -73,7 +78,7 @@ impl AppState {
                 "dps",
                 format!("unknown DPS instance `{name}`; configured: {known}"),
             )])),
-            None if self.dps_names.len() == 1 => Ok(self.dps_names[0].clone()),
+            None if self.default_dps.is_some() => Ok(self.default_dps.clone().unwrap_or_default()),
             None => Err(ApiError::Validation(vec![FieldError::new(
                 "dps",
                 format!("is required because several DPS instances are configured: {known}"),
@@ -94,6 +99,7 @@ impl AppState {
     ),
     tags(
         (name = "deprovisions", description = "Deprovisioning jobs"),
+        (name = "tombstones", description = "Disabled individual enrollments that block single devices of groups"),
         (name = "health", description = "Probes")
     ),
     components(schemas(error::Problem))
@@ -103,6 +109,7 @@ pub struct ApiDoc;
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(deprovisions::router())
+        .merge(tombstones::router())
         .merge(health::router())
 }
 

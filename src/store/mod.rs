@@ -5,6 +5,7 @@
 //! claims) are chosen by [`Backend`].
 
 mod records;
+mod tombstones;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -24,6 +25,7 @@ macro_rules! sql {
 }
 
 pub use records::*;
+pub use tombstones::{AuditStatus, Tombstone};
 
 use crate::domain::clock::Millis;
 use crate::domain::job::{DeprovisionRequest, JobStatus};
@@ -940,6 +942,18 @@ impl Store {
         let Some(job) = self.get_job(job_id).await? else {
             return Ok(());
         };
+        if job.lane_state == LaneState::WaitingItems && !job.cancel_requested {
+            // Most calls come from one of many finishing devices: a cheap look before counting them all.
+            let open: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM job_items WHERE job_id = $1 AND state IN ('waiting', 'pending', 'running') LIMIT 1",
+            )
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await?;
+            if open.is_some() {
+                return Ok(());
+            }
+        }
         let counts = self.item_counts(job_id).await?;
         let busy = counts.running > 0 || job.lane_state == LaneState::Running;
         if job.cancel_requested {

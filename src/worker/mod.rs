@@ -245,13 +245,17 @@ impl Engine {
             }
         };
         let now = self.clock.now_ms();
-        let t = self.advance(
+        let mut t = self.advance(
             &job.plan.job_steps,
             job.step_index,
             job.attempt,
             result.outcome.clone(),
             now,
         );
+        if matches!(result.outcome, Outcome::Retry { .. } | Outcome::Fail(_)) {
+            // A paging step that fails resumes where it stopped, on its next attempt or after a job retry.
+            t.cursor = job.cursor.clone();
+        }
         let mut effects = result.effects;
         effects
             .events

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deprovisiond::app::{App, AppConfig};
+use deprovisiond::app::{App, AppConfig, WorkflowChoice};
 use deprovisiond::domain::backoff::BackoffPolicy;
 use deprovisiond::domain::clock::SystemClock;
 use deprovisiond::domain::job::{DeprovisionRequest, Target};
@@ -126,9 +126,10 @@ impl TestApp {
             listen: "127.0.0.1:0".parse().expect("addr"),
             run_worker: worker,
             engine,
-            dps_names: vec!["default".into()],
+            tombstone_audit_every: None,
         };
-        let app = App::build(config, workflow, Arc::new(SystemClock))
+        let choice = WorkflowChoice::Custom(workflow, vec!["default".into()]);
+        let app = App::build(config, choice, Arc::new(SystemClock))
             .await
             .expect("app builds");
         let base = format!("http://{}", app.local_addr());

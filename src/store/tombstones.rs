@@ -1,0 +1,166 @@
+//! Tombstones: the disabled individual enrollments that block single devices of a group.
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use utoipa::ToSchema;
+
+use super::{Store, StoreError};
+use crate::domain::clock::Millis;
+
+/// A recorded block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    /// DPS instance.
+    pub dps: String,
+    /// The blocked registration id (= the blocking enrollment's id).
+    pub registration_id: String,
+    /// The group the device would otherwise enroll through.
+    pub group_id: String,
+    /// `x509` or `symmetricKey`.
+    pub attestation: String,
+    /// The job that created it.
+    pub job_id: String,
+    /// When it was recorded.
+    pub created_at: Millis,
+    /// Last audit time.
+    pub audited_at: Option<Millis>,
+    /// Last audit result.
+    pub audit_status: Option<AuditStatus>,
+    /// Details of the last audit.
+    pub audit_detail: Option<String>,
+}
+
+/// What an audit found about a tombstone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditStatus {
+    /// The enrollment exists and is disabled.
+    Ok,
+    /// The enrollment is gone: the device can enroll again through its group.
+    Missing,
+    /// The enrollment exists but is enabled again.
+    Enabled,
+    /// DPS could not be asked.
+    Error,
+}
+
+impl AuditStatus {
+    /// Database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditStatus::Ok => "ok",
+            AuditStatus::Missing => "missing",
+            AuditStatus::Enabled => "enabled",
+            AuditStatus::Error => "error",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "ok" => AuditStatus::Ok,
+            "missing" => AuditStatus::Missing,
+            "enabled" => AuditStatus::Enabled,
+            "error" => AuditStatus::Error,
+            _ => return None,
+        })
+    }
+
+    /// Whether the block no longer holds.
+    pub fn is_drift(self) -> bool {
+        matches!(self, AuditStatus::Missing | AuditStatus::Enabled)
+    }
+}
+
+const COLUMNS: &str = "dps, registration_id, group_id, attestation, job_id, created_at, audited_at, \
+    audit_status, audit_detail";
+
+impl Store {
+    /// Records a block (idempotent: recording it again changes nothing).
+    pub async fn record_tombstone(&self, t: &Tombstone) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tombstones (dps, registration_id, group_id, attestation, job_id, created_at) \
+             VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (dps, registration_id) DO NOTHING",
+        )
+        .bind(&t.dps)
+        .bind(&t.registration_id)
+        .bind(&t.group_id)
+        .bind(&t.attestation)
+        .bind(&t.job_id)
+        .bind(t.created_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The block of a registration id, if one is recorded.
+    pub async fn find_tombstone(&self, dps: &str, registration_id: &str) -> Result<Option<Tombstone>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM tombstones WHERE dps = $1 AND registration_id = $2"
+        )))
+        .bind(dps)
+        .bind(registration_id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| from_row(&r)).transpose()
+    }
+
+    /// Blocks in (dps, registration id) order after `after`, at most `limit`.
+    pub async fn list_tombstones(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Tombstone>, StoreError> {
+        let (d, r) = after.unwrap_or(("", ""));
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM tombstones WHERE dps > $1 OR (dps = $1 AND registration_id > $2) \
+             ORDER BY dps, registration_id LIMIT $3"
+        )))
+        .bind(d)
+        .bind(r)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Stores the result of auditing one block.
+    pub async fn record_tombstone_audit(
+        &self,
+        dps: &str,
+        registration_id: &str,
+        status: AuditStatus,
+        detail: Option<&str>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tombstones SET audited_at = $3, audit_status = $4, audit_detail = $5 \
+             WHERE dps = $1 AND registration_id = $2",
+        )
+        .bind(dps)
+        .bind(registration_id)
+        .bind(now)
+        .bind(status.as_str())
+        .bind(detail.map(str::to_string))
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+}
+
+fn from_row(row: &AnyRow) -> Result<Tombstone, StoreError> {
+    let status: Option<String> = row.try_get("audit_status")?;
+    Ok(Tombstone {
+        dps: row.try_get("dps")?,
+        registration_id: row.try_get("registration_id")?,
+        group_id: row.try_get("group_id")?,
+        attestation: row.try_get("attestation")?,
+        job_id: row.try_get("job_id")?,
+        created_at: row.try_get("created_at")?,
+        audited_at: row.try_get("audited_at")?,
+        audit_status: status
+            .map(|s| AuditStatus::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("audit_status {s}"))))
+            .transpose()?,
+        audit_detail: row.try_get("audit_detail")?,
+    })
+}

@@ -1,0 +1,87 @@
+//! The deprovisioning workflows: what each job step does against DPS and the IoT hubs.
+//!
+//! | target | job steps | device step |
+//! |---|---|---|
+//! | individual enrollment | `resolve` (enrollment + registration state, read before anything destructive) → `revoke` (disable or delete) | `registry` |
+//! | enrollment group | `resolve` → `revoke` (disable the group) → `enumerate` (registration states, page by page) → [`delete_registrations`] → [`delete_group`] | `registry` |
+//! | group device | `resolve` (group + the device's registration state) → `revoke` (create a disabled individual enrollment, recorded as a tombstone) | `registry` |
+//!
+//! Devices run their `registry` step only after the job passed its `revoke` step (the engine's items
+//! barrier). Every step is safe to repeat: 404 on a delete is done, disabling a disabled record is done,
+//! 412 re-reads and retries.
+
+pub mod chain;
+mod outcome;
+pub mod preview;
+mod steps;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::azure::AzureClients;
+use crate::domain::clock::SharedClock;
+use crate::domain::job::{DeprovisionRequest, Target};
+use crate::domain::lane::ITEMS_BARRIER;
+use crate::store::{ItemRecord, JobRecord, Plan, Store};
+use crate::worker::{StepResult, Workflow};
+
+/// Registration states fetched per `enumerate` step run (one DPS query page).
+pub const ENUMERATE_PAGE: u32 = 100;
+/// Registration records deleted per `delete_registrations` step run.
+pub const CLEANUP_BATCH: u32 = 100;
+
+/// The workflow that talks to Azure.
+pub struct AzureWorkflow {
+    clients: Arc<AzureClients>,
+    store: Store,
+    clock: SharedClock,
+}
+
+impl AzureWorkflow {
+    /// A workflow using `clients`, recording tombstones in `store`.
+    pub fn new(clients: Arc<AzureClients>, store: Store, clock: SharedClock) -> Self {
+        Self { clients, store, clock }
+    }
+
+    /// The Azure clients.
+    pub fn clients(&self) -> &AzureClients {
+        &self.clients
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// The steps of a request (also used by previews to say what would run).
+pub fn plan_for(request: &DeprovisionRequest) -> Plan {
+    let mut job_steps: Vec<String> = vec!["resolve".into(), "revoke".into()];
+    if let Target::EnrollmentGroup(_) = request.target {
+        job_steps.push("enumerate".into());
+    }
+    job_steps.push(ITEMS_BARRIER.into());
+    if request.delete_registrations {
+        job_steps.push("delete_registrations".into());
+    }
+    if request.delete_group {
+        job_steps.push("delete_group".into());
+    }
+    Plan { job_steps, item_steps: vec!["registry".into()] }
+}
+
+#[async_trait]
+impl Workflow for AzureWorkflow {
+    fn plan(&self, request: &DeprovisionRequest) -> Plan {
+        plan_for(request)
+    }
+
+    async fn run_job_step(&self, job: &JobRecord, step: &str) -> StepResult {
+        steps::run_job_step(self, job, step).await
+    }
+
+    async fn run_item_step(&self, job: &JobRecord, item: &ItemRecord, step: &str) -> StepResult {
+        steps::run_item_step(self, job, item, step).await
+    }
+}

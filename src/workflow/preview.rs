@@ -1,0 +1,473 @@
+//! Previews (`dry_run`): what a request would do, read from Azure without changing anything.
+//! Also the admission checks the API runs before accepting a job, and the tombstone audit.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::steps::higher_chain_groups;
+use super::{AzureWorkflow, plan_for};
+use crate::azure::models::{AttestationType, DeviceRegistrationState, ProvisioningStatus, RegistrationStatus};
+use crate::azure::{AzureError, DpsClient};
+use crate::domain::job::{DeprovisionRequest, RegistryAction, RevokeAction, Target};
+use crate::domain::lane::ITEMS_BARRIER;
+use crate::store::{AuditStatus, StoreError, Tombstone};
+
+/// Registration records a preview reads at most for a whole group (the count is then a lower bound).
+pub const PREVIEW_MAX_DEVICES: usize = 100_000;
+
+/// What a request would do.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Preview {
+    /// DPS instance.
+    pub dps: String,
+    /// The target.
+    pub target: Target,
+    /// What DPS holds for the target.
+    pub found: Found,
+    /// Devices the registry step would touch or skip.
+    pub devices: DeviceSummary,
+    /// Devices per hub, with credentials and quota.
+    pub hubs: Vec<HubPlan>,
+    /// Steps in order, each with what it would do.
+    pub steps: Vec<StepPlan>,
+    /// Things to know before running it.
+    pub warnings: Vec<Warning>,
+    /// Lower-bound duration from the hubs' identity-registry quotas (seconds), when every hub's tier is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_seconds: Option<f64>,
+}
+
+/// What DPS holds for the target.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Found {
+    /// `individual_enrollment` or `enrollment_group`.
+    pub kind: String,
+    /// Its id.
+    pub id: String,
+    /// Whether it exists.
+    pub exists: bool,
+    /// `tpm`, `x509`, `symmetricKey`, …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<String>,
+    /// `enabled` or `disabled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provisioning_status: Option<String>,
+}
+
+/// Device counts.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct DeviceSummary {
+    /// Registration records found.
+    pub total: u64,
+    /// Assigned to a hub: the registry step would act on them.
+    pub assigned: u64,
+    /// Never provisioned or not assigned: the registry step would be skipped.
+    pub not_provisioned: u64,
+    /// The count stopped at the preview limit.
+    pub truncated: bool,
+}
+
+/// Devices of one hub.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HubPlan {
+    /// Hub host name.
+    pub hub: String,
+    /// Devices assigned to it.
+    pub devices: u64,
+    /// Whether credentials are configured for it.
+    pub credentials: bool,
+    /// Identity-registry operations per minute allowed by its tier and units, when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_ops_per_minute: Option<u32>,
+    /// Quota-bound time for this hub's devices (seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_seconds: Option<f64>,
+}
+
+/// One step of the plan.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StepPlan {
+    /// Step name.
+    pub name: String,
+    /// What it would do.
+    pub action: String,
+}
+
+/// Something to know before running the job.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
+pub struct Warning {
+    /// Stable code, e.g. `never_provisioned`, `no_credentials`, `higher_chain_enabled_group`, `tombstone_present`.
+    pub code: String,
+    /// Explanation.
+    pub message: String,
+}
+
+fn warn(code: &str, message: impl Into<String>) -> Warning {
+    Warning { code: code.into(), message: message.into() }
+}
+
+/// Why a request is refused before it becomes a job.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// It would delete a tombstone.
+    #[error("{0}")]
+    Tombstone(String),
+    /// It would delete a group whose devices can re-enroll through a higher group.
+    #[error("{0}")]
+    HigherChain(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Registry operations one device costs: disable = GET + PUT + verifying GET; delete = DELETE + verifying GET.
+fn ops_per_device(action: RegistryAction) -> u32 {
+    match action {
+        RegistryAction::Disable => 3,
+        RegistryAction::Delete => 2,
+    }
+}
+
+impl AzureWorkflow {
+    /// Refuses requests that break the service's rules: deleting a tombstone; deleting a group while an enabled
+    /// group higher in its chain would re-admit its devices (unless forced). When DPS cannot be asked, the job is
+    /// accepted and its steps check again.
+    pub async fn admit(&self, dps_name: &str, request: &DeprovisionRequest) -> Result<(), Refusal> {
+        if let (Target::IndividualEnrollment(t), RevokeAction::Delete) = (&request.target, request.revoke) {
+            if let Some(tomb) = self.store.find_tombstone(dps_name, t.registration_id.as_str()).await? {
+                return Err(Refusal::Tombstone(tombstone_refusal(&tomb)));
+            }
+        }
+        if let (Target::EnrollmentGroup(t), true, false) = (&request.target, request.delete_group, request.force) {
+            let Ok(dps) = self.clients.dps(dps_name) else { return Ok(()) };
+            match dps.get_enrollment_group(t.group_id.as_str()).await {
+                Ok(group) => match higher_chain_groups(dps, &group).await {
+                    Ok(higher) if !higher.is_empty() => return Err(Refusal::HigherChain(higher_refusal(t.group_id.as_str(), &higher))),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "chain check skipped at admission; the delete step checks again"),
+                },
+                Err(e) => tracing::warn!(error = %e, "group not readable at admission; the job's steps will report it"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what the request would touch and returns the plan; changes nothing.
+    pub async fn preview(&self, dps_name: &str, request: &DeprovisionRequest) -> Result<Preview, AzureError> {
+        let dps = self.clients.dps(dps_name)?;
+        let mut warnings = Vec::new();
+        let mut registrations: Vec<DeviceRegistrationState> = Vec::new();
+        let mut truncated = false;
+        let found = match &request.target {
+            Target::IndividualEnrollment(t) => {
+                let id = t.registration_id.as_str();
+                let found = match dps.get_enrollment(id).await {
+                    Ok(e) => {
+                        if let Some(r) = fetch_registration(dps, id).await? {
+                            registrations.push(r);
+                        }
+                        found("individual_enrollment", id, Some(e.attestation.kind), e.provisioning_status)
+                    }
+                    Err(e) if e.is_not_found() => {
+                        warnings.push(warn("enrollment_not_found", format!("DPS has no individual enrollment `{id}`: the job would fail")));
+                        missing("individual_enrollment", id)
+                    }
+                    Err(e) => return Err(e),
+                };
+                if let Ok(Some(tomb)) = self.store.find_tombstone(dps_name, id).await {
+                    let msg = if request.revoke == RevokeAction::Delete {
+                        format!("refused: {}", tombstone_refusal(&tomb))
+                    } else {
+                        format!("`{id}` is a tombstone blocking a device of group `{}`; disabling it again is harmless", tomb.group_id)
+                    };
+                    warnings.push(warn("tombstone_present", msg));
+                }
+                if request.revoke == RevokeAction::Delete && found.attestation.as_deref() == Some("x509") {
+                    warnings.push(warn(
+                        "delete_x509_individual",
+                        "deleting (rather than disabling) an X.509 individual enrollment lets the device enroll again if an \
+                         enabled group covers its certificate chain",
+                    ));
+                }
+                found
+            }
+            Target::EnrollmentGroup(t) => {
+                let id = t.group_id.as_str();
+                match dps.get_enrollment_group(id).await {
+                    Ok(g) => {
+                        let mut token: Option<String> = None;
+                        loop {
+                            let (page, next) = dps.query_registrations_page(id, Some(1000), token.as_deref()).await?;
+                            registrations.extend(page);
+                            if registrations.len() >= PREVIEW_MAX_DEVICES {
+                                truncated = next.is_some();
+                                break;
+                            }
+                            match next {
+                                Some(n) => token = Some(n),
+                                None => break,
+                            }
+                        }
+                        if request.delete_group {
+                            let higher = higher_chain_groups(dps, &g).await?;
+                            if !higher.is_empty() {
+                                let msg = higher_refusal(id, &higher);
+                                warnings.push(warn(
+                                    "higher_chain_enabled_group",
+                                    if request.force { format!("forced: {msg}") } else { format!("refused: {msg}") },
+                                ));
+                            }
+                        } else {
+                            warnings.push(warn(
+                                "group_kept",
+                                "the group is disabled, not deleted; its registration records keep counting against the \
+                                 DPS quota unless delete_registrations is set",
+                            ));
+                        }
+                        found("enrollment_group", id, Some(g.attestation.kind), g.provisioning_status)
+                    }
+                    Err(e) if e.is_not_found() => {
+                        warnings.push(warn("group_not_found", format!("DPS has no enrollment group `{id}`: the job would fail")));
+                        missing("enrollment_group", id)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Target::GroupDevice(t) => {
+                let (gid, rid) = (t.group_id.as_str(), t.registration_id.as_str());
+                let found = match dps.get_enrollment_group(gid).await {
+                    Ok(g) => {
+                        if g.attestation.kind == AttestationType::X509 && t.certificate_pem.is_none() {
+                            warnings.push(warn(
+                                "fallback_symmetric_block",
+                                "no leaf certificate given: a disabled symmetric-key enrollment with the registration id \
+                                 blocks the device (the documented fallback)",
+                            ));
+                        }
+                        found("enrollment_group", gid, Some(g.attestation.kind), g.provisioning_status)
+                    }
+                    Err(e) if e.is_not_found() => {
+                        warnings.push(warn("group_not_found", format!("DPS has no enrollment group `{gid}`: the job would fail")));
+                        missing("enrollment_group", gid)
+                    }
+                    Err(e) => return Err(e),
+                };
+                match dps.get_enrollment(rid).await {
+                    Ok(e) if e.provisioning_status == Some(ProvisioningStatus::Disabled) => warnings.push(warn(
+                        "tombstone_present",
+                        format!("a disabled individual enrollment `{rid}` already blocks this device; it would be kept"),
+                    )),
+                    Ok(_) => warnings.push(warn(
+                        "individual_enrollment_exists",
+                        format!("an enabled individual enrollment `{rid}` exists; the job would fail: use target individual_enrollment"),
+                    )),
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+                if let Some(r) = fetch_registration(dps, rid).await? {
+                    registrations.push(r);
+                }
+                found
+            }
+        };
+        let mut devices = DeviceSummary { truncated, ..DeviceSummary::default() };
+        let mut per_hub: BTreeMap<String, u64> = BTreeMap::new();
+        for r in &registrations {
+            devices.total += 1;
+            match (&r.status, &r.assigned_hub) {
+                (Some(RegistrationStatus::Assigned), Some(h)) => {
+                    devices.assigned += 1;
+                    *per_hub.entry(h.to_ascii_lowercase()).or_default() += 1;
+                }
+                _ => devices.not_provisioned += 1,
+            }
+        }
+        if !matches!(request.target, Target::EnrollmentGroup(_)) && devices.assigned == 0 {
+            warnings.push(warn("never_provisioned", "the device was never provisioned: the registry step would be skipped"));
+        } else if devices.not_provisioned > 0 {
+            warnings.push(warn(
+                "never_provisioned",
+                format!("{} device(s) have no hub assignment: their registry step would be skipped", devices.not_provisioned),
+            ));
+        }
+        let per_device = ops_per_device(request.registry);
+        let mut hubs = Vec::new();
+        let mut all_known = true;
+        let mut slowest: f64 = 0.0;
+        for (hub, n) in per_hub {
+            let credentials = self.clients.hub(&hub).is_ok();
+            if !credentials {
+                warnings.push(warn("no_credentials", format!("no credentials configured for hub {hub}: its {n} device(s) would fail")));
+            }
+            let opm = self.clients.hub_config(&hub).and_then(|c| c.registry_ops_per_minute());
+            let est = opm.map(|o| (n * u64::from(per_device)) as f64 * 60.0 / f64::from(o.max(1)));
+            match est {
+                Some(s) => slowest = slowest.max(s),
+                None => all_known = false,
+            }
+            hubs.push(HubPlan { hub, devices: n, credentials, registry_ops_per_minute: opm, estimated_seconds: est });
+        }
+        let steps = plan_for(request)
+            .job_steps
+            .iter()
+            .map(|s| StepPlan { name: if s == ITEMS_BARRIER { "devices".into() } else { s.clone() }, action: describe_step(s, request) })
+            .collect();
+        Ok(Preview {
+            dps: dps_name.to_string(),
+            target: request.target.clone(),
+            found,
+            devices,
+            hubs,
+            steps,
+            warnings,
+            estimated_seconds: all_known.then_some(slowest),
+        })
+    }
+
+    /// Checks every tombstone: still there, still disabled. Records the result and logs drift.
+    pub async fn audit_tombstones(&self, now: i64) -> Result<AuditReport, StoreError> {
+        let mut report = AuditReport::default();
+        let mut after: Option<(String, String)> = None;
+        loop {
+            let page = self.store.list_tombstones(after.as_ref().map(|(d, r)| (d.as_str(), r.as_str())), 200).await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.dps.clone(), last.registration_id.clone()));
+            for t in &page {
+                let (status, detail) = match self.clients.dps(&t.dps) {
+                    Err(e) => (AuditStatus::Error, Some(e.message())),
+                    Ok(dps) => match dps.get_enrollment(&t.registration_id).await {
+                        Ok(e) if e.provisioning_status == Some(ProvisioningStatus::Disabled) => (AuditStatus::Ok, None),
+                        Ok(_) => (AuditStatus::Enabled, Some("the blocking enrollment was enabled again".to_string())),
+                        Err(e) if e.is_not_found() => (AuditStatus::Missing, Some("the blocking enrollment was deleted".to_string())),
+                        Err(e) => (AuditStatus::Error, Some(e.message())),
+                    },
+                };
+                self.store.record_tombstone_audit(&t.dps, &t.registration_id, status, detail.as_deref(), now).await?;
+                report.checked += 1;
+                match status {
+                    AuditStatus::Ok => report.ok += 1,
+                    AuditStatus::Error => report.errors += 1,
+                    _ => {
+                        tracing::warn!(dps = %t.dps, registration_id = %t.registration_id, group = %t.group_id,
+                            status = status.as_str(), "tombstone drift: the device can enroll again through its group");
+                        report.drift.push(DriftEntry {
+                            dps: t.dps.clone(),
+                            registration_id: t.registration_id.clone(),
+                            group_id: t.group_id.clone(),
+                            status,
+                            detail: detail.unwrap_or_default(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Result of a tombstone audit.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct AuditReport {
+    /// Tombstones checked.
+    pub checked: u64,
+    /// Still there and disabled.
+    pub ok: u64,
+    /// DPS could not be asked.
+    pub errors: u64,
+    /// Blocks that no longer hold.
+    pub drift: Vec<DriftEntry>,
+}
+
+/// One block that no longer holds.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DriftEntry {
+    /// DPS instance.
+    pub dps: String,
+    /// Registration id.
+    pub registration_id: String,
+    /// Group the device can enroll through again.
+    pub group_id: String,
+    /// `missing` or `enabled`.
+    pub status: AuditStatus,
+    /// What was found.
+    pub detail: String,
+}
+
+fn tombstone_refusal(t: &Tombstone) -> String {
+    format!(
+        "`{}` is a disabled individual enrollment that blocks a device of group `{}` (created by job {}); deleting it \
+         would let the device enroll again through the group, so the service never deletes it",
+        t.registration_id, t.group_id, t.job_id
+    )
+}
+
+fn higher_refusal(group: &str, higher: &[String]) -> String {
+    format!(
+        "deleting group `{group}` would let its devices enroll again through enabled group(s) {} higher in the same \
+         certificate chain; disable them first, or set force",
+        higher.iter().map(|g| format!("`{g}`")).collect::<Vec<_>>().join(", ")
+    )
+}
+
+async fn fetch_registration(dps: &DpsClient, id: &str) -> Result<Option<DeviceRegistrationState>, AzureError> {
+    match dps.get_registration(id).await {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn attestation_label(t: AttestationType) -> String {
+    match t {
+        AttestationType::None => "none",
+        AttestationType::Tpm => "tpm",
+        AttestationType::X509 => "x509",
+        AttestationType::SymmetricKey => "symmetricKey",
+    }
+    .to_string()
+}
+
+fn found(kind: &str, id: &str, att: Option<AttestationType>, status: Option<ProvisioningStatus>) -> Found {
+    Found {
+        kind: kind.into(),
+        id: id.into(),
+        exists: true,
+        attestation: att.map(attestation_label),
+        provisioning_status: Some(
+            if status == Some(ProvisioningStatus::Disabled) { "disabled" } else { "enabled" }.to_string(),
+        ),
+    }
+}
+
+fn missing(kind: &str, id: &str) -> Found {
+    Found { kind: kind.into(), id: id.into(), exists: false, attestation: None, provisioning_status: None }
+}
+
+fn describe_step(step: &str, r: &DeprovisionRequest) -> String {
+    let registry = match r.registry {
+        RegistryAction::Disable => "disable each device's identity in its hub (status reason names the job; reversible)",
+        RegistryAction::Delete => "delete each device's identity from its hub (permanent)",
+    };
+    match (step, &r.target) {
+        ("resolve", Target::EnrollmentGroup(_)) => "read the group and its signing certificate".into(),
+        ("resolve", Target::GroupDevice(_)) => "read the group, any individual enrollment and the device's registration state".into(),
+        ("resolve", _) => "read the enrollment and its registration state (before anything destructive)".into(),
+        ("revoke", Target::IndividualEnrollment(_)) => match r.revoke {
+            RevokeAction::Disable => "disable the enrollment (full-replace PUT with If-Match, keys preserved; reversible)".into(),
+            RevokeAction::Delete => "delete the enrollment (permanent)".into(),
+        },
+        ("revoke", Target::EnrollmentGroup(_)) => "disable the group: its signing certificate is blocklisted".into(),
+        ("revoke", Target::GroupDevice(t)) => format!(
+            "create a disabled {} individual enrollment `{}` that blocks the device; recorded as a tombstone, never deleted",
+            if t.certificate_pem.is_some() { "X.509" } else { "symmetric-key" },
+            t.registration_id
+        ),
+        ("enumerate", _) => "list the group's registration states page by page into devices".into(),
+        (ITEMS_BARRIER, _) => registry.into(),
+        ("delete_registrations", _) => "delete the devices' registration records (they count against the DPS quota)".into(),
+        ("delete_group", _) => "delete the group, last, unless an enabled group higher in its chain would re-admit its devices".into(),
+        (other, _) => other.to_string(),
+    }
+}

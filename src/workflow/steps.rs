@@ -1,0 +1,623 @@
+//! The steps themselves. Each is idempotent: it may run again after a crash or a retry.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::chain::{GroupCert, enabled_ancestors};
+use super::outcome::{from_azure, step_error};
+use super::{AzureWorkflow, CLEANUP_BATCH, ENUMERATE_PAGE};
+use crate::azure::hub::{IfMatch, set_status};
+use crate::azure::models::{
+    AttestationType, DeviceRegistrationState, DeviceStatus, EnrollmentGroup, IndividualEnrollment,
+    ProvisioningStatus, RegistrationStatus,
+};
+use crate::azure::{AzureError, DpsClient};
+use crate::domain::job::{
+    GroupDeviceTarget, GroupTarget, IndividualTarget, RegistryAction, RevokeAction, Target,
+};
+use crate::domain::lane::{Outcome, StepError};
+use crate::store::{ItemRecord, JobRecord, NewEvent, NewItem, StepEffects, Tombstone};
+use crate::worker::StepResult;
+
+/// Longest `statusReason` an IoT hub stores.
+const STATUS_REASON_MAX: usize = 128;
+
+fn fail(msg: impl Into<String>) -> StepResult {
+    Outcome::Fail(StepError::msg(msg)).into()
+}
+
+fn retry_now(msg: impl Into<String>) -> StepResult {
+    // A write that did not stick (or a 412) is read again at once; the attempt still counts.
+    Outcome::Retry { error: StepError::msg(msg), retry_after: Some(Duration::ZERO) }.into()
+}
+
+fn azure(context: &str, e: &AzureError) -> StepResult {
+    from_azure(context, e).into()
+}
+
+fn done_with(effects: StepEffects) -> StepResult {
+    StepResult { outcome: Outcome::Done, effects }
+}
+
+fn event(kind: &str, message: String, detail: Option<Value>) -> NewEvent {
+    NewEvent { detail, ..NewEvent::new(kind, message) }
+}
+
+pub(super) async fn run_job_step(wf: &AzureWorkflow, job: &JobRecord, step: &str) -> StepResult {
+    let dps = match wf.clients.dps(&job.dps) {
+        Ok(d) => d,
+        Err(e) => return Outcome::Fail(step_error("DPS instance", &e)).into(),
+    };
+    match (step, &job.request.target) {
+        ("resolve", Target::IndividualEnrollment(t)) => resolve_individual(wf, dps, job, t).await,
+        ("revoke", Target::IndividualEnrollment(t)) => revoke_individual(dps, job, t).await,
+        ("resolve", Target::EnrollmentGroup(t)) => resolve_group(dps, t).await,
+        ("revoke", Target::EnrollmentGroup(t)) => disable_group(dps, t).await,
+        ("enumerate", Target::EnrollmentGroup(t)) => enumerate(dps, job, t).await,
+        ("delete_registrations", Target::EnrollmentGroup(_)) => delete_registrations(wf, dps, job).await,
+        ("delete_group", Target::EnrollmentGroup(t)) => delete_group(dps, job, t).await,
+        ("resolve", Target::GroupDevice(t)) => resolve_group_device(dps, t).await,
+        ("revoke", Target::GroupDevice(t)) => block_group_device(wf, dps, job, t).await,
+        (other, target) => fail(format!("step `{other}` does not apply to a {} target", target.kind().as_str())),
+    }
+}
+
+/// The device item for a registration record (or for its absence).
+fn item_for(registration_id: &str, reg: Option<&DeviceRegistrationState>) -> NewItem {
+    let assigned = reg.filter(|r| r.status == Some(RegistrationStatus::Assigned) && r.assigned_hub.is_some());
+    match assigned {
+        Some(r) => NewItem {
+            registration_id: registration_id.to_string(),
+            device_id: Some(r.device_id.clone().unwrap_or_else(|| registration_id.to_string())),
+            hub: r.assigned_hub.as_ref().map(|h| h.to_ascii_lowercase()),
+            data: None,
+        },
+        None => {
+            let why = match reg.and_then(|r| r.status) {
+                None => "never provisioned: DPS has no registration record for it".to_string(),
+                Some(s) => format!("not assigned to any hub (registration status: {})", json!(s).as_str().unwrap_or("?")),
+            };
+            NewItem {
+                registration_id: registration_id.to_string(),
+                device_id: None,
+                hub: None,
+                data: Some(json!({ "skip": why })),
+            }
+        }
+    }
+}
+
+fn describe_item(item: &NewItem) -> String {
+    match (&item.hub, &item.device_id) {
+        (Some(h), Some(d)) => format!("registered to hub {h} as device {d}"),
+        _ => item.data.as_ref().and_then(|d| d["skip"].as_str()).unwrap_or("not provisioned").to_string(),
+    }
+}
+
+fn attestation_name(t: AttestationType) -> &'static str {
+    match t {
+        AttestationType::None => "none",
+        AttestationType::Tpm => "tpm",
+        AttestationType::X509 => "x509",
+        AttestationType::SymmetricKey => "symmetricKey",
+    }
+}
+
+fn status_name(s: Option<ProvisioningStatus>) -> &'static str {
+    match s {
+        Some(ProvisioningStatus::Disabled) => "disabled",
+        // DPS's default when the field is absent is enabled.
+        _ => "enabled",
+    }
+}
+
+/// Reads a registration record; `None` when DPS has none.
+async fn registration(dps: &DpsClient, id: &str) -> Result<Option<DeviceRegistrationState>, AzureError> {
+    match dps.get_registration(id).await {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+// ----- individual enrollment -----
+
+async fn resolve_individual(wf: &AzureWorkflow, dps: &DpsClient, job: &JobRecord, t: &IndividualTarget) -> StepResult {
+    let id = t.registration_id.as_str();
+    let enrollment = match dps.get_enrollment(id).await {
+        Ok(e) => e,
+        Err(e) if e.is_not_found() => {
+            return fail(format!("DPS `{}` has no individual enrollment `{id}`", job.dps));
+        }
+        Err(e) => return azure("reading the individual enrollment", &e),
+    };
+    if job.request.revoke == RevokeAction::Delete {
+        match wf.store.find_tombstone(&job.dps, id).await {
+            Ok(Some(tomb)) => {
+                return fail(format!(
+                    "`{id}` is a disabled enrollment that blocks a device of group `{}` (job {}); deleting it would let the \
+                     device enroll again through the group",
+                    tomb.group_id, tomb.job_id
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => return retry_now(format!("checking tombstones: {e}")),
+        }
+    }
+    // Read the registration state before anything destructive: deleting the enrollment removes it.
+    let reg = match enrollment.registration_state.clone() {
+        Some(r) if r.status.is_some() => Some(r),
+        _ => match registration(dps, id).await {
+            Ok(r) => r,
+            Err(e) => return azure("reading the registration state", &e),
+        },
+    };
+    let item = item_for(id, reg.as_ref());
+    let attestation = attestation_name(enrollment.attestation.kind);
+    let status = status_name(enrollment.provisioning_status);
+    let message = format!("individual enrollment `{id}` ({attestation}, {status}); {}", describe_item(&item));
+    let context = json!({
+        "attestation": attestation,
+        "provisioning_status": status,
+        "assigned_hub": item.hub,
+        "device_id": item.device_id,
+    });
+    done_with(StepEffects {
+        new_items: vec![item],
+        context: Some(context.clone()),
+        events: vec![event("resolved", message, Some(context))],
+        ..StepEffects::default()
+    })
+}
+
+async fn revoke_individual(dps: &DpsClient, job: &JobRecord, t: &IndividualTarget) -> StepResult {
+    let id = t.registration_id.as_str();
+    match job.request.revoke {
+        RevokeAction::Disable => disable_enrollment(dps, id).await,
+        RevokeAction::Delete => {
+            match dps.delete_enrollment(id, None).await {
+                Ok(()) => {}
+                // Already gone (maybe by our own earlier attempt): done.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return azure("deleting the individual enrollment", &e),
+            }
+            match dps.get_enrollment(id).await {
+                Err(e) if e.is_not_found() => done_with(StepEffects {
+                    events: vec![event("enrollment_deleted", format!("individual enrollment `{id}` deleted"), None)],
+                    ..StepEffects::default()
+                }),
+                Ok(_) => retry_now(format!("DPS still shows enrollment `{id}` after deleting it")),
+                Err(e) => azure("verifying the delete", &e),
+            }
+        }
+    }
+}
+
+/// GET, full-replace PUT with `provisioningStatus: disabled` and If-Match (keys preserved), then read back.
+async fn disable_enrollment(dps: &DpsClient, id: &str) -> StepResult {
+    match dps.set_enrollment_status(id, ProvisioningStatus::Disabled).await {
+        Ok(_) => {}
+        Err(e) if e.is_not_found() => return fail(format!("individual enrollment `{id}` no longer exists")),
+        Err(e) => return azure("disabling the individual enrollment", &e),
+    }
+    verify_enrollment_disabled(dps, id, "enrollment_disabled").await
+}
+
+async fn verify_enrollment_disabled(dps: &DpsClient, id: &str, kind: &str) -> StepResult {
+    match dps.get_enrollment(id).await {
+        Ok(e) if e.provisioning_status == Some(ProvisioningStatus::Disabled) => done_with(StepEffects {
+            events: vec![event(
+                kind,
+                format!("individual enrollment `{id}` is disabled (verified)"),
+                Some(json!({"etag": e.etag})),
+            )],
+            ..StepEffects::default()
+        }),
+        Ok(_) => retry_now(format!("DPS accepted the update but enrollment `{id}` is still enabled")),
+        Err(e) => azure("verifying the individual enrollment", &e),
+    }
+}
+
+// ----- enrollment group -----
+
+fn group_context(g: &EnrollmentGroup) -> Value {
+    let info = g
+        .attestation
+        .x509
+        .as_ref()
+        .and_then(|x| x.signing_certificates.as_ref())
+        .and_then(|s| s.primary.as_ref())
+        .and_then(|c| c.info.as_ref());
+    json!({
+        "attestation": attestation_name(g.attestation.kind),
+        "provisioning_status": status_name(g.provisioning_status),
+        "signing_subject": info.map(|i| i.subject_name.clone()),
+        "signing_issuer": info.map(|i| i.issuer_name.clone()),
+    })
+}
+
+async fn resolve_group(dps: &DpsClient, t: &GroupTarget) -> StepResult {
+    let id = t.group_id.as_str();
+    let group = match dps.get_enrollment_group(id).await {
+        Ok(g) => g,
+        Err(e) if e.is_not_found() => return fail(format!("DPS has no enrollment group `{id}`")),
+        Err(e) => return azure("reading the enrollment group", &e),
+    };
+    let context = group_context(&group);
+    let message = format!(
+        "enrollment group `{id}` ({}, {})",
+        context["attestation"].as_str().unwrap_or("?"),
+        context["provisioning_status"].as_str().unwrap_or("?")
+    );
+    done_with(StepEffects {
+        context: Some(context.clone()),
+        events: vec![event("resolved", message, Some(context))],
+        ..StepEffects::default()
+    })
+}
+
+async fn disable_group(dps: &DpsClient, t: &GroupTarget) -> StepResult {
+    let id = t.group_id.as_str();
+    match dps.set_enrollment_group_status(id, ProvisioningStatus::Disabled).await {
+        Ok(_) => {}
+        Err(e) if e.is_not_found() => return fail(format!("enrollment group `{id}` no longer exists")),
+        Err(e) => return azure("disabling the enrollment group", &e),
+    }
+    match dps.get_enrollment_group(id).await {
+        Ok(g) if g.provisioning_status == Some(ProvisioningStatus::Disabled) => done_with(StepEffects {
+            events: vec![event(
+                "group_disabled",
+                format!("enrollment group `{id}` is disabled (verified): its signing certificate is blocklisted"),
+                Some(json!({"etag": g.etag})),
+            )],
+            ..StepEffects::default()
+        }),
+        Ok(_) => retry_now(format!("DPS accepted the update but group `{id}` is still enabled")),
+        Err(e) => azure("verifying the enrollment group", &e),
+    }
+}
+
+/// One page of the group's registration states per run; the continuation token is the cursor.
+async fn enumerate(dps: &DpsClient, job: &JobRecord, t: &GroupTarget) -> StepResult {
+    let id = t.group_id.as_str();
+    let (page, next) = match dps.query_registrations_page(id, Some(ENUMERATE_PAGE), job.cursor.as_deref()).await {
+        Ok(p) => p,
+        Err(e) => return azure("listing the group's registration states", &e),
+    };
+    let items: Vec<NewItem> = page.iter().map(|r| item_for(&r.registration_id.to_ascii_lowercase(), Some(r))).collect();
+    let effects = StepEffects {
+        events: vec![event("enumerated", format!("{} registration record(s) listed", items.len()), None)],
+        new_items: items,
+        ..StepEffects::default()
+    };
+    match next {
+        Some(cursor) => StepResult { outcome: Outcome::Continue { cursor }, effects },
+        None => StepResult { outcome: Outcome::Done, effects },
+    }
+}
+
+/// Deletes the registration records of the job's devices, a batch per run (the cursor is the last item seq).
+async fn delete_registrations(wf: &AzureWorkflow, dps: &DpsClient, job: &JobRecord) -> StepResult {
+    let after = job.cursor.as_deref().and_then(|c| c.parse::<i64>().ok());
+    let page = match wf.store.list_items(&job.id, after, CLEANUP_BATCH).await {
+        Ok(p) => p,
+        Err(e) => return retry_now(format!("reading the job's devices: {e}")),
+    };
+    let mut deleted = 0;
+    for item in &page.rows {
+        match dps.delete_registration(&item.registration_id, None).await {
+            Ok(()) => deleted += 1,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return azure(&format!("deleting the registration record of `{}`", item.registration_id), &e),
+        }
+    }
+    let effects = StepEffects {
+        events: vec![event("registrations_deleted", format!("{deleted} registration record(s) deleted"), None)],
+        ..StepEffects::default()
+    };
+    match page.next_cursor {
+        Some(cursor) => StepResult { outcome: Outcome::Continue { cursor }, effects },
+        None => StepResult { outcome: Outcome::Done, effects },
+    }
+}
+
+/// Enabled groups higher in `group`'s certificate chain, by reading every group's certificate info.
+pub(super) async fn higher_chain_groups(dps: &DpsClient, group: &EnrollmentGroup) -> Result<Vec<String>, AzureError> {
+    let ctx = group_context(group);
+    let (Some(subject), Some(issuer)) = (ctx["signing_subject"].as_str(), ctx["signing_issuer"].as_str()) else {
+        return Ok(Vec::new());
+    };
+    let me = GroupCert {
+        group_id: group.enrollment_group_id.clone(),
+        subject: subject.into(),
+        issuer: issuer.into(),
+        enabled: false,
+    };
+    let mut all = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let (page, next) = dps.query_enrollment_groups_page("SELECT *", Some(100), token.as_deref()).await?;
+        for g in &page {
+            let c = group_context(g);
+            if let (Some(s), Some(i)) = (c["signing_subject"].as_str(), c["signing_issuer"].as_str()) {
+                all.push(GroupCert {
+                    group_id: g.enrollment_group_id.clone(),
+                    subject: s.into(),
+                    issuer: i.into(),
+                    enabled: g.provisioning_status != Some(ProvisioningStatus::Disabled),
+                });
+            }
+        }
+        match next {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    Ok(enabled_ancestors(&me, &all))
+}
+
+async fn delete_group(dps: &DpsClient, job: &JobRecord, t: &GroupTarget) -> StepResult {
+    let id = t.group_id.as_str();
+    let group = match dps.get_enrollment_group(id).await {
+        Ok(g) => Some(g),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return azure("reading the enrollment group", &e),
+    };
+    if let Some(group) = &group {
+        if !job.request.force {
+            match higher_chain_groups(dps, group).await {
+                Ok(higher) if !higher.is_empty() => {
+                    return fail(format!(
+                        "refusing to delete group `{id}`: enabled group(s) {} sign certificates higher in its chain, so \
+                         its devices could enroll again through them; disable those groups first, or ask again with force",
+                        higher.iter().map(|g| format!("`{g}`")).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => return azure("listing enrollment groups for the chain check", &e),
+            }
+        }
+        match dps.delete_enrollment_group(id, None).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return azure("deleting the enrollment group", &e),
+        }
+    }
+    match dps.get_enrollment_group(id).await {
+        Err(e) if e.is_not_found() => done_with(StepEffects {
+            events: vec![event("group_deleted", format!("enrollment group `{id}` deleted"), None)],
+            ..StepEffects::default()
+        }),
+        Ok(_) => retry_now(format!("DPS still shows group `{id}` after deleting it")),
+        Err(e) => azure("verifying the group delete", &e),
+    }
+}
+
+// ----- one device of a group -----
+
+async fn resolve_group_device(dps: &DpsClient, t: &GroupDeviceTarget) -> StepResult {
+    let (gid, rid) = (t.group_id.as_str(), t.registration_id.as_str());
+    let group = match dps.get_enrollment_group(gid).await {
+        Ok(g) => g,
+        Err(e) if e.is_not_found() => return fail(format!("DPS has no enrollment group `{gid}`")),
+        Err(e) => return azure("reading the enrollment group", &e),
+    };
+    let existing = match dps.get_enrollment(rid).await {
+        Ok(e) => Some(e),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return azure("looking for an individual enrollment", &e),
+    };
+    let mut events = Vec::new();
+    let already_blocked = match &existing {
+        Some(e) if e.provisioning_status == Some(ProvisioningStatus::Disabled) => {
+            events.push(event(
+                "already_blocked",
+                format!("a disabled individual enrollment `{rid}` already blocks this device; it is kept"),
+                None,
+            ));
+            true
+        }
+        Some(_) => {
+            return fail(format!(
+                "an enabled individual enrollment `{rid}` exists: DPS uses it before any group, so this device is not \
+                 enrolled through `{gid}`; deprovision it with target kind individual_enrollment"
+            ));
+        }
+        None => false,
+    };
+    let block = match (&t.certificate_pem, group.attestation.kind) {
+        (Some(_), AttestationType::X509) => "x509",
+        (Some(_), other) => {
+            return fail(format!(
+                "group `{gid}` uses {} attestation; a leaf certificate only applies to an X.509 group",
+                attestation_name(other)
+            ));
+        }
+        (None, AttestationType::X509) => {
+            events.push(event(
+                "fallback_block",
+                format!(
+                    "no leaf certificate given: `{rid}` is blocked by a disabled symmetric-key enrollment with its \
+                     registration id (the documented fallback)"
+                ),
+                None,
+            ));
+            "symmetricKey"
+        }
+        (None, _) => "symmetricKey",
+    };
+    let reg = match registration(dps, rid).await {
+        Ok(r) => r,
+        Err(e) => return azure("reading the registration state", &e),
+    };
+    let item = item_for(rid, reg.as_ref());
+    let context = json!({
+        "group_attestation": attestation_name(group.attestation.kind),
+        "block_attestation": block,
+        "already_blocked": already_blocked,
+        "assigned_hub": item.hub,
+        "device_id": item.device_id,
+    });
+    events.insert(
+        0,
+        event(
+            "resolved",
+            format!("device `{rid}` of group `{gid}`; {}", describe_item(&item)),
+            Some(context.clone()),
+        ),
+    );
+    done_with(StepEffects { new_items: vec![item], context: Some(context), events, ..StepEffects::default() })
+}
+
+/// Creates the disabled individual enrollment that blocks the device, records it as a tombstone, verifies it.
+async fn block_group_device(wf: &AzureWorkflow, dps: &DpsClient, job: &JobRecord, t: &GroupDeviceTarget) -> StepResult {
+    let (gid, rid) = (t.group_id.as_str(), t.registration_id.as_str());
+    let ctx = job.context.clone().unwrap_or_default();
+    let block = ctx["block_attestation"].as_str().unwrap_or("symmetricKey").to_string();
+    let attestation = match (&t.certificate_pem, block.as_str()) {
+        (Some(pem), "x509") => json!({"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": pem}}}}),
+        _ => json!({"type": "symmetricKey", "symmetricKey": {}}),
+    };
+    let enrollment: IndividualEnrollment = match serde_json::from_value(json!({
+        "registrationId": rid,
+        "attestation": attestation,
+        "provisioningStatus": "disabled",
+    })) {
+        Ok(e) => e,
+        Err(e) => return fail(format!("building the blocking enrollment: {e}")),
+    };
+    match dps.get_enrollment(rid).await {
+        // Our own earlier attempt (or a block that already existed): keep it, never replace it.
+        Ok(existing) if existing.provisioning_status == Some(ProvisioningStatus::Disabled) => {}
+        Ok(_) => {
+            return fail(format!(
+                "an enabled individual enrollment `{rid}` appeared; refusing to overwrite it — deprovision it as an \
+                 individual_enrollment"
+            ));
+        }
+        Err(e) if e.is_not_found() => match dps.create_or_replace_enrollment(&enrollment, None).await {
+            Ok(_) => {}
+            Err(e) => return azure("creating the disabled individual enrollment", &e),
+        },
+        Err(e) => return azure("looking for an individual enrollment", &e),
+    }
+    let tomb = Tombstone {
+        dps: job.dps.clone(),
+        registration_id: rid.to_string(),
+        group_id: gid.to_string(),
+        attestation: block.clone(),
+        job_id: job.id.clone(),
+        created_at: wf.clock.now_ms(),
+        audited_at: None,
+        audit_status: None,
+        audit_detail: None,
+    };
+    if let Err(e) = wf.store.record_tombstone(&tomb).await {
+        return retry_now(format!("recording the tombstone: {e}"));
+    }
+    let mut result = verify_enrollment_disabled(dps, rid, "device_blocked").await;
+    if result.outcome == Outcome::Done {
+        result.effects.events.push(event(
+            "tombstone_recorded",
+            format!(
+                "disabled {block} enrollment `{rid}` blocks this device of group `{gid}`; it must never be deleted \
+                 (deleting it lets the device enroll again through the group)"
+            ),
+            None,
+        ));
+    }
+    result
+}
+
+// ----- the device's registry step -----
+
+pub(super) async fn run_item_step(wf: &AzureWorkflow, job: &JobRecord, item: &ItemRecord, step: &str) -> StepResult {
+    if step != "registry" {
+        return fail(format!("unknown device step `{step}`"));
+    }
+    let Some(host) = item.hub.as_deref() else {
+        let why = item.data.as_ref().and_then(|d| d["skip"].as_str()).unwrap_or("never provisioned").to_string();
+        return Outcome::Skipped(why).into();
+    };
+    let device_id = item.device_id.clone().unwrap_or_else(|| item.registration_id.clone());
+    let hub = match wf.clients.hub(host) {
+        Ok(h) => h,
+        Err(_) => {
+            return fail(format!(
+                "no credentials configured for hub {host}; add them (see README, Azure configuration) and retry the job"
+            ));
+        }
+    };
+    match job.request.registry {
+        RegistryAction::Disable => {
+            let current = match hub.get_device(&device_id).await {
+                Ok(d) => d,
+                Err(e) if e.is_not_found() => {
+                    return Outcome::Skipped(format!("no identity `{device_id}` in hub {host}: nothing to disable")).into();
+                }
+                Err(e) => return azure("reading the device identity", &e),
+            };
+            if current.status != Some(DeviceStatus::Disabled) {
+                let reason = status_reason(job);
+                let updated = match set_status(&current, DeviceStatus::Disabled, Some(&reason)) {
+                    Ok(d) => d,
+                    Err(e) => return fail(format!("building the update: {}", e.message())),
+                };
+                match hub.replace_device(&updated, IfMatch::from_etag(current.etag.as_deref())).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_precondition_failed() => {
+                        return retry_now(format!("device `{device_id}` changed while being disabled (412); reading it again"));
+                    }
+                    Err(e) => return azure("disabling the device identity", &e),
+                }
+            }
+            match hub.get_device(&device_id).await {
+                Ok(d) if d.status == Some(DeviceStatus::Disabled) => done_with(StepEffects {
+                    events: vec![NewEvent {
+                        item_id: Some(item.id.clone()),
+                        ..event(
+                            "device_disabled",
+                            format!("{}: device `{device_id}` disabled in hub {host} (verified)", item.registration_id),
+                            Some(json!({"etag": d.etag, "status_reason": d.status_reason})),
+                        )
+                    }],
+                    ..StepEffects::default()
+                }),
+                Ok(_) => retry_now(format!("hub {host} accepted the update but `{device_id}` is still enabled")),
+                Err(e) => azure("verifying the device identity", &e),
+            }
+        }
+        RegistryAction::Delete => {
+            match hub.delete_device(&device_id, IfMatch::Any).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return azure("deleting the device identity", &e),
+            }
+            match hub.get_device(&device_id).await {
+                Err(e) if e.is_not_found() => done_with(StepEffects {
+                    events: vec![NewEvent {
+                        item_id: Some(item.id.clone()),
+                        ..event(
+                            "device_deleted",
+                            format!("{}: device `{device_id}` deleted from hub {host} (verified)", item.registration_id),
+                            None,
+                        )
+                    }],
+                    ..StepEffects::default()
+                }),
+                Ok(_) => retry_now(format!("hub {host} still has `{device_id}` after deleting it")),
+                Err(e) => azure("verifying the delete", &e),
+            }
+        }
+    }
+}
+
+/// `deprovisiond <job id>: <reason code>`, at most 128 characters.
+fn status_reason(job: &JobRecord) -> String {
+    let mut s = format!("deprovisiond job {}: {}", job.id, job.request.reason.code.as_str());
+    if let Some(t) = &job.request.ticket {
+        s.push_str(&format!(" ({})", t.key));
+    }
+    s.chars().take(STATUS_REASON_MAX).collect()
+}
