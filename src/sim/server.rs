@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Limited};
@@ -202,7 +204,18 @@ fn tracking_id(handle: &SimHandle) -> String {
     handle.state().ids().uuid().replace('-', "")
 }
 
-/// Runs one routed call through faults, api-version, auth, quota and `exec`, logging it.
+/// What an authorizer sees: the request, the tracking id to put in an error body, the time.
+#[derive(Debug)]
+pub struct AuthContext<'a> {
+    /// The request.
+    pub req: &'a SimRequest,
+    /// Tracking id of this call (also sent as `x-ms-request-id`).
+    pub tracking_id: &'a str,
+    /// Current time of the simulator's clock.
+    pub now: DateTime<Utc>,
+}
+
+/// Runs one routed call through faults, api-version, service SAS auth, quota and `exec`, logging it.
 pub async fn run_call(
     handle: &SimHandle,
     plan: CallPlan,
@@ -210,24 +223,74 @@ pub async fn run_call(
     policies: &[SasPolicy],
     exec: impl FnOnce() -> SimResponse,
 ) -> Result<SimResponse, DropConnection> {
+    let service = plan.service;
+    let host = plan.host.clone();
+    let rights = plan.rights.clone();
+    let authorize = |ctx: &AuthContext<'_>| {
+        auth::check_service_request(
+            ctx.req.header("authorization"),
+            &host,
+            &ctx.req.path,
+            policies,
+            &rights,
+            ctx.now.timestamp(),
+        )
+        .map(|_| ())
+        .map_err(|e| Box::new(unauthorized(service, &e, ctx.tracking_id, ctx.now)))
+    };
+    run_call_with(handle, plan, req, authorize, exec).await
+}
+
+/// Like [`run_call`] with a custom authorizer (e.g. device SAS or TLS client certificates), which
+/// returns the complete error response to send when it refuses.
+pub async fn run_call_with(
+    handle: &SimHandle,
+    plan: CallPlan,
+    req: &SimRequest,
+    authorize: impl FnOnce(&AuthContext<'_>) -> Result<(), Box<SimResponse>>,
+    exec: impl FnOnce() -> SimResponse,
+) -> Result<SimResponse, DropConnection> {
     let inner = &handle.0;
     let started = Instant::now();
     let time = inner.clock.now_utc();
     let tid = tracking_id(handle);
-    let log = |status: Option<u16>, fault: Option<String>| {
-        inner.calls.push(CallRecord {
-            seq: 0,
-            time,
-            instance: plan.instance.clone(),
-            method: req.method.to_string(),
-            path: req.path.clone(),
-            operation: plan.operation.to_string(),
-            entity_id: plan.entity_id.clone(),
-            status,
-            fault,
-            duration_ms: started.elapsed().as_millis() as u64,
-        });
+    let outcome = pipeline(handle, &plan, req, &tid, authorize, exec).await;
+    let (status, fault, result, hang) = match outcome {
+        Ok((mut resp, fault)) => {
+            errors::set_header(&mut resp, "x-ms-request-id", &tid);
+            (Some(resp.status().as_u16()), fault, Ok(resp), None)
+        }
+        Err((label, hang)) => (None, Some(label), Err(DropConnection), hang),
     };
+    inner.calls.push(CallRecord {
+        seq: 0,
+        time,
+        instance: plan.instance.clone(),
+        method: req.method.to_string(),
+        path: req.path.clone(),
+        operation: plan.operation.to_string(),
+        entity_id: plan.entity_id.clone(),
+        status,
+        fault,
+        duration_ms: started.elapsed().as_millis() as u64,
+    });
+    // Logged before hanging so observers see the call while the client waits.
+    if let Some(d) = hang {
+        tokio::time::sleep(d).await;
+    }
+    result
+}
+
+/// The steps of a call; `Err((label, hang))` means: drop the connection, after hanging if given.
+async fn pipeline(
+    handle: &SimHandle,
+    plan: &CallPlan,
+    req: &SimRequest,
+    tid: &str,
+    authorize: impl FnOnce(&AuthContext<'_>) -> Result<(), Box<SimResponse>>,
+    exec: impl FnOnce() -> SimResponse,
+) -> Result<(SimResponse, Option<String>), (String, Option<std::time::Duration>)> {
+    let inner = &handle.0;
     let decision = inner.faults.decide(&CallInfo {
         instance: &plan.instance,
         method: req.method.as_str(),
@@ -238,64 +301,52 @@ pub async fn run_call(
         tokio::time::sleep(decision.latency).await;
     }
     if let Some((action, label)) = decision.fault {
+        let now = inner.clock.now_utc();
         match action {
             FaultAction::Status { status, message } => {
                 let msg = message.unwrap_or_else(|| "Injected fault".to_string());
-                let resp =
-                    errors::service_error(plan.service, status, &msg, &tid, inner.clock.now_utc());
-                log(Some(status), Some(label));
-                return Ok(resp);
+                return Ok((
+                    errors::service_error(plan.service, status, &msg, tid, now),
+                    Some(label),
+                ));
             }
             FaultAction::Throttle { retry_after } => {
-                let mut resp = throttled(plan.service, &tid, inner.clock.now_utc());
+                let mut resp = throttled(plan.service, tid, now);
                 if let Some(s) = retry_after {
                     errors::set_header(&mut resp, "retry-after", &s.to_string());
                 }
-                log(Some(429), Some(label));
-                return Ok(resp);
+                return Ok((resp, Some(label)));
             }
             FaultAction::Hang { ms } => {
                 let d = ms
                     .map(std::time::Duration::from_millis)
                     .unwrap_or_else(|| inner.faults.hang_duration());
-                log(None, Some(label));
-                tokio::time::sleep(d).await;
-                return Err(DropConnection);
+                return Err((label, Some(d)));
             }
-            FaultAction::Drop => {
-                log(None, Some(label));
-                return Err(DropConnection);
-            }
+            FaultAction::Drop => return Err((label, None)),
             // Delays were already folded into the latency.
             FaultAction::Delay { .. } => {}
         }
     }
+    let now = inner.clock.now_utc();
     if req
         .query
         .get("api-version")
         .is_none_or(|v| !valid_api_version(v))
     {
-        let resp = api_version_error(plan.service, &tid, inner.clock.now_utc());
-        log(Some(resp.status().as_u16()), None);
-        return Ok(resp);
+        return Ok((api_version_error(plan.service, tid, now), None));
     }
-    let now_unix = inner.clock.now_utc().timestamp();
-    if let Err(e) = auth::check_service_request(
-        req.header("authorization"),
-        &plan.host,
-        &req.path,
-        policies,
-        &plan.rights,
-        now_unix,
-    ) {
-        let resp = unauthorized(plan.service, &e, &tid, inner.clock.now_utc());
-        log(Some(401), None);
-        return Ok(resp);
+    if let Err(resp) = authorize(&AuthContext {
+        req,
+        tracking_id: tid,
+        now,
+    }) {
+        return Ok((*resp, None));
     }
     if let Some((key, per_minute, cost)) = &plan.quota
         && let Decision::Throttled { retry_after } = inner.throttle.acquire(key, *per_minute, *cost)
     {
-        let mut resp = throttled(plan.service, &tid, inner.clock.now_utc());
+        let mut resp = throttled(plan.service, tid, now);
         if inner.throttle.settings().retry_after {
             errors::set_header(
                 &mut resp,
@@ -303,13 +354,9 @@ pub async fn run_call(
                 &throttle::retry_after_seconds(retry_after).to_string(),
             );
         }
-        log(Some(429), Some("throttled".into()));
-        return Ok(resp);
+        return Ok((resp, Some("throttled".into())));
     }
-    let mut resp = exec();
-    errors::set_header(&mut resp, "x-ms-request-id", &tid);
-    log(Some(resp.status().as_u16()), None);
-    Ok(resp)
+    Ok((exec(), None))
 }
 
 /// Accepts `YYYY-MM-DD` and `YYYY-MM-DD-preview` (unknown dates are not refused).
@@ -326,11 +373,7 @@ fn valid_api_version(v: &str) -> bool {
         })
 }
 
-fn api_version_error(
-    service: Service,
-    tid: &str,
-    now: chrono::DateTime<chrono::Utc>,
-) -> SimResponse {
+fn api_version_error(service: Service, tid: &str, now: DateTime<Utc>) -> SimResponse {
     let msg = "The api-version query parameter is required and must be a valid version, e.g. api-version=2021-10-01";
     match service {
         Service::Dps => errors::dps_error(400, 400_004, msg, tid, now),
@@ -342,7 +385,7 @@ fn unauthorized(
     service: Service,
     e: &auth::AuthError,
     tid: &str,
-    now: chrono::DateTime<chrono::Utc>,
+    now: DateTime<Utc>,
 ) -> SimResponse {
     // Azure does not say which check failed; the reason is kept in the log only.
     tracing::debug!(reason = %e, "simulator refused a token");
@@ -359,7 +402,7 @@ fn unauthorized(
     }
 }
 
-fn throttled(service: Service, tid: &str, now: chrono::DateTime<chrono::Utc>) -> SimResponse {
+fn throttled(service: Service, tid: &str, now: DateTime<Utc>) -> SimResponse {
     errors::service_error(
         service,
         429,
