@@ -2,6 +2,7 @@
 //!
 //! | Method | Path | Does |
 //! |---|---|---|
+//! | GET | `/_sim/endpoints` | instances, listener URLs, connection strings |
 //! | GET | `/_sim/state` | whole state (DPS enrollments, groups, registrations; hub devices), secrets included |
 //! | GET | `/_sim/state/dps/{name}`, `/_sim/state/hubs/{host}` | one instance |
 //! | DELETE | `/_sim/state` | empties every instance |
@@ -42,6 +43,7 @@ pub fn handle(h: &SimHandle, req: &SimRequest) -> SimResponse {
         rest.split('/').collect()
     };
     match (&req.method, segs.as_slice()) {
+        (&Method::GET, ["endpoints"]) => errors::json_response(200, &h.endpoints()),
         (&Method::GET, ["state"]) => errors::json_response(200, &h.state().snapshot()),
         (&Method::GET, ["state", "dps", name]) => match h.state().dps(name) {
             Some(d) => errors::json_response(200, &d.snapshot()),

@@ -347,6 +347,8 @@ pub struct ThrottleConfig {
     pub enabled: bool,
     /// Operations per minute of each DPS instance.
     pub dps_ops_per_minute: f64,
+    /// Device registrations per minute of each DPS instance (device API).
+    pub dps_registrations_per_minute: f64,
     /// How bulk calls are charged.
     pub bulk_cost: BulkCost,
     /// Whether 429 responses carry `Retry-After` (Azure documents none for IoT Hub).
@@ -360,6 +362,7 @@ impl Default for ThrottleConfig {
         Self {
             enabled: true,
             dps_ops_per_minute: 1_000.0,
+            dps_registrations_per_minute: 1_000.0,
             bulk_cost: BulkCost::PerItem,
             retry_after: true,
             burst_fraction: 1.0,

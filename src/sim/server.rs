@@ -35,7 +35,8 @@ use super::{admin, auth, dps_service, hub};
 const MAX_BODY: usize = 8 * 1024 * 1024;
 
 /// Which API a listener serves.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(tag = "kind", content = "name", rename_all = "snake_case")]
 pub enum Endpoint {
     /// The DPS service API of the named instance.
     DpsService(String),
@@ -96,6 +97,17 @@ pub struct Inner {
     pub clock: Arc<dyn Clock>,
     /// DPS choices.
     pub dps_behavior: DpsBehavior,
+    /// Listeners started so far (endpoint and base URL).
+    pub listeners: parking_lot::Mutex<Vec<ListenerInfo>>,
+}
+
+/// A listener: what it serves and where.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ListenerInfo {
+    /// What it serves.
+    pub endpoint: Endpoint,
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
 }
 
 /// A cheap, clonable handle on a simulator: state, call log, faults, throttling.
@@ -117,6 +129,7 @@ impl SimHandle {
             calls: CallLog::new(config.call_log_capacity),
             clock,
             dps_behavior: config.dps_behavior.clone(),
+            listeners: parking_lot::Mutex::new(Vec::new()),
         })))
     }
 
@@ -178,6 +191,74 @@ impl SimHandle {
     /// Empties every instance's data.
     pub fn reset_state(&self) {
         self.0.state.clear();
+    }
+
+    /// Records a listener so [`SimHandle::endpoints`] can list it.
+    pub fn register_listener(&self, endpoint: Endpoint, url: String) {
+        self.0.listeners.lock().push(ListenerInfo { endpoint, url });
+    }
+
+    /// Listeners started so far.
+    pub fn listeners(&self) -> Vec<ListenerInfo> {
+        self.0.listeners.lock().clone()
+    }
+
+    /// Instances, their URLs and connection strings (all policies) as JSON, for `simulate` and demos.
+    pub fn endpoints(&self) -> serde_json::Value {
+        use serde_json::json;
+        let listeners = self.listeners();
+        let url_of = |e: &Endpoint| {
+            listeners
+                .iter()
+                .filter(|l| &l.endpoint == e)
+                .map(|l| l.url.clone())
+                .collect::<Vec<_>>()
+        };
+        let cs = |host: &str, policies: &[SasPolicy]| {
+            policies
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        json!(format!(
+                            "HostName={host};SharedAccessKeyName={};SharedAccessKey={}",
+                            p.name,
+                            p.primary_key.expose()
+                        )),
+                    )
+                })
+                .collect::<serde_json::Map<_, _>>()
+        };
+        let dps: Vec<_> = self
+            .state()
+            .dps_instances()
+            .iter()
+            .map(|d| {
+                json!({
+                    "name": d.name,
+                    "host": d.host,
+                    "idScope": d.id_scope,
+                    "urls": url_of(&Endpoint::DpsService(d.name.clone())),
+                    "linkedHubs": d.linked_hubs(),
+                    "connectionStrings": cs(&d.host, &d.policies),
+                })
+            })
+            .collect();
+        let hubs: Vec<_> = self
+            .state()
+            .hubs()
+            .iter()
+            .map(|h| {
+                json!({
+                    "host": h.host,
+                    "tier": format!("{:?}", h.tier),
+                    "units": h.units,
+                    "urls": url_of(&Endpoint::Hub(h.host.clone())),
+                    "connectionStrings": cs(&h.host, &h.policies),
+                })
+            })
+            .collect();
+        json!({"dps": dps, "hubs": hubs, "listeners": listeners})
     }
 }
 
@@ -587,6 +668,10 @@ impl Simulator {
                 source: e,
             })?;
             running.dps_addrs.insert(d.name.clone(), addr);
+            handle.register_listener(
+                Endpoint::DpsService(d.name.clone()),
+                format!("http://{addr}"),
+            );
             running.tasks.push(spawn_listener(
                 handle.clone(),
                 Endpoint::DpsService(d.name.clone()),
@@ -602,6 +687,7 @@ impl Simulator {
                 source: e,
             })?;
             running.hub_addrs.insert(host.clone(), addr);
+            handle.register_listener(Endpoint::Hub(host.clone()), format!("http://{addr}"));
             running.tasks.push(spawn_listener(
                 handle.clone(),
                 Endpoint::Hub(host),
