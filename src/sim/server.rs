@@ -804,12 +804,19 @@ impl RunningSimulator {
     }
 
     /// Stops accepting, closes open connections and waits for the listener tasks.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.shutdown.cancel();
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             if let Err(e) = t.await {
                 tracing::warn!(error = %e, "simulator listener task failed");
             }
         }
+    }
+}
+
+impl Drop for RunningSimulator {
+    /// A simulator dropped without `shutdown` still stops its listeners.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
