@@ -1477,3 +1477,32 @@ async fn endpoints_summary_lists_urls_scopes_and_connection_strings() {
     );
     env.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_token_expires_mid_run_on_the_simulator_clock() {
+    let clock = FakeClock::new(chrono::Utc::now());
+    let sim = Simulator::start_with_clock(SimConfig::single(DPS, &[HUB]), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let env = Env {
+        sim,
+        http: reqwest::Client::new(),
+    };
+    // hub_token() signs for now + 600 s.
+    assert_eq!(env.hub(Method::GET, "/devices/a", None, &[]).await.0, 404);
+    let token = env.hub_token("iothubowner");
+    clock.advance(Duration::from_secs(601));
+    let url = format!(
+        "{}/devices/a?api-version={API_HUB}",
+        env.sim.hub_base_url(HUB)
+    );
+    let resp = env
+        .http
+        .get(&url)
+        .header("authorization", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    env.sim.shutdown().await;
+}
