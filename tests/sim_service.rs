@@ -1408,3 +1408,101 @@ async fn concurrent_conditional_updates_let_exactly_one_win() {
     }
     assert_eq!(ok, 1);
 }
+
+#[tokio::test]
+async fn chaos_latency_and_random_faults_apply_and_clear() {
+    let env = Env::default().await;
+    env.sim.handle().set_chaos(deprovisiond::sim::ChaosConfig {
+        latency_fixed_ms: 150,
+        ..Default::default()
+    });
+    let t = std::time::Instant::now();
+    assert_eq!(env.hub(Method::GET, "/devices/a", None, &[]).await.0, 404);
+    assert!(t.elapsed() >= Duration::from_millis(150));
+
+    let resp = env
+        .http
+        .put(format!("{}/_sim/chaos", env.sim.hub_base_url(HUB)))
+        .json(&json!({"p_503": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (s, h, _) = env.hub(Method::GET, "/devices/a", None, &[]).await;
+    assert_eq!(
+        (s.as_u16(), h["iothub-errorcode"].to_str().unwrap()),
+        (503, "ServiceUnavailable")
+    );
+    let (s, _, body) = env.dps(Method::GET, "/enrollments/a", None, &[]).await;
+    assert_eq!(
+        (s.as_u16(), body["errorCode"].as_u64()),
+        (503, Some(503001))
+    );
+    assert_eq!(
+        env.sim.calls().last().unwrap().fault.as_deref(),
+        Some("random 503")
+    );
+    env.sim.handle().clear_faults();
+    assert_eq!(env.hub(Method::GET, "/devices/a", None, &[]).await.0, 404);
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn endpoints_summary_lists_urls_scopes_and_connection_strings() {
+    let env = Env::default().await;
+    let v: Value = env
+        .http
+        .get(format!("{}/_sim/endpoints", env.sim.dps_base_url(DPS)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["dps"][0]["idScope"], "0ne00000001");
+    assert_eq!(v["dps"][0]["urls"][0], env.sim.dps_base_url(DPS).as_str());
+    assert_eq!(v["dps"][0]["linkedHubs"][0]["host"], HUB);
+    assert_eq!(v["hubs"][0]["urls"][0], env.sim.hub_base_url(HUB).as_str());
+    assert_eq!(
+        v["hubs"][0]["connectionStrings"]["registryReadWrite"],
+        env.sim
+            .hub_connection_string(HUB, "registryReadWrite")
+            .unwrap()
+            .as_str()
+    );
+    assert_eq!(v["listeners"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        v["listeners"][1]["endpoint"],
+        json!({"kind": "hub", "name": HUB})
+    );
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_token_expires_mid_run_on_the_simulator_clock() {
+    let clock = FakeClock::new(chrono::Utc::now());
+    let sim = Simulator::start_with_clock(SimConfig::single(DPS, &[HUB]), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let env = Env {
+        sim,
+        http: reqwest::Client::new(),
+    };
+    // hub_token() signs for now + 600 s.
+    assert_eq!(env.hub(Method::GET, "/devices/a", None, &[]).await.0, 404);
+    let token = env.hub_token("iothubowner");
+    clock.advance(Duration::from_secs(601));
+    let url = format!(
+        "{}/devices/a?api-version={API_HUB}",
+        env.sim.hub_base_url(HUB)
+    );
+    let resp = env
+        .http
+        .get(&url)
+        .header("authorization", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    env.sim.shutdown().await;
+}

@@ -717,3 +717,48 @@ async fn token_is_renewed_between_calls_when_the_clock_moves() {
         .collect();
     assert_eq!(se, ["1003600", "1003600", "1007260"]);
 }
+
+#[test]
+fn clients_and_their_futures_can_cross_threads() {
+    fn clone_send_sync<T: Clone + Send + Sync + 'static>() {}
+    fn send<T: Send>(_: &T) {}
+    clone_send_sync::<DpsClient>();
+    clone_send_sync::<HubClient>();
+    clone_send_sync::<super::config::AzureClients>();
+    clone_send_sync::<AzureError>();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let s = Server::start().await;
+        let (dps, hub) = (s.dps(), s.hub());
+        send(&dps.get_enrollment("x"));
+        send(&dps.set_enrollment_status("x", ProvisioningStatus::Disabled));
+        send(&dps.query_registrations("g", None));
+        send(&hub.set_device_status("x", DeviceStatus::Disabled, None));
+        send(&hub.bulk(&[]));
+    });
+}
+
+#[tokio::test]
+async fn a_refused_token_is_not_reused() {
+    let s = Server::start().await;
+    s.push(canned(
+        401,
+        json!({"errorCode": 401002, "trackingId": "t", "message": "Unauthorized"}),
+    ))
+    .push(canned(200, symmetric_enrollment_get()));
+    let dps = s.dps();
+    assert!(matches!(
+        dps.get_enrollment("dev-1").await,
+        Err(AzureError::Unauthorized(_))
+    ));
+    assert_eq!(
+        dps.token_provider().cached_expiry(),
+        None,
+        "dropped after the 401"
+    );
+    dps.get_enrollment("dev-1").await.unwrap();
+    assert_eq!(dps.token_provider().cached_expiry(), Some(1_700_000_000));
+}

@@ -730,6 +730,14 @@ impl AzureClients {
         self.dps(name)
     }
 
+    /// The named instance, or the default one when no name is given.
+    pub fn dps_or_default(&self, name: Option<&str>) -> Result<&DpsClient, AzureError> {
+        match name {
+            Some(n) => self.dps(n),
+            None => self.default_dps(),
+        }
+    }
+
     /// The name of the default DPS instance.
     pub fn default_dps_name(&self) -> Option<&str> {
         self.inner.default_dps.as_deref()
@@ -1023,6 +1031,11 @@ mod tests {
             "only.azure-devices-provisioning.net"
         );
         assert_eq!(clients.default_dps_name(), Some("only"));
+        assert_eq!(
+            clients.dps_or_default(None).unwrap().host_name(),
+            "only.azure-devices-provisioning.net"
+        );
+        assert!(clients.dps_or_default(Some("only")).is_ok());
         assert_eq!(clients.dps("ONLY").unwrap().api_version(), "2021-10-01");
         assert!(matches!(
             clients.dps("other"),

@@ -242,6 +242,10 @@ impl Endpoint {
             .await
             .map_err(|e| AzureError::from_transport(&e))?;
         let status = response.status();
+        if status == StatusCode::UNAUTHORIZED {
+            // The next call mints a fresh token rather than resending one the service refused.
+            self.auth.invalidate();
+        }
         let headers = response.headers().clone();
         let body = response
             .bytes()

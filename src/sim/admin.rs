@@ -2,7 +2,9 @@
 //!
 //! | Method | Path | Does |
 //! |---|---|---|
+//! | GET | `/_sim/endpoints` | instances, listener URLs, connection strings |
 //! | GET | `/_sim/state` | whole state (DPS enrollments, groups, registrations; hub devices), secrets included |
+//! | GET | `/_sim/state/dps/{name}`, `/_sim/state/hubs/{host}` | one instance |
 //! | DELETE | `/_sim/state` | empties every instance |
 //! | GET | `/_sim/calls?since=N` | call-log entries with `seq > N` |
 //! | POST | `/_sim/reset-log` | empties the call log |
@@ -41,7 +43,16 @@ pub fn handle(h: &SimHandle, req: &SimRequest) -> SimResponse {
         rest.split('/').collect()
     };
     match (&req.method, segs.as_slice()) {
+        (&Method::GET, ["endpoints"]) => errors::json_response(200, &h.endpoints()),
         (&Method::GET, ["state"]) => errors::json_response(200, &h.state().snapshot()),
+        (&Method::GET, ["state", "dps", name]) => match h.state().dps(name) {
+            Some(d) => errors::json_response(200, &d.snapshot()),
+            None => errors::json_response(404, &json!({"error": "no such DPS instance"})),
+        },
+        (&Method::GET, ["state", "hubs", host]) => match h.state().hub(host) {
+            Some(hub) => errors::json_response(200, &hub.snapshot()),
+            None => errors::json_response(404, &json!({"error": "no such hub"})),
+        },
         (&Method::DELETE, ["state"]) => {
             h.reset_state();
             errors::empty_response(204)

@@ -45,15 +45,44 @@ fn utc(ts: i64) -> String {
         .unwrap_or_default()
 }
 
+/// A distinguished name as DPS (a .NET service) prints it: most specific RDN first
+/// (`CN=leaf, O=Org, C=US`), `S` for state and `E` for e-mail.
+pub fn dotnet_name(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let registry = x509_parser::objects::oid_registry();
+    let rdns: Vec<String> = name
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attr| {
+                    let abbrev = match x509_parser::objects::oid2abbrev(attr.attr_type(), registry)
+                    {
+                        Ok("ST") => "S".to_string(),
+                        Ok("emailAddress") | Ok("Email") => "E".to_string(),
+                        Ok(a) => a.to_string(),
+                        Err(_) => format!("OID.{}", attr.attr_type()),
+                    };
+                    let value = match attr.as_str() {
+                        Ok(v) => v.to_string(),
+                        Err(_) => format!("#{}", hex_upper(attr.attr_value().data)),
+                    };
+                    format!("{abbrev}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join(" + ")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(", ")
+}
+
 /// The DPS `X509CertificateInfo` of a DER certificate.
 pub fn certificate_info(der: &[u8]) -> Result<Value, CertError> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| CertError(e.to_string()))?;
     Ok(json!({
-        "subjectName": cert.subject().to_string(),
+        "subjectName": dotnet_name(cert.subject()),
         "sha1Thumbprint": sha1_thumbprint(der),
         "sha256Thumbprint": sha256_thumbprint(der),
-        "issuerName": cert.issuer().to_string(),
+        "issuerName": dotnet_name(cert.issuer()),
         "notBeforeUtc": utc(cert.validity().not_before.timestamp()),
         "notAfterUtc": utc(cert.validity().not_after.timestamp()),
         "serialNumber": hex_upper(cert.raw_serial()),
@@ -97,6 +126,23 @@ mod tests {
         assert_eq!(info["sha256Thumbprint"].as_str().unwrap().len(), 64);
         assert_eq!(info["version"], 3);
         assert_eq!(info["sha1Thumbprint"], sha1_thumbprint(&der));
+        assert_eq!(common_name(&der).as_deref(), Some("rcgen self signed cert"));
+    }
+
+    #[test]
+    fn names_are_printed_most_specific_first() {
+        let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CountryName, "US");
+        dn.push(rcgen::DnType::OrganizationName, "Contoso");
+        dn.push(rcgen::DnType::CommonName, "leaf-7");
+        params.distinguished_name = dn;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let info = certificate_info(cert.der()).unwrap();
+        assert_eq!(info["subjectName"], "CN=leaf-7, O=Contoso, C=US");
+        assert_eq!(info["issuerName"], "CN=leaf-7, O=Contoso, C=US");
+        assert_eq!(common_name(cert.der()).as_deref(), Some("leaf-7"));
     }
 
     #[test]

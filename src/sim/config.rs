@@ -65,6 +65,24 @@ impl SimConfig {
         }
     }
 
+    /// The demo fleet: DPS `demo-dps` (scope `0ne00000001`) linked to S1 hubs `demo-hub-1` and
+    /// `demo-hub-2` (`*.azure-devices.net`), throttling on at real speed.
+    pub fn demo() -> Self {
+        let hubs = [
+            "demo-hub-1.azure-devices.net",
+            "demo-hub-2.azure-devices.net",
+        ];
+        Self {
+            throttle: ThrottleConfig::default(),
+            ..Self::single("demo-dps", &hubs)
+        }
+    }
+
+    /// Reads a configuration from JSON text (missing fields take their defaults).
+    pub fn from_json(text: &str) -> Result<Self, crate::sim::SimError> {
+        serde_json::from_str(text).map_err(|e| crate::sim::SimError::Config(e.to_string()))
+    }
+
     /// Adds a DPS instance.
     pub fn with_dps(mut self, dps: DpsConfig) -> Self {
         self.dps.push(dps);
@@ -347,6 +365,8 @@ pub struct ThrottleConfig {
     pub enabled: bool,
     /// Operations per minute of each DPS instance.
     pub dps_ops_per_minute: f64,
+    /// Device registrations per minute of each DPS instance (device API).
+    pub dps_registrations_per_minute: f64,
     /// How bulk calls are charged.
     pub bulk_cost: BulkCost,
     /// Whether 429 responses carry `Retry-After` (Azure documents none for IoT Hub).
@@ -360,6 +380,7 @@ impl Default for ThrottleConfig {
         Self {
             enabled: true,
             dps_ops_per_minute: 1_000.0,
+            dps_registrations_per_minute: 1_000.0,
             bulk_cost: BulkCost::PerItem,
             retry_after: true,
             burst_fraction: 1.0,
@@ -428,7 +449,7 @@ mod tests {
 
     #[test]
     fn reads_a_config_file_with_defaults() {
-        let cfg: SimConfig = serde_json::from_str(
+        let cfg = SimConfig::from_json(
             r#"{
                 "dps": [{"name": "demo-dps", "linked_hubs": [{"host": "demo-hub-1.azure-devices.net"}]}],
                 "hubs": [{"host": "demo-hub-1.azure-devices.net", "tier": "S3", "units": 2}],
@@ -449,5 +470,14 @@ mod tests {
         assert_eq!(cfg.bind_host, "127.0.0.1");
         assert_eq!(HubTier::S3.registry_ops_per_minute_per_unit(), 5_000.0);
         assert_eq!(HubTier::S1.queries_per_minute_per_unit(), 20.0);
+        assert!(SimConfig::from_json("{\"hubs\": 3}").is_err());
+    }
+
+    #[test]
+    fn demo_preset_links_two_hubs_with_throttling_on() {
+        let d = SimConfig::demo();
+        assert_eq!(d.dps[0].linked_hubs.len(), 2);
+        assert_eq!(d.hubs.len(), 2);
+        assert!(d.throttle.enabled);
     }
 }

@@ -170,6 +170,15 @@ fn execute(handle: &SimHandle, hub: &HubInstance, op: &HubOp, req: &SimRequest) 
     }
 }
 
+/// A device body with its etag also in a quoted `ETag` header.
+fn device_response(d: &Value) -> SimResponse {
+    let mut resp = errors::json_response(200, d);
+    if let Some(e) = d.get("etag").and_then(Value::as_str) {
+        errors::set_header(&mut resp, "etag", &format!("\"{e}\""));
+    }
+    resp
+}
+
 fn parse_body(req: &SimRequest) -> Result<Value, HubOpError> {
     serde_json::from_slice(&req.body).map_err(|e| HubOpError {
         status: 400,
@@ -190,11 +199,11 @@ fn execute_inner(
             let d = hub
                 .get_device(id)
                 .ok_or_else(|| HubOpError::not_found(id))?;
-            Ok(errors::json_response(200, &d))
+            Ok(device_response(&d))
         }
         HubOp::PutDevice(id) => {
             let d = hub.put_device(id, parse_body(req)?, &cond)?;
-            Ok(errors::json_response(200, &d))
+            Ok(device_response(&d))
         }
         HubOp::DeleteDevice(id) => {
             hub.delete_device(id, &cond)?;

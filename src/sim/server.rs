@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Limited};
@@ -33,7 +35,8 @@ use super::{admin, auth, dps_service, hub};
 const MAX_BODY: usize = 8 * 1024 * 1024;
 
 /// Which API a listener serves.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(tag = "kind", content = "name", rename_all = "snake_case")]
 pub enum Endpoint {
     /// The DPS service API of the named instance.
     DpsService(String),
@@ -94,6 +97,17 @@ pub struct Inner {
     pub clock: Arc<dyn Clock>,
     /// DPS choices.
     pub dps_behavior: DpsBehavior,
+    /// Listeners started so far (endpoint and base URL).
+    pub listeners: parking_lot::Mutex<Vec<ListenerInfo>>,
+}
+
+/// A listener: what it serves and where.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ListenerInfo {
+    /// What it serves.
+    pub endpoint: Endpoint,
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
 }
 
 /// A cheap, clonable handle on a simulator: state, call log, faults, throttling.
@@ -115,6 +129,7 @@ impl SimHandle {
             calls: CallLog::new(config.call_log_capacity),
             clock,
             dps_behavior: config.dps_behavior.clone(),
+            listeners: parking_lot::Mutex::new(Vec::new()),
         })))
     }
 
@@ -177,6 +192,74 @@ impl SimHandle {
     pub fn reset_state(&self) {
         self.0.state.clear();
     }
+
+    /// Records a listener so [`SimHandle::endpoints`] can list it.
+    pub fn register_listener(&self, endpoint: Endpoint, url: String) {
+        self.0.listeners.lock().push(ListenerInfo { endpoint, url });
+    }
+
+    /// Listeners started so far.
+    pub fn listeners(&self) -> Vec<ListenerInfo> {
+        self.0.listeners.lock().clone()
+    }
+
+    /// Instances, their URLs and connection strings (all policies) as JSON, for `simulate` and demos.
+    pub fn endpoints(&self) -> serde_json::Value {
+        use serde_json::json;
+        let listeners = self.listeners();
+        let url_of = |e: &Endpoint| {
+            listeners
+                .iter()
+                .filter(|l| &l.endpoint == e)
+                .map(|l| l.url.clone())
+                .collect::<Vec<_>>()
+        };
+        let cs = |host: &str, policies: &[SasPolicy]| {
+            policies
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        json!(format!(
+                            "HostName={host};SharedAccessKeyName={};SharedAccessKey={}",
+                            p.name,
+                            p.primary_key.expose()
+                        )),
+                    )
+                })
+                .collect::<serde_json::Map<_, _>>()
+        };
+        let dps: Vec<_> = self
+            .state()
+            .dps_instances()
+            .iter()
+            .map(|d| {
+                json!({
+                    "name": d.name,
+                    "host": d.host,
+                    "idScope": d.id_scope,
+                    "urls": url_of(&Endpoint::DpsService(d.name.clone())),
+                    "linkedHubs": d.linked_hubs(),
+                    "connectionStrings": cs(&d.host, &d.policies),
+                })
+            })
+            .collect();
+        let hubs: Vec<_> = self
+            .state()
+            .hubs()
+            .iter()
+            .map(|h| {
+                json!({
+                    "host": h.host,
+                    "tier": format!("{:?}", h.tier),
+                    "units": h.units,
+                    "urls": url_of(&Endpoint::Hub(h.host.clone())),
+                    "connectionStrings": cs(&h.host, &h.policies),
+                })
+            })
+            .collect();
+        json!({"dps": dps, "hubs": hubs, "listeners": listeners})
+    }
 }
 
 /// What the pipeline needs to know about a routed call.
@@ -202,7 +285,18 @@ fn tracking_id(handle: &SimHandle) -> String {
     handle.state().ids().uuid().replace('-', "")
 }
 
-/// Runs one routed call through faults, api-version, auth, quota and `exec`, logging it.
+/// What an authorizer sees: the request, the tracking id to put in an error body, the time.
+#[derive(Debug)]
+pub struct AuthContext<'a> {
+    /// The request.
+    pub req: &'a SimRequest,
+    /// Tracking id of this call (also sent as `x-ms-request-id`).
+    pub tracking_id: &'a str,
+    /// Current time of the simulator's clock.
+    pub now: DateTime<Utc>,
+}
+
+/// Runs one routed call through faults, api-version, service SAS auth, quota and `exec`, logging it.
 pub async fn run_call(
     handle: &SimHandle,
     plan: CallPlan,
@@ -210,24 +304,74 @@ pub async fn run_call(
     policies: &[SasPolicy],
     exec: impl FnOnce() -> SimResponse,
 ) -> Result<SimResponse, DropConnection> {
+    let service = plan.service;
+    let host = plan.host.clone();
+    let rights = plan.rights.clone();
+    let authorize = |ctx: &AuthContext<'_>| {
+        auth::check_service_request(
+            ctx.req.header("authorization"),
+            &host,
+            &ctx.req.path,
+            policies,
+            &rights,
+            ctx.now.timestamp(),
+        )
+        .map(|_| ())
+        .map_err(|e| Box::new(unauthorized(service, &e, ctx.tracking_id, ctx.now)))
+    };
+    run_call_with(handle, plan, req, authorize, exec).await
+}
+
+/// Like [`run_call`] with a custom authorizer (e.g. device SAS or TLS client certificates), which
+/// returns the complete error response to send when it refuses.
+pub async fn run_call_with(
+    handle: &SimHandle,
+    plan: CallPlan,
+    req: &SimRequest,
+    authorize: impl FnOnce(&AuthContext<'_>) -> Result<(), Box<SimResponse>>,
+    exec: impl FnOnce() -> SimResponse,
+) -> Result<SimResponse, DropConnection> {
     let inner = &handle.0;
     let started = Instant::now();
     let time = inner.clock.now_utc();
     let tid = tracking_id(handle);
-    let log = |status: Option<u16>, fault: Option<String>| {
-        inner.calls.push(CallRecord {
-            seq: 0,
-            time,
-            instance: plan.instance.clone(),
-            method: req.method.to_string(),
-            path: req.path.clone(),
-            operation: plan.operation.to_string(),
-            entity_id: plan.entity_id.clone(),
-            status,
-            fault,
-            duration_ms: started.elapsed().as_millis() as u64,
-        });
+    let outcome = pipeline(handle, &plan, req, &tid, authorize, exec).await;
+    let (status, fault, result, hang) = match outcome {
+        Ok((mut resp, fault)) => {
+            errors::set_header(&mut resp, "x-ms-request-id", &tid);
+            (Some(resp.status().as_u16()), fault, Ok(resp), None)
+        }
+        Err((label, hang)) => (None, Some(label), Err(DropConnection), hang),
     };
+    inner.calls.push(CallRecord {
+        seq: 0,
+        time,
+        instance: plan.instance.clone(),
+        method: req.method.to_string(),
+        path: req.path.clone(),
+        operation: plan.operation.to_string(),
+        entity_id: plan.entity_id.clone(),
+        status,
+        fault,
+        duration_ms: started.elapsed().as_millis() as u64,
+    });
+    // Logged before hanging so observers see the call while the client waits.
+    if let Some(d) = hang {
+        tokio::time::sleep(d).await;
+    }
+    result
+}
+
+/// The steps of a call; `Err((label, hang))` means: drop the connection, after hanging if given.
+async fn pipeline(
+    handle: &SimHandle,
+    plan: &CallPlan,
+    req: &SimRequest,
+    tid: &str,
+    authorize: impl FnOnce(&AuthContext<'_>) -> Result<(), Box<SimResponse>>,
+    exec: impl FnOnce() -> SimResponse,
+) -> Result<(SimResponse, Option<String>), (String, Option<std::time::Duration>)> {
+    let inner = &handle.0;
     let decision = inner.faults.decide(&CallInfo {
         instance: &plan.instance,
         method: req.method.as_str(),
@@ -238,64 +382,52 @@ pub async fn run_call(
         tokio::time::sleep(decision.latency).await;
     }
     if let Some((action, label)) = decision.fault {
+        let now = inner.clock.now_utc();
         match action {
             FaultAction::Status { status, message } => {
                 let msg = message.unwrap_or_else(|| "Injected fault".to_string());
-                let resp =
-                    errors::service_error(plan.service, status, &msg, &tid, inner.clock.now_utc());
-                log(Some(status), Some(label));
-                return Ok(resp);
+                return Ok((
+                    errors::service_error(plan.service, status, &msg, tid, now),
+                    Some(label),
+                ));
             }
             FaultAction::Throttle { retry_after } => {
-                let mut resp = throttled(plan.service, &tid, inner.clock.now_utc());
+                let mut resp = throttled(plan.service, tid, now);
                 if let Some(s) = retry_after {
                     errors::set_header(&mut resp, "retry-after", &s.to_string());
                 }
-                log(Some(429), Some(label));
-                return Ok(resp);
+                return Ok((resp, Some(label)));
             }
             FaultAction::Hang { ms } => {
                 let d = ms
                     .map(std::time::Duration::from_millis)
                     .unwrap_or_else(|| inner.faults.hang_duration());
-                log(None, Some(label));
-                tokio::time::sleep(d).await;
-                return Err(DropConnection);
+                return Err((label, Some(d)));
             }
-            FaultAction::Drop => {
-                log(None, Some(label));
-                return Err(DropConnection);
-            }
+            FaultAction::Drop => return Err((label, None)),
             // Delays were already folded into the latency.
             FaultAction::Delay { .. } => {}
         }
     }
+    let now = inner.clock.now_utc();
     if req
         .query
         .get("api-version")
         .is_none_or(|v| !valid_api_version(v))
     {
-        let resp = api_version_error(plan.service, &tid, inner.clock.now_utc());
-        log(Some(resp.status().as_u16()), None);
-        return Ok(resp);
+        return Ok((api_version_error(plan.service, tid, now), None));
     }
-    let now_unix = inner.clock.now_utc().timestamp();
-    if let Err(e) = auth::check_service_request(
-        req.header("authorization"),
-        &plan.host,
-        &req.path,
-        policies,
-        &plan.rights,
-        now_unix,
-    ) {
-        let resp = unauthorized(plan.service, &e, &tid, inner.clock.now_utc());
-        log(Some(401), None);
-        return Ok(resp);
+    if let Err(resp) = authorize(&AuthContext {
+        req,
+        tracking_id: tid,
+        now,
+    }) {
+        return Ok((*resp, None));
     }
     if let Some((key, per_minute, cost)) = &plan.quota
         && let Decision::Throttled { retry_after } = inner.throttle.acquire(key, *per_minute, *cost)
     {
-        let mut resp = throttled(plan.service, &tid, inner.clock.now_utc());
+        let mut resp = throttled(plan.service, tid, now);
         if inner.throttle.settings().retry_after {
             errors::set_header(
                 &mut resp,
@@ -303,13 +435,9 @@ pub async fn run_call(
                 &throttle::retry_after_seconds(retry_after).to_string(),
             );
         }
-        log(Some(429), Some("throttled".into()));
-        return Ok(resp);
+        return Ok((resp, Some("throttled".into())));
     }
-    let mut resp = exec();
-    errors::set_header(&mut resp, "x-ms-request-id", &tid);
-    log(Some(resp.status().as_u16()), None);
-    Ok(resp)
+    Ok((exec(), None))
 }
 
 /// Accepts `YYYY-MM-DD` and `YYYY-MM-DD-preview` (unknown dates are not refused).
@@ -326,11 +454,7 @@ fn valid_api_version(v: &str) -> bool {
         })
 }
 
-fn api_version_error(
-    service: Service,
-    tid: &str,
-    now: chrono::DateTime<chrono::Utc>,
-) -> SimResponse {
+fn api_version_error(service: Service, tid: &str, now: DateTime<Utc>) -> SimResponse {
     let msg = "The api-version query parameter is required and must be a valid version, e.g. api-version=2021-10-01";
     match service {
         Service::Dps => errors::dps_error(400, 400_004, msg, tid, now),
@@ -342,7 +466,7 @@ fn unauthorized(
     service: Service,
     e: &auth::AuthError,
     tid: &str,
-    now: chrono::DateTime<chrono::Utc>,
+    now: DateTime<Utc>,
 ) -> SimResponse {
     // Azure does not say which check failed; the reason is kept in the log only.
     tracing::debug!(reason = %e, "simulator refused a token");
@@ -359,7 +483,7 @@ fn unauthorized(
     }
 }
 
-fn throttled(service: Service, tid: &str, now: chrono::DateTime<chrono::Utc>) -> SimResponse {
+fn throttled(service: Service, tid: &str, now: DateTime<Utc>) -> SimResponse {
     errors::service_error(
         service,
         429,
@@ -544,6 +668,10 @@ impl Simulator {
                 source: e,
             })?;
             running.dps_addrs.insert(d.name.clone(), addr);
+            handle.register_listener(
+                Endpoint::DpsService(d.name.clone()),
+                format!("http://{addr}"),
+            );
             running.tasks.push(spawn_listener(
                 handle.clone(),
                 Endpoint::DpsService(d.name.clone()),
@@ -559,6 +687,7 @@ impl Simulator {
                 source: e,
             })?;
             running.hub_addrs.insert(host.clone(), addr);
+            handle.register_listener(Endpoint::Hub(host.clone()), format!("http://{addr}"));
             running.tasks.push(spawn_listener(
                 handle.clone(),
                 Endpoint::Hub(host),
@@ -675,12 +804,19 @@ impl RunningSimulator {
     }
 
     /// Stops accepting, closes open connections and waits for the listener tasks.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.shutdown.cancel();
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             if let Err(e) = t.await {
                 tracing::warn!(error = %e, "simulator listener task failed");
             }
         }
+    }
+}
+
+impl Drop for RunningSimulator {
+    /// A simulator dropped without `shutdown` still stops its listeners.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }

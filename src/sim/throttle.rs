@@ -18,6 +18,8 @@ pub struct ThrottleSettings {
     pub enabled: bool,
     /// DPS operations per minute.
     pub dps_ops_per_minute: f64,
+    /// DPS device registrations per minute.
+    pub dps_registrations_per_minute: f64,
     /// How bulk calls are charged.
     pub bulk_cost: BulkCost,
     /// Whether 429 answers carry `Retry-After`.
@@ -36,6 +38,8 @@ pub struct ThrottlePatch {
     pub enabled: Option<bool>,
     /// New `dps_ops_per_minute`.
     pub dps_ops_per_minute: Option<f64>,
+    /// New `dps_registrations_per_minute`.
+    pub dps_registrations_per_minute: Option<f64>,
     /// New `bulk_cost`.
     pub bulk_cost: Option<BulkCost>,
     /// New `retry_after`.
@@ -78,6 +82,7 @@ impl Throttle {
         let settings = ThrottleSettings {
             enabled: cfg.enabled,
             dps_ops_per_minute: cfg.dps_ops_per_minute,
+            dps_registrations_per_minute: cfg.dps_registrations_per_minute,
             bulk_cost: cfg.bulk_cost,
             retry_after: cfg.retry_after,
             time_scale: if time_scale > 0.0 { time_scale } else { 1.0 },
@@ -103,6 +108,9 @@ impl Throttle {
         }
         if let Some(v) = p.dps_ops_per_minute {
             s.dps_ops_per_minute = v;
+        }
+        if let Some(v) = p.dps_registrations_per_minute {
+            s.dps_registrations_per_minute = v;
         }
         if let Some(v) = p.bulk_cost {
             s.bulk_cost = v;

@@ -44,7 +44,7 @@ impl std::fmt::Debug for AuthenticationMechanism {
     }
 }
 
-/// Device symmetric keys.
+/// Device symmetric keys. The keys are secrets: `Debug` hides them.
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SymmetricKey {
@@ -57,6 +57,16 @@ pub struct SymmetricKey {
     /// Fields not modelled here.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+impl std::fmt::Debug for SymmetricKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hide = |k: &Option<String>| k.as_ref().map(|_| "***");
+        f.debug_struct("SymmetricKey")
+            .field("primary_key", &hide(&self.primary_key))
+            .field("secondary_key", &hide(&self.secondary_key))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Device certificate thumbprints.

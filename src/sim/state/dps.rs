@@ -396,7 +396,8 @@ impl DpsInstance {
         *self.data.lock() = DpsData::default();
     }
 
-    pub(super) fn snapshot(&self) -> Value {
+    /// The instance and its data as JSON (secrets included; for tests and the admin API).
+    pub fn snapshot(&self) -> Value {
         let d = self.data.lock();
         json!({
             "name": self.name,

@@ -751,7 +751,8 @@ impl HubInstance {
         self.data.lock().devices.clear();
     }
 
-    pub(super) fn snapshot(&self) -> Value {
+    /// The instance and its data as JSON (secrets included; for tests and the admin API).
+    pub fn snapshot(&self) -> Value {
         let d = self.data.lock();
         json!({
             "host": self.host,
