@@ -51,7 +51,10 @@ pub fn token(resource: &str, key: &[u8], policy: Option<&str>, expiry: u64) -> S
     let sr = url_encode(resource);
     let sig = url_encode(&signature(key, &sr, expiry));
     match policy {
-        Some(p) => format!("SharedAccessSignature sr={sr}&sig={sig}&se={expiry}&skn={}", url_encode(p)),
+        Some(p) => format!(
+            "SharedAccessSignature sr={sr}&sig={sig}&se={expiry}&skn={}",
+            url_encode(p)
+        ),
         None => format!("SharedAccessSignature sr={sr}&sig={sig}&se={expiry}"),
     }
 }
@@ -70,7 +73,12 @@ mod tests {
     #[test]
     fn token_matches_independent_vector() {
         let key = decode_key("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").unwrap();
-        let t = token("mydps.azure-devices-provisioning.net", &key, Some("provisioningserviceowner"), 1_700_000_000);
+        let t = token(
+            "mydps.azure-devices-provisioning.net",
+            &key,
+            Some("provisioningserviceowner"),
+            1_700_000_000,
+        );
         assert_eq!(
             t,
             "SharedAccessSignature sr=mydps.azure-devices-provisioning.net\
@@ -93,6 +101,9 @@ mod tests {
     #[test]
     fn encodes_like_encode_uri_component() {
         assert_eq!(url_encode("a+b/c=d e"), "a%2Bb%2Fc%3Dd%20e");
-        assert_eq!(url_encode("scope/registrations/dev-1"), "scope%2Fregistrations%2Fdev-1");
+        assert_eq!(
+            url_encode("scope/registrations/dev-1"),
+            "scope%2Fregistrations%2Fdev-1"
+        );
     }
 }

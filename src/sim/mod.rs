@@ -1,1 +1,2 @@
 //! Simulator of the DPS and IoT Hub APIs.
+pub mod x509;
