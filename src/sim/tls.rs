@@ -8,7 +8,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -21,15 +23,145 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
-use tokio::net::TcpListener;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
+use super::config::SimConfig;
+use super::server::{ConnInfo, Endpoint, SimHandle, serve_io};
 use super::x509;
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Host name of the DPS device endpoint the device-API listener stands for.
+pub const GLOBAL_DEVICE_ENDPOINT: &str = "global.azure-devices-provisioning.net";
 
 /// Request header carrying a client certificate chain over plain HTTP (tests only; real DPS has no
 /// such header). Value: comma-separated base64 DER certificates, leaf first; or PEM text with its
 /// line breaks percent-encoded (`%0A`), as nginx's `$ssl_client_escaped_cert` does.
 pub const CLIENT_CERT_HEADER: &str = "x-sim-client-cert";
+
+/// HTTPS settings of the simulator (`SimConfig::tls`): a certificate and key given inline or as
+/// files, or none of them to generate a local CA and server certificate at start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TlsSettings {
+    /// Server certificate chain, PEM text.
+    pub cert_pem: Option<String>,
+    /// Server private key, PEM text.
+    pub key_pem: Option<String>,
+    /// Server certificate chain, PEM file.
+    pub cert_file: Option<PathBuf>,
+    /// Server private key, PEM file.
+    pub key_file: Option<PathBuf>,
+    /// Extra DNS names for a generated certificate (simulated host names are always included).
+    pub extra_names: Vec<String>,
+}
+
+impl TlsSettings {
+    /// Generated certificate (the default when `tls` is set but empty).
+    pub fn generated() -> Self {
+        Self::default()
+    }
+
+    /// The certificate and key to serve; generated for `names` plus `extra_names` when none given.
+    pub fn material(&self, names: &[String]) -> Result<TlsMaterial, TlsError> {
+        let read =
+            |inline: &Option<String>, file: &Option<PathBuf>| -> Result<Option<String>, TlsError> {
+                match (inline, file) {
+                    (Some(text), _) => Ok(Some(text.clone())),
+                    (None, Some(path)) => std::fs::read_to_string(path)
+                        .map(Some)
+                        .map_err(|e| TlsError::Pem(format!("cannot read {}: {e}", path.display()))),
+                    (None, None) => Ok(None),
+                }
+            };
+        match (
+            read(&self.cert_pem, &self.cert_file)?,
+            read(&self.key_pem, &self.key_file)?,
+        ) {
+            (Some(cert), Some(key)) => Ok(TlsMaterial::from_pem(cert, key)),
+            (None, None) => {
+                let mut all = names.to_vec();
+                all.extend(self.extra_names.iter().cloned());
+                TlsMaterial::generate(&all)
+            }
+            _ => Err(TlsError::Pem(
+                "give both the certificate and the key, or neither".into(),
+            )),
+        }
+    }
+}
+
+/// The rustls config for a simulator configuration (None: plain HTTP), and the CA PEM to trust
+/// when the certificate was generated.
+pub fn server_config_for(
+    config: &SimConfig,
+) -> Result<(Option<Arc<ServerConfig>>, Option<String>), TlsError> {
+    let Some(settings) = &config.tls else {
+        return Ok((None, None));
+    };
+    let mut names: Vec<String> = config
+        .hubs
+        .iter()
+        .map(|h| h.host.to_ascii_lowercase())
+        .collect();
+    names.extend(config.dps.iter().map(|d| d.host_name()));
+    names.push(GLOBAL_DEVICE_ENDPOINT.to_owned());
+    let material = settings.material(&names)?;
+    Ok((Some(material.server_config()?), material.ca_pem.clone()))
+}
+
+/// Completes the TLS handshake on an accepted connection, then serves it through the simulator
+/// pipeline with the client chain in [`ConnInfo`].
+pub async fn serve_tls_connection(
+    handle: SimHandle,
+    endpoint: Endpoint,
+    config: Arc<ServerConfig>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let Some((tls, chain)) = handshake(&TlsAcceptor::from(config), stream, peer).await else {
+        return;
+    };
+    let info = ConnInfo {
+        peer: Some(peer),
+        tls: true,
+        client_certs: chain.map(|c| c.0.as_ref().clone()).unwrap_or_default(),
+    };
+    serve_io(handle, endpoint, info, tls, shutdown).await;
+}
+
+/// Runs the server side of a handshake (bounded in time); returns the stream and client chain.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<(
+    tokio_rustls::server::TlsStream<TcpStream>,
+    Option<ClientCertChain>,
+)> {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, %peer, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let chain = tls.get_ref().1.peer_certificates().map(|certs| {
+        ClientCertChain(Arc::new(
+            certs.iter().map(|c| c.as_ref().to_vec()).collect(),
+        ))
+    });
+    Some((tls, chain))
+}
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -266,20 +398,6 @@ pub async fn serve_https(
     }
     connections.shutdown().await;
     Ok(())
-}
-
-/// Serves `router` over plain HTTP, with `ConnectInfo<SocketAddr>`, until `shutdown` completes.
-pub async fn serve_http(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
 }
 
 /// The client chain of a request: from the TLS connection if present, else from
