@@ -588,12 +588,17 @@ pub fn seed_fleet(state: &SimState, spec: &FleetSpec) -> Result<SeededFleet, See
                             .ok_or_else(|| {
                                 SeedError::Invalid(format!("{rid}: no seeded X.509 device {other}"))
                             })?;
-                        src.chain_der.clone()
+                        (src.chain_der.clone(), src.key_pem.clone())
                     }
-                    None => pki.ca("individual-devices")?.leaf(rid)?.chain_der,
+                    None => {
+                        let leaf = pki.ca("individual-devices")?.leaf(rid)?;
+                        (leaf.chain_der, Some(leaf.key_pem))
+                    }
                 };
+                let (leaf, key_pem) = leaf;
                 let leaf_pem = der_to_pem(&leaf[0]);
                 d.cert_pem = Some(leaf_pem.clone());
+                d.key_pem = key_pem;
                 d.chain_pem = Some(leaf.iter().map(|c| der_to_pem(c)).collect());
                 d.chain_der = leaf;
                 json!({"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": leaf_pem}}}})
@@ -612,13 +617,6 @@ pub fn seed_fleet(state: &SimState, spec: &FleetSpec) -> Result<SeededFleet, See
         let stored = put(&dps, EnrollmentKind::Individual, rid, body)?;
         if ind.attestation == Attestation::SymmetricKey {
             d.symmetric_key = Some(stored_primary_key(&stored));
-        }
-        if let Some(src) = ind.certificate_of.as_ref().and_then(|o| {
-            devices
-                .iter()
-                .find(|x| x.registration_id.eq_ignore_ascii_case(o))
-        }) {
-            d.key_pem.clone_from(&src.key_pem);
         }
         devices.push(finish(state, &dps, d, ind.provision));
     }
