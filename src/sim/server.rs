@@ -424,18 +424,19 @@ async fn pipeline(
     }) {
         return Ok((*resp, None));
     }
-    if let Some((key, per_minute, cost)) = &plan.quota
-        && let Decision::Throttled { retry_after } = inner.throttle.acquire(key, *per_minute, *cost)
-    {
-        let mut resp = throttled(plan.service, tid, now);
-        if inner.throttle.settings().retry_after {
-            errors::set_header(
-                &mut resp,
-                "retry-after",
-                &throttle::retry_after_seconds(retry_after).to_string(),
-            );
+    if let Some((key, per_minute, cost)) = &plan.quota {
+        match inner.throttle.acquire(key, *per_minute, *cost) {
+            Decision::Allowed => {}
+            Decision::Delayed { wait } => tokio::time::sleep(wait).await,
+            Decision::Throttled { retry_after } => {
+                let mut resp = throttled(plan.service, tid, now);
+                if inner.throttle.settings().retry_after {
+                    let secs = throttle::retry_after_seconds(retry_after).to_string();
+                    errors::set_header(&mut resp, "retry-after", &secs);
+                }
+                return Ok((resp, Some("throttled".into())));
+            }
         }
-        return Ok((resp, Some("throttled".into())));
     }
     Ok((exec(), None))
 }
