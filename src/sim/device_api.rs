@@ -15,7 +15,7 @@
 //! it to the TPM's endorsement key); the device then signs SAS tokens with it like a symmetric key.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -24,13 +24,14 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::auth;
-use super::calllog::CallRecord;
 use super::errors::{self, Service, SimResponse};
-use super::faults::{CallInfo, FaultAction};
-use super::server::{ConnInfo, DropConnection, SimHandle, SimRequest};
+use super::server::{
+    AuthContext, CallPlan, ConnInfo, DropConnection, SimHandle, SimRequest, route_error,
+    run_call_with,
+};
 use super::state::{DpsInstance, SimState, timestamp};
 use super::throttle::{self, Decision};
-use super::tls;
+use super::tls::{self, GLOBAL_DEVICE_ENDPOINT};
 use super::x509::{self, ChainCheck};
 use crate::azure::sas;
 
@@ -936,140 +937,71 @@ fn credential(conn: &ConnInfo, req: &SimRequest) -> Result<DeviceCredential, Dev
     })
 }
 
-/// Whether `api-version` is present and looks like a version (unknown ones are not refused).
-fn api_version_ok(req: &SimRequest) -> bool {
-    req.query.get("api-version").is_some_and(|v| {
-        KNOWN_API_VERSIONS.contains(&v.as_str()) || {
-            let date = v.strip_suffix("-preview").unwrap_or(v);
-            let b = date.as_bytes();
-            b.len() == 10
-                && b.iter().enumerate().all(|(i, c)| {
-                    if i == 4 || i == 7 {
-                        *c == b'-'
-                    } else {
-                        c.is_ascii_digit()
-                    }
-                })
-        }
-    })
-}
-
-/// Serves one device-API request (the admin prefix is handled before this).
+/// Serves one device-API request (the admin prefix is handled before this) through the simulator
+/// pipeline: faults and latency, api-version, quota, then registration, which authenticates.
+///
+/// Quotas: a register PUT costs one operation of the instance (a revoked device that keeps retrying
+/// consumes it, README §7) and one device registration; a poll costs one of the device's polls
+/// (5 per 10 s, README §6); a status lookup one operation.
 pub async fn serve(
     handle: &SimHandle,
     conn: &ConnInfo,
     req: &SimRequest,
 ) -> Result<SimResponse, DropConnection> {
-    let inner = &handle.0;
-    let started = Instant::now();
-    let now = inner.clock.now_utc();
-    let tid = handle.state().ids().uuid();
-    let op = route(&req.method, &req.path);
-    let (instance, entity) = match &op {
-        Ok(o) => {
-            let (scope, rid) = o.scope_and_id();
-            let name = handle
-                .state()
-                .dps_by_id_scope(scope)
-                .map(|d| d.name.clone())
-                .unwrap_or_else(|| format!("scope:{scope}"));
-            (name, Some(rid.to_owned()))
-        }
-        Err(_) => ("device-api".to_owned(), None),
-    };
-    let operation = op.as_ref().map(DeviceOp::name).unwrap_or("Unknown");
-    let log = |status: Option<u16>, fault: Option<String>| {
-        inner.calls.push(CallRecord {
-            seq: 0,
-            time: now,
-            instance: instance.clone(),
-            method: req.method.to_string(),
-            path: req.path.clone(),
-            operation: operation.to_owned(),
-            entity_id: entity.clone(),
-            status,
-            fault,
-            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        });
-    };
-    let decision = inner.faults.decide(&CallInfo {
-        instance: &instance,
-        method: req.method.as_str(),
-        path: &req.path,
-        entity_id: entity.as_deref(),
-    });
-    if !decision.latency.is_zero() {
-        tokio::time::sleep(decision.latency).await;
-    }
-    if let Some((action, label)) = decision.fault {
-        match action {
-            FaultAction::Status { status, message } => {
-                let msg = message.unwrap_or_else(|| "Injected fault".to_owned());
-                log(Some(status), Some(label));
-                return Ok(errors::service_error(Service::Dps, status, &msg, &tid, now));
-            }
-            FaultAction::Throttle { retry_after } => {
-                let mut resp =
-                    errors::service_error(Service::Dps, 429, "Request throttled", &tid, now);
-                if let Some(s) = retry_after {
-                    errors::set_header(&mut resp, "retry-after", &s.to_string());
-                }
-                log(Some(429), Some(label));
-                return Ok(resp);
-            }
-            FaultAction::Hang { ms } => {
-                let d = ms
-                    .map(std::time::Duration::from_millis)
-                    .unwrap_or_else(|| inner.faults.hang_duration());
-                log(None, Some(label));
-                tokio::time::sleep(d).await;
-                return Err(DropConnection);
-            }
-            FaultAction::Drop => {
-                log(None, Some(label));
-                return Err(DropConnection);
-            }
-            FaultAction::Delay { .. } => {}
-        }
-    }
-    let op = match op {
+    let op = match route(&req.method, &req.path) {
         Ok(op) => op,
-        Err(status) => {
-            log(Some(status), None);
-            return Ok(errors::dps_error(
-                status,
-                u32::from(status) * 1000,
-                "Not found",
-                &tid,
-                now,
-            ));
-        }
+        Err(status) => return Ok(route_error(handle, Service::Dps, "device-api", req, status)),
     };
-    if !api_version_ok(req) {
-        log(Some(400), None);
-        return Ok(errors::dps_error(
-            400,
-            400_004,
-            "The api-version query parameter is required, e.g. api-version=2021-10-01",
-            &tid,
-            now,
-        ));
-    }
-    // Device traffic counts against the instance's operation quota (a revoked device that keeps
-    // retrying consumes it, README §7), and polls against a per-device polling quota.
-    let settings = inner.throttle.settings();
-    let mut buckets = vec![(format!("dps:{instance}"), settings.dps_ops_per_minute)];
-    let polls = handle.0.device.config().polls_per_10s_per_device;
-    if matches!(op, DeviceOp::Poll { .. }) && polls > 0 {
-        let (_, rid) = op.scope_and_id();
-        buckets.push((
-            format!("dps-poll:{instance}:{}", rid.to_ascii_lowercase()),
-            f64::from(polls) * 6.0,
-        ));
-    }
-    for (key, per_minute) in buckets {
-        if let Decision::Throttled { retry_after } = inner.throttle.acquire(&key, per_minute, 1.0) {
-            let mut resp = errors::service_error(Service::Dps, 429, "Request throttled", &tid, now);
+    let (scope, rid) = op.scope_and_id();
+    let dps = handle.state().dps_by_id_scope(scope);
+    let settings = handle.0.throttle.settings();
+    let quota = dps.as_ref().map(|d| match &op {
+        DeviceOp::Poll { .. } => {
+            let polls = f64::from(handle.0.device.config().polls_per_10s_per_device);
+            (
+                format!("dps-poll:{}:{}", d.name, rid.to_ascii_lowercase()),
+                polls * 6.0,
+                1.0,
+            )
+        }
+        DeviceOp::Register { .. } | DeviceOp::Status { .. } => {
+            (format!("dps:{}", d.name), settings.dps_ops_per_minute, 1.0)
+        }
+    });
+    let plan = CallPlan {
+        service: Service::Dps,
+        instance: dps
+            .as_ref()
+            .map(|d| d.name.clone())
+            .unwrap_or_else(|| format!("scope:{scope}")),
+        host: GLOBAL_DEVICE_ENDPOINT.to_owned(),
+        operation: op.name(),
+        entity_id: Some(rid.to_owned()),
+        rights: Vec::new(),
+        quota,
+    };
+    // Devices authenticate during registration (matching and authentication are one step in DPS);
+    // the pipeline's authorizer only hands over the call's tracking id and time.
+    let call: OnceLock<(String, DateTime<Utc>)> = OnceLock::new();
+    let authorize = |ctx: &AuthContext<'_>| {
+        let _ = call.set((ctx.tracking_id.to_owned(), ctx.now));
+        Ok(())
+    };
+    let exec = || {
+        let (tid, now) = call
+            .get()
+            .cloned()
+            .unwrap_or_else(|| (handle.state().ids().uuid(), handle.0.clock.now_utc()));
+        if matches!(op, DeviceOp::Register { .. })
+            && let Some(d) = &dps
+            && let Decision::Throttled { retry_after } = handle.0.throttle.acquire(
+                &format!("dps-registrations:{}", d.name),
+                settings.dps_registrations_per_minute,
+                1.0,
+            )
+        {
+            let mut resp =
+                errors::service_error(Service::Dps, 429, "Too many registrations", &tid, now);
             if settings.retry_after {
                 errors::set_header(
                     &mut resp,
@@ -1077,14 +1009,11 @@ pub async fn serve(
                     &throttle::retry_after_seconds(retry_after).to_string(),
                 );
             }
-            log(Some(429), Some("throttled".into()));
-            return Ok(resp);
+            return resp;
         }
-    }
-    let mut resp = execute(handle, conn, req, &op, &tid, now);
-    errors::set_header(&mut resp, "x-ms-request-id", &tid);
-    log(Some(resp.status().as_u16()), None);
-    Ok(resp)
+        execute(handle, conn, req, &op, &tid, now)
+    };
+    run_call_with(handle, plan, req, authorize, exec).await
 }
 
 /// Maps a device error to its HTTP answer.
@@ -1337,9 +1266,8 @@ mod tests {
         assert!(verify_device_sas(&h, "0ne1", "dev-1", &[key], 2_000).is_err());
         let other = "AAAAAAAAAAAAAAAAAAAAAA==";
         assert!(verify_device_sas(&h, "0ne1", "dev-1", &[other], now).is_err());
-        assert_eq!(
-            device_sas("0ne1", "dev-1", key, 2_000).contains("sr=0ne1%2Fregistrations%2Fdev-1"),
-            true
+        assert!(
+            device_sas("0ne1", "dev-1", key, 2_000).contains("sr=0ne1%2Fregistrations%2Fdev-1")
         );
     }
 }

@@ -158,7 +158,7 @@ fn format_name(name: &X509Name<'_>) -> String {
                     let value = attr
                         .as_str()
                         .map(str::to_owned)
-                        .unwrap_or_else(|_| upper_hex(attr.attr_value().data.as_ref()));
+                        .unwrap_or_else(|_| upper_hex(attr.attr_value().data));
                     format!("{key}={value}")
                 })
                 .collect::<Vec<_>>()
