@@ -1470,7 +1470,13 @@ async fn endpoints_summary_lists_urls_scopes_and_connection_strings() {
             .unwrap()
             .as_str()
     );
-    assert_eq!(v["listeners"].as_array().unwrap().len(), 2);
+    // DPS, hub, and the device registration API (started by default).
+    assert_eq!(v["listeners"].as_array().unwrap().len(), 3);
+    assert_eq!(v["listeners"][2]["endpoint"], json!({"kind": "device_api"}));
+    assert_eq!(
+        v["deviceApi"]["urls"][0],
+        env.sim.device_api_base_url().as_str()
+    );
     assert_eq!(
         v["listeners"][1]["endpoint"],
         json!({"kind": "hub", "name": HUB})

@@ -28,6 +28,10 @@ pub struct SimConfig {
     pub seed: u64,
     /// Quota time runs this many times faster than wall time (60.0: a minute of quota per second).
     pub time_scale: f64,
+    /// Serve every listener over HTTPS (given or generated certificate); plain HTTP when absent.
+    pub tls: Option<super::tls::TlsSettings>,
+    /// The DPS device registration API listener (`global.azure-devices-provisioning.net`).
+    pub device_api: super::device_api::DeviceApiConfig,
 }
 
 impl Default for SimConfig {
@@ -43,6 +47,8 @@ impl Default for SimConfig {
             call_log_capacity: 100_000,
             seed: 42,
             time_scale: 1.0,
+            tls: None,
+            device_api: super::device_api::DeviceApiConfig::default(),
         }
     }
 }
@@ -373,6 +379,9 @@ pub struct ThrottleConfig {
     pub retry_after: bool,
     /// Bucket size as a fraction of a minute's quota (1.0: a full minute may be spent at once).
     pub burst_fraction: f64,
+    /// Traffic shaping: calls that would pass within this many wall milliseconds are held, not
+    /// refused (IoT Hub queues bursts before it rejects them); 0 refuses at once.
+    pub shaping_ms: u64,
 }
 
 impl Default for ThrottleConfig {
@@ -384,6 +393,7 @@ impl Default for ThrottleConfig {
             bulk_cost: BulkCost::PerItem,
             retry_after: true,
             burst_fraction: 1.0,
+            shaping_ms: 0,
         }
     }
 }

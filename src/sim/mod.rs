@@ -41,13 +41,17 @@ pub mod calllog;
 pub mod certs;
 pub mod clock;
 pub mod config;
+pub mod device_api;
 pub mod dps_service;
 pub mod errors;
 pub mod faults;
 pub mod hub;
+pub mod seed;
 pub mod server;
 pub mod state;
 pub mod throttle;
+pub mod tls;
+pub mod x509;
 
 pub use calllog::{CallLog, CallRecord};
 pub use clock::{Clock, FakeClock, SystemClock};

@@ -42,6 +42,8 @@ pub enum Endpoint {
     DpsService(String),
     /// The registry API of the hub with this host name.
     Hub(String),
+    /// The DPS device registration API of every instance (by ID scope).
+    DeviceApi,
 }
 
 /// What the transport knows about a connection (filled by TLS listeners with the client chain).
@@ -99,6 +101,12 @@ pub struct Inner {
     pub dps_behavior: DpsBehavior,
     /// Listeners started so far (endpoint and base URL).
     pub listeners: parking_lot::Mutex<Vec<ListenerInfo>>,
+    /// Device registration API: settings and pending operations.
+    pub device: super::device_api::DeviceApiState,
+    /// TLS configuration when the listeners serve HTTPS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// PEM of the CA that issued a generated server certificate (clients trust it).
+    pub tls_ca_pem: Option<String>,
 }
 
 /// A listener: what it serves and where.
@@ -118,6 +126,8 @@ impl SimHandle {
     /// Builds the internals without listeners (tests that call the pipeline directly use this).
     pub fn new(config: &SimConfig, clock: Arc<dyn Clock>) -> Result<Self, SimError> {
         let state = Arc::new(SimState::from_config(config, clock.clone())?);
+        let (tls, tls_ca_pem) =
+            super::tls::server_config_for(config).map_err(|e| SimError::Config(e.to_string()))?;
         Ok(Self(Arc::new(Inner {
             state,
             throttle: Throttle::new(&config.throttle, config.time_scale, clock.clone()),
@@ -130,6 +140,9 @@ impl SimHandle {
             clock,
             dps_behavior: config.dps_behavior.clone(),
             listeners: parking_lot::Mutex::new(Vec::new()),
+            device: super::device_api::DeviceApiState::new(config.device_api.clone()),
+            tls,
+            tls_ca_pem,
         })))
     }
 
@@ -258,7 +271,16 @@ impl SimHandle {
                 })
             })
             .collect();
-        json!({"dps": dps, "hubs": hubs, "listeners": listeners})
+        json!({
+            "dps": dps,
+            "hubs": hubs,
+            "deviceApi": {
+                "host": super::tls::GLOBAL_DEVICE_ENDPOINT,
+                "urls": url_of(&Endpoint::DeviceApi),
+            },
+            "tlsCaPem": self.0.tls_ca_pem,
+            "listeners": listeners,
+        })
     }
 }
 
@@ -424,18 +446,19 @@ async fn pipeline(
     }) {
         return Ok((*resp, None));
     }
-    if let Some((key, per_minute, cost)) = &plan.quota
-        && let Decision::Throttled { retry_after } = inner.throttle.acquire(key, *per_minute, *cost)
-    {
-        let mut resp = throttled(plan.service, tid, now);
-        if inner.throttle.settings().retry_after {
-            errors::set_header(
-                &mut resp,
-                "retry-after",
-                &throttle::retry_after_seconds(retry_after).to_string(),
-            );
+    if let Some((key, per_minute, cost)) = &plan.quota {
+        match inner.throttle.acquire(key, *per_minute, *cost) {
+            Decision::Allowed => {}
+            Decision::Delayed { wait } => tokio::time::sleep(wait).await,
+            Decision::Throttled { retry_after } => {
+                let mut resp = throttled(plan.service, tid, now);
+                if inner.throttle.settings().retry_after {
+                    let secs = throttle::retry_after_seconds(retry_after).to_string();
+                    errors::set_header(&mut resp, "retry-after", &secs);
+                }
+                return Ok((resp, Some("throttled".into())));
+            }
         }
-        return Ok((resp, Some("throttled".into())));
     }
     Ok((exec(), None))
 }
@@ -551,7 +574,6 @@ where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let _ = conn;
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -570,12 +592,16 @@ where
         headers: parts.headers,
         body,
     };
+    if req.path == "/_sim/seed" {
+        return Ok(super::seed::handle_admin(handle, &req));
+    }
     if req.path == "/_sim" || req.path.starts_with("/_sim/") {
         return Ok(admin::handle(handle, &req));
     }
     match endpoint {
         Endpoint::DpsService(name) => dps_service::serve(handle, name, &req).await,
         Endpoint::Hub(host) => hub::serve(handle, host, &req).await,
+        Endpoint::DeviceApi => super::device_api::serve(handle, conn, &req).await,
     }
 }
 
@@ -623,8 +649,12 @@ pub fn spawn_listener(
                 () = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let info = ConnInfo { peer: Some(peer), tls: false, client_certs: Vec::new() };
-                        conns.spawn(serve_io(handle.clone(), endpoint.clone(), info, stream, shutdown.clone()));
+                        if let Some(tls) = handle.0.tls.clone() {
+                            conns.spawn(super::tls::serve_tls_connection(handle.clone(), endpoint.clone(), tls, stream, peer, shutdown.clone()));
+                        } else {
+                            let info = ConnInfo { peer: Some(peer), tls: false, client_certs: Vec::new() };
+                            conns.spawn(serve_io(handle.clone(), endpoint.clone(), info, stream, shutdown.clone()));
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "simulator accept failed"),
                 },
@@ -660,6 +690,12 @@ impl Simulator {
             dps_addrs: BTreeMap::new(),
             hub_addrs: BTreeMap::new(),
             bind_host: config.bind_host.clone(),
+            device_addr: None,
+        };
+        let scheme = if handle.0.tls.is_some() {
+            "https"
+        } else {
+            "http"
         };
         for d in &config.dps {
             let listener = bind(&config.bind_host, d.port).await?;
@@ -670,7 +706,7 @@ impl Simulator {
             running.dps_addrs.insert(d.name.clone(), addr);
             handle.register_listener(
                 Endpoint::DpsService(d.name.clone()),
-                format!("http://{addr}"),
+                format!("{scheme}://{addr}"),
             );
             running.tasks.push(spawn_listener(
                 handle.clone(),
@@ -687,10 +723,25 @@ impl Simulator {
                 source: e,
             })?;
             running.hub_addrs.insert(host.clone(), addr);
-            handle.register_listener(Endpoint::Hub(host.clone()), format!("http://{addr}"));
+            handle.register_listener(Endpoint::Hub(host.clone()), format!("{scheme}://{addr}"));
             running.tasks.push(spawn_listener(
                 handle.clone(),
                 Endpoint::Hub(host),
+                listener,
+                shutdown.clone(),
+            ));
+        }
+        if config.device_api.enabled {
+            let listener = bind(&config.bind_host, config.device_api.port).await?;
+            let addr = listener.local_addr().map_err(|e| SimError::Bind {
+                addr: config.bind_host.clone(),
+                source: e,
+            })?;
+            running.device_addr = Some(addr);
+            handle.register_listener(Endpoint::DeviceApi, format!("{scheme}://{addr}"));
+            running.tasks.push(spawn_listener(
+                handle.clone(),
+                Endpoint::DeviceApi,
                 listener,
                 shutdown.clone(),
             ));
@@ -715,6 +766,7 @@ pub struct RunningSimulator {
     dps_addrs: BTreeMap<String, SocketAddr>,
     hub_addrs: BTreeMap<String, SocketAddr>,
     bind_host: String,
+    device_addr: Option<SocketAddr>,
 }
 
 impl RunningSimulator {
@@ -748,20 +800,47 @@ impl RunningSimulator {
         self.hub_addrs.get(&host.to_ascii_lowercase()).copied()
     }
 
-    /// `http://127.0.0.1:port` of a DPS instance (panics on an unknown name: a test mistake).
+    /// `http(s)://127.0.0.1:port` of a DPS instance (panics on an unknown name: a test mistake).
     pub fn dps_base_url(&self, name: &str) -> String {
         match self.dps_addr(name) {
-            Some(a) => format!("http://{a}"),
+            Some(a) => format!("{}://{a}", self.scheme()),
             None => panic!("no simulated DPS named {name}"),
         }
     }
 
-    /// `http://127.0.0.1:port` of a hub (panics on an unknown host: a test mistake).
+    /// `http(s)://127.0.0.1:port` of a hub (panics on an unknown host: a test mistake).
     pub fn hub_base_url(&self, host: &str) -> String {
         match self.hub_addr(host) {
-            Some(a) => format!("http://{a}"),
+            Some(a) => format!("{}://{a}", self.scheme()),
             None => panic!("no simulated hub {host}"),
         }
+    }
+
+    /// `http` or `https`, as the listeners serve.
+    pub fn scheme(&self) -> &'static str {
+        if self.handle.0.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The address of the device registration API listener, when enabled.
+    pub fn device_api_addr(&self) -> Option<SocketAddr> {
+        self.device_addr
+    }
+
+    /// `http(s)://127.0.0.1:port` of the device API (panics when disabled: a test mistake).
+    pub fn device_api_base_url(&self) -> String {
+        match self.device_addr {
+            Some(a) => format!("{}://{a}", self.scheme()),
+            None => panic!("the simulated device API is disabled"),
+        }
+    }
+
+    /// PEM of the CA clients must trust when the simulator generated its TLS certificate.
+    pub fn tls_ca_pem(&self) -> Option<&str> {
+        self.handle.0.tls_ca_pem.as_deref()
     }
 
     /// `HostName=<dps host>;SharedAccessKeyName=<policy>;SharedAccessKey=<primary>`.

@@ -512,6 +512,21 @@ impl HubInstance {
             .get("importMode")
             .and_then(Value::as_str)
             .unwrap_or("createOrUpdate");
+        // Azure reads importMode case-insensitively: azure-iothub (Node) sends `Update`, `Delete`,
+        // `UpdateIfMatchETag` (conformance/NOTES.md).
+        let mode = [
+            "create",
+            "update",
+            "createOrUpdate",
+            "updateIfMatchETag",
+            "delete",
+            "deleteIfMatchETag",
+            "updateTwin",
+            "updateTwinIfMatchETag",
+        ]
+        .into_iter()
+        .find(|m| m.eq_ignore_ascii_case(mode))
+        .unwrap_or(mode);
         let etag = it
             .get("eTag")
             .and_then(Value::as_str)

@@ -1,0 +1,88 @@
+//! Starts the simulator over HTTPS (generated certificate) for the conformance script and prints one
+//! JSON line: ports, host names, connection strings, the CA to trust and a small test PKI. Runs until
+//! SIGINT/SIGTERM. Stands in for `deprovisiond simulate --config FILE` until that command exists.
+//!
+//! Usage: `cargo run --example sim_https`
+
+use deprovisiond::sim::device_api::DeviceApiConfig;
+use deprovisiond::sim::tls::{GLOBAL_DEVICE_ENDPOINT, TlsSettings};
+use deprovisiond::sim::x509::TestCa;
+use deprovisiond::sim::{DpsConfig, HubConfig, SimConfig, Simulator, ThrottleConfig};
+use serde_json::json;
+
+const DPS: &str = "conf-dps";
+const HUBS: [&str; 2] = [
+    "conf-hub-1.azure-devices.net",
+    "conf-hub-2.azure-devices.net",
+];
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut dps = DpsConfig::new(DPS);
+    for h in HUBS {
+        dps = dps.with_linked_hub(h);
+    }
+    let mut config = SimConfig::default().with_dps(dps);
+    for h in HUBS {
+        config = config.with_hub(HubConfig::new(h));
+    }
+    config.throttle = ThrottleConfig {
+        enabled: false,
+        ..ThrottleConfig::default()
+    };
+    config.tls = Some(TlsSettings::generated());
+    config.device_api = DeviceApiConfig {
+        retry_after_secs: 1,
+        ..DeviceApiConfig::default()
+    };
+    let sim = Simulator::start(config).await?;
+
+    // A small PKI for the X.509 parts of the script (Node cannot mint certificates by itself).
+    let root = TestCa::root("conformance root CA")?;
+    let inter = root.intermediate("conformance intermediate CA")?;
+    let leaves = ["conf-x509-dev-1", "conf-x509-dev-2", "conf-x509-single"]
+        .into_iter()
+        .map(|id| {
+            let leaf = inter.leaf(id)?;
+            Ok(json!({"registrationId": id, "certPem": leaf.cert_pem, "keyPem": leaf.key_pem, "chainPem": leaf.chain_pem()}))
+        })
+        .collect::<Result<Vec<_>, deprovisiond::sim::x509::CertError>>()?;
+
+    let state = sim.state().clone();
+    let d = state
+        .dps(DPS)
+        .ok_or_else(|| anyhow::anyhow!("DPS missing"))?;
+    let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.port()).unwrap_or(0);
+    let info = json!({
+        "dps": {
+            "name": DPS,
+            "host": d.host,
+            "port": addr(sim.dps_addr(DPS)),
+            "idScope": d.id_scope,
+            "connectionString": sim.dps_connection_string(DPS, "provisioningserviceowner"),
+        },
+        "hubs": HUBS.iter().map(|h| json!({
+            "host": h,
+            "port": addr(sim.hub_addr(h)),
+            "connectionString": sim.hub_connection_string(h, "iothubowner"),
+        })).collect::<Vec<_>>(),
+        "deviceApi": {"host": GLOBAL_DEVICE_ENDPOINT, "port": addr(sim.device_api_addr())},
+        "caPem": sim.tls_ca_pem(),
+        "pki": {"rootPem": root.cert_pem(), "intermediatePem": inter.cert_pem(), "leaves": leaves},
+    });
+    // One line, flushed, so the launcher can read it while the simulator keeps running.
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{info}")?;
+        out.flush()?;
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    sim.shutdown().await;
+    Ok(())
+}
