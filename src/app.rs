@@ -83,19 +83,27 @@ impl App {
                 addr: config.listen,
                 source,
             })?;
-        let (workflow, azure, dps_names, default_dps): (Arc<dyn Workflow>, _, Vec<String>, Option<String>) =
-            match choice {
-                WorkflowChoice::Azure(clients) => {
-                    let names = clients.dps_names().into_iter().map(str::to_string).collect();
-                    let default = clients.default_dps_name().map(str::to_string);
-                    let wf = Arc::new(AzureWorkflow::new(clients, store.clone(), clock.clone()));
-                    (wf.clone(), Some(wf), names, default)
-                }
-                WorkflowChoice::Custom(wf, names) => {
-                    let default = (names.len() == 1).then(|| names[0].clone());
-                    (wf, None, names, default)
-                }
-            };
+        let (workflow, azure, dps_names, default_dps): (
+            Arc<dyn Workflow>,
+            _,
+            Vec<String>,
+            Option<String>,
+        ) = match choice {
+            WorkflowChoice::Azure(clients) => {
+                let names = clients
+                    .dps_names()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
+                let default = clients.default_dps_name().map(str::to_string);
+                let wf = Arc::new(AzureWorkflow::new(clients, store.clone(), clock.clone()));
+                (wf.clone(), Some(wf), names, default)
+            }
+            WorkflowChoice::Custom(wf, names) => {
+                let default = (names.len() == 1).then(|| names[0].clone());
+                (wf, None, names, default)
+            }
+        };
         let waker = Waker::default();
         let engine = config.run_worker.then(|| {
             Engine::new(
@@ -172,15 +180,28 @@ impl App {
 }
 
 /// Audits tombstones every `every` until stopped.
-async fn audit_loop(wf: Arc<AzureWorkflow>, every: std::time::Duration, clock: SharedClock, stop: CancellationToken) {
+async fn audit_loop(
+    wf: Arc<AzureWorkflow>,
+    every: std::time::Duration,
+    clock: SharedClock,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
         match wf.audit_tombstones(clock.now_ms()).await {
-            Ok(r) if r.drift.is_empty() => tracing::info!(checked = r.checked, errors = r.errors, "tombstone audit: every block holds"),
-            Ok(r) => tracing::warn!(checked = r.checked, drift = r.drift.len(), "tombstone audit found blocks that no longer hold"),
+            Ok(r) if r.drift.is_empty() => tracing::info!(
+                checked = r.checked,
+                errors = r.errors,
+                "tombstone audit: every block holds"
+            ),
+            Ok(r) => tracing::warn!(
+                checked = r.checked,
+                drift = r.drift.len(),
+                "tombstone audit found blocks that no longer hold"
+            ),
             Err(e) => tracing::error!(error = %e, "tombstone audit failed"),
         }
     }

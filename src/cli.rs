@@ -110,7 +110,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "DEPROVISIOND_WORKFLOW", value_enum, default_value_t = WorkflowKind::Azure)]
     pub workflow: WorkflowKind,
     /// Seconds between background audits of tombstones (0: only on request).
-    #[arg(long, env = "DEPROVISIOND_TOMBSTONE_AUDIT_SECS", default_value_t = 3600)]
+    #[arg(
+        long,
+        env = "DEPROVISIOND_TOMBSTONE_AUDIT_SECS",
+        default_value_t = 3600
+    )]
     pub tombstone_audit_secs: u64,
     /// Rehearsal workflow: milliseconds each step takes.
     #[arg(long, env = "DEPROVISIOND_REHEARSAL_STEP_MS", default_value_t = 200)]

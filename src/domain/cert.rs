@@ -19,7 +19,9 @@ pub enum CertError {
 /// The subject common name of a PEM certificate (for a DPS X.509 device: its registration id).
 pub fn leaf_common_name(pem: &str) -> Result<String, CertError> {
     let (_, pem) = parse_x509_pem(pem.as_bytes()).map_err(|e| CertError::NotPem(e.to_string()))?;
-    let cert = pem.parse_x509().map_err(|e| CertError::NotX509(e.to_string()))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| CertError::NotX509(e.to_string()))?;
     let cn = cert
         .subject()
         .iter_common_name()
@@ -36,7 +38,9 @@ mod tests {
     #[test]
     fn reads_the_common_name() {
         let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, "x509-dev-0007");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "x509-dev-0007");
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         assert_eq!(leaf_common_name(&cert.pem()).unwrap(), "x509-dev-0007");
@@ -44,7 +48,10 @@ mod tests {
 
     #[test]
     fn refuses_garbage() {
-        assert!(matches!(leaf_common_name("hello"), Err(CertError::NotPem(_))));
+        assert!(matches!(
+            leaf_common_name("hello"),
+            Err(CertError::NotPem(_))
+        ));
         let bogus = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(leaf_common_name(bogus).is_err());
     }

@@ -14,8 +14,8 @@ use super::views::{
 };
 use super::{AppState, PROBLEM};
 use crate::domain::job::{DeprovisionRequest, FieldError, Target};
-use crate::workflow::preview::{Preview, Refusal};
 use crate::store::{Created, JobFilter, NewJob, Store};
+use crate::workflow::preview::{Preview, Refusal};
 
 /// The routes of this resource.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -87,8 +87,14 @@ pub async fn create_deprovision(
     }
     if let Some(azure) = &state.azure {
         azure.admit(&dps, &request).await.map_err(|r| match r {
-            Refusal::Tombstone(detail) => ApiError::Conflict { slug: "tombstone-protected", detail },
-            Refusal::HigherChain(detail) => ApiError::Conflict { slug: "higher-chain-group-enabled", detail },
+            Refusal::Tombstone(detail) => ApiError::Conflict {
+                slug: "tombstone-protected",
+                detail,
+            },
+            Refusal::HigherChain(detail) => ApiError::Conflict {
+                slug: "higher-chain-group-enabled",
+                detail,
+            },
             Refusal::Store(e) => ApiError::from(e),
         })?;
     }
@@ -413,10 +419,18 @@ fn validate(request: &DeprovisionRequest) -> Result<(), ApiError> {
             }
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(ApiError::Validation(errors)) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(errors))
+    }
 }
 
-async fn run_preview(state: &AppState, dps: &str, request: &DeprovisionRequest) -> Result<Preview, ApiError> {
+async fn run_preview(
+    state: &AppState,
+    dps: &str,
+    request: &DeprovisionRequest,
+) -> Result<Preview, ApiError> {
     let Some(azure) = &state.azure else {
         return Err(ApiError::Unavailable(
             "previews read DPS and the hubs; this instance runs the rehearsal workflow, which has none".into(),
@@ -424,7 +438,10 @@ async fn run_preview(state: &AppState, dps: &str, request: &DeprovisionRequest) 
     };
     azure.preview(dps, request).await.map_err(|e| {
         tracing::warn!(error = %e, "preview failed");
-        ApiError::Upstream(format!("could not read DPS or a hub for the preview: {}", e.message()))
+        ApiError::Upstream(format!(
+            "could not read DPS or a hub for the preview: {}",
+            e.message()
+        ))
     })
 }
 

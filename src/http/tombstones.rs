@@ -16,7 +16,9 @@ use crate::workflow::preview::AuditReport;
 
 /// The routes of this resource.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_tombstones)).routes(routes!(audit_tombstones))
+    OpenApiRouter::new()
+        .routes(routes!(list_tombstones))
+        .routes(routes!(audit_tombstones))
 }
 
 /// A recorded block.
@@ -87,12 +89,15 @@ pub struct TombstoneQuery {
 
 fn encode_cursor(t: &Tombstone) -> String {
     use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}\n{}", t.dps, t.registration_id))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}\n{}", t.dps, t.registration_id))
 }
 
 fn decode_cursor(c: &str) -> Option<(String, String)> {
     use base64::Engine as _;
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).ok()?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()?;
     let s = String::from_utf8(raw).ok()?;
     let (d, r) = s.split_once('\n')?;
     Some((d.to_string(), r.to_string()))
@@ -124,7 +129,10 @@ pub async fn list_tombstones(
         None => None,
         Some(Some(c)) => Some(c),
         Some(None) => {
-            errors.push(FieldError::new("cursor", "is not a cursor this API returned"));
+            errors.push(FieldError::new(
+                "cursor",
+                "is not a cursor this API returned",
+            ));
             None
         }
     };
@@ -133,7 +141,10 @@ pub async fn list_tombstones(
     }
     let mut rows = state
         .store
-        .list_tombstones(after.as_ref().map(|(d, r)| (d.as_str(), r.as_str())), limit + 1)
+        .list_tombstones(
+            after.as_ref().map(|(d, r)| (d.as_str(), r.as_str())),
+            limit + 1,
+        )
         .await?;
     let next_cursor = if rows.len() > limit as usize {
         rows.truncate(limit as usize);
@@ -141,7 +152,10 @@ pub async fn list_tombstones(
     } else {
         None
     };
-    Ok(ApiJson(TombstonePage { items: rows.iter().map(TombstoneView::from).collect(), next_cursor }))
+    Ok(ApiJson(TombstonePage {
+        items: rows.iter().map(TombstoneView::from).collect(),
+        next_cursor,
+    }))
 }
 
 /// Check every tombstone now: it must still exist in DPS and still be disabled. Drift is reported here and in the log.
@@ -154,9 +168,13 @@ pub async fn list_tombstones(
         (status = 503, description = "No Azure workflow configured", body = Problem, content_type = PROBLEM),
     )
 )]
-pub async fn audit_tombstones(State(state): State<AppState>) -> Result<ApiJson<AuditReport>, ApiError> {
+pub async fn audit_tombstones(
+    State(state): State<AppState>,
+) -> Result<ApiJson<AuditReport>, ApiError> {
     let Some(azure) = &state.azure else {
-        return Err(ApiError::Unavailable("auditing reads DPS; this instance runs the rehearsal workflow".into()));
+        return Err(ApiError::Unavailable(
+            "auditing reads DPS; this instance runs the rehearsal workflow".into(),
+        ));
     };
     Ok(ApiJson(azure.audit_tombstones(state.clock.now_ms()).await?))
 }

@@ -94,7 +94,11 @@ impl Store {
     }
 
     /// The block of a registration id, if one is recorded.
-    pub async fn find_tombstone(&self, dps: &str, registration_id: &str) -> Result<Option<Tombstone>, StoreError> {
+    pub async fn find_tombstone(
+        &self,
+        dps: &str,
+        registration_id: &str,
+    ) -> Result<Option<Tombstone>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM tombstones WHERE dps = $1 AND registration_id = $2"
         )))
@@ -159,7 +163,10 @@ fn from_row(row: &AnyRow) -> Result<Tombstone, StoreError> {
         created_at: row.try_get("created_at")?,
         audited_at: row.try_get("audited_at")?,
         audit_status: status
-            .map(|s| AuditStatus::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("audit_status {s}"))))
+            .map(|s| {
+                AuditStatus::parse(&s)
+                    .ok_or_else(|| StoreError::Corrupt(format!("audit_status {s}")))
+            })
             .transpose()?,
         audit_detail: row.try_get("audit_detail")?,
     })

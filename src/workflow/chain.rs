@@ -20,7 +20,10 @@ pub struct GroupCert {
 }
 
 fn norm(name: &str) -> String {
-    name.split(',').map(|p| p.trim().to_ascii_lowercase()).collect::<Vec<_>>().join(",")
+    name.split(',')
+        .map(|p| p.trim().to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Enabled groups whose signing certificate is an ancestor of `of`'s (issuer of, issuer of issuer, …),
@@ -32,10 +35,19 @@ pub fn enabled_ancestors(of: &GroupCert, groups: &[GroupCert]) -> Vec<String> {
     // A root is its own issuer: stop there.
     while !seen_subjects.contains(&issuer) {
         seen_subjects.insert(issuer.clone());
-        let parents: Vec<&GroupCert> =
-            groups.iter().filter(|g| g.group_id != of.group_id && norm(&g.subject) == issuer).collect();
-        let Some(next) = parents.first().map(|g| norm(&g.issuer)) else { break };
-        found.extend(parents.iter().filter(|g| g.enabled).map(|g| g.group_id.clone()));
+        let parents: Vec<&GroupCert> = groups
+            .iter()
+            .filter(|g| g.group_id != of.group_id && norm(&g.subject) == issuer)
+            .collect();
+        let Some(next) = parents.first().map(|g| norm(&g.issuer)) else {
+            break;
+        };
+        found.extend(
+            parents
+                .iter()
+                .filter(|g| g.enabled)
+                .map(|g| g.group_id.clone()),
+        );
         issuer = next;
     }
     found
@@ -46,7 +58,12 @@ mod tests {
     use super::*;
 
     fn g(id: &str, subject: &str, issuer: &str, enabled: bool) -> GroupCert {
-        GroupCert { group_id: id.into(), subject: subject.into(), issuer: issuer.into(), enabled }
+        GroupCert {
+            group_id: id.into(),
+            subject: subject.into(),
+            issuer: issuer.into(),
+            enabled,
+        }
     }
 
     #[test]
@@ -64,7 +81,7 @@ mod tests {
     #[test]
     fn nothing_above_a_root_or_unrelated() {
         let root = g("root", "CN=Root", "CN=Root", true);
-        assert!(enabled_ancestors(&root, &[root.clone()]).is_empty());
+        assert!(enabled_ancestors(&root, std::slice::from_ref(&root)).is_empty());
         let me = g("x", "CN=A", "CN=B", true);
         assert!(enabled_ancestors(&me, &[g("y", "CN=C", "CN=C", true)]).is_empty());
     }

@@ -41,7 +41,11 @@ pub struct AzureWorkflow {
 impl AzureWorkflow {
     /// A workflow using `clients`, recording tombstones in `store`.
     pub fn new(clients: Arc<AzureClients>, store: Store, clock: SharedClock) -> Self {
-        Self { clients, store, clock }
+        Self {
+            clients,
+            store,
+            clock,
+        }
     }
 
     /// The Azure clients.
@@ -68,7 +72,10 @@ pub fn plan_for(request: &DeprovisionRequest) -> Plan {
     if request.delete_group {
         job_steps.push("delete_group".into());
     }
-    Plan { job_steps, item_steps: vec!["registry".into()] }
+    Plan {
+        job_steps,
+        item_steps: vec!["registry".into()],
+    }
 }
 
 #[async_trait]

@@ -18,7 +18,10 @@ pub fn step_error(context: &str, e: &AzureError) -> StepError {
 pub fn from_azure(context: &str, e: &AzureError) -> Outcome {
     let error = step_error(context, e);
     if e.is_retryable() || e.is_precondition_failed() {
-        Outcome::Retry { error, retry_after: e.retry_after() }
+        Outcome::Retry {
+            error,
+            retry_after: e.retry_after(),
+        }
     } else {
         Outcome::Fail(error)
     }

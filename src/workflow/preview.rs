@@ -8,7 +8,9 @@ use utoipa::ToSchema;
 
 use super::steps::higher_chain_groups;
 use super::{AzureWorkflow, plan_for};
-use crate::azure::models::{AttestationType, DeviceRegistrationState, ProvisioningStatus, RegistrationStatus};
+use crate::azure::models::{
+    AttestationType, DeviceRegistrationState, ProvisioningStatus, RegistrationStatus,
+};
 use crate::azure::{AzureError, DpsClient};
 use crate::domain::job::{DeprovisionRequest, RegistryAction, RevokeAction, Target};
 use crate::domain::lane::ITEMS_BARRIER;
@@ -105,7 +107,10 @@ pub struct Warning {
 }
 
 fn warn(code: &str, message: impl Into<String>) -> Warning {
-    Warning { code: code.into(), message: message.into() }
+    Warning {
+        code: code.into(),
+        message: message.into(),
+    }
 }
 
 /// Why a request is refused before it becomes a job.
@@ -135,27 +140,50 @@ impl AzureWorkflow {
     /// group higher in its chain would re-admit its devices (unless forced). When DPS cannot be asked, the job is
     /// accepted and its steps check again.
     pub async fn admit(&self, dps_name: &str, request: &DeprovisionRequest) -> Result<(), Refusal> {
-        if let (Target::IndividualEnrollment(t), RevokeAction::Delete) = (&request.target, request.revoke) {
-            if let Some(tomb) = self.store.find_tombstone(dps_name, t.registration_id.as_str()).await? {
+        if let (Target::IndividualEnrollment(t), RevokeAction::Delete) =
+            (&request.target, request.revoke)
+        {
+            if let Some(tomb) = self
+                .store
+                .find_tombstone(dps_name, t.registration_id.as_str())
+                .await?
+            {
                 return Err(Refusal::Tombstone(tombstone_refusal(&tomb)));
             }
         }
-        if let (Target::EnrollmentGroup(t), true, false) = (&request.target, request.delete_group, request.force) {
-            let Ok(dps) = self.clients.dps(dps_name) else { return Ok(()) };
+        if let (Target::EnrollmentGroup(t), true, false) =
+            (&request.target, request.delete_group, request.force)
+        {
+            let Ok(dps) = self.clients.dps(dps_name) else {
+                return Ok(());
+            };
             match dps.get_enrollment_group(t.group_id.as_str()).await {
                 Ok(group) => match higher_chain_groups(dps, &group).await {
-                    Ok(higher) if !higher.is_empty() => return Err(Refusal::HigherChain(higher_refusal(t.group_id.as_str(), &higher))),
+                    Ok(higher) if !higher.is_empty() => {
+                        return Err(Refusal::HigherChain(higher_refusal(
+                            t.group_id.as_str(),
+                            &higher,
+                        )));
+                    }
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "chain check skipped at admission; the delete step checks again"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "chain check skipped at admission; the delete step checks again")
+                    }
                 },
-                Err(e) => tracing::warn!(error = %e, "group not readable at admission; the job's steps will report it"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "group not readable at admission; the job's steps will report it")
+                }
             }
         }
         Ok(())
     }
 
     /// Reads what the request would touch and returns the plan; changes nothing.
-    pub async fn preview(&self, dps_name: &str, request: &DeprovisionRequest) -> Result<Preview, AzureError> {
+    pub async fn preview(
+        &self,
+        dps_name: &str,
+        request: &DeprovisionRequest,
+    ) -> Result<Preview, AzureError> {
         let dps = self.clients.dps(dps_name)?;
         let mut warnings = Vec::new();
         let mut registrations: Vec<DeviceRegistrationState> = Vec::new();
@@ -168,10 +196,18 @@ impl AzureWorkflow {
                         if let Some(r) = fetch_registration(dps, id).await? {
                             registrations.push(r);
                         }
-                        found("individual_enrollment", id, Some(e.attestation.kind), e.provisioning_status)
+                        found(
+                            "individual_enrollment",
+                            id,
+                            Some(e.attestation.kind),
+                            e.provisioning_status,
+                        )
                     }
                     Err(e) if e.is_not_found() => {
-                        warnings.push(warn("enrollment_not_found", format!("DPS has no individual enrollment `{id}`: the job would fail")));
+                        warnings.push(warn(
+                            "enrollment_not_found",
+                            format!("DPS has no individual enrollment `{id}`: the job would fail"),
+                        ));
                         missing("individual_enrollment", id)
                     }
                     Err(e) => return Err(e),
@@ -180,11 +216,16 @@ impl AzureWorkflow {
                     let msg = if request.revoke == RevokeAction::Delete {
                         format!("refused: {}", tombstone_refusal(&tomb))
                     } else {
-                        format!("`{id}` is a tombstone blocking a device of group `{}`; disabling it again is harmless", tomb.group_id)
+                        format!(
+                            "`{id}` is a tombstone blocking a device of group `{}`; disabling it again is harmless",
+                            tomb.group_id
+                        )
                     };
                     warnings.push(warn("tombstone_present", msg));
                 }
-                if request.revoke == RevokeAction::Delete && found.attestation.as_deref() == Some("x509") {
+                if request.revoke == RevokeAction::Delete
+                    && found.attestation.as_deref() == Some("x509")
+                {
                     warnings.push(warn(
                         "delete_x509_individual",
                         "deleting (rather than disabling) an X.509 individual enrollment lets the device enroll again if an \
@@ -199,7 +240,9 @@ impl AzureWorkflow {
                     Ok(g) => {
                         let mut token: Option<String> = None;
                         loop {
-                            let (page, next) = dps.query_registrations_page(id, Some(1000), token.as_deref()).await?;
+                            let (page, next) = dps
+                                .query_registrations_page(id, Some(1000), token.as_deref())
+                                .await?;
                             registrations.extend(page);
                             if registrations.len() >= PREVIEW_MAX_DEVICES {
                                 truncated = next.is_some();
@@ -216,7 +259,11 @@ impl AzureWorkflow {
                                 let msg = higher_refusal(id, &higher);
                                 warnings.push(warn(
                                     "higher_chain_enabled_group",
-                                    if request.force { format!("forced: {msg}") } else { format!("refused: {msg}") },
+                                    if request.force {
+                                        format!("forced: {msg}")
+                                    } else {
+                                        format!("refused: {msg}")
+                                    },
                                 ));
                             }
                         } else {
@@ -226,10 +273,18 @@ impl AzureWorkflow {
                                  DPS quota unless delete_registrations is set",
                             ));
                         }
-                        found("enrollment_group", id, Some(g.attestation.kind), g.provisioning_status)
+                        found(
+                            "enrollment_group",
+                            id,
+                            Some(g.attestation.kind),
+                            g.provisioning_status,
+                        )
                     }
                     Err(e) if e.is_not_found() => {
-                        warnings.push(warn("group_not_found", format!("DPS has no enrollment group `{id}`: the job would fail")));
+                        warnings.push(warn(
+                            "group_not_found",
+                            format!("DPS has no enrollment group `{id}`: the job would fail"),
+                        ));
                         missing("enrollment_group", id)
                     }
                     Err(e) => return Err(e),
@@ -239,17 +294,27 @@ impl AzureWorkflow {
                 let (gid, rid) = (t.group_id.as_str(), t.registration_id.as_str());
                 let found = match dps.get_enrollment_group(gid).await {
                     Ok(g) => {
-                        if g.attestation.kind == AttestationType::X509 && t.certificate_pem.is_none() {
+                        if g.attestation.kind == AttestationType::X509
+                            && t.certificate_pem.is_none()
+                        {
                             warnings.push(warn(
                                 "fallback_symmetric_block",
                                 "no leaf certificate given: a disabled symmetric-key enrollment with the registration id \
                                  blocks the device (the documented fallback)",
                             ));
                         }
-                        found("enrollment_group", gid, Some(g.attestation.kind), g.provisioning_status)
+                        found(
+                            "enrollment_group",
+                            gid,
+                            Some(g.attestation.kind),
+                            g.provisioning_status,
+                        )
                     }
                     Err(e) if e.is_not_found() => {
-                        warnings.push(warn("group_not_found", format!("DPS has no enrollment group `{gid}`: the job would fail")));
+                        warnings.push(warn(
+                            "group_not_found",
+                            format!("DPS has no enrollment group `{gid}`: the job would fail"),
+                        ));
                         missing("enrollment_group", gid)
                     }
                     Err(e) => return Err(e),
@@ -272,7 +337,10 @@ impl AzureWorkflow {
                 found
             }
         };
-        let mut devices = DeviceSummary { truncated, ..DeviceSummary::default() };
+        let mut devices = DeviceSummary {
+            truncated,
+            ..DeviceSummary::default()
+        };
         let mut per_hub: BTreeMap<String, u64> = BTreeMap::new();
         for r in &registrations {
             devices.total += 1;
@@ -285,11 +353,17 @@ impl AzureWorkflow {
             }
         }
         if !matches!(request.target, Target::EnrollmentGroup(_)) && devices.assigned == 0 {
-            warnings.push(warn("never_provisioned", "the device was never provisioned: the registry step would be skipped"));
+            warnings.push(warn(
+                "never_provisioned",
+                "the device was never provisioned: the registry step would be skipped",
+            ));
         } else if devices.not_provisioned > 0 {
             warnings.push(warn(
                 "never_provisioned",
-                format!("{} device(s) have no hub assignment: their registry step would be skipped", devices.not_provisioned),
+                format!(
+                    "{} device(s) have no hub assignment: their registry step would be skipped",
+                    devices.not_provisioned
+                ),
             ));
         }
         let per_device = ops_per_device(request.registry);
@@ -299,20 +373,41 @@ impl AzureWorkflow {
         for (hub, n) in per_hub {
             let credentials = self.clients.hub(&hub).is_ok();
             if !credentials {
-                warnings.push(warn("no_credentials", format!("no credentials configured for hub {hub}: its {n} device(s) would fail")));
+                warnings.push(warn(
+                    "no_credentials",
+                    format!(
+                        "no credentials configured for hub {hub}: its {n} device(s) would fail"
+                    ),
+                ));
             }
-            let opm = self.clients.hub_config(&hub).and_then(|c| c.registry_ops_per_minute());
+            let opm = self
+                .clients
+                .hub_config(&hub)
+                .and_then(|c| c.registry_ops_per_minute());
             let est = opm.map(|o| (n * u64::from(per_device)) as f64 * 60.0 / f64::from(o.max(1)));
             match est {
                 Some(s) => slowest = slowest.max(s),
                 None => all_known = false,
             }
-            hubs.push(HubPlan { hub, devices: n, credentials, registry_ops_per_minute: opm, estimated_seconds: est });
+            hubs.push(HubPlan {
+                hub,
+                devices: n,
+                credentials,
+                registry_ops_per_minute: opm,
+                estimated_seconds: est,
+            });
         }
         let steps = plan_for(request)
             .job_steps
             .iter()
-            .map(|s| StepPlan { name: if s == ITEMS_BARRIER { "devices".into() } else { s.clone() }, action: describe_step(s, request) })
+            .map(|s| StepPlan {
+                name: if s == ITEMS_BARRIER {
+                    "devices".into()
+                } else {
+                    s.clone()
+                },
+                action: describe_step(s, request),
+            })
             .collect();
         Ok(Preview {
             dps: dps_name.to_string(),
@@ -331,20 +426,39 @@ impl AzureWorkflow {
         let mut report = AuditReport::default();
         let mut after: Option<(String, String)> = None;
         loop {
-            let page = self.store.list_tombstones(after.as_ref().map(|(d, r)| (d.as_str(), r.as_str())), 200).await?;
+            let page = self
+                .store
+                .list_tombstones(after.as_ref().map(|(d, r)| (d.as_str(), r.as_str())), 200)
+                .await?;
             let Some(last) = page.last() else { break };
             after = Some((last.dps.clone(), last.registration_id.clone()));
             for t in &page {
                 let (status, detail) = match self.clients.dps(&t.dps) {
                     Err(e) => (AuditStatus::Error, Some(e.message())),
                     Ok(dps) => match dps.get_enrollment(&t.registration_id).await {
-                        Ok(e) if e.provisioning_status == Some(ProvisioningStatus::Disabled) => (AuditStatus::Ok, None),
-                        Ok(_) => (AuditStatus::Enabled, Some("the blocking enrollment was enabled again".to_string())),
-                        Err(e) if e.is_not_found() => (AuditStatus::Missing, Some("the blocking enrollment was deleted".to_string())),
+                        Ok(e) if e.provisioning_status == Some(ProvisioningStatus::Disabled) => {
+                            (AuditStatus::Ok, None)
+                        }
+                        Ok(_) => (
+                            AuditStatus::Enabled,
+                            Some("the blocking enrollment was enabled again".to_string()),
+                        ),
+                        Err(e) if e.is_not_found() => (
+                            AuditStatus::Missing,
+                            Some("the blocking enrollment was deleted".to_string()),
+                        ),
                         Err(e) => (AuditStatus::Error, Some(e.message())),
                     },
                 };
-                self.store.record_tombstone_audit(&t.dps, &t.registration_id, status, detail.as_deref(), now).await?;
+                self.store
+                    .record_tombstone_audit(
+                        &t.dps,
+                        &t.registration_id,
+                        status,
+                        detail.as_deref(),
+                        now,
+                    )
+                    .await?;
                 report.checked += 1;
                 match status {
                     AuditStatus::Ok => report.ok += 1,
@@ -407,11 +521,18 @@ fn higher_refusal(group: &str, higher: &[String]) -> String {
     format!(
         "deleting group `{group}` would let its devices enroll again through enabled group(s) {} higher in the same \
          certificate chain; disable them first, or set force",
-        higher.iter().map(|g| format!("`{g}`")).collect::<Vec<_>>().join(", ")
+        higher
+            .iter()
+            .map(|g| format!("`{g}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
-async fn fetch_registration(dps: &DpsClient, id: &str) -> Result<Option<DeviceRegistrationState>, AzureError> {
+async fn fetch_registration(
+    dps: &DpsClient,
+    id: &str,
+) -> Result<Option<DeviceRegistrationState>, AzureError> {
     match dps.get_registration(id).await {
         Ok(r) => Ok(Some(r)),
         Err(e) if e.is_not_found() => Ok(None),
@@ -429,25 +550,43 @@ fn attestation_label(t: AttestationType) -> String {
     .to_string()
 }
 
-fn found(kind: &str, id: &str, att: Option<AttestationType>, status: Option<ProvisioningStatus>) -> Found {
+fn found(
+    kind: &str,
+    id: &str,
+    att: Option<AttestationType>,
+    status: Option<ProvisioningStatus>,
+) -> Found {
     Found {
         kind: kind.into(),
         id: id.into(),
         exists: true,
         attestation: att.map(attestation_label),
         provisioning_status: Some(
-            if status == Some(ProvisioningStatus::Disabled) { "disabled" } else { "enabled" }.to_string(),
+            if status == Some(ProvisioningStatus::Disabled) {
+                "disabled"
+            } else {
+                "enabled"
+            }
+            .to_string(),
         ),
     }
 }
 
 fn missing(kind: &str, id: &str) -> Found {
-    Found { kind: kind.into(), id: id.into(), exists: false, attestation: None, provisioning_status: None }
+    Found {
+        kind: kind.into(),
+        id: id.into(),
+        exists: false,
+        attestation: None,
+        provisioning_status: None,
+    }
 }
 
 fn describe_step(step: &str, r: &DeprovisionRequest) -> String {
     let registry = match r.registry {
-        RegistryAction::Disable => "disable each device's identity in its hub (status reason names the job; reversible)",
+        RegistryAction::Disable => {
+            "disable each device's identity in its hub (status reason names the job; reversible)"
+        }
         RegistryAction::Delete => "delete each device's identity from its hub (permanent)",
     };
     match (step, &r.target) {

@@ -29,7 +29,11 @@ fn fail(msg: impl Into<String>) -> StepResult {
 
 fn retry_now(msg: impl Into<String>) -> StepResult {
     // A write that did not stick (or a 412) is read again at once; the attempt still counts.
-    Outcome::Retry { error: StepError::msg(msg), retry_after: Some(Duration::ZERO) }.into()
+    Outcome::Retry {
+        error: StepError::msg(msg),
+        retry_after: Some(Duration::ZERO),
+    }
+    .into()
 }
 
 fn azure(context: &str, e: &AzureError) -> StepResult {
@@ -37,11 +41,17 @@ fn azure(context: &str, e: &AzureError) -> StepResult {
 }
 
 fn done_with(effects: StepEffects) -> StepResult {
-    StepResult { outcome: Outcome::Done, effects }
+    StepResult {
+        outcome: Outcome::Done,
+        effects,
+    }
 }
 
 fn event(kind: &str, message: String, detail: Option<Value>) -> NewEvent {
-    NewEvent { detail, ..NewEvent::new(kind, message) }
+    NewEvent {
+        detail,
+        ..NewEvent::new(kind, message)
+    }
 }
 
 pub(super) async fn run_job_step(wf: &AzureWorkflow, job: &JobRecord, step: &str) -> StepResult {
@@ -55,28 +65,41 @@ pub(super) async fn run_job_step(wf: &AzureWorkflow, job: &JobRecord, step: &str
         ("resolve", Target::EnrollmentGroup(t)) => resolve_group(dps, t).await,
         ("revoke", Target::EnrollmentGroup(t)) => disable_group(dps, t).await,
         ("enumerate", Target::EnrollmentGroup(t)) => enumerate(dps, job, t).await,
-        ("delete_registrations", Target::EnrollmentGroup(_)) => delete_registrations(wf, dps, job).await,
+        ("delete_registrations", Target::EnrollmentGroup(_)) => {
+            delete_registrations(wf, dps, job).await
+        }
         ("delete_group", Target::EnrollmentGroup(t)) => delete_group(dps, job, t).await,
         ("resolve", Target::GroupDevice(t)) => resolve_group_device(dps, t).await,
         ("revoke", Target::GroupDevice(t)) => block_group_device(wf, dps, job, t).await,
-        (other, target) => fail(format!("step `{other}` does not apply to a {} target", target.kind().as_str())),
+        (other, target) => fail(format!(
+            "step `{other}` does not apply to a {} target",
+            target.kind().as_str()
+        )),
     }
 }
 
 /// The device item for a registration record (or for its absence).
 fn item_for(registration_id: &str, reg: Option<&DeviceRegistrationState>) -> NewItem {
-    let assigned = reg.filter(|r| r.status == Some(RegistrationStatus::Assigned) && r.assigned_hub.is_some());
+    let assigned =
+        reg.filter(|r| r.status == Some(RegistrationStatus::Assigned) && r.assigned_hub.is_some());
     match assigned {
         Some(r) => NewItem {
             registration_id: registration_id.to_string(),
-            device_id: Some(r.device_id.clone().unwrap_or_else(|| registration_id.to_string())),
+            device_id: Some(
+                r.device_id
+                    .clone()
+                    .unwrap_or_else(|| registration_id.to_string()),
+            ),
             hub: r.assigned_hub.as_ref().map(|h| h.to_ascii_lowercase()),
             data: None,
         },
         None => {
             let why = match reg.and_then(|r| r.status) {
                 None => "never provisioned: DPS has no registration record for it".to_string(),
-                Some(s) => format!("not assigned to any hub (registration status: {})", json!(s).as_str().unwrap_or("?")),
+                Some(s) => format!(
+                    "not assigned to any hub (registration status: {})",
+                    json!(s).as_str().unwrap_or("?")
+                ),
             };
             NewItem {
                 registration_id: registration_id.to_string(),
@@ -91,7 +114,12 @@ fn item_for(registration_id: &str, reg: Option<&DeviceRegistrationState>) -> New
 fn describe_item(item: &NewItem) -> String {
     match (&item.hub, &item.device_id) {
         (Some(h), Some(d)) => format!("registered to hub {h} as device {d}"),
-        _ => item.data.as_ref().and_then(|d| d["skip"].as_str()).unwrap_or("not provisioned").to_string(),
+        _ => item
+            .data
+            .as_ref()
+            .and_then(|d| d["skip"].as_str())
+            .unwrap_or("not provisioned")
+            .to_string(),
     }
 }
 
@@ -113,7 +141,10 @@ fn status_name(s: Option<ProvisioningStatus>) -> &'static str {
 }
 
 /// Reads a registration record; `None` when DPS has none.
-async fn registration(dps: &DpsClient, id: &str) -> Result<Option<DeviceRegistrationState>, AzureError> {
+async fn registration(
+    dps: &DpsClient,
+    id: &str,
+) -> Result<Option<DeviceRegistrationState>, AzureError> {
     match dps.get_registration(id).await {
         Ok(r) => Ok(Some(r)),
         Err(e) if e.is_not_found() => Ok(None),
@@ -123,12 +154,20 @@ async fn registration(dps: &DpsClient, id: &str) -> Result<Option<DeviceRegistra
 
 // ----- individual enrollment -----
 
-async fn resolve_individual(wf: &AzureWorkflow, dps: &DpsClient, job: &JobRecord, t: &IndividualTarget) -> StepResult {
+async fn resolve_individual(
+    wf: &AzureWorkflow,
+    dps: &DpsClient,
+    job: &JobRecord,
+    t: &IndividualTarget,
+) -> StepResult {
     let id = t.registration_id.as_str();
     let enrollment = match dps.get_enrollment(id).await {
         Ok(e) => e,
         Err(e) if e.is_not_found() => {
-            return fail(format!("DPS `{}` has no individual enrollment `{id}`", job.dps));
+            return fail(format!(
+                "DPS `{}` has no individual enrollment `{id}`",
+                job.dps
+            ));
         }
         Err(e) => return azure("reading the individual enrollment", &e),
     };
@@ -156,7 +195,10 @@ async fn resolve_individual(wf: &AzureWorkflow, dps: &DpsClient, job: &JobRecord
     let item = item_for(id, reg.as_ref());
     let attestation = attestation_name(enrollment.attestation.kind);
     let status = status_name(enrollment.provisioning_status);
-    let message = format!("individual enrollment `{id}` ({attestation}, {status}); {}", describe_item(&item));
+    let message = format!(
+        "individual enrollment `{id}` ({attestation}, {status}); {}",
+        describe_item(&item)
+    );
     let context = json!({
         "attestation": attestation,
         "provisioning_status": status,
@@ -184,10 +226,16 @@ async fn revoke_individual(dps: &DpsClient, job: &JobRecord, t: &IndividualTarge
             }
             match dps.get_enrollment(id).await {
                 Err(e) if e.is_not_found() => done_with(StepEffects {
-                    events: vec![event("enrollment_deleted", format!("individual enrollment `{id}` deleted"), None)],
+                    events: vec![event(
+                        "enrollment_deleted",
+                        format!("individual enrollment `{id}` deleted"),
+                        None,
+                    )],
                     ..StepEffects::default()
                 }),
-                Ok(_) => retry_now(format!("DPS still shows enrollment `{id}` after deleting it")),
+                Ok(_) => retry_now(format!(
+                    "DPS still shows enrollment `{id}` after deleting it"
+                )),
                 Err(e) => azure("verifying the delete", &e),
             }
         }
@@ -196,9 +244,14 @@ async fn revoke_individual(dps: &DpsClient, job: &JobRecord, t: &IndividualTarge
 
 /// GET, full-replace PUT with `provisioningStatus: disabled` and If-Match (keys preserved), then read back.
 async fn disable_enrollment(dps: &DpsClient, id: &str) -> StepResult {
-    match dps.set_enrollment_status(id, ProvisioningStatus::Disabled).await {
+    match dps
+        .set_enrollment_status(id, ProvisioningStatus::Disabled)
+        .await
+    {
         Ok(_) => {}
-        Err(e) if e.is_not_found() => return fail(format!("individual enrollment `{id}` no longer exists")),
+        Err(e) if e.is_not_found() => {
+            return fail(format!("individual enrollment `{id}` no longer exists"));
+        }
         Err(e) => return azure("disabling the individual enrollment", &e),
     }
     verify_enrollment_disabled(dps, id, "enrollment_disabled").await
@@ -206,15 +259,19 @@ async fn disable_enrollment(dps: &DpsClient, id: &str) -> StepResult {
 
 async fn verify_enrollment_disabled(dps: &DpsClient, id: &str, kind: &str) -> StepResult {
     match dps.get_enrollment(id).await {
-        Ok(e) if e.provisioning_status == Some(ProvisioningStatus::Disabled) => done_with(StepEffects {
-            events: vec![event(
-                kind,
-                format!("individual enrollment `{id}` is disabled (verified)"),
-                Some(json!({"etag": e.etag})),
-            )],
-            ..StepEffects::default()
-        }),
-        Ok(_) => retry_now(format!("DPS accepted the update but enrollment `{id}` is still enabled")),
+        Ok(e) if e.provisioning_status == Some(ProvisioningStatus::Disabled) => {
+            done_with(StepEffects {
+                events: vec![event(
+                    kind,
+                    format!("individual enrollment `{id}` is disabled (verified)"),
+                    Some(json!({"etag": e.etag})),
+                )],
+                ..StepEffects::default()
+            })
+        }
+        Ok(_) => retry_now(format!(
+            "DPS accepted the update but enrollment `{id}` is still enabled"
+        )),
         Err(e) => azure("verifying the individual enrollment", &e),
     }
 }
@@ -259,21 +316,32 @@ async fn resolve_group(dps: &DpsClient, t: &GroupTarget) -> StepResult {
 
 async fn disable_group(dps: &DpsClient, t: &GroupTarget) -> StepResult {
     let id = t.group_id.as_str();
-    match dps.set_enrollment_group_status(id, ProvisioningStatus::Disabled).await {
+    match dps
+        .set_enrollment_group_status(id, ProvisioningStatus::Disabled)
+        .await
+    {
         Ok(_) => {}
-        Err(e) if e.is_not_found() => return fail(format!("enrollment group `{id}` no longer exists")),
+        Err(e) if e.is_not_found() => {
+            return fail(format!("enrollment group `{id}` no longer exists"));
+        }
         Err(e) => return azure("disabling the enrollment group", &e),
     }
     match dps.get_enrollment_group(id).await {
-        Ok(g) if g.provisioning_status == Some(ProvisioningStatus::Disabled) => done_with(StepEffects {
-            events: vec![event(
-                "group_disabled",
-                format!("enrollment group `{id}` is disabled (verified): its signing certificate is blocklisted"),
-                Some(json!({"etag": g.etag})),
-            )],
-            ..StepEffects::default()
-        }),
-        Ok(_) => retry_now(format!("DPS accepted the update but group `{id}` is still enabled")),
+        Ok(g) if g.provisioning_status == Some(ProvisioningStatus::Disabled) => {
+            done_with(StepEffects {
+                events: vec![event(
+                    "group_disabled",
+                    format!(
+                        "enrollment group `{id}` is disabled (verified): its signing certificate is blocklisted"
+                    ),
+                    Some(json!({"etag": g.etag})),
+                )],
+                ..StepEffects::default()
+            })
+        }
+        Ok(_) => retry_now(format!(
+            "DPS accepted the update but group `{id}` is still enabled"
+        )),
         Err(e) => azure("verifying the enrollment group", &e),
     }
 }
@@ -281,19 +349,35 @@ async fn disable_group(dps: &DpsClient, t: &GroupTarget) -> StepResult {
 /// One page of the group's registration states per run; the continuation token is the cursor.
 async fn enumerate(dps: &DpsClient, job: &JobRecord, t: &GroupTarget) -> StepResult {
     let id = t.group_id.as_str();
-    let (page, next) = match dps.query_registrations_page(id, Some(ENUMERATE_PAGE), job.cursor.as_deref()).await {
+    let (page, next) = match dps
+        .query_registrations_page(id, Some(ENUMERATE_PAGE), job.cursor.as_deref())
+        .await
+    {
         Ok(p) => p,
         Err(e) => return azure("listing the group's registration states", &e),
     };
-    let items: Vec<NewItem> = page.iter().map(|r| item_for(&r.registration_id.to_ascii_lowercase(), Some(r))).collect();
+    let items: Vec<NewItem> = page
+        .iter()
+        .map(|r| item_for(&r.registration_id.to_ascii_lowercase(), Some(r)))
+        .collect();
     let effects = StepEffects {
-        events: vec![event("enumerated", format!("{} registration record(s) listed", items.len()), None)],
+        events: vec![event(
+            "enumerated",
+            format!("{} registration record(s) listed", items.len()),
+            None,
+        )],
         new_items: items,
         ..StepEffects::default()
     };
     match next {
-        Some(cursor) => StepResult { outcome: Outcome::Continue { cursor }, effects },
-        None => StepResult { outcome: Outcome::Done, effects },
+        Some(cursor) => StepResult {
+            outcome: Outcome::Continue { cursor },
+            effects,
+        },
+        None => StepResult {
+            outcome: Outcome::Done,
+            effects,
+        },
     }
 }
 
@@ -309,23 +393,47 @@ async fn delete_registrations(wf: &AzureWorkflow, dps: &DpsClient, job: &JobReco
         match dps.delete_registration(&item.registration_id, None).await {
             Ok(()) => deleted += 1,
             Err(e) if e.is_not_found() => {}
-            Err(e) => return azure(&format!("deleting the registration record of `{}`", item.registration_id), &e),
+            Err(e) => {
+                return azure(
+                    &format!(
+                        "deleting the registration record of `{}`",
+                        item.registration_id
+                    ),
+                    &e,
+                );
+            }
         }
     }
     let effects = StepEffects {
-        events: vec![event("registrations_deleted", format!("{deleted} registration record(s) deleted"), None)],
+        events: vec![event(
+            "registrations_deleted",
+            format!("{deleted} registration record(s) deleted"),
+            None,
+        )],
         ..StepEffects::default()
     };
     match page.next_cursor {
-        Some(cursor) => StepResult { outcome: Outcome::Continue { cursor }, effects },
-        None => StepResult { outcome: Outcome::Done, effects },
+        Some(cursor) => StepResult {
+            outcome: Outcome::Continue { cursor },
+            effects,
+        },
+        None => StepResult {
+            outcome: Outcome::Done,
+            effects,
+        },
     }
 }
 
 /// Enabled groups higher in `group`'s certificate chain, by reading every group's certificate info.
-pub(super) async fn higher_chain_groups(dps: &DpsClient, group: &EnrollmentGroup) -> Result<Vec<String>, AzureError> {
+pub(super) async fn higher_chain_groups(
+    dps: &DpsClient,
+    group: &EnrollmentGroup,
+) -> Result<Vec<String>, AzureError> {
     let ctx = group_context(group);
-    let (Some(subject), Some(issuer)) = (ctx["signing_subject"].as_str(), ctx["signing_issuer"].as_str()) else {
+    let (Some(subject), Some(issuer)) = (
+        ctx["signing_subject"].as_str(),
+        ctx["signing_issuer"].as_str(),
+    ) else {
         return Ok(Vec::new());
     };
     let me = GroupCert {
@@ -337,10 +445,14 @@ pub(super) async fn higher_chain_groups(dps: &DpsClient, group: &EnrollmentGroup
     let mut all = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let (page, next) = dps.query_enrollment_groups_page("SELECT *", Some(100), token.as_deref()).await?;
+        let (page, next) = dps
+            .query_enrollment_groups_page("SELECT *", Some(100), token.as_deref())
+            .await?;
         for g in &page {
             let c = group_context(g);
-            if let (Some(s), Some(i)) = (c["signing_subject"].as_str(), c["signing_issuer"].as_str()) {
+            if let (Some(s), Some(i)) =
+                (c["signing_subject"].as_str(), c["signing_issuer"].as_str())
+            {
                 all.push(GroupCert {
                     group_id: g.enrollment_group_id.clone(),
                     subject: s.into(),
@@ -371,7 +483,11 @@ async fn delete_group(dps: &DpsClient, job: &JobRecord, t: &GroupTarget) -> Step
                     return fail(format!(
                         "refusing to delete group `{id}`: enabled group(s) {} sign certificates higher in its chain, so \
                          its devices could enroll again through them; disable those groups first, or ask again with force",
-                        higher.iter().map(|g| format!("`{g}`")).collect::<Vec<_>>().join(", ")
+                        higher
+                            .iter()
+                            .map(|g| format!("`{g}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ));
                 }
                 Ok(_) => {}
@@ -386,7 +502,11 @@ async fn delete_group(dps: &DpsClient, job: &JobRecord, t: &GroupTarget) -> Step
     }
     match dps.get_enrollment_group(id).await {
         Err(e) if e.is_not_found() => done_with(StepEffects {
-            events: vec![event("group_deleted", format!("enrollment group `{id}` deleted"), None)],
+            events: vec![event(
+                "group_deleted",
+                format!("enrollment group `{id}` deleted"),
+                None,
+            )],
             ..StepEffects::default()
         }),
         Ok(_) => retry_now(format!("DPS still shows group `{id}` after deleting it")),
@@ -467,16 +587,31 @@ async fn resolve_group_device(dps: &DpsClient, t: &GroupDeviceTarget) -> StepRes
             Some(context.clone()),
         ),
     );
-    done_with(StepEffects { new_items: vec![item], context: Some(context), events, ..StepEffects::default() })
+    done_with(StepEffects {
+        new_items: vec![item],
+        context: Some(context),
+        events,
+        ..StepEffects::default()
+    })
 }
 
 /// Creates the disabled individual enrollment that blocks the device, records it as a tombstone, verifies it.
-async fn block_group_device(wf: &AzureWorkflow, dps: &DpsClient, job: &JobRecord, t: &GroupDeviceTarget) -> StepResult {
+async fn block_group_device(
+    wf: &AzureWorkflow,
+    dps: &DpsClient,
+    job: &JobRecord,
+    t: &GroupDeviceTarget,
+) -> StepResult {
     let (gid, rid) = (t.group_id.as_str(), t.registration_id.as_str());
     let ctx = job.context.clone().unwrap_or_default();
-    let block = ctx["block_attestation"].as_str().unwrap_or("symmetricKey").to_string();
+    let block = ctx["block_attestation"]
+        .as_str()
+        .unwrap_or("symmetricKey")
+        .to_string();
     let attestation = match (&t.certificate_pem, block.as_str()) {
-        (Some(pem), "x509") => json!({"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": pem}}}}),
+        (Some(pem), "x509") => {
+            json!({"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": pem}}}})
+        }
         _ => json!({"type": "symmetricKey", "symmetricKey": {}}),
     };
     let enrollment: IndividualEnrollment = match serde_json::from_value(json!({
@@ -496,10 +631,12 @@ async fn block_group_device(wf: &AzureWorkflow, dps: &DpsClient, job: &JobRecord
                  individual_enrollment"
             ));
         }
-        Err(e) if e.is_not_found() => match dps.create_or_replace_enrollment(&enrollment, None).await {
-            Ok(_) => {}
-            Err(e) => return azure("creating the disabled individual enrollment", &e),
-        },
+        Err(e) if e.is_not_found() => {
+            match dps.create_or_replace_enrollment(&enrollment, None).await {
+                Ok(_) => {}
+                Err(e) => return azure("creating the disabled individual enrollment", &e),
+            }
+        }
         Err(e) => return azure("looking for an individual enrollment", &e),
     }
     let tomb = Tombstone {
@@ -532,15 +669,28 @@ async fn block_group_device(wf: &AzureWorkflow, dps: &DpsClient, job: &JobRecord
 
 // ----- the device's registry step -----
 
-pub(super) async fn run_item_step(wf: &AzureWorkflow, job: &JobRecord, item: &ItemRecord, step: &str) -> StepResult {
+pub(super) async fn run_item_step(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    item: &ItemRecord,
+    step: &str,
+) -> StepResult {
     if step != "registry" {
         return fail(format!("unknown device step `{step}`"));
     }
     let Some(host) = item.hub.as_deref() else {
-        let why = item.data.as_ref().and_then(|d| d["skip"].as_str()).unwrap_or("never provisioned").to_string();
+        let why = item
+            .data
+            .as_ref()
+            .and_then(|d| d["skip"].as_str())
+            .unwrap_or("never provisioned")
+            .to_string();
         return Outcome::Skipped(why).into();
     };
-    let device_id = item.device_id.clone().unwrap_or_else(|| item.registration_id.clone());
+    let device_id = item
+        .device_id
+        .clone()
+        .unwrap_or_else(|| item.registration_id.clone());
     let hub = match wf.clients.hub(host) {
         Ok(h) => h,
         Err(_) => {
@@ -554,7 +704,10 @@ pub(super) async fn run_item_step(wf: &AzureWorkflow, job: &JobRecord, item: &It
             let current = match hub.get_device(&device_id).await {
                 Ok(d) => d,
                 Err(e) if e.is_not_found() => {
-                    return Outcome::Skipped(format!("no identity `{device_id}` in hub {host}: nothing to disable")).into();
+                    return Outcome::Skipped(format!(
+                        "no identity `{device_id}` in hub {host}: nothing to disable"
+                    ))
+                    .into();
                 }
                 Err(e) => return azure("reading the device identity", &e),
             };
@@ -564,10 +717,15 @@ pub(super) async fn run_item_step(wf: &AzureWorkflow, job: &JobRecord, item: &It
                     Ok(d) => d,
                     Err(e) => return fail(format!("building the update: {}", e.message())),
                 };
-                match hub.replace_device(&updated, IfMatch::from_etag(current.etag.as_deref())).await {
+                match hub
+                    .replace_device(&updated, IfMatch::from_etag(current.etag.as_deref()))
+                    .await
+                {
                     Ok(_) => {}
                     Err(e) if e.is_precondition_failed() => {
-                        return retry_now(format!("device `{device_id}` changed while being disabled (412); reading it again"));
+                        return retry_now(format!(
+                            "device `{device_id}` changed while being disabled (412); reading it again"
+                        ));
                     }
                     Err(e) => return azure("disabling the device identity", &e),
                 }
@@ -578,13 +736,18 @@ pub(super) async fn run_item_step(wf: &AzureWorkflow, job: &JobRecord, item: &It
                         item_id: Some(item.id.clone()),
                         ..event(
                             "device_disabled",
-                            format!("{}: device `{device_id}` disabled in hub {host} (verified)", item.registration_id),
+                            format!(
+                                "{}: device `{device_id}` disabled in hub {host} (verified)",
+                                item.registration_id
+                            ),
                             Some(json!({"etag": d.etag, "status_reason": d.status_reason})),
                         )
                     }],
                     ..StepEffects::default()
                 }),
-                Ok(_) => retry_now(format!("hub {host} accepted the update but `{device_id}` is still enabled")),
+                Ok(_) => retry_now(format!(
+                    "hub {host} accepted the update but `{device_id}` is still enabled"
+                )),
                 Err(e) => azure("verifying the device identity", &e),
             }
         }
@@ -600,13 +763,18 @@ pub(super) async fn run_item_step(wf: &AzureWorkflow, job: &JobRecord, item: &It
                         item_id: Some(item.id.clone()),
                         ..event(
                             "device_deleted",
-                            format!("{}: device `{device_id}` deleted from hub {host} (verified)", item.registration_id),
+                            format!(
+                                "{}: device `{device_id}` deleted from hub {host} (verified)",
+                                item.registration_id
+                            ),
                             None,
                         )
                     }],
                     ..StepEffects::default()
                 }),
-                Ok(_) => retry_now(format!("hub {host} still has `{device_id}` after deleting it")),
+                Ok(_) => retry_now(format!(
+                    "hub {host} still has `{device_id}` after deleting it"
+                )),
                 Err(e) => azure("verifying the delete", &e),
             }
         }
@@ -615,7 +783,11 @@ pub(super) async fn run_item_step(wf: &AzureWorkflow, job: &JobRecord, item: &It
 
 /// `deprovisiond <job id>: <reason code>`, at most 128 characters.
 fn status_reason(job: &JobRecord) -> String {
-    let mut s = format!("deprovisiond job {}: {}", job.id, job.request.reason.code.as_str());
+    let mut s = format!(
+        "deprovisiond job {}: {}",
+        job.id,
+        job.request.reason.code.as_str()
+    );
     if let Some(t) = &job.request.ticket {
         s.push_str(&format!(" ({})", t.key));
     }
