@@ -252,46 +252,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let db = format!("sqlite://{}?mode=rwc", dir.path().join("demo.db").display());
-    let worker = WorkerArgs {
-        no_worker: false,
-        worker_concurrency: 16,
-        lease_secs: 30,
-        poll_ms: 200,
-        backoff_base_ms: 200,
-        backoff_cap_ms: 10_000,
-        max_attempts: 8,
-        grace_secs: 5,
-        workflow: WorkflowKind::Rehearsal,
-        rehearsal_step_ms: 300,
-        rehearsal_journal: None,
-        tombstone_audit_secs: 0,
-    };
-    let config = AppConfig {
-        database_url: db,
-        listen: args.listen,
-        run_worker: true,
-        engine: worker.engine(),
-        tombstone_audit_every: None,
-    };
-    let app = App::build(config, worker.workflow()?, Arc::new(SystemClock)).await?;
-    let addr = app.local_addr();
-    println!(
-        "deprovisiond demo on a throwaway SQLite database ({})",
-        dir.path().display()
-    );
-    println!("  API:        http://{addr}/v1/deprovisions");
-    println!("  Swagger UI: http://{addr}/docs");
-    println!(
-        "  try: curl -s -X POST http://{addr}/v1/deprovisions -H 'content-type: application/json' \\"
-    );
-    println!(
-        "         -d '{{\"target\":{{\"kind\":\"individual_enrollment\",\"registration_id\":\"sk-sensor-001\"}},\"reason\":{{\"code\":\"stolen\"}}}}'"
-    );
-    println!("Press Ctrl-C to stop.");
-    app.run_until_stopped(shutdown_signal()).await?;
-    Ok(())
+    crate::demo::run(args.listen).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -499,7 +499,7 @@ async fn disabled_individual_blocks_one_group_device_and_disabled_group_blocks_a
 
     // Block one X.509 device with a disabled individual enrollment holding its leaf certificate,
     // and one symmetric-key device with a disabled symmetric-key individual enrollment.
-    let blocked_x = "x-group-dev-00001";
+    let blocked_x = "x-group-dev-0001";
     let leaf_pem = fleet.device(blocked_x).unwrap().cert_pem.clone().unwrap();
     put(
         &sim,
@@ -508,7 +508,7 @@ async fn disabled_individual_blocks_one_group_device_and_disabled_group_blocks_a
         json!({"registrationId": blocked_x, "provisioningStatus": "disabled",
                "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": leaf_pem}}}}}),
     );
-    let blocked_k = "k-group-dev-00002";
+    let blocked_k = "k-group-dev-0002";
     let derived = fleet
         .device(blocked_k)
         .unwrap()
@@ -805,7 +805,7 @@ async fn admin_seed_endpoint_seeds_and_returns_credentials() {
     assert!(x["certPem"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
     let k = devices
         .iter()
-        .find(|d| d["registrationId"] == "g-dev-00004")
+        .find(|d| d["registrationId"] == "g-dev-0004")
         .unwrap();
     assert_eq!(k["status"], "notProvisioned");
     assert!(k["symmetricKey"].is_string());
@@ -816,8 +816,8 @@ async fn admin_seed_endpoint_seeds_and_returns_credentials() {
         &client,
         &sim.device_api_base_url(),
         scope,
-        "g-dev-00004",
-        &sas_for(scope, "g-dev-00004", key),
+        "g-dev-0004",
+        &sas_for(scope, "g-dev-0004", key),
     )
     .await;
     assert_eq!(status, 200, "{reg}");

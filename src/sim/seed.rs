@@ -11,7 +11,7 @@
 //!  "groups": [{"groupId": "line-a", "attestation": "x509", "devices": 100},
 //!             {"groupId": "sensors", "attestation": "symmetricKey", "devices": 50, "iotHubs": ["hub-1.azure-devices.net"]}],
 //!  "individuals": [{"registrationId": "gw-1", "attestation": "tpm"},
-//!                  {"registrationId": "line-a-dev-00007", "attestation": "x509", "certificateOf": "line-a-dev-00007",
+//!                  {"registrationId": "line-a-dev-0007", "attestation": "x509", "certificateOf": "line-a-dev-0007",
 //!                   "provisioningStatus": "disabled", "provision": false}]}
 //! ```
 //! Groups are seeded before individual enrollments, so an individual entry can block a group device.
@@ -95,7 +95,7 @@ pub struct GroupSpec {
     /// Number of devices.
     #[serde(default)]
     pub devices: usize,
-    /// Registration id prefix; `{groupId}-dev-` by default (ids get a 5-digit index).
+    /// Registration id prefix; `{groupId}-dev-` by default (ids get a zero-padded index of at least 4 digits).
     #[serde(default)]
     pub device_prefix: Option<String>,
     /// `enabled` (default) or `disabled`.
@@ -506,6 +506,8 @@ pub fn seed_fleet(state: &SimState, spec: &FleetSpec) -> Result<SeededFleet, See
             .clone()
             .unwrap_or_else(|| format!("{}-dev-", g.group_id));
         let to_provision = g.provision_count.unwrap_or(g.devices);
+        // At least four digits (`x509-dev-0007`), more when the group is larger.
+        let width = g.devices.saturating_sub(1).to_string().len().max(4);
         match g.attestation {
             Attestation::Tpm => {
                 return Err(SeedError::Invalid(format!(
@@ -526,7 +528,7 @@ pub fn seed_fleet(state: &SimState, spec: &FleetSpec) -> Result<SeededFleet, See
                 let group_key = sas::decode_key(&stored_primary_key(&stored))
                     .map_err(|_| SeedError::Invalid("generated group key is not base64".into()))?;
                 for i in 0..g.devices {
-                    let rid = format!("{prefix}{i:05}");
+                    let rid = format!("{prefix}{i:0width$}");
                     let mut d = new_device(&rid, Some(&g.group_id), Attestation::SymmetricKey);
                     d.symmetric_key = Some(sas::derive_device_key(&group_key, &rid));
                     devices.push(finish(state, &dps, d, i < to_provision));
@@ -554,7 +556,7 @@ pub fn seed_fleet(state: &SimState, spec: &FleetSpec) -> Result<SeededFleet, See
                 );
                 put(&dps, EnrollmentKind::Group, &g.group_id, body)?;
                 for i in 0..g.devices {
-                    let rid = format!("{prefix}{i:05}");
+                    let rid = format!("{prefix}{i:0width$}");
                     let leaf = issuing.leaf(&rid)?;
                     let d = with_leaf(
                         new_device(&rid, Some(&g.group_id), Attestation::X509),

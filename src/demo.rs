@@ -1,0 +1,217 @@
+//! `deprovisiond demo`: the service, an embedded SQLite database and a seeded simulator in one process.
+//! Also the wiring that points the Azure clients at a running simulator (used by the tests too).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::app::{App, AppConfig, WorkflowChoice};
+use crate::azure::config::{
+    DpsInstanceConfig, HubConfig as AzureHubConfig, HubTier as AzureHubTier,
+};
+use crate::azure::{AzureClients, AzureConfig, ConnectionString};
+use crate::domain::clock::SystemClock;
+use crate::sim::seed::{
+    Attestation, FleetSpec, GroupSpec, IndividualSpec, SeededFleet, seed_fleet,
+};
+use crate::sim::{HubTier, RunningSimulator, SimConfig, Simulator};
+use crate::worker::EngineConfig;
+
+/// DPS instance name of the demo.
+pub const DEMO_DPS: &str = "demo-dps";
+/// Hubs of the demo.
+pub const DEMO_HUBS: [&str; 2] = [
+    "demo-hub-1.azure-devices.net",
+    "demo-hub-2.azure-devices.net",
+];
+
+/// Azure configuration whose clients reach `sim` (base URLs) while signing the simulated host names, using
+/// the owner policies of every DPS instance and hub it runs.
+pub fn azure_config_for(sim: &RunningSimulator) -> anyhow::Result<AzureConfig> {
+    let mut config = AzureConfig::default();
+    for dps in sim.state().dps_instances() {
+        let cs = sim
+            .dps_connection_string(&dps.name, "provisioningserviceowner")
+            .ok_or_else(|| anyhow::anyhow!("simulated DPS {} has no owner policy", dps.name))?;
+        config.dps.push(DpsInstanceConfig {
+            name: dps.name.clone(),
+            connection_string: ConnectionString::parse(&cs)?,
+            api_version: None,
+            base_url: Some(sim.dps_base_url(&dps.name).parse()?),
+        });
+    }
+    for hub in sim.state().hubs() {
+        let cs = sim
+            .hub_connection_string(&hub.host, "iothubowner")
+            .ok_or_else(|| anyhow::anyhow!("simulated hub {} has no owner policy", hub.host))?;
+        config.hubs.push(AzureHubConfig {
+            host_name: hub.host.to_ascii_lowercase(),
+            connection_string: ConnectionString::parse(&cs)?,
+            api_version: None,
+            base_url: Some(sim.hub_base_url(&hub.host).parse()?),
+            tier: Some(tier_of(hub.tier)),
+            units: Some(hub.units),
+        });
+    }
+    config.default_dps = config.dps.first().map(|d| d.name.clone());
+    Ok(config)
+}
+
+fn tier_of(t: HubTier) -> AzureHubTier {
+    match t {
+        HubTier::F1 => AzureHubTier::F1,
+        HubTier::B1 => AzureHubTier::B1,
+        HubTier::B2 => AzureHubTier::B2,
+        HubTier::B3 => AzureHubTier::B3,
+        HubTier::S1 => AzureHubTier::S1,
+        HubTier::S2 => AzureHubTier::S2,
+        HubTier::S3 => AzureHubTier::S3,
+    }
+}
+
+/// The demo fleet: three individual enrollments (TPM, symmetric key, X.509), an X.509 group of 200 devices
+/// and a symmetric-key group of 50, spread over both hubs.
+pub fn demo_fleet() -> FleetSpec {
+    let individual = |id: &str, attestation| IndividualSpec {
+        registration_id: id.into(),
+        attestation,
+        device_id: None,
+        provisioning_status: None,
+        iot_hubs: Vec::new(),
+        provision: true,
+        certificate_of: None,
+    };
+    let group = |id: &str, attestation, devices, prefix: &str| GroupSpec {
+        group_id: id.into(),
+        attestation,
+        devices,
+        device_prefix: Some(prefix.into()),
+        provisioning_status: None,
+        iot_hubs: Vec::new(),
+        provision_count: None,
+        signing_ca: None,
+        issuing_ca: None,
+    };
+    FleetSpec {
+        dps: Some(DEMO_DPS.into()),
+        root_ca_name: None,
+        groups: vec![
+            group("fleet-x509", Attestation::X509, 200, "x509-dev-"),
+            group("fleet-sk", Attestation::SymmetricKey, 50, "sk-dev-"),
+        ],
+        individuals: vec![
+            individual("tpm-sensor-001", Attestation::Tpm),
+            individual("sk-sensor-001", Attestation::SymmetricKey),
+            individual("x509-sensor-001", Attestation::X509),
+        ],
+    }
+}
+
+/// The demo simulator: S2 hubs with 10 units (1,000 registry operations a minute each), real-time quotas.
+pub fn demo_sim_config() -> SimConfig {
+    let mut config = SimConfig::demo();
+    for hub in &mut config.hubs {
+        hub.tier = HubTier::S2;
+        hub.units = 10;
+    }
+    config
+}
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("demo.db").display());
+    let sim = Simulator::start(demo_sim_config()).await?;
+    let fleet: SeededFleet = seed_fleet(sim.state(), &demo_fleet())?;
+    let clients = AzureClients::new(&azure_config_for(&sim)?)?;
+    let config = AppConfig {
+        database_url: db,
+        listen,
+        run_worker: true,
+        engine: EngineConfig::default(),
+        tombstone_audit_every: Some(std::time::Duration::from_secs(300)),
+    };
+    let app = App::build(
+        config,
+        WorkflowChoice::Azure(Arc::new(clients)),
+        Arc::new(SystemClock),
+    )
+    .await?;
+    let addr = app.local_addr();
+    print_banner(addr, &sim, &fleet, dir.path());
+    app.run_until_stopped(crate::cli::shutdown_signal()).await?;
+    sim.shutdown().await;
+    Ok(())
+}
+
+fn print_banner(
+    addr: SocketAddr,
+    sim: &RunningSimulator,
+    fleet: &SeededFleet,
+    dir: &std::path::Path,
+) {
+    let api = format!("http://{addr}");
+    println!("deprovisiond demo — everything in this process, nothing to install");
+    println!();
+    println!("  API         {api}/v1/deprovisions");
+    println!("  Swagger UI  {api}/docs");
+    println!(
+        "  database    {} (SQLite, deleted on exit)",
+        dir.join("demo.db").display()
+    );
+    println!();
+    println!("Simulated Azure (same wire format as the real services; admin API under /_sim/):");
+    println!(
+        "  DPS {DEMO_DPS}   {}   id scope {}",
+        sim.dps_base_url(DEMO_DPS),
+        fleet.id_scope
+    );
+    if let Some(cs) = sim.dps_connection_string(DEMO_DPS, "provisioningserviceowner") {
+        println!("      {cs}");
+    }
+    for hub in DEMO_HUBS {
+        println!("  hub {hub}   {}", sim.hub_base_url(hub));
+        if let Some(cs) = sim.hub_connection_string(hub, "iothubowner") {
+            println!("      {cs}");
+        }
+    }
+    let by_hub = |h: &str| {
+        fleet
+            .devices
+            .iter()
+            .filter(|d| d.assigned_hub.as_deref() == Some(h))
+            .count()
+    };
+    println!(
+        "  fleet: {} devices provisioned through the device API ({} on demo-hub-1, {} on demo-hub-2):",
+        fleet.devices.len(),
+        by_hub(DEMO_HUBS[0]),
+        by_hub(DEMO_HUBS[1])
+    );
+    println!(
+        "    individual enrollments tpm-sensor-001 (TPM), sk-sensor-001 (symmetric key), x509-sensor-001 (X.509)"
+    );
+    println!(
+        "    group fleet-x509 (X.509, x509-dev-0000 … x509-dev-0199), group fleet-sk (symmetric key, sk-dev-0000 … sk-dev-0049)"
+    );
+    println!();
+    println!("Try:");
+    println!("  # a stolen device: disable its enrollment, then its hub identity");
+    println!(
+        "  curl -s {api}/v1/deprovisions -H 'content-type: application/json' -d '{{\"target\":{{\"kind\":\"individual_enrollment\",\"registration_id\":\"sk-sensor-001\"}},\"reason\":{{\"code\":\"stolen\"}}}}'"
+    );
+    println!(
+        "  # one sold device of a group: block it with a disabled individual enrollment, delete its identity"
+    );
+    println!(
+        "  curl -s {api}/v1/deprovisions -H 'content-type: application/json' -d '{{\"target\":{{\"kind\":\"group_device\",\"group_id\":\"fleet-sk\",\"registration_id\":\"sk-dev-0007\"}},\"registry\":\"delete\",\"reason\":{{\"code\":\"sold\"}}}}'"
+    );
+    println!(
+        "  # a compromised intermediate: preview, then disable the whole X.509 group and its 200 devices"
+    );
+    println!(
+        "  curl -s {api}/v1/deprovisions -H 'content-type: application/json' -d '{{\"target\":{{\"kind\":\"enrollment_group\",\"group_id\":\"fleet-x509\"}},\"reason\":{{\"code\":\"compromised\"}},\"dry_run\":true}}'"
+    );
+    println!("  then GET {api}/v1/deprovisions/<id> (and …/devices, …/events) to follow a job.");
+    println!();
+    println!("Press Ctrl-C to stop.");
+}
