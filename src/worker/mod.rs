@@ -80,7 +80,7 @@ pub struct Engine {
 /// Which kind of lane a task runs.
 enum Claimed {
     Job(Box<JobRecord>),
-    Item(Box<ItemRecord>),
+    Item(Box<ItemRecord>, Arc<JobRecord>),
 }
 
 impl Engine {
@@ -187,7 +187,23 @@ impl Engine {
                 .store
                 .claim_items(&self.config.worker_id, now, self.config.lease, left)
                 .await?;
-            out.extend(items.into_iter().map(|i| Claimed::Item(Box::new(i))));
+            // Items of one job share one read of the job.
+            let mut jobs: std::collections::HashMap<String, Arc<JobRecord>> =
+                std::collections::HashMap::new();
+            for item in items {
+                let job = match jobs.get(&item.job_id) {
+                    Some(j) => j.clone(),
+                    None => match self.store.get_job(&item.job_id).await? {
+                        Some(j) => {
+                            let j = Arc::new(j);
+                            jobs.insert(item.job_id.clone(), j.clone());
+                            j
+                        }
+                        None => return Err(StoreError::NotFound(item.job_id.clone())),
+                    },
+                };
+                out.push(Claimed::Item(Box::new(item), job));
+            }
         }
         Ok(out)
     }
@@ -195,7 +211,7 @@ impl Engine {
     async fn execute(&self, work: Claimed, hard_stop: CancellationToken) {
         let r = match work {
             Claimed::Job(job) => self.execute_job(*job, hard_stop).await,
-            Claimed::Item(item) => self.execute_item(*item, hard_stop).await,
+            Claimed::Item(item, job) => self.execute_item(*item, job, hard_stop).await,
         };
         match r {
             Ok(()) => {}
@@ -266,11 +282,9 @@ impl Engine {
     async fn execute_item(
         &self,
         item: ItemRecord,
+        job: Arc<JobRecord>,
         hard_stop: CancellationToken,
     ) -> Result<(), StoreError> {
-        let Some(job) = self.store.get_job(&item.job_id).await? else {
-            return Err(StoreError::NotFound(item.job_id.clone()));
-        };
         let Some(step) = job.plan.item_steps.get(item.step_index).cloned() else {
             return Err(StoreError::Corrupt(format!(
                 "item {} has no step {}",

@@ -5,3 +5,4 @@ mod engine;
 mod openapi;
 mod store;
 mod support;
+mod workflows;

@@ -121,6 +121,16 @@ impl TestApp {
         engine: EngineConfig,
         worker: bool,
     ) -> TestApp {
+        let choice = WorkflowChoice::Custom(workflow, vec!["default".into()]);
+        Self::spawn_choice(db, choice, engine, worker).await
+    }
+
+    pub async fn spawn_choice(
+        db: &TestDb,
+        choice: WorkflowChoice,
+        engine: EngineConfig,
+        worker: bool,
+    ) -> TestApp {
         let config = AppConfig {
             database_url: db.url.clone(),
             listen: "127.0.0.1:0".parse().expect("addr"),
@@ -128,7 +138,6 @@ impl TestApp {
             engine,
             tombstone_audit_every: None,
         };
-        let choice = WorkflowChoice::Custom(workflow, vec!["default".into()]);
         let app = App::build(config, choice, Arc::new(SystemClock))
             .await
             .expect("app builds");
