@@ -281,7 +281,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     use crate::sim::{SimConfig, Simulator};
-    let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()));
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+    };
     let mut config = match &args.config {
         Some(p) => SimConfig::from_json(&read(p)?)?,
         None => crate::demo::demo_sim_config(),
@@ -296,13 +298,19 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     }
     let sim = Simulator::start(config).await?;
     if let Some(p) = &args.fleet {
-        let spec: crate::sim::seed::FleetSpec =
-            serde_json::from_str(&read(p)?).map_err(|e| anyhow::anyhow!("fleet file {}: {e}", p.display()))?;
+        let spec: crate::sim::seed::FleetSpec = serde_json::from_str(&read(p)?)
+            .map_err(|e| anyhow::anyhow!("fleet file {}: {e}", p.display()))?;
         let fleet = crate::sim::seed::seed_fleet(sim.state(), &spec)?;
-        eprintln!("seeded {} device(s) through the device API", fleet.devices.len());
+        eprintln!(
+            "seeded {} device(s) through the device API",
+            fleet.devices.len()
+        );
     }
     // One JSON document on stdout: every endpoint and connection string, for scripts.
-    println!("{}", serde_json::to_string_pretty(&sim.handle().endpoints())?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&sim.handle().endpoints())?
+    );
     eprintln!("simulator running; admin API under /_sim/ on every listener; Ctrl-C to stop");
     shutdown_signal().await;
     sim.shutdown().await;

@@ -453,7 +453,7 @@ async fn group_delete_refused_then_forced(db: TestDb) {
     let mut b = body(
         json!({"kind": "enrollment_group", "group_id": "line-a"}),
         "disable",
-        "disable",
+        "delete",
     );
     b["delete_group"] = json!(true);
     let r = e.app.post("/v1/deprovisions", &b).await;
@@ -503,6 +503,16 @@ async fn group_delete_refused_then_forced(db: TestDb) {
             .find_group("line-a")
             .is_none()
     );
+    let calls = e.calls();
+    for d in e.fleet.group_devices("line-a") {
+        let rid = &d.registration_id;
+        assert!(e.device(rid).is_none(), "{rid}'s identity was deleted");
+        assert_revoke_before_registry(
+            &calls,
+            "/enrollmentGroups/line-a",
+            d.device_id.as_deref().unwrap_or(rid),
+        );
+    }
     e.stop().await;
 }
 
@@ -673,7 +683,9 @@ async fn transient_faults_are_retried(db: TestDb) {
     .await;
     let d0 = e.fleet.group_devices("fleet-a")[0].clone();
     let dev0 = d0.device_id.clone().unwrap_or(d0.registration_id.clone());
-    // One transient fault at each step: the group PUT, the registration query, a hub GET and PUT.
+    // One transient fault at each step: the group GET (resolve), the group PUT (revoke), the registration
+    // query (enumerate), a hub GET and PUT (registry).
+    e.sim.add_fault(fault(json!({"method": "GET", "path": "/enrollmentGroups/fleet-a", "action": {"type": "status", "status": 500}})));
     e.sim.add_fault(fault(json!({"method": "PUT", "path": "/enrollmentGroups/fleet-a", "action": {"type": "status", "status": 503}})));
     e.sim.add_fault(fault(json!({"path": "/registrations/fleet-a/query", "action": {"type": "throttle", "retry_after": 1}})));
     e.sim.add_fault(fault(
@@ -697,12 +709,18 @@ async fn transient_faults_are_retried(db: TestDb) {
         .iter()
         .filter(|ev| ev["kind"] == "step_retry_scheduled")
         .collect();
-    assert!(retries.len() >= 4, "{retries:#?}");
+    assert!(retries.len() >= 5, "{retries:#?}");
     assert!(
         retries
             .iter()
             .any(|r| r["detail"]["http_status"] == 503 && r["step"] == "revoke")
     );
+    assert!(
+        retries
+            .iter()
+            .any(|r| r["detail"]["http_status"] == 500 && r["step"] == "resolve")
+    );
+    assert!(retries.iter().any(|r| r["step"] == "registry"));
     assert!(
         retries
             .iter()
