@@ -740,22 +740,29 @@ impl Store {
 
     /// Extends a job lease; false when the lease was lost.
     pub async fn renew_job(&self, id: &str, fence: i64, until: Millis) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 AND fence = $2 AND lane_state = 'running'",
-        )
-        .bind(id)
-        .bind(fence)
-        .bind(until)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        self.renew(LaneTable::Jobs, id, fence, until).await
     }
 
     /// Extends an item lease; false when the lease was lost.
     pub async fn renew_item(&self, id: &str, fence: i64, until: Millis) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE job_items SET lease_expires_at = $3 WHERE id = $1 AND fence = $2 AND state = 'running'",
-        )
+        self.renew(LaneTable::Items, id, fence, until).await
+    }
+
+    /// Gives a job lane back without counting the attempt (graceful shutdown).
+    pub async fn release_job(&self, id: &str, fence: i64, now: Millis) -> Result<bool> {
+        self.release(LaneTable::Jobs, id, fence, now).await
+    }
+
+    /// Gives an item back without counting the attempt (graceful shutdown).
+    pub async fn release_item(&self, id: &str, fence: i64, now: Millis) -> Result<bool> {
+        self.release(LaneTable::Items, id, fence, now).await
+    }
+
+    async fn renew(&self, lane: LaneTable, id: &str, fence: i64, until: Millis) -> Result<bool> {
+        let (table, state) = lane.names();
+        let r = sqlx::query(sql!(
+            "UPDATE {table} SET lease_expires_at = $3 WHERE id = $1 AND fence = $2 AND {state} = 'running'"
+        ))
         .bind(id)
         .bind(fence)
         .bind(until)
@@ -764,28 +771,13 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Gives a job lane back without counting the attempt (graceful shutdown).
-    pub async fn release_job(&self, id: &str, fence: i64, now: Millis) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE jobs SET lane_state = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
+    async fn release(&self, lane: LaneTable, id: &str, fence: i64, now: Millis) -> Result<bool> {
+        let (table, state) = lane.names();
+        let r = sqlx::query(sql!(
+            "UPDATE {table} SET {state} = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
              attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END, next_run_at = $3, updated_at = $3 \
-             WHERE id = $1 AND fence = $2 AND lane_state = 'running'",
-        )
-        .bind(id)
-        .bind(fence)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    /// Gives an item back without counting the attempt (graceful shutdown).
-    pub async fn release_item(&self, id: &str, fence: i64, now: Millis) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE job_items SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
-             attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END, next_run_at = $3, updated_at = $3 \
-             WHERE id = $1 AND fence = $2 AND state = 'running'",
-        )
+             WHERE id = $1 AND fence = $2 AND {state} = 'running'"
+        ))
         .bind(id)
         .bind(fence)
         .bind(now)
@@ -1139,6 +1131,22 @@ pub struct StepEffects {
     pub item_data: Option<Value>,
     /// Timeline entries.
     pub events: Vec<NewEvent>,
+}
+
+/// The two kinds of lanes share their lease columns; only the table and state column differ.
+#[derive(Clone, Copy)]
+enum LaneTable {
+    Jobs,
+    Items,
+}
+
+impl LaneTable {
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            LaneTable::Jobs => ("jobs", "lane_state"),
+            LaneTable::Items => ("job_items", "state"),
+        }
+    }
 }
 
 enum Bind {
