@@ -1506,3 +1506,69 @@ async fn a_token_expires_mid_run_on_the_simulator_clock() {
     assert_eq!(resp.status(), 401);
     env.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn admin_state_per_instance_and_reset() {
+    let env = Env::default().await;
+    env.hub(Method::PUT, "/devices/s1", Some(json!({})), &[])
+        .await;
+    env.dps(
+        Method::PUT,
+        "/enrollments/s1",
+        Some(sym_enrollment("s1")),
+        &[],
+    )
+    .await;
+    let base = env.sim.dps_base_url(DPS);
+    let hub: Value = env
+        .http
+        .get(format!("{base}/_sim/state/hubs/{HUB}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hub["devices"][0]["deviceId"], "s1");
+    assert_eq!(hub["tier"], "S1");
+    let dps: Value = env
+        .http
+        .get(format!("{base}/_sim/state/dps/{DPS}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dps["idScope"], "0ne00000001");
+    assert_eq!(dps["enrollments"][0]["registrationId"], "s1");
+    assert_eq!(
+        env.http
+            .get(format!("{base}/_sim/state/dps/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        env.http
+            .delete(format!("{base}/_sim/state"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(env.sim.state().hub(HUB).unwrap().device_count(), 0);
+    assert_eq!(env.sim.state().dps(DPS).unwrap().counts(), (0, 0, 0));
+    // Admin calls are not logged, throttled or faulted.
+    let logged = env
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.path.starts_with("/_sim"))
+        .count();
+    assert_eq!(logged, 0);
+    env.sim.shutdown().await;
+}
