@@ -1037,12 +1037,13 @@ async fn throttling_time_scale_lets_quota_return_in_wall_time() {
     let mut cfg = SimConfig::single(DPS, &[HUB]);
     cfg.hubs = vec![HubConfig::new(HUB).with_tier(HubTier::S1, 1)];
     cfg.throttle = ThrottleConfig::default();
-    cfg.time_scale = 60.0;
+    cfg.time_scale = 6.0;
     let env = Env::start(cfg).await;
     let q = Some(json!({"query": "SELECT * FROM devices"}));
-    // 20 queries/min/unit at 60x = 20 per wall second; a burst of 40 must hit the limit.
+    // 20 queries/min/unit at 6x = 2 per wall second after a burst of 20: a loop must hit the limit
+    // even on a slow machine.
     let mut first_429 = None;
-    for i in 0..40 {
+    for i in 0..200 {
         let (s, h, _) = env
             .hub(Method::POST, "/devices/query", q.clone(), &[])
             .await;
@@ -1054,7 +1055,8 @@ async fn throttling_time_scale_lets_quota_return_in_wall_time() {
     let (i, retry_after) = first_429.expect("queries are throttled");
     assert!(i >= 20, "at least the burst passes ({i})");
     assert_eq!(retry_after, "1");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // 700 ms of wall time is 4.2 s of quota time: more than one query (3 s) is back.
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
         env.hub(Method::POST, "/devices/query", q.clone(), &[])
             .await
