@@ -249,6 +249,7 @@ async fn dps_individual_enrollment_lifecycle_with_etags_and_hidden_keys() {
     assert_eq!(s, 404);
     assert_eq!(err["errorCode"], 404201);
     assert_eq!(h["x-ms-error-code"], "404201");
+    assert_eq!(err["trackingId"], h["x-ms-request-id"].to_str().unwrap());
     env.sim.shutdown().await;
 }
 
