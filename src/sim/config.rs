@@ -373,6 +373,9 @@ pub struct ThrottleConfig {
     pub retry_after: bool,
     /// Bucket size as a fraction of a minute's quota (1.0: a full minute may be spent at once).
     pub burst_fraction: f64,
+    /// Traffic shaping: calls that would pass within this many wall milliseconds are held, not
+    /// refused (IoT Hub queues bursts before it rejects them); 0 refuses at once.
+    pub shaping_ms: u64,
 }
 
 impl Default for ThrottleConfig {
@@ -384,6 +387,7 @@ impl Default for ThrottleConfig {
             bulk_cost: BulkCost::PerItem,
             retry_after: true,
             burst_fraction: 1.0,
+            shaping_ms: 0,
         }
     }
 }

@@ -302,7 +302,7 @@ pub async fn run_call(
     plan: CallPlan,
     req: &SimRequest,
     policies: &[SasPolicy],
-    exec: impl FnOnce() -> SimResponse,
+    exec: impl FnOnce(&str) -> SimResponse,
 ) -> Result<SimResponse, DropConnection> {
     let service = plan.service;
     let host = plan.host.clone();
@@ -322,6 +322,8 @@ pub async fn run_call(
     run_call_with(handle, plan, req, authorize, exec).await
 }
 
+/// `exec` gets the call's tracking id (for error bodies; it is also sent as `x-ms-request-id`).
+///
 /// Like [`run_call`] with a custom authorizer (e.g. device SAS or TLS client certificates), which
 /// returns the complete error response to send when it refuses.
 pub async fn run_call_with(
@@ -329,7 +331,7 @@ pub async fn run_call_with(
     plan: CallPlan,
     req: &SimRequest,
     authorize: impl FnOnce(&AuthContext<'_>) -> Result<(), Box<SimResponse>>,
-    exec: impl FnOnce() -> SimResponse,
+    exec: impl FnOnce(&str) -> SimResponse,
 ) -> Result<SimResponse, DropConnection> {
     let inner = &handle.0;
     let started = Instant::now();
@@ -369,7 +371,7 @@ async fn pipeline(
     req: &SimRequest,
     tid: &str,
     authorize: impl FnOnce(&AuthContext<'_>) -> Result<(), Box<SimResponse>>,
-    exec: impl FnOnce() -> SimResponse,
+    exec: impl FnOnce(&str) -> SimResponse,
 ) -> Result<(SimResponse, Option<String>), (String, Option<std::time::Duration>)> {
     let inner = &handle.0;
     let decision = inner.faults.decide(&CallInfo {
@@ -424,20 +426,21 @@ async fn pipeline(
     }) {
         return Ok((*resp, None));
     }
-    if let Some((key, per_minute, cost)) = &plan.quota
-        && let Decision::Throttled { retry_after } = inner.throttle.acquire(key, *per_minute, *cost)
-    {
-        let mut resp = throttled(plan.service, tid, now);
-        if inner.throttle.settings().retry_after {
-            errors::set_header(
-                &mut resp,
-                "retry-after",
-                &throttle::retry_after_seconds(retry_after).to_string(),
-            );
+    if let Some((key, per_minute, cost)) = &plan.quota {
+        match inner.throttle.acquire(key, *per_minute, *cost) {
+            Decision::Allowed => {}
+            Decision::Delayed { wait } => tokio::time::sleep(wait).await,
+            Decision::Throttled { retry_after } => {
+                let mut resp = throttled(plan.service, tid, now);
+                if inner.throttle.settings().retry_after {
+                    let secs = throttle::retry_after_seconds(retry_after).to_string();
+                    errors::set_header(&mut resp, "retry-after", &secs);
+                }
+                return Ok((resp, Some("throttled".into())));
+            }
         }
-        return Ok((resp, Some("throttled".into())));
     }
-    Ok((exec(), None))
+    Ok((exec(tid), None))
 }
 
 /// Accepts `YYYY-MM-DD` and `YYYY-MM-DD-preview` (unknown dates are not refused).

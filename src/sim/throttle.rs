@@ -28,6 +28,8 @@ pub struct ThrottleSettings {
     pub time_scale: f64,
     /// Bucket size as a fraction of a minute's quota.
     pub burst_fraction: f64,
+    /// Calls that would pass within this many wall milliseconds are queued, not refused (0: off).
+    pub shaping_ms: u64,
 }
 
 /// A partial update of [`ThrottleSettings`] (`PATCH /_sim/throttle`).
@@ -48,6 +50,8 @@ pub struct ThrottlePatch {
     pub time_scale: Option<f64>,
     /// New `burst_fraction`.
     pub burst_fraction: Option<f64>,
+    /// New `shaping_ms`.
+    pub shaping_ms: Option<u64>,
 }
 
 /// Outcome of charging a call against a quota.
@@ -55,6 +59,11 @@ pub struct ThrottlePatch {
 pub enum Decision {
     /// Within quota.
     Allowed,
+    /// Within quota after a wait (traffic shaping): serve the call after `wait`.
+    Delayed {
+        /// Wall time to hold the call.
+        wait: Duration,
+    },
     /// Over quota; enough tokens will be back after this much wall time.
     Throttled {
         /// Wall time until the call would pass.
@@ -87,6 +96,7 @@ impl Throttle {
             retry_after: cfg.retry_after,
             time_scale: if time_scale > 0.0 { time_scale } else { 1.0 },
             burst_fraction: cfg.burst_fraction,
+            shaping_ms: cfg.shaping_ms,
         };
         Self {
             settings: Mutex::new(settings),
@@ -124,6 +134,9 @@ impl Throttle {
         if let Some(v) = p.burst_fraction.filter(|v| *v > 0.0) {
             s.burst_fraction = v;
         }
+        if let Some(v) = p.shaping_ms {
+            s.shaping_ms = v;
+        }
         self.buckets.lock().clear();
         s.clone()
     }
@@ -148,12 +161,17 @@ impl Throttle {
         b.last = now;
         if b.tokens + 1e-9 >= cost {
             b.tokens -= cost;
-            Decision::Allowed
+            return Decision::Allowed;
+        }
+        let wall = (cost - b.tokens) / rate / s.time_scale;
+        let wait = Duration::from_secs_f64(wall.max(0.0));
+        if wait <= Duration::from_millis(s.shaping_ms) {
+            // Traffic shaping: the call is queued until its tokens exist; they are spent now
+            // (the bucket goes into debt) so later calls queue behind it.
+            b.tokens -= cost;
+            Decision::Delayed { wait }
         } else {
-            let wall = (cost - b.tokens) / rate / s.time_scale;
-            Decision::Throttled {
-                retry_after: Duration::from_secs_f64(wall.max(0.0)),
-            }
+            Decision::Throttled { retry_after: wait }
         }
     }
 
@@ -202,6 +220,25 @@ mod tests {
         ));
         // Another key has its own bucket.
         assert_eq!(t.acquire("other", 100.0, 1.0), Decision::Allowed);
+    }
+
+    #[test]
+    fn shaping_queues_short_waits_and_refuses_long_ones() {
+        let (t, _clock) = throttle(1.0);
+        t.patch(&ThrottlePatch {
+            shaping_ms: Some(1_000),
+            ..Default::default()
+        });
+        assert_eq!(t.acquire("h", 60.0, 60.0), Decision::Allowed);
+        // 1 op/s: the next call waits 1 s (queued), the one after would wait 2 s (refused).
+        let Decision::Delayed { wait } = t.acquire("h", 60.0, 1.0) else {
+            panic!("must be queued")
+        };
+        assert!((wait.as_secs_f64() - 1.0).abs() < 1e-6);
+        let Decision::Throttled { retry_after } = t.acquire("h", 60.0, 1.0) else {
+            panic!("must be refused")
+        };
+        assert!((retry_after.as_secs_f64() - 2.0).abs() < 1e-6);
     }
 
     #[test]
