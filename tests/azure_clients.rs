@@ -748,3 +748,61 @@ async fn the_hub_of_a_registration_record_is_found_by_host_name() {
     );
     env.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn disabling_keeps_group_keys_and_enrollments_with_a_registration_state() {
+    let env = Env::start(default_sim()).await;
+    let dps = env.dps();
+    let created = dps
+        .create_or_replace_enrollment_group(&sym_group("sg"), None)
+        .await
+        .unwrap();
+    let key = created
+        .attestation
+        .symmetric_key
+        .clone()
+        .unwrap()
+        .primary_key
+        .unwrap();
+    let disabled = dps
+        .set_enrollment_group_status("sg", ProvisioningStatus::Disabled)
+        .await
+        .unwrap();
+    assert_eq!(disabled.status(), ProvisioningStatus::Disabled);
+    let att = dps.enrollment_group_attestation("sg").await.unwrap();
+    assert_eq!(
+        att.symmetric_key.unwrap().primary_key.as_deref(),
+        Some(key.as_str()),
+        "group keys kept"
+    );
+
+    // An enrollment whose GET carries the read-only registrationState can still be replaced as read.
+    dps.create_or_replace_enrollment(&sym_enrollment("solo"), None)
+        .await
+        .unwrap();
+    let state = env.sim.state().dps(DPS).unwrap();
+    state
+        .upsert_registration(
+            None,
+            json!({"registrationId": "solo", "assignedHub": HUB, "deviceId": "solo-device", "status": "assigned"}),
+        )
+        .unwrap();
+    let before = dps.get_enrollment("solo").await.unwrap();
+    let reg = before.registration_state.clone().unwrap();
+    assert_eq!(reg.device_id.as_deref(), Some("solo-device"));
+    let after = dps
+        .set_enrollment_status("solo", ProvisioningStatus::Disabled)
+        .await
+        .unwrap();
+    assert_eq!(after.status(), ProvisioningStatus::Disabled);
+    assert_eq!(
+        dps.get_enrollment("solo")
+            .await
+            .unwrap()
+            .registration_state
+            .and_then(|r| r.assigned_hub),
+        Some(HUB.to_string()),
+        "the registration record is untouched by the replace"
+    );
+    env.sim.shutdown().await;
+}

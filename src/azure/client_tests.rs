@@ -762,3 +762,95 @@ async fn a_refused_token_is_not_reused() {
     dps.get_enrollment("dev-1").await.unwrap();
     assert_eq!(dps.token_provider().cached_expiry(), Some(1_700_000_000));
 }
+
+/// An HTTPS server with a self-signed certificate for 127.0.0.1, answering 200 `{"deviceId": "tls"}`.
+async fn tls_server() -> (SocketAddr, Vec<u8>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert_pem = ck.cert.pem().into_bytes();
+    let chain = vec![CertificateDer::from(ck.cert.der().to_vec())];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                br#"{"deviceId":"tls"}"#,
+                            )))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, cert_pem)
+}
+
+#[tokio::test]
+async fn https_with_an_extra_trusted_root() {
+    let (addr, ca_pem) = tls_server().await;
+    let cs = ConnectionString::parse(&format!(
+        "HostName=h.azure-devices.net;SharedAccessKeyName=p;SharedAccessKey={KEY}"
+    ))
+    .unwrap();
+    let base_url = Some(
+        format!("https://127.0.0.1:{}", addr.port())
+            .parse()
+            .unwrap(),
+    );
+    let untrusted = HubClient::new(
+        &cs,
+        ClientOptions {
+            base_url: base_url.clone(),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let err = untrusted.get_device("tls").await.unwrap_err();
+    assert!(
+        matches!(err, AzureError::Other(_)) && !err.is_retryable(),
+        "unknown CA refused, not retried: {err:?}"
+    );
+    assert!(
+        err.to_string().contains("invalid peer certificate"),
+        "{err}"
+    );
+    let trusted = HubClient::new(
+        &cs,
+        ClientOptions {
+            base_url,
+            extra_root_certificates_pem: vec![ca_pem],
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(trusted.get_device("tls").await.unwrap().device_id, "tls");
+}

@@ -48,6 +48,31 @@ impl fmt::Display for ErrorDetails {
     }
 }
 
+/// A failure as the audit trail stores it (JSON, camelCase).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorAudit {
+    /// [`AzureError::class`].
+    pub class: String,
+    /// HTTP status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Azure error code (numeric when known, else the name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Azure error code name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_name: Option<String>,
+    /// Azure tracking id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking_id: Option<String>,
+    /// Message.
+    pub message: String,
+    /// Retry-After of a 429, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+}
+
 /// Every failure of the Azure layer, classified.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AzureError {
@@ -139,6 +164,9 @@ impl AzureError {
         };
         if err.is_builder() {
             Self::InvalidRequest(details.message)
+        } else if is_certificate_error(err) {
+            // An untrusted or invalid server certificate does not fix itself: fail now, not after retries.
+            Self::Other(details)
         } else {
             Self::Transient(details)
         }
@@ -212,6 +240,19 @@ impl AzureError {
         }
     }
 
+    /// What the audit trail records about this failure.
+    pub fn audit(&self) -> ErrorAudit {
+        ErrorAudit {
+            class: self.class().to_string(),
+            status: self.status(),
+            code: self.code(),
+            code_name: self.details().and_then(|d| d.code_name.clone()),
+            tracking_id: self.tracking_id().map(str::to_string),
+            message: self.message(),
+            retry_after_secs: self.retry_after().map(|d| d.as_secs()),
+        }
+    }
+
     /// A short stable name of the class, for logs and the audit trail.
     pub fn class(&self) -> &'static str {
         match self {
@@ -230,6 +271,29 @@ impl AzureError {
             Self::Setup(_) => "setup",
         }
     }
+}
+
+/// Whether a rustls certificate error is somewhere in the chain (io::Error hides its inner error from
+/// `source()`, so it is opened explicitly).
+fn is_certificate_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            );
+        }
+        // io::Error wraps errors (sometimes an io::Error in an io::Error) that its own `source()` skips.
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    false
 }
 
 /// `Retry-After` as delta seconds (integer or decimal). HTTP-dates are not used by these services and are ignored.
@@ -443,6 +507,22 @@ mod tests {
         let e = AzureError::from_response(429, &HeaderMap::new(), body);
         assert!(e.is_retryable());
         assert_eq!(e.retry_after(), None);
+    }
+
+    #[test]
+    fn audit_record_keeps_code_tracking_id_and_retry_after() {
+        let body = br#"{"Message":"ErrorCode:ThrottlingException;slow down","ExceptionMessage":"Tracking ID:tr-1-TimeStamp:x"}"#;
+        let e = AzureError::from_response(429, &headers(&[("retry-after", "4")]), body);
+        assert_eq!(
+            serde_json::to_value(e.audit()).unwrap(),
+            serde_json::json!({"class": "throttled", "status": 429, "code": "ThrottlingException",
+                "codeName": "ThrottlingException", "trackingId": "tr-1", "message": "slow down", "retryAfterSecs": 4})
+        );
+        let e = AzureError::NoCredentials { hub: "h".into() };
+        assert_eq!(
+            serde_json::to_value(e.audit()).unwrap(),
+            serde_json::json!({"class": "no_credentials", "message": "no credentials configured for hub h"})
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub use config::{AzureClients, AzureConfig, ConfigError, DpsInstanceConfig, HubC
 
 pub use connection_string::{ConnectionString, ConnectionStringError};
 pub use dps::DpsClient;
-pub use error::{AzureError, ErrorDetails};
+pub use error::{AzureError, ErrorAudit, ErrorDetails};
 pub use hub::{HubClient, IfMatch};
 pub use secret::Secret;
 pub use transport::ClientOptions;

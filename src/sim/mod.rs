@@ -27,8 +27,8 @@
 //!   400 ArgumentNull; bulk with more than 100 items is 413 TooManyDevices (413002); a device twice
 //!   in one bulk is 400 DeviceDefinedMultipleTimes. Bulk `update`/`updateIfMatchETag` create missing
 //!   devices (import-job semantics); `delete` of a missing device is a per-item DeviceNotFound.
-//! - Hub twin query supports `SELECT * FROM devices [WHERE path = 'v' [AND path != 'v' ...]]`
-//!   (strings, numbers, booleans); anything else is 400 ArgumentInvalid.
+//! - Hub twin query supports `SELECT * FROM devices [WHERE cond [AND cond ...]]` where cond is
+//!   `path = v`, `path != v` or `path IN [v, ...]` (strings, numbers, booleans); else 400 ArgumentInvalid.
 //! - `/devices/query` needs ServiceConnect (README §3); DPS registration reads need
 //!   RegistrationStatusRead, deletes RegistrationStatusWrite. Rights do not imply each other.
 //! - Quotas: token buckets holding a minute of quota (`burst_fraction`), refilled continuously;
