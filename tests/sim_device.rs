@@ -823,3 +823,90 @@ async fn admin_seed_endpoint_seeds_and_returns_credentials() {
     assert_eq!(status, 200, "{reg}");
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_sdk_api_version_is_accepted_and_calls_are_logged() {
+    let sim = start(config()).await;
+    let stored = put(
+        &sim,
+        EnrollmentKind::Individual,
+        "versions",
+        json!({"registrationId": "versions", "attestation": {"type": "symmetricKey"}}),
+    );
+    let key = primary_key(&stored);
+    let scope = scope(&sim);
+    let client = reqwest::Client::new();
+    for v in device_api::KNOWN_API_VERSIONS {
+        let resp = client
+            .put(format!(
+                "{}/{scope}/registrations/versions/register?api-version={v}&forceRegistration=true",
+                sim.device_api_base_url()
+            ))
+            .header(
+                "authorization",
+                device_api::device_sas(&scope, "versions", &key, expiry(60)),
+            )
+            .json(&json!({"registrationId": "versions", "payload": null}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 202, "api-version {v}");
+    }
+    let calls: Vec<_> = sim
+        .calls()
+        .into_iter()
+        .filter(|c| c.operation == "DeviceRegister")
+        .collect();
+    assert_eq!(calls.len(), 4);
+    assert!(calls.iter().all(|c| c.instance == DPS
+        && c.entity_id.as_deref() == Some("versions")
+        && c.status == Some(202)));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn registrations_and_polls_are_throttled_with_retry_after() {
+    let mut c = config();
+    c.throttle.enabled = true;
+    c.throttle.dps_registrations_per_minute = 2.0;
+    c.device_api.polls_per_10s_per_device = 1;
+    let sim = start(c).await;
+    let stored = put(
+        &sim,
+        EnrollmentKind::Individual,
+        "busy",
+        json!({"registrationId": "busy", "attestation": {"type": "symmetricKey"}}),
+    );
+    let key = primary_key(&stored);
+    let scope = scope(&sim);
+    let base = sim.device_api_base_url();
+    let client = reqwest::Client::new();
+    let token = device_api::device_sas(&scope, "busy", &key, expiry(600));
+    let put_once = || {
+        client
+            .put(format!(
+                "{base}/{scope}/registrations/busy/register?api-version=2019-03-31"
+            ))
+            .header("authorization", &token)
+            .json(&json!({}))
+            .send()
+    };
+    let first: Value = put_once().await.unwrap().json().await.unwrap();
+    assert_eq!(put_once().await.unwrap().status().as_u16(), 202);
+    let third = put_once().await.unwrap();
+    assert_eq!(third.status().as_u16(), 429);
+    assert!(third.headers().contains_key("retry-after"));
+    // Polls have their own per-device budget (here 1 per 10 s).
+    let op = first["operationId"].as_str().unwrap();
+    let poll = || {
+        client
+            .get(format!(
+                "{base}/{scope}/registrations/busy/operations/{op}?api-version=2019-03-31"
+            ))
+            .header("authorization", &token)
+            .send()
+    };
+    assert_eq!(poll().await.unwrap().status().as_u16(), 200);
+    assert_eq!(poll().await.unwrap().status().as_u16(), 429);
+    sim.shutdown().await;
+}

@@ -200,6 +200,8 @@ struct Operation {
 pub struct DeviceApiState {
     config: Mutex<DeviceApiConfig>,
     ops: Mutex<(HashMap<String, Operation>, VecDeque<String>)>,
+    /// Recent poll times (simulator monotonic clock) per `dps/registration id`.
+    polls: Mutex<HashMap<String, VecDeque<std::time::Duration>>>,
 }
 
 impl DeviceApiState {
@@ -208,7 +210,33 @@ impl DeviceApiState {
         Self {
             config: Mutex::new(config),
             ops: Mutex::new((HashMap::new(), VecDeque::new())),
+            polls: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Admits one poll of `key` at `now` if fewer than `limit` happened in the last `window`;
+    /// otherwise returns how long until the oldest one leaves the window.
+    fn admit_poll(
+        &self,
+        key: &str,
+        now: std::time::Duration,
+        window: std::time::Duration,
+        limit: usize,
+    ) -> Result<(), std::time::Duration> {
+        let mut polls = self.polls.lock();
+        let recent = polls.entry(key.to_owned()).or_default();
+        while recent
+            .front()
+            .is_some_and(|t| now.saturating_sub(*t) >= window)
+        {
+            recent.pop_front();
+        }
+        if recent.len() >= limit {
+            let oldest = recent.front().copied().unwrap_or(now);
+            return Err(window.saturating_sub(now.saturating_sub(oldest)));
+        }
+        recent.push_back(now);
+        Ok(())
     }
 
     /// Current settings.
@@ -955,19 +983,11 @@ pub async fn serve(
     let (scope, rid) = op.scope_and_id();
     let dps = handle.state().dps_by_id_scope(scope);
     let settings = handle.0.throttle.settings();
-    let quota = dps.as_ref().map(|d| match &op {
-        DeviceOp::Poll { .. } => {
-            let polls = f64::from(handle.0.device.config().polls_per_10s_per_device);
-            (
-                format!("dps-poll:{}:{}", d.name, rid.to_ascii_lowercase()),
-                polls * 6.0,
-                1.0,
-            )
-        }
-        DeviceOp::Register { .. } | DeviceOp::Status { .. } => {
-            (format!("dps:{}", d.name), settings.dps_ops_per_minute, 1.0)
-        }
-    });
+    // Polls have their own per-device window (checked in `exec`), not the operations quota.
+    let quota = dps
+        .as_ref()
+        .filter(|_| !matches!(op, DeviceOp::Poll { .. }))
+        .map(|d| (format!("dps:{}", d.name), settings.dps_ops_per_minute, 1.0));
     let plan = CallPlan {
         service: Service::Dps,
         instance: dps
@@ -1010,6 +1030,34 @@ pub async fn serve(
                 );
             }
             return resp;
+        }
+        let limit = handle.0.device.config().polls_per_10s_per_device;
+        if matches!(op, DeviceOp::Poll { .. })
+            && settings.enabled
+            && limit > 0
+            && let Some(d) = &dps
+        {
+            let key = format!("{}/{}", d.name, rid.to_ascii_lowercase());
+            // Ten seconds of quota time, shortened by the time scale like every other quota.
+            let window = std::time::Duration::from_secs_f64(10.0 / settings.time_scale.max(1e-6));
+            let admitted = handle.0.device.admit_poll(
+                &key,
+                handle.0.clock.monotonic(),
+                window,
+                usize::try_from(limit).unwrap_or(usize::MAX),
+            );
+            if let Err(wait) = admitted {
+                let mut resp =
+                    errors::service_error(Service::Dps, 429, "Too many polls", &tid, now);
+                if settings.retry_after {
+                    errors::set_header(
+                        &mut resp,
+                        "retry-after",
+                        &throttle::retry_after_seconds(wait).to_string(),
+                    );
+                }
+                return resp;
+            }
         }
         execute(handle, conn, req, &op, &tid, now)
     };
