@@ -910,3 +910,120 @@ async fn registrations_and_polls_are_throttled_with_retry_after() {
     assert_eq!(poll().await.unwrap().status().as_u16(), 429);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn reprovisioning_follows_the_enrollment_hubs_and_policy() {
+    let sim = start(config()).await;
+    let state = sim.state();
+    let dps = state.dps(DPS).unwrap();
+    let body = |hub: &str, update: bool, migrate: bool| {
+        json!({"registrationId": "mover", "attestation": {"type": "symmetricKey",
+                 "symmetricKey": {"primaryKey": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+                                  "secondaryKey": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}},
+               "iotHubs": [hub],
+               "reprovisionPolicy": {"updateHubAssignment": update, "migrateDeviceData": migrate}})
+    };
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let register = || {
+        let cred = seed::SeededDevice::credential_for_key(
+            &dps.id_scope,
+            "mover",
+            key,
+            state.clock().now_utc().timestamp(),
+        );
+        seed::provision_with(state, &dps, "mover", &cred)
+    };
+    put(
+        &sim,
+        EnrollmentKind::Individual,
+        "mover",
+        body(HUBS[0], true, true),
+    );
+    assert!(matches!(register(), ProvisionOutcome::Assigned { ref hub, .. } if hub == HUBS[0]));
+
+    // The enrollment moves to hub-2: the device follows, data migrated, old identity removed.
+    put(
+        &sim,
+        EnrollmentKind::Individual,
+        "mover",
+        body(HUBS[1], true, true),
+    );
+    assert!(matches!(register(), ProvisionOutcome::Assigned { ref hub, .. } if hub == HUBS[1]));
+    let record = dps.registration("mover").unwrap().state;
+    assert_eq!(record["substatus"], "deviceDataMigrated");
+    assert!(state.hub(HUBS[0]).unwrap().get_device("mover").is_none());
+    assert!(state.hub(HUBS[1]).unwrap().get_device("mover").is_some());
+
+    // migrateDeviceData=false: deviceDataReset.
+    put(
+        &sim,
+        EnrollmentKind::Individual,
+        "mover",
+        body(HUBS[2], true, false),
+    );
+    register();
+    assert_eq!(
+        dps.registration("mover").unwrap().state["substatus"],
+        "deviceDataReset"
+    );
+
+    // updateHubAssignment=false: the device stays where it is.
+    put(
+        &sim,
+        EnrollmentKind::Individual,
+        "mover",
+        body(HUBS[0], false, true),
+    );
+    assert!(matches!(register(), ProvisionOutcome::Assigned { ref hub, .. } if hub == HUBS[2]));
+    assert_eq!(
+        dps.registration("mover").unwrap().state["substatus"],
+        "initialAssignment"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn status_lookup_returns_the_registration_result() {
+    let sim = start(config()).await;
+    let stored = put(
+        &sim,
+        EnrollmentKind::Individual,
+        "lookup",
+        json!({"registrationId": "lookup", "attestation": {"type": "symmetricKey"}}),
+    );
+    let key = primary_key(&stored);
+    let scope = scope(&sim);
+    let base = sim.device_api_base_url();
+    let client = reqwest::Client::new();
+    let lookup = |token: String| {
+        client
+            .post(format!(
+                "{base}/{scope}/registrations/lookup?api-version=2021-10-01"
+            ))
+            .header("authorization", token)
+            .json(&json!({"registrationId": "lookup"}))
+            .send()
+    };
+    let token = device_api::device_sas(&scope, "lookup", &key, expiry(60));
+    // Not registered yet: 404.
+    assert_eq!(lookup(token.clone()).await.unwrap().status().as_u16(), 404);
+    let (status, _, _) = register(
+        &client,
+        &base,
+        &scope,
+        "lookup",
+        &sas_for(&scope, "lookup", &key),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let resp = lookup(token).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["registrationId"], "lookup");
+    assert_eq!(body["status"], "assigned");
+    assert!(body["assignedHub"].is_string());
+    // A wrong key gets the device 401.
+    let bad = device_api::device_sas(&scope, "lookup", "AAAAAAAAAAAAAAAAAAAAAA==", expiry(60));
+    assert_eq!(lookup(bad).await.unwrap().status().as_u16(), 401);
+    sim.shutdown().await;
+}

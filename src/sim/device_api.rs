@@ -659,8 +659,8 @@ fn allocate(
     previous: Option<&Value>,
 ) -> Result<(String, &'static str, Option<String>), (u32, String)> {
     let candidates = candidate_hubs(state, dps, enrollment);
+    // A record left `disabled` or `failed` still names the hub of an earlier assignment.
     let prev_hub = previous
-        .filter(|p| p.get("status").and_then(Value::as_str) == Some("assigned"))
         .and_then(|p| p.get("assignedHub"))
         .and_then(Value::as_str)
         .map(str::to_ascii_lowercase);

@@ -195,6 +195,22 @@ impl std::fmt::Debug for SeededDevice {
 }
 
 impl SeededDevice {
+    /// A SAS credential for any key-based device, valid one hour after `now_unix`.
+    pub fn credential_for_key(
+        id_scope: &str,
+        registration_id: &str,
+        key_b64: &str,
+        now_unix: i64,
+    ) -> DeviceCredential {
+        let expiry = u64::try_from(now_unix + TOKEN_TTL).unwrap_or(0);
+        DeviceCredential::Sas(device_api::device_sas(
+            id_scope,
+            registration_id,
+            key_b64,
+            expiry,
+        ))
+    }
+
     /// The credential the device presents (a fresh SAS for key-based devices).
     pub fn credential(&self, id_scope: &str, now_unix: i64) -> DeviceCredential {
         let expiry = u64::try_from(now_unix + TOKEN_TTL).unwrap_or(0);
