@@ -1027,3 +1027,56 @@ async fn status_lookup_returns_the_registration_result() {
     assert_eq!(lookup(bad).await.unwrap().status().as_u16(), 401);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn https_with_a_given_certificate_and_a_fleet_file() {
+    // A certificate and key given as files (here: generated once, then handed over).
+    let material = tls::TlsMaterial::generate(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, &material.cert_chain_pem).unwrap();
+    std::fs::write(&key_file, &material.key_pem).unwrap();
+    let mut c = config();
+    c.tls = Some(TlsSettings {
+        cert_file: Some(cert_file),
+        key_file: Some(key_file),
+        ..TlsSettings::default()
+    });
+    let sim = start(c).await;
+    assert_eq!(sim.tls_ca_pem(), None, "nothing generated");
+
+    let fleet_file = dir.path().join("fleet.json");
+    std::fs::write(
+        &fleet_file,
+        r#"{"groups": [{"groupId": "f", "attestation": "symmetricKey", "devices": 2}]}"#,
+    )
+    .unwrap();
+    let spec = FleetSpec::from_file(&fleet_file).unwrap();
+    let fleet = seed::seed_fleet(sim.state(), &spec).unwrap();
+    let dev = fleet.device("f-dev-00001").unwrap();
+
+    let ca = reqwest::Certificate::from_pem(material.ca_pem.unwrap().as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let base = sim.device_api_base_url().replace("127.0.0.1", "localhost");
+    let (status, body, _) = register(
+        &client,
+        &base,
+        &fleet.id_scope,
+        "f-dev-00001",
+        &sas_for(
+            &fleet.id_scope,
+            "f-dev-00001",
+            dev.symmetric_key.as_deref().unwrap(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["registrationState"]["assignedHub"].as_str(),
+        dev.assigned_hub.as_deref()
+    );
+    sim.shutdown().await;
+}

@@ -84,6 +84,20 @@ pub struct FleetSpec {
     pub individuals: Vec<IndividualSpec>,
 }
 
+impl FleetSpec {
+    /// Reads a fleet from JSON text (missing fields take their defaults).
+    pub fn from_json(text: &str) -> Result<Self, SeedError> {
+        serde_json::from_str(text).map_err(|e| SeedError::Invalid(e.to_string()))
+    }
+
+    /// Reads a fleet from a JSON file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, SeedError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SeedError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_json(&text)
+    }
+}
+
 /// One enrollment group and its devices.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
