@@ -249,6 +249,7 @@ async fn dps_individual_enrollment_lifecycle_with_etags_and_hidden_keys() {
     assert_eq!(s, 404);
     assert_eq!(err["errorCode"], 404201);
     assert_eq!(h["x-ms-error-code"], "404201");
+    assert_eq!(err["trackingId"], h["x-ms-request-id"].to_str().unwrap());
     env.sim.shutdown().await;
 }
 
@@ -1037,12 +1038,13 @@ async fn throttling_time_scale_lets_quota_return_in_wall_time() {
     let mut cfg = SimConfig::single(DPS, &[HUB]);
     cfg.hubs = vec![HubConfig::new(HUB).with_tier(HubTier::S1, 1)];
     cfg.throttle = ThrottleConfig::default();
-    cfg.time_scale = 60.0;
+    cfg.time_scale = 6.0;
     let env = Env::start(cfg).await;
     let q = Some(json!({"query": "SELECT * FROM devices"}));
-    // 20 queries/min/unit at 60x = 20 per wall second; a burst of 40 must hit the limit.
+    // 20 queries/min/unit at 6x = 2 per wall second after a burst of 20: a loop must hit the limit
+    // even on a slow machine.
     let mut first_429 = None;
-    for i in 0..40 {
+    for i in 0..200 {
         let (s, h, _) = env
             .hub(Method::POST, "/devices/query", q.clone(), &[])
             .await;
@@ -1054,7 +1056,8 @@ async fn throttling_time_scale_lets_quota_return_in_wall_time() {
     let (i, retry_after) = first_429.expect("queries are throttled");
     assert!(i >= 20, "at least the burst passes ({i})");
     assert_eq!(retry_after, "1");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // 700 ms of wall time is 4.2 s of quota time: more than one query (3 s) is back.
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
         env.hub(Method::POST, "/devices/query", q.clone(), &[])
             .await
@@ -1510,5 +1513,71 @@ async fn a_token_expires_mid_run_on_the_simulator_clock() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_state_per_instance_and_reset() {
+    let env = Env::default().await;
+    env.hub(Method::PUT, "/devices/s1", Some(json!({})), &[])
+        .await;
+    env.dps(
+        Method::PUT,
+        "/enrollments/s1",
+        Some(sym_enrollment("s1")),
+        &[],
+    )
+    .await;
+    let base = env.sim.dps_base_url(DPS);
+    let hub: Value = env
+        .http
+        .get(format!("{base}/_sim/state/hubs/{HUB}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hub["devices"][0]["deviceId"], "s1");
+    assert_eq!(hub["tier"], "S1");
+    let dps: Value = env
+        .http
+        .get(format!("{base}/_sim/state/dps/{DPS}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dps["idScope"], "0ne00000001");
+    assert_eq!(dps["enrollments"][0]["registrationId"], "s1");
+    assert_eq!(
+        env.http
+            .get(format!("{base}/_sim/state/dps/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        env.http
+            .delete(format!("{base}/_sim/state"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(env.sim.state().hub(HUB).unwrap().device_count(), 0);
+    assert_eq!(env.sim.state().dps(DPS).unwrap().counts(), (0, 0, 0));
+    // Admin calls are not logged, throttled or faulted.
+    let logged = env
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.path.starts_with("/_sim"))
+        .count();
+    assert_eq!(logged, 0);
     env.sim.shutdown().await;
 }

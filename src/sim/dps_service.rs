@@ -184,8 +184,8 @@ pub async fn serve(
         )),
     };
     let policies = dps.policies.clone();
-    run_call(handle, plan, req, &policies, || {
-        execute(handle, &dps, &op, req)
+    run_call(handle, plan, req, &policies, |tid| {
+        execute(handle, &dps, &op, req, tid)
     })
     .await
 }
@@ -205,9 +205,8 @@ fn bulk_field(kind: EnrollmentKind) -> &'static str {
     }
 }
 
-fn error(handle: &SimHandle, e: &DpsOpError) -> SimResponse {
-    let tid = handle.state().ids().uuid().replace('-', "");
-    errors::dps_error(e.status, e.code, &e.message, &tid, handle.0.clock.now_utc())
+fn error(handle: &SimHandle, tid: &str, e: &DpsOpError) -> SimResponse {
+    errors::dps_error(e.status, e.code, &e.message, tid, handle.0.clock.now_utc())
 }
 
 fn parse_body(req: &SimRequest) -> Result<Value, DpsOpError> {
@@ -215,10 +214,16 @@ fn parse_body(req: &SimRequest) -> Result<Value, DpsOpError> {
         .map_err(|e| DpsOpError::bad_request(format!("The request body is not valid JSON: {e}")))
 }
 
-fn execute(handle: &SimHandle, dps: &DpsInstance, op: &DpsOp, req: &SimRequest) -> SimResponse {
+fn execute(
+    handle: &SimHandle,
+    dps: &DpsInstance,
+    op: &DpsOp,
+    req: &SimRequest,
+    tid: &str,
+) -> SimResponse {
     match execute_inner(handle, dps, op, req) {
         Ok(resp) => resp,
-        Err(e) => error(handle, &e),
+        Err(e) => error(handle, tid, &e),
     }
 }
 

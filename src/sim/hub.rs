@@ -145,28 +145,33 @@ pub async fn serve(
         quota: Some(quota),
     };
     let policies = hub.policies.clone();
-    run_call(handle, plan, req, &policies, || {
-        execute(handle, &hub, &op, req)
+    run_call(handle, plan, req, &policies, |tid| {
+        execute(handle, &hub, &op, req, tid)
     })
     .await
 }
 
-fn error(handle: &SimHandle, e: &HubOpError) -> SimResponse {
-    let tid = handle.state().ids().uuid().replace('-', "");
+fn error(handle: &SimHandle, tid: &str, e: &HubOpError) -> SimResponse {
     errors::hub_error(
         e.status,
         e.name,
         e.code,
         &e.message,
-        &tid,
+        tid,
         handle.0.clock.now_utc(),
     )
 }
 
-fn execute(handle: &SimHandle, hub: &HubInstance, op: &HubOp, req: &SimRequest) -> SimResponse {
+fn execute(
+    handle: &SimHandle,
+    hub: &HubInstance,
+    op: &HubOp,
+    req: &SimRequest,
+    tid: &str,
+) -> SimResponse {
     match execute_inner(hub, op, req) {
         Ok(r) => r,
-        Err(e) => error(handle, &e),
+        Err(e) => error(handle, tid, &e),
     }
 }
 

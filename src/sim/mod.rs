@@ -27,8 +27,8 @@
 //!   400 ArgumentNull; bulk with more than 100 items is 413 TooManyDevices (413002); a device twice
 //!   in one bulk is 400 DeviceDefinedMultipleTimes. Bulk `update`/`updateIfMatchETag` create missing
 //!   devices (import-job semantics); `delete` of a missing device is a per-item DeviceNotFound.
-//! - Hub twin query supports `SELECT * FROM devices [WHERE path = 'v' [AND path != 'v' ...]]`
-//!   (strings, numbers, booleans); anything else is 400 ArgumentInvalid.
+//! - Hub twin query supports `SELECT * FROM devices [WHERE cond [AND cond ...]]` where cond is
+//!   `path = v`, `path != v` or `path IN [v, ...]` (strings, numbers, booleans); else 400 ArgumentInvalid.
 //! - `/devices/query` needs ServiceConnect (README §3); DPS registration reads need
 //!   RegistrationStatusRead, deletes RegistrationStatusWrite. Rights do not imply each other.
 //! - Quotas: token buckets holding a minute of quota (`burst_fraction`), refilled continuously;
@@ -56,12 +56,15 @@ pub mod x509;
 pub use calllog::{CallLog, CallRecord};
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::{
-    ChaosConfig, DpsBehavior, DpsConfig, ExistingPutPolicy, HubConfig, HubTier, LinkedHubConfig,
-    PolicyConfig, SimConfig, ThrottleConfig,
+    BulkCost, ChaosConfig, DpsBehavior, DpsConfig, ExistingPutPolicy, HubConfig, HubTier,
+    LinkedHubConfig, PolicyConfig, SimConfig, ThrottleConfig,
 };
 pub use faults::{FaultAction, FaultRule};
 pub use server::{ConnInfo, DropConnection, Endpoint, RunningSimulator, SimHandle, Simulator};
-pub use state::SimState;
+pub use state::{
+    DpsInstance, EnrollmentKind, HubInstance, LinkedHub, Precondition, Right, SimState,
+};
+pub use throttle::{ThrottlePatch, ThrottleSettings};
 
 /// Errors starting or configuring the simulator.
 #[derive(Debug, thiserror::Error)]

@@ -324,7 +324,7 @@ pub async fn run_call(
     plan: CallPlan,
     req: &SimRequest,
     policies: &[SasPolicy],
-    exec: impl FnOnce() -> SimResponse,
+    exec: impl FnOnce(&str) -> SimResponse,
 ) -> Result<SimResponse, DropConnection> {
     let service = plan.service;
     let host = plan.host.clone();
@@ -344,6 +344,8 @@ pub async fn run_call(
     run_call_with(handle, plan, req, authorize, exec).await
 }
 
+/// `exec` gets the call's tracking id (for error bodies; it is also sent as `x-ms-request-id`).
+///
 /// Like [`run_call`] with a custom authorizer (e.g. device SAS or TLS client certificates), which
 /// returns the complete error response to send when it refuses.
 pub async fn run_call_with(
@@ -351,7 +353,7 @@ pub async fn run_call_with(
     plan: CallPlan,
     req: &SimRequest,
     authorize: impl FnOnce(&AuthContext<'_>) -> Result<(), Box<SimResponse>>,
-    exec: impl FnOnce() -> SimResponse,
+    exec: impl FnOnce(&str) -> SimResponse,
 ) -> Result<SimResponse, DropConnection> {
     let inner = &handle.0;
     let started = Instant::now();
@@ -391,7 +393,7 @@ async fn pipeline(
     req: &SimRequest,
     tid: &str,
     authorize: impl FnOnce(&AuthContext<'_>) -> Result<(), Box<SimResponse>>,
-    exec: impl FnOnce() -> SimResponse,
+    exec: impl FnOnce(&str) -> SimResponse,
 ) -> Result<(SimResponse, Option<String>), (String, Option<std::time::Duration>)> {
     let inner = &handle.0;
     let decision = inner.faults.decide(&CallInfo {
@@ -460,7 +462,7 @@ async fn pipeline(
             }
         }
     }
-    Ok((exec(), None))
+    Ok((exec(tid), None))
 }
 
 /// Accepts `YYYY-MM-DD` and `YYYY-MM-DD-preview` (unknown dates are not refused).

@@ -213,6 +213,11 @@ impl DpsInstance {
         self.linked_hubs.lock().clone()
     }
 
+    /// Replaces the linked hubs (tests of "no usable linked hub"; hosts are not checked here).
+    pub fn set_linked_hubs(&self, hubs: Vec<LinkedHub>) {
+        *self.linked_hubs.lock() = hubs;
+    }
+
     fn now(&self) -> String {
         timestamp(self.clock.now_utc())
     }
@@ -709,5 +714,117 @@ fn normalize_cert_entry(e: &Value, prev: Option<&Value>, slot: &str) -> Result<V
         _ => Err(DpsOpError::bad_request(format!(
             "the {slot} certificate is required"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::clock::SystemClock;
+
+    fn instance() -> DpsInstance {
+        let linked = vec![LinkedHub {
+            host: "hub.azure-devices.net".into(),
+            allocation_weight: 1,
+            apply_allocation_policy: true,
+        }];
+        DpsInstance::new(
+            "d".into(),
+            "d.azure-devices-provisioning.net".into(),
+            "0ne00000001".into(),
+            Vec::new(),
+            linked,
+            Arc::new(IdGen::new(1)),
+            Arc::new(SystemClock::new()),
+        )
+    }
+
+    fn put(
+        d: &DpsInstance,
+        kind: EnrollmentKind,
+        id: &str,
+        body: Value,
+    ) -> Result<Value, DpsOpError> {
+        d.put(
+            kind,
+            id,
+            body,
+            &Precondition::None,
+            ExistingPutPolicy::Replace,
+        )
+    }
+
+    #[test]
+    fn keeps_given_keys_and_refuses_bad_ones() {
+        let d = instance();
+        let k = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        let body = json!({"registrationId": "a", "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": k}}});
+        let stored = put(&d, EnrollmentKind::Individual, "a", body).unwrap();
+        assert_eq!(stored["attestation"]["symmetricKey"]["primaryKey"], k);
+        assert_ne!(stored["attestation"]["symmetricKey"]["secondaryKey"], k);
+        let bad = json!({"registrationId": "a", "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": "c2hvcnQ="}}});
+        assert_eq!(
+            put(&d, EnrollmentKind::Individual, "a", bad)
+                .unwrap_err()
+                .status,
+            400
+        );
+        let bad_type = json!({"registrationId": "a", "attestation": {"type": "magic"}});
+        assert_eq!(
+            put(&d, EnrollmentKind::Individual, "a", bad_type)
+                .unwrap_err()
+                .status,
+            400
+        );
+    }
+
+    #[test]
+    fn an_info_echo_must_name_the_stored_certificate() {
+        let d = instance();
+        let ck = rcgen::generate_simple_self_signed(vec!["dev-x".to_string()]).unwrap();
+        let body = json!({"registrationId": "dev-x", "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": ck.cert.pem()}}}}});
+        let stored = put(&d, EnrollmentKind::Individual, "dev-x", body).unwrap();
+        let info = stored["attestation"]["x509"]["clientCertificates"]["primary"]["info"].clone();
+        let echo = json!({"registrationId": "dev-x", "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"info": info}}}}});
+        assert!(put(&d, EnrollmentKind::Individual, "dev-x", echo).is_ok());
+        let wrong = json!({"registrationId": "dev-x", "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"info": {"sha1Thumbprint": "00"}}}}}});
+        assert_eq!(
+            put(&d, EnrollmentKind::Individual, "dev-x", wrong)
+                .unwrap_err()
+                .status,
+            400
+        );
+        let group_with_client = json!({"enrollmentGroupId": "g", "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": ck.cert.pem()}}}}});
+        assert_eq!(
+            put(&d, EnrollmentKind::Group, "g", group_with_client)
+                .unwrap_err()
+                .status,
+            400
+        );
+        let ca_ref = json!({"enrollmentGroupId": "g", "attestation": {"type": "x509", "x509": {"caReferences": {"primary": "my-ca"}}}});
+        assert!(put(&d, EnrollmentKind::Group, "g", ca_ref).is_ok());
+    }
+
+    #[test]
+    fn pages_in_id_order_and_reports_more() {
+        let d = instance();
+        for i in 0..5 {
+            let id = format!("r{i}");
+            put(
+                &d,
+                EnrollmentKind::Individual,
+                &id,
+                json!({"registrationId": id, "attestation": {"type": "symmetricKey"}}),
+            )
+            .unwrap();
+        }
+        let p1 = d.page(EnrollmentKind::Individual, None, 2);
+        assert_eq!(p1.next_after.as_deref(), Some("r1"));
+        let p3 = d.page(EnrollmentKind::Individual, Some("r3"), 2);
+        assert_eq!(p3.items.len(), 1);
+        assert_eq!(p3.next_after, None);
+        assert!(validate_id("UPPER:ok.id_1-2").is_ok());
+        assert!(validate_id("").is_err());
+        assert!(validate_id("a/b").is_err());
     }
 }

@@ -99,10 +99,19 @@ struct HubData {
     etag_counter: u64,
 }
 
-/// A parsed twin query: `SELECT * FROM devices [WHERE a = 'x' [AND b != 'y' ...]]`.
+/// Comparison of one twin query condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Eq,
+    Ne,
+    In,
+}
+
+/// A parsed twin query:
+/// `SELECT * FROM devices [WHERE a = 'x' [AND b != 'y'] [AND c IN ['p', 'q']] ...]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TwinQuery {
-    conditions: Vec<(Vec<String>, bool, Value)>,
+    conditions: Vec<(Vec<String>, Op, Vec<Value>)>,
 }
 
 impl TwinQuery {
@@ -133,60 +142,80 @@ impl TwinQuery {
         if !lower_rest.starts_with("where ") {
             return Err(unsupported());
         }
-        let cond_text = rest_orig[6..].trim();
-        let mut conditions = Vec::new();
-        for part in split_and(cond_text) {
-            let (lhs, neq, rhs) = if let Some((l, r)) = part.split_once("!=") {
-                (l, true, r)
-            } else if let Some((l, r)) = part.split_once("<>") {
-                (l, true, r)
-            } else if let Some((l, r)) = part.split_once('=') {
-                (l, false, r)
-            } else {
-                return Err(unsupported());
-            };
-            let path: Vec<String> = lhs.trim().split('.').map(str::to_string).collect();
-            if path.iter().any(String::is_empty) {
-                return Err(unsupported());
-            }
-            let rhs = rhs.trim();
-            let value = if rhs.len() >= 2 && rhs.starts_with('\'') && rhs.ends_with('\'') {
-                Value::String(rhs[1..rhs.len() - 1].to_string())
-            } else if rhs.eq_ignore_ascii_case("true") {
-                Value::Bool(true)
-            } else if rhs.eq_ignore_ascii_case("false") {
-                Value::Bool(false)
-            } else if let Ok(n) = rhs.parse::<f64>() {
-                json!(n)
-            } else {
-                return Err(unsupported());
-            };
-            conditions.push((path, neq, value));
-        }
+        let conditions = split_outside_quotes(rest_orig[6..].trim(), " and ")
+            .into_iter()
+            .map(parse_condition)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(unsupported)?;
         Ok(Self { conditions })
     }
 
     /// Whether a twin satisfies every condition.
     pub fn matches(&self, twin: &Value) -> bool {
-        self.conditions.iter().all(|(path, neq, want)| {
+        self.conditions.iter().all(|(path, op, wanted)| {
             let mut cur = twin;
             for seg in path {
                 cur = match cur.get(seg) {
                     Some(v) => v,
-                    None => return *neq,
+                    None => return *op == Op::Ne,
                 };
             }
-            let equal = match (cur, want) {
+            let hit = wanted.iter().any(|w| match (cur, w) {
                 (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
                 (a, b) => a == b,
-            };
-            equal != *neq
+            });
+            if *op == Op::Ne { !hit } else { hit }
         })
     }
 }
 
-/// Splits on ` AND ` (case-insensitive) outside quotes.
-fn split_and(s: &str) -> Vec<&str> {
+/// One `path op literal` condition; `None` when outside the supported subset.
+fn parse_condition(part: &str) -> Option<(Vec<String>, Op, Vec<Value>)> {
+    // Operators are looked for before the first literal so quoted text cannot fool the split.
+    let head_end = part.find(['\'', '[']).unwrap_or(part.len());
+    let head = part[..head_end].to_ascii_lowercase();
+    let (lhs, op, rhs) = if let Some(i) = head.find(" in ") {
+        (&part[..i], Op::In, &part[i + 4..])
+    } else if let Some(i) = head.find("!=").or_else(|| head.find("<>")) {
+        (&part[..i], Op::Ne, &part[i + 2..])
+    } else if let Some(i) = head.find('=') {
+        (&part[..i], Op::Eq, &part[i + 1..])
+    } else {
+        return None;
+    };
+    let path: Vec<String> = lhs.trim().split('.').map(str::to_string).collect();
+    if path.iter().any(|s| s.is_empty() || s.contains(' ')) {
+        return None;
+    }
+    let rhs = rhs.trim();
+    let values = if op == Op::In {
+        let inner = rhs.strip_prefix('[')?.strip_suffix(']')?;
+        split_outside_quotes(inner, ",")
+            .into_iter()
+            .map(literal)
+            .collect::<Option<Vec<_>>>()?
+    } else {
+        vec![literal(rhs)?]
+    };
+    Some((path, op, values))
+}
+
+/// A string ('…'), boolean or number literal.
+fn literal(text: &str) -> Option<Value> {
+    let t = text.trim();
+    if t.len() >= 2 && t.starts_with('\'') && t.ends_with('\'') {
+        Some(Value::String(t[1..t.len() - 1].to_string()))
+    } else if t.eq_ignore_ascii_case("true") {
+        Some(Value::Bool(true))
+    } else if t.eq_ignore_ascii_case("false") {
+        Some(Value::Bool(false))
+    } else {
+        t.parse::<f64>().ok().map(|n| json!(n))
+    }
+}
+
+/// Splits on `sep` (ASCII, matched case-insensitively) outside single quotes.
+fn split_outside_quotes<'a>(s: &'a str, sep: &str) -> Vec<&'a str> {
     let lower = s.to_ascii_lowercase();
     let bytes = lower.as_bytes();
     let mut parts = Vec::new();
@@ -196,10 +225,10 @@ fn split_and(s: &str) -> Vec<&str> {
     while i < bytes.len() {
         if bytes[i] == b'\'' {
             in_quote = !in_quote;
-        } else if !in_quote && lower[i..].starts_with(" and ") {
+        } else if !in_quote && lower[i..].starts_with(sep) {
             parts.push(&s[start..i]);
-            start = i + 5;
-            i += 5;
+            start = i + sep.len();
+            i += sep.len();
             continue;
         }
         i += 1;
@@ -850,6 +879,15 @@ mod tests {
             TwinQuery::parse("SELECT * FROM devices WHERE capabilities.iotEdge = true").unwrap();
         assert!(!q.matches(&t));
         assert!(TwinQuery::parse("SELECT deviceId FROM devices").is_err());
+        let q = TwinQuery::parse(
+            "SELECT * FROM devices WHERE deviceId IN ['d1', 'x,y'] AND statusReason != 'a=b!=c'",
+        )
+        .unwrap();
+        assert!(q.matches(&t));
+        let q = TwinQuery::parse("SELECT * FROM devices WHERE deviceId = 'a!=b'").unwrap();
+        assert!(!q.matches(&t));
+        assert!(q.matches(&json!({"deviceId": "a!=b"})));
+        assert!(TwinQuery::parse("SELECT * FROM devices WHERE deviceId IN 'x'").is_err());
         assert!(TwinQuery::parse("SELECT * FROM devices.modules").is_err());
     }
 
