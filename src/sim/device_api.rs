@@ -15,7 +15,6 @@
 //! it to the TPM's endorsement key); the device then signs SAS tokens with it like a symmetric key.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -1000,18 +999,11 @@ pub async fn serve(
         rights: Vec::new(),
         quota,
     };
-    // Devices authenticate during registration (matching and authentication are one step in DPS);
-    // the pipeline's authorizer only hands over the call's tracking id and time.
-    let call: OnceLock<(String, DateTime<Utc>)> = OnceLock::new();
-    let authorize = |ctx: &AuthContext<'_>| {
-        let _ = call.set((ctx.tracking_id.to_owned(), ctx.now));
-        Ok(())
-    };
-    let exec = || {
-        let (tid, now) = call
-            .get()
-            .cloned()
-            .unwrap_or_else(|| (handle.state().ids().uuid(), handle.0.clock.now_utc()));
+    // Devices authenticate during registration (matching and authentication are one step in DPS),
+    // so the pipeline's authorizer admits every call.
+    let authorize = |_: &AuthContext<'_>| Ok(());
+    let exec = |tid: &str| {
+        let now = handle.0.clock.now_utc();
         if matches!(op, DeviceOp::Register { .. })
             && let Some(d) = &dps
             && let Decision::Throttled { retry_after } = handle.0.throttle.acquire(
@@ -1021,7 +1013,7 @@ pub async fn serve(
             )
         {
             let mut resp =
-                errors::service_error(Service::Dps, 429, "Too many registrations", &tid, now);
+                errors::service_error(Service::Dps, 429, "Too many registrations", tid, now);
             if settings.retry_after {
                 errors::set_header(
                     &mut resp,
@@ -1047,8 +1039,7 @@ pub async fn serve(
                 usize::try_from(limit).unwrap_or(usize::MAX),
             );
             if let Err(wait) = admitted {
-                let mut resp =
-                    errors::service_error(Service::Dps, 429, "Too many polls", &tid, now);
+                let mut resp = errors::service_error(Service::Dps, 429, "Too many polls", tid, now);
                 if settings.retry_after {
                     errors::set_header(
                         &mut resp,
@@ -1059,7 +1050,7 @@ pub async fn serve(
                 return resp;
             }
         }
-        execute(handle, conn, req, &op, &tid, now)
+        execute(handle, conn, req, &op, tid, now)
     };
     run_call_with(handle, plan, req, authorize, exec).await
 }
