@@ -1080,3 +1080,31 @@ async fn https_with_a_given_certificate_and_a_fleet_file() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_test_header_can_be_refused() {
+    let mut c = config();
+    c.device_api.accept_client_cert_header = false;
+    let sim = start(c).await;
+    let root = TestCa::root("R").unwrap();
+    let inter = root.intermediate("I").unwrap();
+    put(
+        &sim,
+        EnrollmentKind::Group,
+        "g",
+        json!({"enrollmentGroupId": "g",
+               "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": inter.cert_pem()}}}}}),
+    );
+    let leaf = inter.leaf("hdr-dev").unwrap();
+    let client = reqwest::Client::new();
+    let (status, _, _) = register(
+        &client,
+        &sim.device_api_base_url(),
+        &scope(&sim),
+        "hdr-dev",
+        &Auth::CertHeader(tls::cert_header_value(&leaf.chain_der)),
+    )
+    .await;
+    assert_eq!(status, 401);
+    sim.shutdown().await;
+}

@@ -64,6 +64,9 @@ pub struct DeviceApiConfig {
     pub assigning_ms: u64,
     /// Device polls allowed per device per 10 seconds (README §6: 5); 0 disables the limit.
     pub polls_per_10s_per_device: u32,
+    /// Whether the test header `x-sim-client-cert` may stand for a TLS client chain (it proves no
+    /// key possession; turn it off to allow only real mutual TLS).
+    pub accept_client_cert_header: bool,
 }
 
 impl Default for DeviceApiConfig {
@@ -74,6 +77,7 @@ impl Default for DeviceApiConfig {
             retry_after_secs: 3,
             assigning_ms: 0,
             polls_per_10s_per_device: 5,
+            accept_client_cert_header: true,
         }
     }
 }
@@ -947,15 +951,20 @@ fn unauthorized(tid: &str, now: DateTime<Utc>) -> SimResponse {
     errors::json_response(401, &body)
 }
 
-/// The credential of a request: TLS/header client chain, else the Authorization header.
-fn credential(conn: &ConnInfo, req: &SimRequest) -> Result<DeviceCredential, DeviceError> {
+/// The credential of a request: the TLS client chain, else the test header (when accepted), else
+/// the Authorization header.
+fn credential(
+    conn: &ConnInfo,
+    req: &SimRequest,
+    accept_header: bool,
+) -> Result<DeviceCredential, DeviceError> {
     if !conn.client_certs.is_empty() {
         return Ok(DeviceCredential::X509(conn.client_certs.clone()));
     }
-    let ext = http::Extensions::new();
-    if let Some(chain) = tls::client_chain(&ext, &req.headers)
-        .map_err(|e| DeviceError::Unauthorized(format!("invalid client certificate header: {e}")))?
-    {
+    if accept_header && let Some(value) = req.header(tls::CLIENT_CERT_HEADER) {
+        let chain = tls::parse_cert_header(value).map_err(|e| {
+            DeviceError::Unauthorized(format!("invalid client certificate header: {e}"))
+        })?;
         return Ok(DeviceCredential::X509(chain));
     }
     Ok(match req.header("authorization") {
@@ -1089,11 +1098,11 @@ fn execute(
         // An unknown ID scope authenticates nobody (Azure's answer is not documented).
         return unauthorized(tid, now);
     };
-    let cred = match credential(conn, req) {
+    let config = handle.0.device.config();
+    let cred = match credential(conn, req, config.accept_client_cert_header) {
         Ok(c) => c,
         Err(e) => return error_response(&e, tid, now),
     };
-    let config = handle.0.device.config();
     match op {
         DeviceOp::Register { .. } => {
             let body: RegisterRequest = if req.body.is_empty() {
