@@ -1108,3 +1108,146 @@ async fn the_test_header_can_be_refused() {
     assert_eq!(status, 401);
     sim.shutdown().await;
 }
+
+/// The folder of the official swagger files, from `AZURE_SPECS_DIR` (set by the test command when
+/// `../shared/azure-specs` exists); `None` (the test says it is skipped) otherwise.
+fn specs_dir() -> Option<std::path::PathBuf> {
+    match std::env::var_os("AZURE_SPECS_DIR").map(std::path::PathBuf::from) {
+        Some(d) if d.is_dir() => Some(d),
+        _ => {
+            eprintln!(
+                "SKIPPED: AZURE_SPECS_DIR is not set; device API bodies not checked against the swagger"
+            );
+            None
+        }
+    }
+}
+
+/// Every field of `value` is declared by `schema` (following `$ref`s) with a matching JSON type,
+/// and string enums hold one of their values.
+fn conforms(spec: &Value, schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
+    let schema = match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => &spec["definitions"][r.trim_start_matches("#/definitions/")],
+        None => schema,
+    };
+    let ty = schema.get("type").and_then(Value::as_str);
+    match value {
+        Value::Null => {}
+        Value::Object(map) => {
+            if ty.is_some_and(|t| t != "object") {
+                errors.push(format!("{path}: object, spec says {ty:?}"));
+                return;
+            }
+            let props = schema.get("properties").and_then(Value::as_object);
+            for (k, v) in map {
+                match props.and_then(|p| p.get(k)) {
+                    Some(s) => conforms(spec, s, v, &format!("{path}.{k}"), errors),
+                    None if schema.get("additionalProperties").is_some() => {}
+                    None => errors.push(format!("{path}.{k}: not in the spec")),
+                }
+            }
+        }
+        Value::String(s) => {
+            if ty != Some("string") {
+                errors.push(format!("{path}: string, spec says {ty:?}"));
+            } else if let Some(values) = schema.get("enum").and_then(Value::as_array)
+                && !values.iter().any(|e| e == s)
+            {
+                errors.push(format!("{path}: '{s}' is not one of {values:?}"));
+            }
+        }
+        Value::Number(_) if !matches!(ty, Some("integer" | "number")) => {
+            errors.push(format!("{path}: number, spec says {ty:?}"));
+        }
+        Value::Bool(_) if ty != Some("boolean") => {
+            errors.push(format!("{path}: bool, spec says {ty:?}"))
+        }
+        Value::Array(_) if ty != Some("array") => {
+            errors.push(format!("{path}: array, spec says {ty:?}"))
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn device_api_bodies_match_the_swagger() {
+    let Some(dir) = specs_dir() else { return };
+    let sim = start(config()).await;
+    let fleet = seed::seed_fleet(
+        sim.state(),
+        &serde_json::from_value(json!({
+            "groups": [{"groupId": "sw-x", "attestation": "x509", "devices": 1},
+                       {"groupId": "sw-k", "attestation": "symmetricKey", "devices": 1}],
+            "individuals": [{"registrationId": "sw-off", "attestation": "symmetricKey", "provisioningStatus": "disabled"}]
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let base = sim.device_api_base_url();
+    let scope = fleet.id_scope.clone();
+    let x = fleet.device("sw-x-dev-00000").unwrap();
+    let k = fleet.device("sw-k-dev-00000").unwrap();
+    let off = fleet.device("sw-off").unwrap();
+    let mut bodies = Vec::new();
+    for (rid, auth) in [
+        (
+            x.registration_id.as_str(),
+            Auth::CertHeader(tls::cert_header_value(&x.chain_der)),
+        ),
+        (
+            k.registration_id.as_str(),
+            sas_for(
+                &scope,
+                &k.registration_id,
+                k.symmetric_key.as_deref().unwrap(),
+            ),
+        ),
+        (
+            off.registration_id.as_str(),
+            sas_for(&scope, "sw-off", off.symmetric_key.as_deref().unwrap()),
+        ),
+    ] {
+        let (status, body, _) = register(&client, &base, &scope, rid, &auth).await;
+        assert_eq!(status, 200, "{body}");
+        bodies.push(("RegistrationOperationStatus", body));
+    }
+    let (status, err, _) = register(
+        &client,
+        &base,
+        &scope,
+        "sw-k-dev-00000",
+        &sas_for(&scope, "sw-k-dev-00000", "AAAAAAAAAAAAAAAAAAAAAA=="),
+    )
+    .await;
+    assert_eq!(status, 401);
+    bodies.push(("ProvisioningServiceErrorDetails", err));
+
+    for file in ["dps-device-2021-10-01.json", "dps-device-2026-11-01.json"] {
+        let spec: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+        let mut errors = Vec::new();
+        for (def, body) in &bodies {
+            conforms(
+                &spec,
+                &json!({"$ref": format!("#/definitions/{def}")}),
+                body,
+                def,
+                &mut errors,
+            );
+        }
+        assert!(errors.is_empty(), "{file}: {errors:#?}");
+        // The checker itself notices an undeclared field and a wrong enum value.
+        let mut caught = Vec::new();
+        let bogus = json!({"operationId": "x", "status": "sleeping", "bogus": 1});
+        conforms(
+            &spec,
+            &json!({"$ref": "#/definitions/RegistrationOperationStatus"}),
+            &bogus,
+            "t",
+            &mut caught,
+        );
+        assert_eq!(caught.len(), 2, "{caught:?}");
+    }
+    sim.shutdown().await;
+}
