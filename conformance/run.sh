@@ -3,13 +3,14 @@
 # Skips (exit 0) when Node.js is absent; otherwise installs the npm packages, starts the simulator
 # (examples/sim_https.rs), runs run.mjs and stops the simulator. Last line: "N passed, M failed".
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "conformance: skipped (node not found)"
     exit 0
 fi
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
 
 fail() {
     echo "conformance: $1" >&2
