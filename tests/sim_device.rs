@@ -1251,3 +1251,29 @@ async fn device_api_bodies_match_the_swagger() {
     }
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn seeding_rejects_inconsistent_fleets() {
+    let sim = start(config()).await;
+    let bad = |v: Value| seed::seed_fleet(sim.state(), &serde_json::from_value(v).unwrap());
+    assert!(matches!(
+        bad(json!({"dps": "nope"})),
+        Err(seed::SeedError::UnknownDps(_))
+    ));
+    assert!(matches!(
+        bad(json!({"groups": [{"groupId": "t", "attestation": "tpm", "devices": 1}]})),
+        Err(seed::SeedError::Invalid(_))
+    ));
+    assert!(matches!(
+        bad(
+            json!({"individuals": [{"registrationId": "a", "attestation": "x509", "certificateOf": "missing"}]})
+        ),
+        Err(seed::SeedError::Invalid(_))
+    ));
+    assert!(matches!(
+        bad(json!({"individuals": [{"registrationId": "bad id!", "attestation": "symmetricKey"}]})),
+        Err(seed::SeedError::Enrollment { .. })
+    ));
+    assert!(FleetSpec::from_json("{not json").is_err());
+    sim.shutdown().await;
+}
