@@ -3,23 +3,33 @@
 # Skips (exit 0) when Node.js is absent; otherwise installs the npm packages, starts the simulator
 # (examples/sim_https.rs), runs run.mjs and stops the simulator. Last line: "N passed, M failed".
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "conformance: skipped (node not found)"
     exit 0
 fi
 
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+
+fail() {
+    echo "conformance: $1" >&2
+    echo "0 passed, 1 failed"
+    exit 1
+}
+
 cd "$here"
-if [ -f package-lock.json ]; then
-    npm ci --no-audit --no-fund --loglevel=error
+if [ -f node_modules/.package-lock.json ] && [ node_modules/.package-lock.json -nt package-lock.json ]; then
+    : # installed from this lock file already
+elif [ -f package-lock.json ]; then
+    npm ci --no-audit --no-fund --loglevel=error || fail "npm ci failed (is the npm registry reachable?)"
 else
-    npm install --no-audit --no-fund --loglevel=error
+    npm install --no-audit --no-fund --loglevel=error || fail "npm install failed (is the npm registry reachable?)"
 fi
 
+# Honours CARGO_TARGET_DIR like cargo does.
 target=${CARGO_TARGET_DIR:-$repo/target}
-(cd "$repo" && cargo build --quiet --example sim_https)
+(cd "$repo" && cargo build --quiet --example sim_https) || fail "cannot build examples/sim_https"
 sim="$target/debug/examples/sim_https"
 
 work=$(mktemp -d)
@@ -37,10 +47,8 @@ i=0
 while [ ! -s "$work/info.json" ]; do
     i=$((i + 1))
     if [ "$i" -gt 300 ] || ! kill -0 "$sim_pid" 2>/dev/null; then
-        echo "conformance: the simulator did not start" >&2
         cat "$work/sim.log" >&2
-        echo "0 passed, 1 failed"
-        exit 1
+        fail "the simulator did not start"
     fi
     sleep 0.1
 done

@@ -823,3 +823,457 @@ async fn admin_seed_endpoint_seeds_and_returns_credentials() {
     assert_eq!(status, 200, "{reg}");
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_sdk_api_version_is_accepted_and_calls_are_logged() {
+    let sim = start(config()).await;
+    let stored = put(
+        &sim,
+        EnrollmentKind::Individual,
+        "versions",
+        json!({"registrationId": "versions", "attestation": {"type": "symmetricKey"}}),
+    );
+    let key = primary_key(&stored);
+    let scope = scope(&sim);
+    let client = reqwest::Client::new();
+    for v in device_api::KNOWN_API_VERSIONS {
+        let resp = client
+            .put(format!(
+                "{}/{scope}/registrations/versions/register?api-version={v}&forceRegistration=true",
+                sim.device_api_base_url()
+            ))
+            .header(
+                "authorization",
+                device_api::device_sas(&scope, "versions", &key, expiry(60)),
+            )
+            .json(&json!({"registrationId": "versions", "payload": null}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 202, "api-version {v}");
+    }
+    let calls: Vec<_> = sim
+        .calls()
+        .into_iter()
+        .filter(|c| c.operation == "DeviceRegister")
+        .collect();
+    assert_eq!(calls.len(), 4);
+    assert!(calls.iter().all(|c| c.instance == DPS
+        && c.entity_id.as_deref() == Some("versions")
+        && c.status == Some(202)));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn registrations_and_polls_are_throttled_with_retry_after() {
+    let mut c = config();
+    c.throttle.enabled = true;
+    c.throttle.dps_registrations_per_minute = 2.0;
+    c.device_api.polls_per_10s_per_device = 1;
+    let sim = start(c).await;
+    let stored = put(
+        &sim,
+        EnrollmentKind::Individual,
+        "busy",
+        json!({"registrationId": "busy", "attestation": {"type": "symmetricKey"}}),
+    );
+    let key = primary_key(&stored);
+    let scope = scope(&sim);
+    let base = sim.device_api_base_url();
+    let client = reqwest::Client::new();
+    let token = device_api::device_sas(&scope, "busy", &key, expiry(600));
+    let put_once = || {
+        client
+            .put(format!(
+                "{base}/{scope}/registrations/busy/register?api-version=2019-03-31"
+            ))
+            .header("authorization", &token)
+            .json(&json!({}))
+            .send()
+    };
+    let first: Value = put_once().await.unwrap().json().await.unwrap();
+    assert_eq!(put_once().await.unwrap().status().as_u16(), 202);
+    let third = put_once().await.unwrap();
+    assert_eq!(third.status().as_u16(), 429);
+    assert!(third.headers().contains_key("retry-after"));
+    // Polls have their own per-device budget (here 1 per 10 s).
+    let op = first["operationId"].as_str().unwrap();
+    let poll = || {
+        client
+            .get(format!(
+                "{base}/{scope}/registrations/busy/operations/{op}?api-version=2019-03-31"
+            ))
+            .header("authorization", &token)
+            .send()
+    };
+    assert_eq!(poll().await.unwrap().status().as_u16(), 200);
+    assert_eq!(poll().await.unwrap().status().as_u16(), 429);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn reprovisioning_follows_the_enrollment_hubs_and_policy() {
+    let sim = start(config()).await;
+    let state = sim.state();
+    let dps = state.dps(DPS).unwrap();
+    let body = |hub: &str, update: bool, migrate: bool| {
+        json!({"registrationId": "mover", "attestation": {"type": "symmetricKey",
+                 "symmetricKey": {"primaryKey": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+                                  "secondaryKey": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}},
+               "iotHubs": [hub],
+               "reprovisionPolicy": {"updateHubAssignment": update, "migrateDeviceData": migrate}})
+    };
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let register = || {
+        let cred = seed::SeededDevice::credential_for_key(
+            &dps.id_scope,
+            "mover",
+            key,
+            state.clock().now_utc().timestamp(),
+        );
+        seed::provision_with(state, &dps, "mover", &cred)
+    };
+    put(
+        &sim,
+        EnrollmentKind::Individual,
+        "mover",
+        body(HUBS[0], true, true),
+    );
+    assert!(matches!(register(), ProvisionOutcome::Assigned { ref hub, .. } if hub == HUBS[0]));
+
+    // The enrollment moves to hub-2: the device follows, data migrated, old identity removed.
+    put(
+        &sim,
+        EnrollmentKind::Individual,
+        "mover",
+        body(HUBS[1], true, true),
+    );
+    assert!(matches!(register(), ProvisionOutcome::Assigned { ref hub, .. } if hub == HUBS[1]));
+    let record = dps.registration("mover").unwrap().state;
+    assert_eq!(record["substatus"], "deviceDataMigrated");
+    assert!(state.hub(HUBS[0]).unwrap().get_device("mover").is_none());
+    assert!(state.hub(HUBS[1]).unwrap().get_device("mover").is_some());
+
+    // migrateDeviceData=false: deviceDataReset.
+    put(
+        &sim,
+        EnrollmentKind::Individual,
+        "mover",
+        body(HUBS[2], true, false),
+    );
+    register();
+    assert_eq!(
+        dps.registration("mover").unwrap().state["substatus"],
+        "deviceDataReset"
+    );
+
+    // updateHubAssignment=false: the device stays where it is.
+    put(
+        &sim,
+        EnrollmentKind::Individual,
+        "mover",
+        body(HUBS[0], false, true),
+    );
+    assert!(matches!(register(), ProvisionOutcome::Assigned { ref hub, .. } if hub == HUBS[2]));
+    assert_eq!(
+        dps.registration("mover").unwrap().state["substatus"],
+        "initialAssignment"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn status_lookup_returns_the_registration_result() {
+    let sim = start(config()).await;
+    let stored = put(
+        &sim,
+        EnrollmentKind::Individual,
+        "lookup",
+        json!({"registrationId": "lookup", "attestation": {"type": "symmetricKey"}}),
+    );
+    let key = primary_key(&stored);
+    let scope = scope(&sim);
+    let base = sim.device_api_base_url();
+    let client = reqwest::Client::new();
+    let lookup = |token: String| {
+        client
+            .post(format!(
+                "{base}/{scope}/registrations/lookup?api-version=2021-10-01"
+            ))
+            .header("authorization", token)
+            .json(&json!({"registrationId": "lookup"}))
+            .send()
+    };
+    let token = device_api::device_sas(&scope, "lookup", &key, expiry(60));
+    // Not registered yet: 404.
+    assert_eq!(lookup(token.clone()).await.unwrap().status().as_u16(), 404);
+    let (status, _, _) = register(
+        &client,
+        &base,
+        &scope,
+        "lookup",
+        &sas_for(&scope, "lookup", &key),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let resp = lookup(token).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["registrationId"], "lookup");
+    assert_eq!(body["status"], "assigned");
+    assert!(body["assignedHub"].is_string());
+    // A wrong key gets the device 401.
+    let bad = device_api::device_sas(&scope, "lookup", "AAAAAAAAAAAAAAAAAAAAAA==", expiry(60));
+    assert_eq!(lookup(bad).await.unwrap().status().as_u16(), 401);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn https_with_a_given_certificate_and_a_fleet_file() {
+    // A certificate and key given as files (here: generated once, then handed over).
+    let material = tls::TlsMaterial::generate(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, &material.cert_chain_pem).unwrap();
+    std::fs::write(&key_file, &material.key_pem).unwrap();
+    let mut c = config();
+    c.tls = Some(TlsSettings {
+        cert_file: Some(cert_file),
+        key_file: Some(key_file),
+        ..TlsSettings::default()
+    });
+    let sim = start(c).await;
+    assert_eq!(sim.tls_ca_pem(), None, "nothing generated");
+
+    let fleet_file = dir.path().join("fleet.json");
+    std::fs::write(
+        &fleet_file,
+        r#"{"groups": [{"groupId": "f", "attestation": "symmetricKey", "devices": 2}]}"#,
+    )
+    .unwrap();
+    let spec = FleetSpec::from_file(&fleet_file).unwrap();
+    let fleet = seed::seed_fleet(sim.state(), &spec).unwrap();
+    let dev = fleet.device("f-dev-00001").unwrap();
+
+    let ca = reqwest::Certificate::from_pem(material.ca_pem.unwrap().as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let base = sim.device_api_base_url().replace("127.0.0.1", "localhost");
+    let (status, body, _) = register(
+        &client,
+        &base,
+        &fleet.id_scope,
+        "f-dev-00001",
+        &sas_for(
+            &fleet.id_scope,
+            "f-dev-00001",
+            dev.symmetric_key.as_deref().unwrap(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["registrationState"]["assignedHub"].as_str(),
+        dev.assigned_hub.as_deref()
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_test_header_can_be_refused() {
+    let mut c = config();
+    c.device_api.accept_client_cert_header = false;
+    let sim = start(c).await;
+    let root = TestCa::root("R").unwrap();
+    let inter = root.intermediate("I").unwrap();
+    put(
+        &sim,
+        EnrollmentKind::Group,
+        "g",
+        json!({"enrollmentGroupId": "g",
+               "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": inter.cert_pem()}}}}}),
+    );
+    let leaf = inter.leaf("hdr-dev").unwrap();
+    let client = reqwest::Client::new();
+    let (status, _, _) = register(
+        &client,
+        &sim.device_api_base_url(),
+        &scope(&sim),
+        "hdr-dev",
+        &Auth::CertHeader(tls::cert_header_value(&leaf.chain_der)),
+    )
+    .await;
+    assert_eq!(status, 401);
+    sim.shutdown().await;
+}
+
+/// The folder of the official swagger files, from `AZURE_SPECS_DIR` (set by the test command when
+/// `../shared/azure-specs` exists); `None` (the test says it is skipped) otherwise.
+fn specs_dir() -> Option<std::path::PathBuf> {
+    match std::env::var_os("AZURE_SPECS_DIR").map(std::path::PathBuf::from) {
+        Some(d) if d.is_dir() => Some(d),
+        _ => {
+            eprintln!(
+                "SKIPPED: AZURE_SPECS_DIR is not set; device API bodies not checked against the swagger"
+            );
+            None
+        }
+    }
+}
+
+/// Every field of `value` is declared by `schema` (following `$ref`s) with a matching JSON type,
+/// and string enums hold one of their values.
+fn conforms(spec: &Value, schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
+    let schema = match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => &spec["definitions"][r.trim_start_matches("#/definitions/")],
+        None => schema,
+    };
+    let ty = schema.get("type").and_then(Value::as_str);
+    match value {
+        Value::Null => {}
+        Value::Object(map) => {
+            if ty.is_some_and(|t| t != "object") {
+                errors.push(format!("{path}: object, spec says {ty:?}"));
+                return;
+            }
+            let props = schema.get("properties").and_then(Value::as_object);
+            for (k, v) in map {
+                match props.and_then(|p| p.get(k)) {
+                    Some(s) => conforms(spec, s, v, &format!("{path}.{k}"), errors),
+                    None if schema.get("additionalProperties").is_some() => {}
+                    None => errors.push(format!("{path}.{k}: not in the spec")),
+                }
+            }
+        }
+        Value::String(s) => {
+            if ty != Some("string") {
+                errors.push(format!("{path}: string, spec says {ty:?}"));
+            } else if let Some(values) = schema.get("enum").and_then(Value::as_array)
+                && !values.iter().any(|e| e == s)
+            {
+                errors.push(format!("{path}: '{s}' is not one of {values:?}"));
+            }
+        }
+        Value::Number(_) if !matches!(ty, Some("integer" | "number")) => {
+            errors.push(format!("{path}: number, spec says {ty:?}"));
+        }
+        Value::Bool(_) if ty != Some("boolean") => {
+            errors.push(format!("{path}: bool, spec says {ty:?}"))
+        }
+        Value::Array(_) if ty != Some("array") => {
+            errors.push(format!("{path}: array, spec says {ty:?}"))
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn device_api_bodies_match_the_swagger() {
+    let Some(dir) = specs_dir() else { return };
+    let sim = start(config()).await;
+    let fleet = seed::seed_fleet(
+        sim.state(),
+        &serde_json::from_value(json!({
+            "groups": [{"groupId": "sw-x", "attestation": "x509", "devices": 1},
+                       {"groupId": "sw-k", "attestation": "symmetricKey", "devices": 1}],
+            "individuals": [{"registrationId": "sw-off", "attestation": "symmetricKey", "provisioningStatus": "disabled"}]
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let base = sim.device_api_base_url();
+    let scope = fleet.id_scope.clone();
+    let x = fleet.device("sw-x-dev-00000").unwrap();
+    let k = fleet.device("sw-k-dev-00000").unwrap();
+    let off = fleet.device("sw-off").unwrap();
+    let mut bodies = Vec::new();
+    for (rid, auth) in [
+        (
+            x.registration_id.as_str(),
+            Auth::CertHeader(tls::cert_header_value(&x.chain_der)),
+        ),
+        (
+            k.registration_id.as_str(),
+            sas_for(
+                &scope,
+                &k.registration_id,
+                k.symmetric_key.as_deref().unwrap(),
+            ),
+        ),
+        (
+            off.registration_id.as_str(),
+            sas_for(&scope, "sw-off", off.symmetric_key.as_deref().unwrap()),
+        ),
+    ] {
+        let (status, body, _) = register(&client, &base, &scope, rid, &auth).await;
+        assert_eq!(status, 200, "{body}");
+        bodies.push(("RegistrationOperationStatus", body));
+    }
+    let (status, err, _) = register(
+        &client,
+        &base,
+        &scope,
+        "sw-k-dev-00000",
+        &sas_for(&scope, "sw-k-dev-00000", "AAAAAAAAAAAAAAAAAAAAAA=="),
+    )
+    .await;
+    assert_eq!(status, 401);
+    bodies.push(("ProvisioningServiceErrorDetails", err));
+
+    for file in ["dps-device-2021-10-01.json", "dps-device-2026-11-01.json"] {
+        let spec: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+        let mut errors = Vec::new();
+        for (def, body) in &bodies {
+            conforms(
+                &spec,
+                &json!({"$ref": format!("#/definitions/{def}")}),
+                body,
+                def,
+                &mut errors,
+            );
+        }
+        assert!(errors.is_empty(), "{file}: {errors:#?}");
+        // The checker itself notices an undeclared field and a wrong enum value.
+        let mut caught = Vec::new();
+        let bogus = json!({"operationId": "x", "status": "sleeping", "bogus": 1});
+        conforms(
+            &spec,
+            &json!({"$ref": "#/definitions/RegistrationOperationStatus"}),
+            &bogus,
+            "t",
+            &mut caught,
+        );
+        assert_eq!(caught.len(), 2, "{caught:?}");
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn seeding_rejects_inconsistent_fleets() {
+    let sim = start(config()).await;
+    let bad = |v: Value| seed::seed_fleet(sim.state(), &serde_json::from_value(v).unwrap());
+    assert!(matches!(
+        bad(json!({"dps": "nope"})),
+        Err(seed::SeedError::UnknownDps(_))
+    ));
+    assert!(matches!(
+        bad(json!({"groups": [{"groupId": "t", "attestation": "tpm", "devices": 1}]})),
+        Err(seed::SeedError::Invalid(_))
+    ));
+    assert!(matches!(
+        bad(
+            json!({"individuals": [{"registrationId": "a", "attestation": "x509", "certificateOf": "missing"}]})
+        ),
+        Err(seed::SeedError::Invalid(_))
+    ));
+    assert!(matches!(
+        bad(json!({"individuals": [{"registrationId": "bad id!", "attestation": "symmetricKey"}]})),
+        Err(seed::SeedError::Enrollment { .. })
+    ));
+    assert!(FleetSpec::from_json("{not json").is_err());
+    sim.shutdown().await;
+}

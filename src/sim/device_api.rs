@@ -15,7 +15,6 @@
 //! it to the TPM's endorsement key); the device then signs SAS tokens with it like a symmetric key.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -65,6 +64,9 @@ pub struct DeviceApiConfig {
     pub assigning_ms: u64,
     /// Device polls allowed per device per 10 seconds (README §6: 5); 0 disables the limit.
     pub polls_per_10s_per_device: u32,
+    /// Whether the test header `x-sim-client-cert` may stand for a TLS client chain (it proves no
+    /// key possession; turn it off to allow only real mutual TLS).
+    pub accept_client_cert_header: bool,
 }
 
 impl Default for DeviceApiConfig {
@@ -75,6 +77,7 @@ impl Default for DeviceApiConfig {
             retry_after_secs: 3,
             assigning_ms: 0,
             polls_per_10s_per_device: 5,
+            accept_client_cert_header: true,
         }
     }
 }
@@ -200,6 +203,8 @@ struct Operation {
 pub struct DeviceApiState {
     config: Mutex<DeviceApiConfig>,
     ops: Mutex<(HashMap<String, Operation>, VecDeque<String>)>,
+    /// Recent poll times (simulator monotonic clock) per `dps/registration id`.
+    polls: Mutex<HashMap<String, VecDeque<std::time::Duration>>>,
 }
 
 impl DeviceApiState {
@@ -208,7 +213,33 @@ impl DeviceApiState {
         Self {
             config: Mutex::new(config),
             ops: Mutex::new((HashMap::new(), VecDeque::new())),
+            polls: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Admits one poll of `key` at `now` if fewer than `limit` happened in the last `window`;
+    /// otherwise returns how long until the oldest one leaves the window.
+    fn admit_poll(
+        &self,
+        key: &str,
+        now: std::time::Duration,
+        window: std::time::Duration,
+        limit: usize,
+    ) -> Result<(), std::time::Duration> {
+        let mut polls = self.polls.lock();
+        let recent = polls.entry(key.to_owned()).or_default();
+        while recent
+            .front()
+            .is_some_and(|t| now.saturating_sub(*t) >= window)
+        {
+            recent.pop_front();
+        }
+        if recent.len() >= limit {
+            let oldest = recent.front().copied().unwrap_or(now);
+            return Err(window.saturating_sub(now.saturating_sub(oldest)));
+        }
+        recent.push_back(now);
+        Ok(())
     }
 
     /// Current settings.
@@ -631,8 +662,8 @@ fn allocate(
     previous: Option<&Value>,
 ) -> Result<(String, &'static str, Option<String>), (u32, String)> {
     let candidates = candidate_hubs(state, dps, enrollment);
+    // A record left `disabled` or `failed` still names the hub of an earlier assignment.
     let prev_hub = previous
-        .filter(|p| p.get("status").and_then(Value::as_str) == Some("assigned"))
         .and_then(|p| p.get("assignedHub"))
         .and_then(Value::as_str)
         .map(str::to_ascii_lowercase);
@@ -920,15 +951,20 @@ fn unauthorized(tid: &str, now: DateTime<Utc>) -> SimResponse {
     errors::json_response(401, &body)
 }
 
-/// The credential of a request: TLS/header client chain, else the Authorization header.
-fn credential(conn: &ConnInfo, req: &SimRequest) -> Result<DeviceCredential, DeviceError> {
+/// The credential of a request: the TLS client chain, else the test header (when accepted), else
+/// the Authorization header.
+fn credential(
+    conn: &ConnInfo,
+    req: &SimRequest,
+    accept_header: bool,
+) -> Result<DeviceCredential, DeviceError> {
     if !conn.client_certs.is_empty() {
         return Ok(DeviceCredential::X509(conn.client_certs.clone()));
     }
-    let ext = http::Extensions::new();
-    if let Some(chain) = tls::client_chain(&ext, &req.headers)
-        .map_err(|e| DeviceError::Unauthorized(format!("invalid client certificate header: {e}")))?
-    {
+    if accept_header && let Some(value) = req.header(tls::CLIENT_CERT_HEADER) {
+        let chain = tls::parse_cert_header(value).map_err(|e| {
+            DeviceError::Unauthorized(format!("invalid client certificate header: {e}"))
+        })?;
         return Ok(DeviceCredential::X509(chain));
     }
     Ok(match req.header("authorization") {
@@ -955,19 +991,11 @@ pub async fn serve(
     let (scope, rid) = op.scope_and_id();
     let dps = handle.state().dps_by_id_scope(scope);
     let settings = handle.0.throttle.settings();
-    let quota = dps.as_ref().map(|d| match &op {
-        DeviceOp::Poll { .. } => {
-            let polls = f64::from(handle.0.device.config().polls_per_10s_per_device);
-            (
-                format!("dps-poll:{}:{}", d.name, rid.to_ascii_lowercase()),
-                polls * 6.0,
-                1.0,
-            )
-        }
-        DeviceOp::Register { .. } | DeviceOp::Status { .. } => {
-            (format!("dps:{}", d.name), settings.dps_ops_per_minute, 1.0)
-        }
-    });
+    // Polls have their own per-device window (checked in `exec`), not the operations quota.
+    let quota = dps
+        .as_ref()
+        .filter(|_| !matches!(op, DeviceOp::Poll { .. }))
+        .map(|d| (format!("dps:{}", d.name), settings.dps_ops_per_minute, 1.0));
     let plan = CallPlan {
         service: Service::Dps,
         instance: dps
@@ -980,18 +1008,11 @@ pub async fn serve(
         rights: Vec::new(),
         quota,
     };
-    // Devices authenticate during registration (matching and authentication are one step in DPS);
-    // the pipeline's authorizer only hands over the call's tracking id and time.
-    let call: OnceLock<(String, DateTime<Utc>)> = OnceLock::new();
-    let authorize = |ctx: &AuthContext<'_>| {
-        let _ = call.set((ctx.tracking_id.to_owned(), ctx.now));
-        Ok(())
-    };
-    let exec = || {
-        let (tid, now) = call
-            .get()
-            .cloned()
-            .unwrap_or_else(|| (handle.state().ids().uuid(), handle.0.clock.now_utc()));
+    // Devices authenticate during registration (matching and authentication are one step in DPS),
+    // so the pipeline's authorizer admits every call.
+    let authorize = |_: &AuthContext<'_>| Ok(());
+    let exec = |tid: &str| {
+        let now = handle.0.clock.now_utc();
         if matches!(op, DeviceOp::Register { .. })
             && let Some(d) = &dps
             && let Decision::Throttled { retry_after } = handle.0.throttle.acquire(
@@ -1001,7 +1022,7 @@ pub async fn serve(
             )
         {
             let mut resp =
-                errors::service_error(Service::Dps, 429, "Too many registrations", &tid, now);
+                errors::service_error(Service::Dps, 429, "Too many registrations", tid, now);
             if settings.retry_after {
                 errors::set_header(
                     &mut resp,
@@ -1011,7 +1032,34 @@ pub async fn serve(
             }
             return resp;
         }
-        execute(handle, conn, req, &op, &tid, now)
+        let limit = handle.0.device.config().polls_per_10s_per_device;
+        if matches!(op, DeviceOp::Poll { .. })
+            && settings.enabled
+            && limit > 0
+            && let Some(d) = &dps
+        {
+            let key = format!("{}/{}", d.name, rid.to_ascii_lowercase());
+            // Ten seconds of quota time, shortened by the time scale like every other quota.
+            let window = std::time::Duration::from_secs_f64(10.0 / settings.time_scale.max(1e-6));
+            let admitted = handle.0.device.admit_poll(
+                &key,
+                handle.0.clock.monotonic(),
+                window,
+                usize::try_from(limit).unwrap_or(usize::MAX),
+            );
+            if let Err(wait) = admitted {
+                let mut resp = errors::service_error(Service::Dps, 429, "Too many polls", tid, now);
+                if settings.retry_after {
+                    errors::set_header(
+                        &mut resp,
+                        "retry-after",
+                        &throttle::retry_after_seconds(wait).to_string(),
+                    );
+                }
+                return resp;
+            }
+        }
+        execute(handle, conn, req, &op, tid, now)
     };
     run_call_with(handle, plan, req, authorize, exec).await
 }
@@ -1050,11 +1098,11 @@ fn execute(
         // An unknown ID scope authenticates nobody (Azure's answer is not documented).
         return unauthorized(tid, now);
     };
-    let cred = match credential(conn, req) {
+    let config = handle.0.device.config();
+    let cred = match credential(conn, req, config.accept_client_cert_header) {
         Ok(c) => c,
         Err(e) => return error_response(&e, tid, now),
     };
-    let config = handle.0.device.config();
     match op {
         DeviceOp::Register { .. } => {
             let body: RegisterRequest = if req.body.is_empty() {

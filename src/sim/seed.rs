@@ -84,6 +84,20 @@ pub struct FleetSpec {
     pub individuals: Vec<IndividualSpec>,
 }
 
+impl FleetSpec {
+    /// Reads a fleet from JSON text (missing fields take their defaults).
+    pub fn from_json(text: &str) -> Result<Self, SeedError> {
+        serde_json::from_str(text).map_err(|e| SeedError::Invalid(e.to_string()))
+    }
+
+    /// Reads a fleet from a JSON file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, SeedError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SeedError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_json(&text)
+    }
+}
+
 /// One enrollment group and its devices.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -195,6 +209,22 @@ impl std::fmt::Debug for SeededDevice {
 }
 
 impl SeededDevice {
+    /// A SAS credential for any key-based device, valid one hour after `now_unix`.
+    pub fn credential_for_key(
+        id_scope: &str,
+        registration_id: &str,
+        key_b64: &str,
+        now_unix: i64,
+    ) -> DeviceCredential {
+        let expiry = u64::try_from(now_unix + TOKEN_TTL).unwrap_or(0);
+        DeviceCredential::Sas(device_api::device_sas(
+            id_scope,
+            registration_id,
+            key_b64,
+            expiry,
+        ))
+    }
+
     /// The credential the device presents (a fresh SAS for key-based devices).
     pub fn credential(&self, id_scope: &str, now_unix: i64) -> DeviceCredential {
         let expiry = u64::try_from(now_unix + TOKEN_TTL).unwrap_or(0);

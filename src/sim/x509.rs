@@ -571,6 +571,19 @@ mod tests {
         }
     }
 
+    /// The device API (this module) and the service API (`certs`) print the same `info`.
+    #[test]
+    fn info_matches_the_service_api_rendering() {
+        let root = TestCa::root("Same Root").unwrap();
+        let inter = root.intermediate("Same Inter").unwrap();
+        let leaf = inter.leaf("same-dev").unwrap();
+        for der in [leaf.cert_der.as_slice(), inter.cert_der(), root.cert_der()] {
+            let ours = serde_json::to_value(certificate_info(der).unwrap()).unwrap();
+            let service = crate::sim::certs::certificate_info(der).unwrap();
+            assert_eq!(ours, service);
+        }
+    }
+
     #[test]
     fn thumbprint_is_sha1_of_der_independently_computed() {
         // "abc" SHA-1 / SHA-256 vectors from FIPS 180.
