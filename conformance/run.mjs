@@ -237,8 +237,8 @@ await check('dps: registration-state query of a group pages 10/10/5', async () =
 
 let target;
 await check('dps: get one registration state', async () => {
-  ({ body: target } = await call((cb) => dps.getDeviceRegistrationState('conf-sk-group-dev-00003', cb)));
-  assert(target.registrationId === 'conf-sk-group-dev-00003' && target.etag, JSON.stringify(target));
+  ({ body: target } = await call((cb) => dps.getDeviceRegistrationState('conf-sk-group-dev-0003', cb)));
+  assert(target.registrationId === 'conf-sk-group-dev-0003' && target.etag, JSON.stringify(target));
 });
 
 await check('hub: get the device DPS assigned', async () => {
@@ -387,7 +387,7 @@ await check('device: refused after the enrollment is disabled (status disabled)'
 });
 
 await check('device: symmetric-key group device (derived key) registers', async () => {
-  const dev = seeded.devices.find((d) => d.registrationId === 'conf-sk-group-dev-00010');
+  const dev = seeded.devices.find((d) => d.registrationId === 'conf-sk-group-dev-0010');
   const result = await registerDevice(new SymmetricKeySecurityClient(dev.registrationId, dev.symmetricKey));
   assert(result.assignedHub === dev.assignedHub, 're-registration keeps the hub');
   assert(result.substatus === 'initialAssignment', `substatus ${result.substatus}`);

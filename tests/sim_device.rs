@@ -1053,7 +1053,7 @@ async fn https_with_a_given_certificate_and_a_fleet_file() {
     .unwrap();
     let spec = FleetSpec::from_file(&fleet_file).unwrap();
     let fleet = seed::seed_fleet(sim.state(), &spec).unwrap();
-    let dev = fleet.device("f-dev-00001").unwrap();
+    let dev = fleet.device("f-dev-0001").unwrap();
 
     let ca = reqwest::Certificate::from_pem(material.ca_pem.unwrap().as_bytes()).unwrap();
     let client = reqwest::Client::builder()
@@ -1065,10 +1065,10 @@ async fn https_with_a_given_certificate_and_a_fleet_file() {
         &client,
         &base,
         &fleet.id_scope,
-        "f-dev-00001",
+        "f-dev-0001",
         &sas_for(
             &fleet.id_scope,
-            "f-dev-00001",
+            "f-dev-0001",
             dev.symmetric_key.as_deref().unwrap(),
         ),
     )
@@ -1186,8 +1186,8 @@ async fn device_api_bodies_match_the_swagger() {
     let client = reqwest::Client::new();
     let base = sim.device_api_base_url();
     let scope = fleet.id_scope.clone();
-    let x = fleet.device("sw-x-dev-00000").unwrap();
-    let k = fleet.device("sw-k-dev-00000").unwrap();
+    let x = fleet.device("sw-x-dev-0000").unwrap();
+    let k = fleet.device("sw-k-dev-0000").unwrap();
     let off = fleet.device("sw-off").unwrap();
     let mut bodies = Vec::new();
     for (rid, auth) in [
@@ -1216,8 +1216,8 @@ async fn device_api_bodies_match_the_swagger() {
         &client,
         &base,
         &scope,
-        "sw-k-dev-00000",
-        &sas_for(&scope, "sw-k-dev-00000", "AAAAAAAAAAAAAAAAAAAAAA=="),
+        "sw-k-dev-0000",
+        &sas_for(&scope, "sw-k-dev-0000", "AAAAAAAAAAAAAAAAAAAAAA=="),
     )
     .await;
     assert_eq!(status, 401);
