@@ -166,7 +166,7 @@ fn parse_job_id(id: &str) -> Result<String, ApiError> {
     get,
     path = "/v1/deprovisions/{id}",
     tag = "deprovisions",
-    params(("id" = String, Path, description = "Job id")),
+    params(("id" = uuid::Uuid, Path, description = "Job id (a UUID)")),
     responses(
         (status = 200, description = "The job", body = JobView),
         (status = 400, description = "Not a job id", body = Problem, content_type = PROBLEM),
@@ -293,9 +293,10 @@ fn page_params(q: &PageQuery) -> Result<(Option<i64>, u32), ApiError> {
     get,
     path = "/v1/deprovisions/{id}/devices",
     tag = "deprovisions",
-    params(("id" = String, Path, description = "Job id"), PageQuery),
+    params(("id" = uuid::Uuid, Path, description = "Job id (a UUID)"), PageQuery),
     responses(
         (status = 200, description = "A page of devices", body = DevicePage),
+        (status = 400, description = "Not a job id, or an unknown query parameter", body = Problem, content_type = PROBLEM),
         (status = 404, description = "No such job", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Invalid paging", body = Problem, content_type = PROBLEM),
     )
@@ -328,9 +329,10 @@ pub async fn list_devices(
     get,
     path = "/v1/deprovisions/{id}/events",
     tag = "deprovisions",
-    params(("id" = String, Path, description = "Job id"), PageQuery),
+    params(("id" = uuid::Uuid, Path, description = "Job id (a UUID)"), PageQuery),
     responses(
         (status = 200, description = "A page of events, oldest first", body = EventPage),
+        (status = 400, description = "Not a job id, or an unknown query parameter", body = Problem, content_type = PROBLEM),
         (status = 404, description = "No such job", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Invalid paging", body = Problem, content_type = PROBLEM),
     )
@@ -361,9 +363,10 @@ pub async fn list_events(
     post,
     path = "/v1/deprovisions/{id}/cancel",
     tag = "deprovisions",
-    params(("id" = String, Path, description = "Job id")),
+    params(("id" = uuid::Uuid, Path, description = "Job id (a UUID)")),
     responses(
         (status = 200, description = "The job, cancelled or cancelling", body = JobView),
+        (status = 400, description = "Not a job id", body = Problem, content_type = PROBLEM),
         (status = 404, description = "No such job", body = Problem, content_type = PROBLEM),
         (status = 409, description = "The job already finished", body = Problem, content_type = PROBLEM),
     )
@@ -382,9 +385,10 @@ pub async fn cancel_deprovision(
     post,
     path = "/v1/deprovisions/{id}/retry",
     tag = "deprovisions",
-    params(("id" = String, Path, description = "Job id")),
+    params(("id" = uuid::Uuid, Path, description = "Job id (a UUID)")),
     responses(
         (status = 200, description = "The job, queued again", body = JobView),
+        (status = 400, description = "Not a job id", body = Problem, content_type = PROBLEM),
         (status = 404, description = "No such job", body = Problem, content_type = PROBLEM),
         (status = 409, description = "The job is not failed, or another job is active for the target", body = Problem, content_type = PROBLEM),
     )
@@ -458,6 +462,8 @@ async fn run_preview(
     responses(
         (status = 200, description = "The plan", body = Preview),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = PROBLEM),
+        (status = 413, description = "Body larger than the limit", body = Problem, content_type = PROBLEM),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Invalid fields", body = Problem, content_type = PROBLEM),
         (status = 502, description = "DPS or a hub could not be read", body = Problem, content_type = PROBLEM),
         (status = 503, description = "No Azure workflow configured", body = Problem, content_type = PROBLEM),

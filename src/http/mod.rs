@@ -102,7 +102,7 @@ impl AppState {
         (name = "tombstones", description = "Disabled individual enrollments that block single devices of groups"),
         (name = "health", description = "Probes")
     ),
-    components(schemas(error::Problem))
+    components(schemas(error::Problem, crate::domain::job::TargetKind, crate::domain::job::JobStatus))
 )]
 pub struct ApiDoc;
 
@@ -117,6 +117,32 @@ fn api_router() -> OpenApiRouter<AppState> {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = api_router().into_openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    document_target_kinds(doc)
+}
+
+/// Each target variant is a closed object (`additionalProperties: false`) combined with its `kind` tag;
+/// the tag must be a property of the variant too, or no body could satisfy the schema.
+fn document_target_kinds(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    let Some(components) = doc.components.as_mut() else {
+        return doc;
+    };
+    for (name, kind) in [
+        ("IndividualTarget", "individual_enrollment"),
+        ("GroupTarget", "enrollment_group"),
+        ("GroupDeviceTarget", "group_device"),
+    ] {
+        if let Some(RefOr::T(Schema::Object(obj))) = components.schemas.get_mut(name) {
+            let tag = ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some([kind]))
+                .description(Some("The target kind."))
+                .build();
+            obj.properties.insert("kind".into(), tag.into());
+            obj.required.insert(0, "kind".into());
+        }
+    }
     doc
 }
 

@@ -82,8 +82,10 @@ pub struct TombstonePage {
 #[into_params(parameter_in = Query)]
 pub struct TombstoneQuery {
     /// Cursor from the previous page.
+    #[serde(default, deserialize_with = "super::views::empty_as_none")]
     pub cursor: Option<String>,
     /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -113,6 +115,7 @@ fn decode_cursor(c: &str) -> Option<(String, String)> {
     params(TombstoneQuery),
     responses(
         (status = 200, description = "A page of tombstones", body = TombstonePage),
+        (status = 400, description = "Unknown query parameter", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Invalid paging", body = Problem, content_type = PROBLEM),
     )
 )]

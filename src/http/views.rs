@@ -1,6 +1,6 @@
 //! JSON shapes the API returns, built from store records.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
@@ -303,16 +303,24 @@ pub struct ListJobsQuery {
     /// Only jobs for this kind of target.
     pub target_kind: Option<crate::domain::job::TargetKind>,
     /// Only jobs for this registration id or group id.
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub target_id: Option<String>,
     /// Only jobs from this ticket key.
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub ticket_key: Option<String>,
     /// Only jobs created at or after this time (RFC 3339).
+    #[param(format = DateTime)]
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub created_after: Option<String>,
     /// Only jobs created before this time (RFC 3339).
+    #[param(format = DateTime)]
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub created_before: Option<String>,
     /// Cursor from the previous page.
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub cursor: Option<String>,
     /// Page size, 1-200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
 }
 
@@ -322,7 +330,14 @@ pub struct ListJobsQuery {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Cursor from the previous page.
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub cursor: Option<String>,
     /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+}
+
+/// An empty query value (`?cursor=`) means the parameter was not given.
+pub fn empty_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
 }
