@@ -189,3 +189,20 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     let err = ApiError::Internal(anyhow::anyhow!("handler panicked"));
     problem_response(StatusCode::INTERNAL_SERVER_ERROR, err.problem()).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_a_problem_without_details() {
+        let resp = panic_response(Box::new("secret internal detail"));
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(resp.headers()["content-type"], error::PROBLEM_JSON);
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(p["type"], "urn:deprovisiond:problem:internal-error");
+        assert_eq!(p["status"], 500);
+        assert!(!String::from_utf8_lossy(&body).contains("secret"));
+    }
+}
