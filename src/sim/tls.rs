@@ -235,8 +235,12 @@ impl TlsMaterial {
             "127.0.0.1".to_owned(),
             "::1".to_owned(),
         ];
-        names.extend(extra_names.iter().cloned());
-        names.dedup();
+        for n in extra_names {
+            // Keep the first spelling of each name; host names compare case-insensitively.
+            if !names.iter().any(|m| m.eq_ignore_ascii_case(n)) {
+                names.push(n.clone());
+            }
+        }
         let key = rcgen::KeyPair::generate().map_err(gen_err)?;
         let mut params = rcgen::CertificateParams::new(names).map_err(gen_err)?;
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -530,7 +534,12 @@ mod tests {
 
     #[test]
     fn given_pem_material_is_used() {
-        let generated = TlsMaterial::generate(&["myhub.azure-devices.net".into()]).unwrap();
+        let generated = TlsMaterial::generate(&[
+            "myhub.azure-devices.net".into(),
+            "MYHUB.azure-devices.net".into(),
+            "localhost".into(),
+        ])
+        .unwrap();
         let given =
             TlsMaterial::from_pem(generated.cert_chain_pem.clone(), generated.key_pem.clone());
         assert!(given.server_config().is_ok());
