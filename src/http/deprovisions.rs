@@ -254,10 +254,13 @@ pub async fn list_deprovisions(
         .store
         .list_jobs(&filter, q.cursor.as_deref(), limit)
         .await?;
-    let mut items = Vec::with_capacity(page.rows.len());
-    for job in &page.rows {
-        items.push(job_view(&state.store, job).await?);
-    }
+    let ids: Vec<String> = page.rows.iter().map(|j| j.id.clone()).collect();
+    let counts = state.store.item_counts_of(&ids).await?;
+    let items = page
+        .rows
+        .iter()
+        .map(|j| JobView::new(j, &counts.get(&j.id).copied().unwrap_or_default()))
+        .collect();
     Ok(ApiJson(JobPage {
         items,
         next_cursor: page.next_cursor,

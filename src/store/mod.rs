@@ -7,6 +7,7 @@
 mod records;
 mod tombstones;
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -417,17 +418,29 @@ impl Store {
 
     /// Counts of a job's items by state.
     pub async fn item_counts(&self, job_id: &str) -> Result<ItemCounts> {
-        let rows = sqlx::query(
-            "SELECT state, COUNT(*) AS n FROM job_items WHERE job_id = $1 GROUP BY state",
-        )
-        .bind(job_id)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut c = ItemCounts::default();
-        for r in rows {
+        let mut all = self.item_counts_of(&[job_id.to_string()]).await?;
+        Ok(all.remove(job_id).unwrap_or_default())
+    }
+
+    /// Item counts of several jobs in one query (a page of the job list).
+    pub async fn item_counts_of(&self, job_ids: &[String]) -> Result<HashMap<String, ItemCounts>> {
+        let mut out: HashMap<String, ItemCounts> = HashMap::new();
+        if job_ids.is_empty() {
+            return Ok(out);
+        }
+        let placeholders: Vec<String> = (1..=job_ids.len()).map(|i| format!("${i}")).collect();
+        let mut q = sqlx::query(sql!(
+            "SELECT job_id, state, COUNT(*) AS n FROM job_items WHERE job_id IN ({}) GROUP BY job_id, state",
+            placeholders.join(", ")
+        ));
+        for id in job_ids {
+            q = q.bind(id.clone());
+        }
+        for r in q.fetch_all(&self.pool).await? {
+            let job: String = r.try_get("job_id")?;
             let state: String = r.try_get("state")?;
-            let n: i64 = r.try_get("n")?;
-            let n = n as u64;
+            let n = r.try_get::<i64, _>("n")? as u64;
+            let c = out.entry(job).or_default();
             c.total += n;
             match LaneState::parse(&state) {
                 Some(LaneState::Waiting) => c.waiting += n,
@@ -440,7 +453,7 @@ impl Store {
                 _ => return Err(StoreError::Corrupt(format!("item state {state}"))),
             }
         }
-        Ok(c)
+        Ok(out)
     }
 
     /// A job's items in discovery order, one page at a time (cursor = last seq).
