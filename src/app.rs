@@ -36,6 +36,8 @@ pub struct AppConfig {
     pub engine: EngineConfig,
     /// How often to audit tombstones in the background (`None`: only on request).
     pub tombstone_audit_every: Option<std::time::Duration>,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
 }
 
 /// Errors starting the service.
@@ -66,6 +68,7 @@ pub struct App {
     azure: Option<Arc<AzureWorkflow>>,
     audit_every: Option<std::time::Duration>,
     clock: SharedClock,
+    body_limit: usize,
 }
 
 impl App {
@@ -131,6 +134,7 @@ impl App {
             azure,
             audit_every: config.tombstone_audit_every,
             clock,
+            body_limit: config.body_limit,
         })
     }
 
@@ -158,7 +162,7 @@ impl App {
         if let (Some(wf), Some(every)) = (self.azure.clone(), self.audit_every) {
             tokio::spawn(audit_loop(wf, every, self.clock.clone(), stop.clone()));
         }
-        let router = crate::http::app(self.state);
+        let router = crate::http::app(self.state, self.body_limit);
         let http_stop = stop.clone();
         let trigger = stop.clone();
         tokio::spawn(async move {

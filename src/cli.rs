@@ -203,6 +203,9 @@ pub struct ServeArgs {
     /// Address of the API.
     #[arg(long, env = "DEPROVISIOND_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Largest accepted request body, in bytes (larger ones get 413).
+    #[arg(long, env = "DEPROVISIOND_BODY_LIMIT_BYTES", default_value_t = crate::http::BODY_LIMIT_BYTES)]
+    pub body_limit_bytes: usize,
     /// Database.
     #[command(flatten)]
     pub db: DbArgs,
@@ -266,6 +269,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         run_worker: !args.worker.no_worker,
         engine: args.worker.engine(),
         tombstone_audit_every: args.worker.audit_every(),
+        body_limit: args.body_limit_bytes,
     };
     let app = App::build(config, args.worker.workflow()?, Arc::new(SystemClock)).await?;
     let addr = app.local_addr();

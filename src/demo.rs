@@ -129,6 +129,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         run_worker: true,
         engine: EngineConfig::default(),
         tombstone_audit_every: Some(std::time::Duration::from_secs(300)),
+        body_limit: crate::http::BODY_LIMIT_BYTES,
     };
     let app = App::build(
         config,

@@ -31,10 +31,9 @@ pub struct ApiPath<T>(pub T);
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
-                "the request body is larger than the limit of {} bytes",
-                super::BODY_LIMIT_BYTES
-            )),
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(
+                "the request body is larger than the limit (DEPROVISIOND_BODY_LIMIT_BYTES, 1 MiB by default)".into(),
+            ),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(
                 "send the body as JSON with `Content-Type: application/json`".into(),
             ),

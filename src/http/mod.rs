@@ -31,7 +31,7 @@ use error::{ApiError, problem_response};
 /// Content type of error responses, for the OpenAPI document.
 pub const PROBLEM: &str = error::PROBLEM_JSON;
 
-/// Largest accepted request body.
+/// Largest accepted request body by default (`DEPROVISIOND_BODY_LIMIT_BYTES`).
 pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
 
 /// Shared application state, cheap to clone into every handler.
@@ -154,15 +154,15 @@ pub fn openapi_json() -> String {
     s
 }
 
-/// The whole HTTP application.
-pub fn app(state: AppState) -> Router {
+/// The whole HTTP application; bodies larger than `body_limit` bytes get a 413 problem.
+pub fn app(state: AppState, body_limit: usize) -> Router {
     let (router, _) = api_router().split_for_parts();
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");

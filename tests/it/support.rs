@@ -137,6 +137,7 @@ impl TestApp {
             run_worker: worker,
             engine,
             tombstone_audit_every: None,
+            body_limit: deprovisiond::http::BODY_LIMIT_BYTES,
         };
         let app = App::build(config, choice, Arc::new(SystemClock))
             .await
