@@ -80,6 +80,9 @@ pub enum StoreError {
     /// The configured database URL is not usable.
     #[error("unsupported database URL: {0}")]
     BadUrl(String),
+    /// The database server could not be reached.
+    #[error("cannot connect to the database: {0}")]
+    Unreachable(String),
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -134,6 +137,16 @@ impl Store {
         let options = AnyConnectOptions::from_str(url)?;
         let pool = match backend {
             Backend::Postgres => {
+                // One direct connection first: a pool only reports "timed out" when the server is
+                // unreachable, while the connection itself says why (refused, bad password, no database).
+                let probe = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    <sqlx::AnyConnection as sqlx::Connection>::connect_with(&options),
+                )
+                .await
+                .map_err(|_| StoreError::Unreachable("no answer within 10 s".into()))?
+                .map_err(|e| StoreError::Unreachable(e.to_string()))?;
+                sqlx::Connection::close(probe).await?;
                 AnyPoolOptions::new()
                     .max_connections(10)
                     .acquire_timeout(Duration::from_secs(10))
