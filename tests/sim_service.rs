@@ -323,7 +323,7 @@ async fn dps_x509_group_returns_info_not_the_certificate_and_accepts_an_echo() {
     let der = ca.cert.der().to_vec();
     assert_eq!(
         primary["info"]["sha1Thumbprint"],
-        deprovisiond::sim::certs::sha1_thumbprint(&der)
+        deprovisiond::sim::x509::sha1_thumbprint(&der)
     );
     assert_eq!(primary["info"]["version"], 3);
 

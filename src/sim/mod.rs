@@ -38,7 +38,6 @@
 pub mod admin;
 pub mod auth;
 pub mod calllog;
-pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod device_api;

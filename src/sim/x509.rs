@@ -144,21 +144,25 @@ pub fn der_to_pem(der: &[u8]) -> String {
     out
 }
 
-/// Formats a name most-specific RDN first (`CN=leaf, O=Org, C=US`), as .NET's `Subject` does.
-fn format_name(name: &X509Name<'_>) -> String {
+/// A distinguished name as DPS (a .NET service) prints it: most specific RDN first
+/// (`CN=leaf, O=Org, C=US`), `S` for state, `E` for e-mail, `#`-prefixed hex for non-string values.
+fn dotnet_name(name: &X509Name<'_>) -> String {
     let registry = oid_registry();
     let rdns: Vec<String> = name
         .iter_rdn()
         .map(|rdn| {
             rdn.iter()
                 .map(|attr| {
-                    let key = oid2abbrev(attr.attr_type(), registry)
-                        .map(str::to_owned)
-                        .unwrap_or_else(|_| format!("OID.{}", attr.attr_type()));
+                    let key = match oid2abbrev(attr.attr_type(), registry) {
+                        Ok("ST") => "S".to_owned(),
+                        Ok("emailAddress" | "Email") => "E".to_owned(),
+                        Ok(a) => a.to_owned(),
+                        Err(_) => format!("OID.{}", attr.attr_type()),
+                    };
                     let value = attr
                         .as_str()
                         .map(str::to_owned)
-                        .unwrap_or_else(|_| upper_hex(attr.attr_value().data));
+                        .unwrap_or_else(|_| format!("#{}", upper_hex(attr.attr_value().data)));
                     format!("{key}={value}")
                 })
                 .collect::<Vec<_>>()
@@ -177,10 +181,10 @@ fn to_utc(t: &x509_parser::time::ASN1Time) -> DateTime<Utc> {
 pub fn certificate_info(der: &[u8]) -> Result<CertificateInfo, CertError> {
     let cert = parse_der(der)?;
     Ok(CertificateInfo {
-        subject_name: format_name(cert.subject()),
+        subject_name: dotnet_name(cert.subject()),
         sha1_thumbprint: sha1_thumbprint(der),
         sha256_thumbprint: sha256_thumbprint(der),
-        issuer_name: format_name(cert.issuer()),
+        issuer_name: dotnet_name(cert.issuer()),
         not_before_utc: to_utc(&cert.validity().not_before),
         not_after_utc: to_utc(&cert.validity().not_after),
         serial_number: upper_hex(cert.raw_serial()),
@@ -571,17 +575,84 @@ mod tests {
         }
     }
 
-    /// The device API (this module) and the service API (`certs`) print the same `info`.
+    /// A fixed certificate made with `openssl req -x509` (P-256, subject with C, ST, O, emailAddress
+    /// and CN); the expected thumbprints are `openssl x509 -fingerprint` output without the colons.
+    const FIXTURE_PEM: &str = "-----BEGIN CERTIFICATE-----\n\
+MIICJjCCAc2gAwIBAgIEChssPTAKBggqhkjOPQQDAjBxMQswCQYDVQQGEwJVUzET\n\
+MBEGA1UECAwKV2FzaGluZ3RvbjEQMA4GA1UECgwHQ29udG9zbzEiMCAGCSqGSIb3\n\
+DQEJARYTb3BzQGNvbnRvc28uZXhhbXBsZTEXMBUGA1UEAwwOZml4dHVyZS1kZXZp\n\
+Y2UwHhcNMjYxMTI4MDYyNzU5WhcNMjYxMTI5MDYyNzU5WjBxMQswCQYDVQQGEwJV\n\
+UzETMBEGA1UECAwKV2FzaGluZ3RvbjEQMA4GA1UECgwHQ29udG9zbzEiMCAGCSqG\n\
+SIb3DQEJARYTb3BzQGNvbnRvc28uZXhhbXBsZTEXMBUGA1UEAwwOZml4dHVyZS1k\n\
+ZXZpY2UwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAARRPwVcHcdD5lmpUxQBR3/C\n\
++y1YYYonQbzUZbpT4yYOWa/uYZTMWhK8ZHwRv11k4a0CB7p2be+aZRD3BACCRp+Z\n\
+o1MwUTAdBgNVHQ4EFgQU+xnMPPCoXYMvSsgi9XEYFMscY8owHwYDVR0jBBgwFoAU\n\
++xnMPPCoXYMvSsgi9XEYFMscY8owDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQD\n\
+AgNHADBEAiBHt2N4mfVmBnPxPm0apJ91Ur74VvpvcvsoM7zd1OWV/AIgf3vxJmtI\n\
+HM0GdQWRyrl5Xgs4FSid0KmEJE+vTSd0TmA=\n\
+-----END CERTIFICATE-----";
+
+    /// The exact `info` JSON DPS returns for the fixture: field names (in serde_json's key order), upper-case hex,
+    /// .NET name rendering (most specific first, `S`/`E`), whole-second `Z` dates.
+    const FIXTURE_INFO_JSON: &str = concat!(
+        r#"{"issuerName":"CN=fixture-device, E=ops@contoso.example, O=Contoso, S=Washington, C=US","#,
+        r#""notAfterUtc":"2026-11-29T06:27:59Z","notBeforeUtc":"2026-11-28T06:27:59Z","#,
+        r#""serialNumber":"0A1B2C3D","#,
+        r#""sha1Thumbprint":"5EDFAB1C76A7AC06490A89081EE26DEC70E19C8A","#,
+        r#""sha256Thumbprint":"2C86FEEFF77A7EEB98A53F5EA5041068C1079AA4A63245BE3FF29812781345D5","#,
+        r#""subjectName":"CN=fixture-device, E=ops@contoso.example, O=Contoso, S=Washington, C=US","#,
+        r#""version":3}"#
+    );
+
     #[test]
-    fn info_matches_the_service_api_rendering() {
-        let root = TestCa::root("Same Root").unwrap();
-        let inter = root.intermediate("Same Inter").unwrap();
-        let leaf = inter.leaf("same-dev").unwrap();
-        for der in [leaf.cert_der.as_slice(), inter.cert_der(), root.cert_der()] {
-            let ours = serde_json::to_value(certificate_info(der).unwrap()).unwrap();
-            let service = crate::sim::certs::certificate_info(der).unwrap();
-            assert_eq!(ours, service);
-        }
+    fn info_json_of_a_fixed_certificate_is_exact() {
+        let der = parse_certificate(FIXTURE_PEM).unwrap();
+        // The DPS store embeds the info as a serde_json::Value, so compare that rendering.
+        let value = serde_json::to_value(certificate_info(&der).unwrap()).unwrap();
+        assert_eq!(serde_json::to_string(&value).unwrap(), FIXTURE_INFO_JSON);
+        assert_eq!(
+            common_name(&der).unwrap().as_deref(),
+            Some("fixture-device")
+        );
+    }
+
+    #[test]
+    fn pem_and_base64_der_give_the_same_info() {
+        let ck = rcgen::generate_simple_self_signed(vec!["device-1".to_string()]).unwrap();
+        let der = ck.cert.der().to_vec();
+        assert_eq!(parse_certificate(&ck.cert.pem()).unwrap(), der);
+        assert_eq!(parse_certificate(&B64.encode(&der)).unwrap(), der);
+        let info = certificate_info(&der).unwrap();
+        assert_eq!(info.sha1_thumbprint.len(), 40);
+        assert_eq!(info.sha256_thumbprint.len(), 64);
+        assert_eq!(info.version, 3);
+        assert_eq!(info.sha1_thumbprint, sha1_thumbprint(&der));
+        assert_eq!(
+            common_name(&der).unwrap().as_deref(),
+            Some("rcgen self signed cert")
+        );
+    }
+
+    #[test]
+    fn names_are_printed_most_specific_first() {
+        let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CountryName, "US");
+        dn.push(rcgen::DnType::OrganizationName, "Contoso");
+        dn.push(rcgen::DnType::CommonName, "leaf-7");
+        params.distinguished_name = dn;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let info = certificate_info(cert.der()).unwrap();
+        assert_eq!(info.subject_name, "CN=leaf-7, O=Contoso, C=US");
+        assert_eq!(info.issuer_name, "CN=leaf-7, O=Contoso, C=US");
+        assert_eq!(common_name(cert.der()).unwrap().as_deref(), Some("leaf-7"));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(parse_certificate("not a cert!").is_err());
+        assert!(certificate_info(b"xyz").is_err());
     }
 
     #[test]

@@ -12,9 +12,9 @@ use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 
 use super::{IdGen, Precondition, SasPolicy, timestamp};
-use crate::sim::certs;
 use crate::sim::clock::Clock;
 use crate::sim::config::ExistingPutPolicy;
+use crate::sim::x509;
 
 /// A failed DPS operation: HTTP status, DPS numeric error code, message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -694,9 +694,9 @@ fn normalize_cert_entry(e: &Value, prev: Option<&Value>, slot: &str) -> Result<V
         .and_then(Value::as_str)
         .filter(|t| !t.trim().is_empty())
     {
-        let der = certs::decode_certificate(text)
+        let der = x509::parse_certificate(text)
             .map_err(|err| DpsOpError::bad_request(format!("{slot} certificate: {err}")))?;
-        let info = certs::certificate_info(&der)
+        let info = x509::certificate_info(&der)
             .map_err(|err| DpsOpError::bad_request(format!("{slot} certificate: {err}")))?;
         return Ok(json!({"certificate": text, "info": info}));
     }
