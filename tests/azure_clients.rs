@@ -27,8 +27,8 @@ const HUB: &str = "demo-hub-1.azure-devices.net";
 struct Shared(FakeClock);
 
 impl Clock for Shared {
-    fn now_unix(&self) -> u64 {
-        self.0.now_utc().timestamp() as u64
+    fn now_ms(&self) -> i64 {
+        self.0.now_utc().timestamp_millis()
     }
 }
 
@@ -694,7 +694,7 @@ async fn token_expiring_mid_run_is_renewed_and_a_stale_clock_is_unauthorized() {
     assert!(hub.token_provider().cached_expiry().unwrap() > first_expiry + 3_600);
 
     // A client whose clock lags behind the service's sends a token the service considers expired.
-    let lagging = Arc::new(ManualClock::new(
+    let lagging = Arc::new(ManualClock::at_unix(
         sim_clock.now_utc().timestamp() as u64 - 7_200,
     ));
     let cs =
@@ -708,7 +708,7 @@ async fn token_expiring_mid_run_is_renewed_and_a_stale_clock_is_unauthorized() {
     let e = stale.get_device("d").await.unwrap_err();
     assert!(matches!(e, AzureError::Unauthorized(_)), "{e:?}");
     assert!(!e.is_retryable());
-    lagging.advance(7_200);
+    lagging.advance_secs(7_200);
     stale.get_device("d").await.unwrap();
     sim.shutdown().await;
 }

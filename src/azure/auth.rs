@@ -5,9 +5,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::clock::Clock;
 use super::connection_string::ConnectionString;
 use super::sas;
+use crate::domain::clock::Clock;
 
 /// Default token lifetime.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -114,7 +114,7 @@ impl fmt::Debug for SasTokenProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::azure::clock::ManualClock;
+    use crate::domain::clock::ManualClock;
 
     fn provider(clock: Arc<ManualClock>) -> SasTokenProvider {
         // Upper-case letters in the host: the token must still sign the lower-case host name.
@@ -129,7 +129,7 @@ mod tests {
     #[test]
     fn header_matches_the_independent_vector() {
         // Same vector as sas.rs (computed with Python): expiry 1_700_000_000 = now + 3600.
-        let clock = Arc::new(ManualClock::new(1_700_000_000 - 3600));
+        let clock = Arc::new(ManualClock::at_unix(1_700_000_000 - 3600));
         let p = provider(clock);
         assert_eq!(
             p.header(),
@@ -140,17 +140,17 @@ mod tests {
 
     #[test]
     fn reuses_the_token_until_the_margin_then_renews() {
-        let clock = Arc::new(ManualClock::new(1_000_000));
+        let clock = Arc::new(ManualClock::at_unix(1_000_000));
         let p = provider(clock.clone());
         let first = p.header();
         assert_eq!(p.cached_expiry(), Some(1_003_600));
-        clock.advance(3600 - 301);
+        clock.advance_secs(3600 - 301);
         assert_eq!(
             p.header(),
             first,
             "more than 5 min left: cached token reused"
         );
-        clock.advance(1);
+        clock.advance_secs(1);
         let second = p.header();
         assert_ne!(second, first, "5 min left: renewed");
         assert_eq!(p.cached_expiry(), Some(1_000_000 + 3600 - 300 + 3600));
@@ -159,10 +159,10 @@ mod tests {
 
     #[test]
     fn an_expired_token_is_never_returned() {
-        let clock = Arc::new(ManualClock::new(2_000_000));
+        let clock = Arc::new(ManualClock::at_unix(2_000_000));
         let p = provider(clock.clone()).with_ttl(Duration::from_secs(60));
         let first = p.header();
-        clock.advance(10_000);
+        clock.advance_secs(10_000);
         let next = p.header();
         assert_ne!(first, next);
         assert!(next.contains("&se=2010060&"), "{next}");
@@ -170,29 +170,29 @@ mod tests {
 
     #[test]
     fn short_ttl_is_reused_for_half_its_life() {
-        let clock = Arc::new(ManualClock::new(5_000));
+        let clock = Arc::new(ManualClock::at_unix(5_000));
         let p = provider(clock.clone()).with_ttl(Duration::from_secs(100));
         let first = p.header();
-        clock.advance(49);
+        clock.advance_secs(49);
         assert_eq!(p.header(), first);
-        clock.advance(1);
+        clock.advance_secs(1);
         assert_ne!(p.header(), first);
     }
 
     #[test]
     fn invalidate_forces_a_new_token() {
-        let clock = Arc::new(ManualClock::new(5_000));
+        let clock = Arc::new(ManualClock::at_unix(5_000));
         let p = provider(clock.clone());
         p.header();
         p.invalidate();
         assert_eq!(p.cached_expiry(), None);
-        clock.advance(1);
+        clock.advance_secs(1);
         assert!(p.header().contains("&se=8601&"));
     }
 
     #[test]
     fn debug_does_not_show_the_key() {
-        let p = provider(Arc::new(ManualClock::new(0)));
+        let p = provider(Arc::new(ManualClock::at_unix(0)));
         let shown = format!("{p:?}");
         assert!(!shown.contains("MDEy"), "{shown}");
         assert!(!shown.contains("key"), "{shown}");

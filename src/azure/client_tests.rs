@@ -14,13 +14,13 @@ use futures::TryStreamExt;
 use http::HeaderMap;
 use serde_json::{Value, json};
 
-use super::clock::ManualClock;
 use super::connection_string::ConnectionString;
 use super::dps::DpsClient;
 use super::error::AzureError;
 use super::hub::{HubClient, IfMatch};
 use super::models::*;
 use super::transport::ClientOptions;
+use crate::domain::clock::ManualClock;
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 /// The sas.rs vector: this host, key and policy with expiry 1_700_000_000.
@@ -136,7 +136,7 @@ impl Server {
     fn options(&self) -> ClientOptions {
         ClientOptions {
             base_url: Some(format!("http://{}", self.addr).parse().unwrap()),
-            clock: Arc::new(ManualClock::new(1_700_000_000 - 3600)),
+            clock: Arc::new(ManualClock::at_unix(1_700_000_000 - 3600)),
             request_timeout: Duration::from_secs(5),
             ..ClientOptions::default()
         }
@@ -688,7 +688,7 @@ async fn token_is_renewed_between_calls_when_the_clock_moves() {
     s.push(canned(200, hub_device()))
         .push(canned(200, hub_device()))
         .push(canned(200, hub_device()));
-    let clock = Arc::new(ManualClock::new(1_000_000));
+    let clock = Arc::new(ManualClock::at_unix(1_000_000));
     let options = ClientOptions {
         clock: clock.clone(),
         ..s.options()
@@ -699,9 +699,9 @@ async fn token_is_renewed_between_calls_when_the_clock_moves() {
     .unwrap();
     let hub = HubClient::new(&cs, options).unwrap();
     hub.get_device("d").await.unwrap();
-    clock.advance(60);
+    clock.advance_secs(60);
     hub.get_device("d").await.unwrap();
-    clock.advance(3600);
+    clock.advance_secs(3600);
     hub.get_device("d").await.unwrap();
     let se: Vec<String> = s
         .requests()

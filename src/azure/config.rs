@@ -61,7 +61,6 @@ use serde::Deserialize;
 use url::Url;
 
 use super::auth::DEFAULT_TOKEN_TTL;
-use super::clock::{Clock, SystemClock};
 use super::connection_string::{ConnectionString, ConnectionStringError};
 use super::dps::DpsClient;
 use super::error::AzureError;
@@ -69,6 +68,7 @@ use super::hub::HubClient;
 use super::transport::{
     ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, build_http_client,
 };
+use crate::domain::clock::{Clock, SystemClock};
 
 const ENV_CONFIG_FILE: &str = "DEPROVISIOND_AZURE_CONFIG";
 const ENV_DPS_PREFIX: &str = "DEPROVISIOND_DPS_";

@@ -3,7 +3,6 @@
 pub mod auth;
 #[cfg(test)]
 mod client_tests;
-pub mod clock;
 pub mod config;
 pub mod connection_string;
 pub mod dps;
@@ -14,8 +13,8 @@ pub mod sas;
 pub mod secret;
 pub mod transport;
 
+pub use crate::domain::clock::{Clock, ManualClock, SystemClock};
 pub use auth::SasTokenProvider;
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{AzureClients, AzureConfig, ConfigError, DpsInstanceConfig, HubConfig, HubTier};
 
 pub use connection_string::{ConnectionString, ConnectionStringError};

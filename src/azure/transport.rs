@@ -12,9 +12,9 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::auth::{DEFAULT_TOKEN_TTL, SasTokenProvider};
-use super::clock::{Clock, SystemClock};
 use super::connection_string::ConnectionString;
 use super::error::{AzureError, ErrorDetails};
+use crate::domain::clock::{Clock, SystemClock};
 
 /// `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("deprovisiond/", env!("CARGO_PKG_VERSION"));
