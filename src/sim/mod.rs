@@ -52,12 +52,15 @@ pub mod throttle;
 pub use calllog::{CallLog, CallRecord};
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::{
-    ChaosConfig, DpsBehavior, DpsConfig, ExistingPutPolicy, HubConfig, HubTier, LinkedHubConfig,
-    PolicyConfig, SimConfig, ThrottleConfig,
+    BulkCost, ChaosConfig, DpsBehavior, DpsConfig, ExistingPutPolicy, HubConfig, HubTier,
+    LinkedHubConfig, PolicyConfig, SimConfig, ThrottleConfig,
 };
 pub use faults::{FaultAction, FaultRule};
 pub use server::{ConnInfo, DropConnection, Endpoint, RunningSimulator, SimHandle, Simulator};
-pub use state::SimState;
+pub use state::{
+    DpsInstance, EnrollmentKind, HubInstance, LinkedHub, Precondition, Right, SimState,
+};
+pub use throttle::{ThrottlePatch, ThrottleSettings};
 
 /// Errors starting or configuring the simulator.
 #[derive(Debug, thiserror::Error)]

@@ -213,6 +213,11 @@ impl DpsInstance {
         self.linked_hubs.lock().clone()
     }
 
+    /// Replaces the linked hubs (tests of "no usable linked hub"; hosts are not checked here).
+    pub fn set_linked_hubs(&self, hubs: Vec<LinkedHub>) {
+        *self.linked_hubs.lock() = hubs;
+    }
+
     fn now(&self) -> String {
         timestamp(self.clock.now_utc())
     }
