@@ -9,8 +9,16 @@ async fn main() -> std::process::ExitCode {
     match deprovisiond::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One line a person can act on; details were logged where they happened.
-            eprintln!("deprovisiond: {e:#}");
+            // One line a person can act on: the error and its causes, each said once.
+            let mut line = e.to_string();
+            for cause in e.chain().skip(1) {
+                let cause = cause.to_string();
+                if !line.contains(&cause) {
+                    line.push_str(": ");
+                    line.push_str(&cause);
+                }
+            }
+            eprintln!("deprovisiond: {line}");
             std::process::ExitCode::FAILURE
         }
     }
