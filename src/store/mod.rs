@@ -310,11 +310,13 @@ impl Store {
             },
         )
         .await?;
+        // Read back inside the transaction: the answer shows the job as created, before any worker claims it.
+        let row = sqlx::query(sql!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let job = job_from_row(&row)?;
         tx.commit().await?;
-        let job = self
-            .get_job(&id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(id.clone()))?;
         Ok(Created::New(job))
     }
 

@@ -273,9 +273,14 @@ impl Engine {
             t.cursor = job.cursor.clone();
         }
         let mut effects = result.effects;
-        effects
-            .events
-            .push(outcome_event(None, &step, job.attempt, &result.outcome, &t));
+        effects.events.push(outcome_event(
+            None,
+            &step,
+            job.attempt,
+            &result.outcome,
+            &t,
+            now,
+        ));
         self.store.complete_job_step(&job, &t, &effects, now).await
     }
 
@@ -330,6 +335,7 @@ impl Engine {
             item.attempt,
             &result.outcome,
             &t,
+            now,
         ));
         self.store
             .complete_item_step(&item, &t, &effects, now)
@@ -418,6 +424,7 @@ fn outcome_event(
     attempt: u32,
     outcome: &Outcome,
     t: &lane::Transition,
+    now: i64,
 ) -> NewEvent {
     let (kind, message, error) = match outcome {
         Outcome::Done => ("step_succeeded", format!("{step} succeeded"), None),
@@ -455,6 +462,13 @@ fn outcome_event(
             Some(i) => format!("{}: {message}", i.registration_id),
             None => message,
         }),
-        detail: error.map(|e| serde_json::to_value(e).unwrap_or_default()),
+        detail: error.map(|e| {
+            let mut d = serde_json::to_value(e).unwrap_or_default();
+            if t.state == lane::LaneState::Pending {
+                // The chosen wait, so the timeline shows the backoff schedule (and tests can check it).
+                d["retry_in_ms"] = serde_json::json!(t.next_run_at - now);
+            }
+            d
+        }),
     }
 }

@@ -21,7 +21,7 @@ both_stores!(
 
 async fn job_runs_through_every_step_and_get_shows_it(db: TestDb) {
     let wf = Scripted::new(3);
-    wf.script("revoke", "-", vec![Act::Hang(Duration::from_millis(400))]);
+    wf.script("revoke", "-", vec![Act::Hang(Duration::from_millis(1_500))]);
     let app = TestApp::spawn(&db, wf.clone()).await;
     let r = app.post("/v1/deprovisions", &group("fleet-a")).await;
     assert_eq!(r.status(), 202);
@@ -66,7 +66,7 @@ async fn job_runs_through_every_step_and_get_shows_it(db: TestDb) {
     assert!(done["finished_at"].is_string());
 
     // The registry step of every device started only after the revoke step finished.
-    let revoke_end = wf.runs_of("revoke", None)[0].at + Duration::from_millis(400);
+    let revoke_end = wf.runs_of("revoke", None)[0].at + Duration::from_millis(1_500);
     for i in 0..3 {
         let runs = wf.runs_of("registry", Some(&format!("dev-{i:04}")));
         assert_eq!(runs.len(), 1);
@@ -172,7 +172,7 @@ async fn second_active_job_for_a_target_conflicts(db: TestDb) {
 
 async fn cancel_stops_new_work(db: TestDb) {
     let wf = Scripted::new(4);
-    wf.script("revoke", "-", vec![Act::Hang(Duration::from_millis(700))]);
+    wf.script("revoke", "-", vec![Act::Hang(Duration::from_millis(2_000))]);
     let app = TestApp::spawn(&db, wf.clone()).await;
     let job: Value = app
         .post("/v1/deprovisions", &group("fleet-c"))

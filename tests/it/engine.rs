@@ -42,19 +42,20 @@ async fn transient_failures_back_off_then_succeed(db: TestDb) {
         runs.iter().map(|r| r.attempt).collect::<Vec<_>>(),
         [1, 2, 3, 4]
     );
-    // Full jitter: each wait is at most the ceiling for that attempt (plus the poll interval and slack).
+    // Full jitter: each scheduled wait is at most the ceiling for that attempt (recorded, not timed).
     let policy = fast_engine().backoff;
-    for w in runs.windows(2) {
-        let gap = w[1].at - w[0].at;
-        let ceiling =
-            policy.ceiling(w[0].attempt) + fast_engine().poll_every + Duration::from_millis(250);
+    let events = app.events(id).await;
+    for e in events
+        .iter()
+        .filter(|e| e["kind"] == "step_retry_scheduled")
+    {
+        let attempt = e["attempt"].as_u64().unwrap() as u32;
+        let waited = e["detail"]["retry_in_ms"].as_i64().unwrap();
         assert!(
-            gap <= ceiling,
-            "attempt {} waited {gap:?} > {ceiling:?}",
-            w[0].attempt
+            (0..=policy.ceiling(attempt).as_millis() as i64).contains(&waited),
+            "attempt {attempt} scheduled {waited} ms"
         );
     }
-    let events = app.events(id).await;
     let retries: Vec<&Value> = events
         .iter()
         .filter(|e| e["kind"] == "step_retry_scheduled")
@@ -127,9 +128,9 @@ async fn retry_after_hint_is_honoured(db: TestDb) {
 
 async fn lease_is_renewed_while_a_long_step_runs(db: TestDb) {
     let wf = Scripted::new(1);
-    wf.script("revoke", "-", vec![Act::Hang(Duration::from_millis(2_500))]);
+    wf.script("revoke", "-", vec![Act::Hang(Duration::from_millis(3_000))]);
     let mut engine = fast_engine();
-    engine.lease = Duration::from_millis(800);
+    engine.lease = Duration::from_millis(1_200);
     engine.renew_every = Duration::from_millis(200);
     let app = TestApp::spawn_with(&db, wf.clone(), engine, true).await;
     let job: Value = app
@@ -140,14 +141,14 @@ async fn lease_is_renewed_while_a_long_step_runs(db: TestDb) {
         .unwrap();
     app.wait_status(job["id"].as_str().unwrap(), "succeeded")
         .await;
-    // Without renewal the 0.8 s lease would have expired three times and the step re-run.
+    // Without renewal the 1.2 s lease would have expired twice and the step re-run.
     assert_eq!(wf.runs_of("revoke", None).len(), 1);
     app.stop().await;
 }
 
 async fn shutdown_lets_short_steps_finish(db: TestDb) {
     let wf = Scripted::new(1);
-    wf.script("revoke", "-", vec![Act::Hang(Duration::from_millis(600))]);
+    wf.script("revoke", "-", vec![Act::Hang(Duration::from_millis(1_200))]);
     let app = TestApp::spawn(&db, wf.clone()).await;
     let job: Value = app
         .post("/v1/deprovisions", &individual("dev-0000"))
@@ -189,7 +190,7 @@ async fn shutdown_releases_leases_of_steps_past_the_grace_period(db: TestDb) {
     let started = Instant::now();
     app.stop().await;
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(15),
         "shutdown waited for the hanging step"
     );
     let store = db.store().await;
