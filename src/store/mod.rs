@@ -934,7 +934,7 @@ impl Store {
     /// Runs in its own statements after the write that may have unblocked it, and is idempotent, so
     /// concurrent completions on several replicas cannot leave a job stuck.
     pub async fn settle(&self, job_id: &str, now: Millis) -> Result<()> {
-        let Some(job) = self.get_job(job_id).await? else {
+        let Some(mut job) = self.get_job(job_id).await? else {
             return Ok(());
         };
         if !job.status.is_active() {
@@ -958,10 +958,12 @@ impl Store {
             .bind(now)
             .execute(&self.pool)
             .await?;
+            // Only this branch changed the row; read it again here and not on every settle.
+            let Some(fresh) = self.get_job(job_id).await? else {
+                return Ok(());
+            };
+            job = fresh;
         }
-        let Some(job) = self.get_job(job_id).await? else {
-            return Ok(());
-        };
         if job.lane_state == LaneState::WaitingItems && !job.cancel_requested {
             // Most calls come from one of many finishing devices: a cheap look before counting them all.
             let open: Option<i64> = sqlx::query_scalar(

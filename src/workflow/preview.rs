@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::steps::higher_chain_groups;
+use super::steps::{attestation_name, higher_chain_groups, registration, status_name};
 use super::{AzureWorkflow, plan_for};
+use crate::azure::AzureError;
 use crate::azure::models::{
     AttestationType, DeviceRegistrationState, ProvisioningStatus, RegistrationStatus,
 };
-use crate::azure::{AzureError, DpsClient};
 use crate::domain::job::{DeprovisionRequest, RegistryAction, RevokeAction, Target};
 use crate::domain::lane::ITEMS_BARRIER;
 use crate::store::{AuditStatus, StoreError, Tombstone};
@@ -193,7 +193,7 @@ impl AzureWorkflow {
                 let id = t.registration_id.as_str();
                 let found = match dps.get_enrollment(id).await {
                     Ok(e) => {
-                        if let Some(r) = fetch_registration(dps, id).await? {
+                        if let Some(r) = registration(dps, id).await? {
                             registrations.push(r);
                         }
                         found(
@@ -331,7 +331,7 @@ impl AzureWorkflow {
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e),
                 }
-                if let Some(r) = fetch_registration(dps, rid).await? {
+                if let Some(r) = registration(dps, rid).await? {
                     registrations.push(r);
                 }
                 found
@@ -529,27 +529,6 @@ fn higher_refusal(group: &str, higher: &[String]) -> String {
     )
 }
 
-async fn fetch_registration(
-    dps: &DpsClient,
-    id: &str,
-) -> Result<Option<DeviceRegistrationState>, AzureError> {
-    match dps.get_registration(id).await {
-        Ok(r) => Ok(Some(r)),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-fn attestation_label(t: AttestationType) -> String {
-    match t {
-        AttestationType::None => "none",
-        AttestationType::Tpm => "tpm",
-        AttestationType::X509 => "x509",
-        AttestationType::SymmetricKey => "symmetricKey",
-    }
-    .to_string()
-}
-
 fn found(
     kind: &str,
     id: &str,
@@ -560,15 +539,8 @@ fn found(
         kind: kind.into(),
         id: id.into(),
         exists: true,
-        attestation: att.map(attestation_label),
-        provisioning_status: Some(
-            if status == Some(ProvisioningStatus::Disabled) {
-                "disabled"
-            } else {
-                "enabled"
-            }
-            .to_string(),
-        ),
+        attestation: att.map(|a| attestation_name(a).to_string()),
+        provisioning_status: Some(status_name(status).to_string()),
     }
 }
 

@@ -123,7 +123,7 @@ fn describe_item(item: &NewItem) -> String {
     }
 }
 
-fn attestation_name(t: AttestationType) -> &'static str {
+pub(super) fn attestation_name(t: AttestationType) -> &'static str {
     match t {
         AttestationType::None => "none",
         AttestationType::Tpm => "tpm",
@@ -132,7 +132,7 @@ fn attestation_name(t: AttestationType) -> &'static str {
     }
 }
 
-fn status_name(s: Option<ProvisioningStatus>) -> &'static str {
+pub(super) fn status_name(s: Option<ProvisioningStatus>) -> &'static str {
     match s {
         Some(ProvisioningStatus::Disabled) => "disabled",
         // DPS's default when the field is absent is enabled.
@@ -141,7 +141,7 @@ fn status_name(s: Option<ProvisioningStatus>) -> &'static str {
 }
 
 /// Reads a registration record; `None` when DPS has none.
-async fn registration(
+pub(super) async fn registration(
     dps: &DpsClient,
     id: &str,
 ) -> Result<Option<DeviceRegistrationState>, AzureError> {
