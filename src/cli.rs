@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `demo`, `openapi`.
+//! The command line: `serve`, `migrate`, `openapi`, and with the `demo` feature `demo` and `simulate`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,33 +31,14 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
-    /// Run the service on a throwaway embedded database, ready to try.
+    /// Run the service on a throwaway embedded database against a seeded simulator, ready to try.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Print the OpenAPI document, or write it to a file.
     Openapi(OpenapiArgs),
-    /// Run the simulator of the DPS and IoT Hub APIs on its own (for SDKs, scripts and manual tests).
-    Simulate(SimulateArgs),
-}
-
-/// `simulate` options.
-#[derive(Debug, Args)]
-pub struct SimulateArgs {
-    /// Simulator configuration (JSON: DPS instances, hubs with tier and units, throttling, faults, ports,
-    /// `tls`). Default: the demo's DPS `demo-dps` and hubs `demo-hub-1`, `demo-hub-2`.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Fleet to seed through the simulator's device API (JSON: groups and individual enrollments).
-    #[arg(long)]
-    pub fleet: Option<PathBuf>,
-    /// Serve HTTPS with a generated certificate (unless the configuration gives one).
-    #[arg(long)]
-    pub https: bool,
-    /// Server certificate chain (PEM) for HTTPS; implies --https.
-    #[arg(long, requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// Server private key (PEM) for HTTPS.
-    #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
+    /// Run the simulator of the DPS and IoT Hub APIs on its own (the `azure-iot-sim` binary does the same).
+    #[cfg(feature = "demo")]
+    Simulate(azure_iot_sim::cli::SimulateArgs),
 }
 
 /// Database selection.
@@ -223,11 +204,16 @@ pub struct ServeArgs {
 }
 
 /// `demo` options.
+#[cfg(feature = "demo")]
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Address of the API.
     #[arg(long, env = "DEPROVISIOND_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Folder for the seeded devices' credentials (keys, certificates, private keys); a temporary
+    /// folder, deleted on exit, when absent.
+    #[arg(long)]
+    pub credentials_dir: Option<PathBuf>,
 }
 
 /// `openapi` options.
@@ -248,8 +234,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Demo(args) => demo(args).await,
-        Command::Simulate(args) => simulate(args).await,
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => crate::demo::run(args.listen, args.credentials_dir).await,
+        #[cfg(feature = "demo")]
+        Command::Simulate(args) => {
+            azure_iot_sim::cli::run(args, crate::demo::demo_sim_config(), shutdown_signal()).await
+        }
         Command::Openapi(args) => {
             let doc = crate::http::openapi_json();
             match args.out {
@@ -276,48 +266,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, "deprovisiond listening");
     println!("deprovisiond listening on http://{addr} (Swagger UI: http://{addr}/docs)");
     app.run_until_stopped(shutdown_signal()).await?;
-    Ok(())
-}
-
-async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    crate::demo::run(args.listen).await
-}
-
-async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
-    use crate::sim::{SimConfig, Simulator};
-    let read = |p: &PathBuf| {
-        std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
-    };
-    let mut config = match &args.config {
-        Some(p) => SimConfig::from_json(&read(p)?)?,
-        None => crate::demo::demo_sim_config(),
-    };
-    if args.https || args.tls_cert.is_some() {
-        let mut tls = config.tls.take().unwrap_or_default();
-        if let (Some(c), Some(k)) = (&args.tls_cert, &args.tls_key) {
-            tls.cert_file = Some(c.clone());
-            tls.key_file = Some(k.clone());
-        }
-        config.tls = Some(tls);
-    }
-    let sim = Simulator::start(config).await?;
-    if let Some(p) = &args.fleet {
-        let spec: crate::sim::seed::FleetSpec = serde_json::from_str(&read(p)?)
-            .map_err(|e| anyhow::anyhow!("fleet file {}: {e}", p.display()))?;
-        let fleet = crate::sim::seed::seed_fleet(sim.state(), &spec)?;
-        eprintln!(
-            "seeded {} device(s) through the device API",
-            fleet.devices.len()
-        );
-    }
-    // One JSON document on stdout: every endpoint and connection string, for scripts.
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&sim.handle().endpoints())?
-    );
-    eprintln!("simulator running; admin API under /_sim/ on every listener; Ctrl-C to stop");
-    shutdown_signal().await;
-    sim.shutdown().await;
     Ok(())
 }
 

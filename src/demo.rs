@@ -2,18 +2,19 @@
 //! Also the wiring that points the Azure clients at a running simulator (used by the tests too).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::app::{App, AppConfig, WorkflowChoice};
-use crate::azure::config::{
-    DpsInstanceConfig, HubConfig as AzureHubConfig, HubTier as AzureHubTier,
+use crate::azure::{
+    AzureClients, AzureConfig, ConnectionString, DpsInstanceConfig, HubConfig as AzureHubConfig,
+    HubTier as AzureHubTier,
 };
-use crate::azure::{AzureClients, AzureConfig, ConnectionString};
 use crate::domain::clock::SystemClock;
-use crate::sim::seed::{
-    Attestation, FleetSpec, GroupSpec, IndividualSpec, SeededFleet, seed_fleet,
+use azure_iot_sim::seed::{
+    Attestation, FleetSpec, GroupSpec, IndividualSpec, SeededFleet, seed_fleet, write_credentials,
 };
-use crate::sim::{HubTier, RunningSimulator, SimConfig, Simulator};
+use azure_iot_sim::{HubTier, RunningSimulator, SimConfig, Simulator};
 use crate::worker::EngineConfig;
 
 /// DPS instance name of the demo.
@@ -116,12 +117,16 @@ pub fn demo_sim_config() -> SimConfig {
     config
 }
 
-/// Runs the demo until Ctrl-C.
-pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+/// Runs the demo until Ctrl-C; the fleet's credentials go to `credentials_dir` (else a temporary folder).
+pub async fn run(listen: SocketAddr, credentials_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = format!("sqlite://{}?mode=rwc", dir.path().join("demo.db").display());
     let sim = Simulator::start(demo_sim_config()).await?;
     let fleet: SeededFleet = seed_fleet(sim.state(), &demo_fleet())?;
+    let credentials = credentials_dir.unwrap_or_else(|| dir.path().join("devices"));
+    write_credentials(&fleet, &credentials).map_err(|e| {
+        anyhow::anyhow!("writing device credentials to {}: {e}", credentials.display())
+    })?;
     let clients = AzureClients::new(&azure_config_for(&sim)?)?;
     let config = AppConfig {
         database_url: db,
@@ -138,7 +143,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     )
     .await?;
     let addr = app.local_addr();
-    print_banner(addr, &sim, &fleet, dir.path());
+    print_banner(addr, &sim, &fleet, dir.path(), &credentials);
     app.run_until_stopped(crate::cli::shutdown_signal()).await?;
     sim.shutdown().await;
     Ok(())
@@ -148,7 +153,8 @@ fn print_banner(
     addr: SocketAddr,
     sim: &RunningSimulator,
     fleet: &SeededFleet,
-    dir: &std::path::Path,
+    dir: &Path,
+    credentials: &Path,
 ) {
     let api = format!("http://{addr}");
     println!("deprovisiond demo — everything in this process, nothing to install");
@@ -194,6 +200,14 @@ fn print_banner(
     println!(
         "    group fleet-x509 (X.509, x509-dev-0000 … x509-dev-0199), group fleet-sk (symmetric key, sk-dev-0000 … sk-dev-0049)"
     );
+    println!(
+        "  device credentials (keys, leaf certificates and private keys): {}",
+        credentials.display()
+    );
+    println!(
+        "    also GET {}/_sim/devices/<registrationId>/credentials",
+        sim.dps_base_url(DEMO_DPS)
+    );
     println!();
     println!("Try:");
     println!("  # a stolen device: disable its enrollment, then its hub identity");
@@ -205,6 +219,13 @@ fn print_banner(
     );
     println!(
         "  curl -s {api}/v1/deprovisions -H 'content-type: application/json' -d '{{\"target\":{{\"kind\":\"group_device\",\"group_id\":\"fleet-sk\",\"registration_id\":\"sk-dev-0007\"}},\"registry\":\"delete\",\"reason\":{{\"code\":\"sold\"}}}}'"
+    );
+    println!(
+        "  # the same for an X.509 device, with the leaf certificate it holds (the service checks its CN)"
+    );
+    println!(
+        "  jq -Rs '{{target:{{kind:\"group_device\",group_id:\"fleet-x509\",registration_id:\"x509-dev-0007\",certificate_pem:.}},reason:{{code:\"lost\"}}}}' {}/x509-dev-0007/device.cert.pem | curl -s {api}/v1/deprovisions -H 'content-type: application/json' -d @-",
+        credentials.display()
     );
     println!(
         "  # a compromised intermediate: preview, then disable the whole X.509 group and its 200 devices"

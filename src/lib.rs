@@ -1,15 +1,16 @@
 //! deprovisiond: deprovisions Azure IoT devices enrolled through the Device Provisioning Service.
 //!
 //! Layers: [`domain`] (pure types and state machines), [`store`] (database), [`worker`] (the job
-//! engine), [`azure`] (clients and SAS), [`sim`] (simulator of both Azure APIs), [`http`] (the API),
-//! [`app`] (wiring), [`cli`] (the command line).
+//! engine), [`workflow`] (the steps against Azure), [`azure`] (clients and SAS), [`http`] (the API),
+//! [`app`] (wiring), [`cli`] (the command line). The simulator of both Azure APIs is the `azure-iot-sim`
+//! crate, used by [`demo`] (feature `demo`, on by default) and the tests.
 pub mod app;
 pub mod azure;
 pub mod cli;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod domain;
 pub mod http;
-pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

@@ -12,8 +12,8 @@ use deprovisiond::azure::{
     AzureClients, AzureConfig, AzureError, ClientOptions, Clock, ConnectionString, DpsClient,
     HubClient, IfMatch, ManualClock,
 };
-use deprovisiond::sim::Clock as SimClockTrait;
-use deprovisiond::sim::{
+use azure_iot_sim::Clock as SimClockTrait;
+use azure_iot_sim::{
     FakeClock, FaultAction, FaultRule, RunningSimulator, SimConfig, Simulator, ThrottleConfig,
 };
 use futures::TryStreamExt;

@@ -724,7 +724,7 @@ fn clients_and_their_futures_can_cross_threads() {
     fn send<T: Send>(_: &T) {}
     clone_send_sync::<DpsClient>();
     clone_send_sync::<HubClient>();
-    clone_send_sync::<super::config::AzureClients>();
+    clone_send_sync::<super::clients::AzureClients>();
     clone_send_sync::<AzureError>();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

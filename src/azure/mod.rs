@@ -1,6 +1,7 @@
 //! Azure DPS and IoT Hub clients: connection strings, SAS tokens, wire models, one classified error type, and
 //! the per-instance client registry built from configuration.
 pub mod auth;
+pub mod clients;
 #[cfg(test)]
 mod client_tests;
 pub mod config;
@@ -9,13 +10,16 @@ pub mod dps;
 pub mod error;
 pub mod hub;
 pub mod models;
+pub mod quota;
 pub mod sas;
 pub mod secret;
 pub mod transport;
 
 pub use crate::domain::clock::{Clock, ManualClock, SystemClock};
 pub use auth::SasTokenProvider;
-pub use config::{AzureClients, AzureConfig, ConfigError, DpsInstanceConfig, HubConfig, HubTier};
+pub use clients::AzureClients;
+pub use config::{AzureConfig, ConfigError, DpsInstanceConfig, HubConfig};
+pub use quota::HubTier;
 
 pub use connection_string::{ConnectionString, ConnectionStringError};
 pub use dps::DpsClient;

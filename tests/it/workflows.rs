@@ -8,11 +8,11 @@ use std::time::Duration;
 use deprovisiond::app::WorkflowChoice;
 use deprovisiond::azure::{AzureClients, AzureConfig};
 use deprovisiond::demo::azure_config_for;
-use deprovisiond::sim::seed::{
+use azure_iot_sim::seed::{
     Attestation, FleetSpec, GroupSpec, IndividualSpec, ProvisionOutcome, SeededFleet, seed_fleet,
     try_provision,
 };
-use deprovisiond::sim::{CallRecord, FaultRule, RunningSimulator, SimConfig, Simulator};
+use azure_iot_sim::{CallRecord, FaultRule, RunningSimulator, SimConfig, Simulator};
 use serde_json::{Value, json};
 
 use crate::both_stores;
@@ -645,9 +645,9 @@ async fn group_device_symmetric_fallback_and_tombstone_rules(db: TestDb) {
         .dps(DPS)
         .unwrap()
         .delete(
-            deprovisiond::sim::state::EnrollmentKind::Individual,
+            azure_iot_sim::state::EnrollmentKind::Individual,
             &k,
-            &deprovisiond::sim::state::Precondition::None,
+            &azure_iot_sim::state::Precondition::None,
         )
         .unwrap();
     let report: Value = e

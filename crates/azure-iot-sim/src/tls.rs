@@ -457,7 +457,7 @@ pub fn cert_header_value(chain: &[Vec<u8>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::x509::TestCa;
+    use crate::x509::TestCa;
     use axum::routing::get;
 
     /// A handler that reports the CN of the presented leaf, or "none".

@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
-use deprovisiond::azure::sas;
-use deprovisiond::sim::{SimConfig, Simulator};
+use azure_iot_sim::sas;
+use azure_iot_sim::{SimConfig, Simulator};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -125,22 +125,22 @@ async fn responses_match_the_swagger_definitions() {
         .unwrap();
     let http = reqwest::Client::new();
     let d = sim.state().dps(DPS).unwrap();
-    let dkey = sas::decode_key(
+    let dkey = sas::key_bytes(
         d.policy("provisioningserviceowner")
             .unwrap()
             .primary_key
             .expose(),
     )
     .unwrap();
-    let dtok = sas::token(
+    let dtok = sas::mint(
         DPS_HOST,
         &dkey,
         Some("provisioningserviceowner"),
         now() + 600,
     );
     let h = sim.state().hub(HUB).unwrap();
-    let hkey = sas::decode_key(h.policy("iothubowner").unwrap().primary_key.expose()).unwrap();
-    let htok = sas::token(HUB, &hkey, Some("iothubowner"), now() + 600);
+    let hkey = sas::key_bytes(h.policy("iothubowner").unwrap().primary_key.expose()).unwrap();
+    let htok = sas::mint(HUB, &hkey, Some("iothubowner"), now() + 600);
     let call =
         |base: String, tok: String, method: Method, path: &str, body: Option<Value>, api: &str| {
             let http = http.clone();
@@ -285,7 +285,7 @@ fn every_dps_spec_operation_is_routed_and_hub_routes_exist_in_the_spec() {
             let concrete = path.replace("{id}", "some-id");
             let m = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
             assert!(
-                deprovisiond::sim::dps_service::route(&m, &concrete).is_ok(),
+                azure_iot_sim::dps_service::route(&m, &concrete).is_ok(),
                 "{method} {path} is not routed"
             );
         }
@@ -304,7 +304,7 @@ fn every_dps_spec_operation_is_routed_and_hub_routes_exist_in_the_spec() {
             "{m} {p} is not in the hub spec"
         );
         let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes()).unwrap();
-        assert!(deprovisiond::sim::hub::route(&method, &p.replace("{id}", "x")).is_ok());
+        assert!(azure_iot_sim::hub::route(&method, &p.replace("{id}", "x")).is_ok());
     }
 }
 

@@ -24,8 +24,9 @@ pub struct SimConfig {
     pub dps_behavior: DpsBehavior,
     /// Maximum number of call-log entries kept (oldest dropped first).
     pub call_log_capacity: usize,
-    /// Seed for generated keys, etags and random faults (reproducible runs).
-    pub seed: u64,
+    /// Seed for generated keys, etags, tracking ids and random faults. Absent: a random seed per run, so
+    /// two runs never share keys; give one to reproduce a run exactly.
+    pub seed: Option<u64>,
     /// Quota time runs this many times faster than wall time (60.0: a minute of quota per second).
     pub time_scale: f64,
     /// Serve every listener over HTTPS (given or generated certificate); plain HTTP when absent.
@@ -45,7 +46,7 @@ impl Default for SimConfig {
             scripted_faults: Vec::new(),
             dps_behavior: DpsBehavior::default(),
             call_log_capacity: 100_000,
-            seed: 42,
+            seed: None,
             time_scale: 1.0,
             tls: None,
             device_api: super::device_api::DeviceApiConfig::default(),
@@ -85,8 +86,14 @@ impl SimConfig {
     }
 
     /// Reads a configuration from JSON text (missing fields take their defaults).
-    pub fn from_json(text: &str) -> Result<Self, crate::sim::SimError> {
-        serde_json::from_str(text).map_err(|e| crate::sim::SimError::Config(e.to_string()))
+    pub fn from_json(text: &str) -> Result<Self, crate::SimError> {
+        let config: Self =
+            serde_json::from_str(text).map_err(|e| crate::SimError::Config(e.to_string()))?;
+        for rule in &config.scripted_faults {
+            rule.validate()
+                .map_err(|e| crate::SimError::Config(format!("scripted_faults: {e}")))?;
+        }
+        Ok(config)
     }
 
     /// Adds a DPS instance.

@@ -3,7 +3,7 @@
 use percent_encoding::percent_decode_str;
 
 use super::state::{Right, SasPolicy};
-use crate::azure::sas;
+use crate::sas;
 
 /// Why a request was refused; every variant answers 401.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,10 +80,10 @@ pub fn parse(header: &str) -> Result<SasToken, AuthError> {
 
 /// Whether `sig` is the HMAC of `sr_raw + "\n" + se` under the base64 key.
 pub fn verify_signature(key_b64: &str, token: &SasToken) -> bool {
-    let Ok(key) = sas::decode_key(key_b64) else {
+    let Ok(key) = sas::key_bytes(key_b64) else {
         return false;
     };
-    let expected = sas::hmac_sha256_b64(&key, format!("{}\n{}", token.sr_raw, token.se).as_bytes());
+    let expected = sas::expected_signature(&key, &token.sr_raw, token.se);
     constant_time_eq(expected.as_bytes(), token.sig.as_bytes())
 }
 
@@ -138,7 +138,7 @@ pub fn check_service_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::azure::secret::Secret;
+    use crate::secret::Secret;
 
     const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
@@ -152,7 +152,7 @@ mod tests {
     }
 
     fn tok(sr: &str, se: u64, skn: &str) -> String {
-        sas::token(sr, &sas::decode_key(KEY).unwrap(), Some(skn), se)
+        sas::mint(sr, &sas::key_bytes(KEY).unwrap(), Some(skn), se)
     }
 
     #[test]
@@ -173,7 +173,7 @@ mod tests {
         let p = parse(&t).unwrap();
         let reordered = format!(
             "SharedAccessSignature sig={}&se={}&skn=owner&sr={}",
-            sas::url_encode(&p.sig),
+            sas::percent_encode(&p.sig),
             p.se,
             p.sr_raw
         );

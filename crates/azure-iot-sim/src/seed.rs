@@ -28,7 +28,7 @@ use super::errors::{self, SimResponse};
 use super::server::{SimHandle, SimRequest};
 use super::state::{DpsInstance, EnrollmentKind, Precondition, SimState};
 use super::x509::{CertError, TestCa, TestLeaf, der_to_pem};
-use crate::azure::sas;
+use crate::sas;
 
 /// How long seeding tokens stay valid, seconds.
 const TOKEN_TTL: i64 = 3600;
@@ -555,12 +555,12 @@ pub fn seed_fleet(state: &SimState, spec: &FleetSpec) -> Result<SeededFleet, See
                     &g.iot_hubs,
                 );
                 let stored = put(&dps, EnrollmentKind::Group, &g.group_id, body)?;
-                let group_key = sas::decode_key(&stored_primary_key(&stored))
+                let group_key = sas::key_bytes(&stored_primary_key(&stored))
                     .map_err(|_| SeedError::Invalid("generated group key is not base64".into()))?;
                 for i in 0..g.devices {
                     let rid = format!("{prefix}{i:0width$}");
                     let mut d = new_device(&rid, Some(&g.group_id), Attestation::SymmetricKey);
-                    d.symmetric_key = Some(sas::derive_device_key(&group_key, &rid));
+                    d.symmetric_key = Some(sas::group_device_key(&group_key, &rid));
                     devices.push(finish(state, &dps, d, i < to_provision));
                 }
             }
@@ -657,6 +657,7 @@ pub fn seed_fleet(state: &SimState, spec: &FleetSpec) -> Result<SeededFleet, See
     for d in &devices {
         *counts.entry(d.status.clone()).or_insert(0) += 1;
     }
+    state.remember_credentials(&dps.id_scope, &devices);
     Ok(SeededFleet {
         dps: dps.name.clone(),
         id_scope: dps.id_scope.clone(),
@@ -692,4 +693,96 @@ pub fn handle_admin(handle: &SimHandle, req: &SimRequest) -> SimResponse {
         }
         Err(e) => errors::json_response(400, &json!({"error": e.to_string()})),
     }
+}
+
+/// The files [`write_credentials`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct CredentialFiles {
+    /// The folder.
+    pub dir: std::path::PathBuf,
+    /// How many devices have files there.
+    pub devices: usize,
+}
+
+/// Writes every device credential of `fleet` under `dir` (created if needed), one folder per device:
+/// `<registrationId>/device.cert.pem`, `device.key.pem` and `chain.pem` for X.509 devices, `symmetric.key`
+/// or `endorsement.key` for key-based ones, and `device.json` (ids, hub, status, id scope); plus the fleet's
+/// `root-ca.pem` and each CA as `ca-<name>.pem`. Private keys are written readable by the owner only.
+pub fn write_credentials(
+    fleet: &SeededFleet,
+    dir: &std::path::Path,
+) -> std::io::Result<CredentialFiles> {
+    std::fs::create_dir_all(dir)?;
+    write_file(&dir.join("root-ca.pem"), &fleet.root_ca_pem, false)?;
+    for (name, pem) in &fleet.ca_pems {
+        write_file(&dir.join(format!("ca-{}.pem", file_safe(name))), pem, false)?;
+    }
+    for d in &fleet.devices {
+        let sub = dir.join(file_safe(&d.registration_id));
+        std::fs::create_dir_all(&sub)?;
+        if let Some(pem) = &d.cert_pem {
+            write_file(&sub.join("device.cert.pem"), pem, false)?;
+        }
+        if let Some(pem) = &d.key_pem {
+            write_file(&sub.join("device.key.pem"), pem, true)?;
+        }
+        if let Some(pem) = &d.chain_pem {
+            write_file(&sub.join("chain.pem"), pem, false)?;
+        }
+        if let Some(k) = &d.symmetric_key {
+            write_file(&sub.join("symmetric.key"), &format!("{k}\n"), true)?;
+        }
+        if let Some(k) = &d.endorsement_key {
+            write_file(&sub.join("endorsement.key"), &format!("{k}\n"), true)?;
+        }
+        let summary = json!({
+            "registrationId": d.registration_id,
+            "groupId": d.group_id,
+            "attestation": d.attestation,
+            "idScope": fleet.id_scope,
+            "status": d.status,
+            "assignedHub": d.assigned_hub,
+            "deviceId": d.device_id,
+        });
+        let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+        write_file(&sub.join("device.json"), &text, false)?;
+    }
+    Ok(CredentialFiles {
+        dir: dir.to_path_buf(),
+        devices: fleet.devices.len(),
+    })
+}
+
+/// Registration ids allow `:`, which some file systems refuse; nothing else in an id needs changing.
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' })
+        .collect()
+}
+
+fn write_file(path: &std::path::Path, text: &str, private: bool) -> std::io::Result<()> {
+    std::fs::write(path, text)?;
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    Ok(())
+}
+
+/// `GET /_sim/devices/{registrationId}/credentials`: what a seeded device needs to register (its key,
+/// endorsement key, or leaf certificate, private key and chain), with its id scope and seeding outcome.
+pub fn credentials_response(handle: &SimHandle, registration_id: &str) -> SimResponse {
+    let Some(device) = handle.state().credentials_of(registration_id) else {
+        return errors::json_response(
+            404,
+            &json!({"error": format!("no seeded device `{registration_id}`: only devices seeded through a fleet (POST /_sim/seed, --fleet) have credentials here")}),
+        );
+    };
+    let (id_scope, device) = device;
+    let mut body = serde_json::to_value(&device).unwrap_or(Value::Null);
+    body["idScope"] = json!(id_scope);
+    errors::json_response(200, &body)
 }

@@ -125,6 +125,12 @@ pub struct SimHandle(pub Arc<Inner>);
 impl SimHandle {
     /// Builds the internals without listeners (tests that call the pipeline directly use this).
     pub fn new(config: &SimConfig, clock: Arc<dyn Clock>) -> Result<Self, SimError> {
+        // One seed for keys, ids and faults: the configured one, else a fresh one for this run.
+        let seed = config.seed.unwrap_or_else(rand::random);
+        let config = &SimConfig {
+            seed: Some(seed),
+            ..config.clone()
+        };
         let state = Arc::new(SimState::from_config(config, clock.clone())?);
         let (tls, tls_ca_pem) =
             super::tls::server_config_for(config).map_err(|e| SimError::Config(e.to_string()))?;
@@ -134,7 +140,7 @@ impl SimHandle {
             faults: Faults::new(
                 config.chaos.clone(),
                 config.scripted_faults.clone(),
-                config.seed,
+                seed,
             ),
             calls: CallLog::new(config.call_log_capacity),
             clock,

@@ -32,7 +32,7 @@ use super::state::{DpsInstance, SimState, timestamp};
 use super::throttle::{self, Decision};
 use super::tls::{self, GLOBAL_DEVICE_ENDPOINT};
 use super::x509::{self, ChainCheck};
-use crate::azure::sas;
+use crate::sas;
 
 /// api-versions the device SDKs send (README §10); any other well-formed date is accepted too.
 pub const KNOWN_API_VERSIONS: [&str; 4] = ["2019-03-31", "2021-06-01", "2021-10-01", "2026-11-01"];
@@ -272,7 +272,7 @@ impl DeviceApiState {
 
 /// The activation key of a simulated TPM (README: real DPS encrypts a key to the EK).
 pub fn tpm_activation_key(endorsement_key: &str) -> String {
-    sas::hmac_sha256_b64(
+    sas::hmac_b64(
         endorsement_key.trim().as_bytes(),
         b"deprovisiond simulator TPM activation",
     )
@@ -281,8 +281,8 @@ pub fn tpm_activation_key(endorsement_key: &str) -> String {
 /// A device SAS token for `{idScope}/registrations/{registrationId}`, as the Node SDK mints it
 /// (sr URL-encoded, `skn=registration`).
 pub fn device_sas(id_scope: &str, registration_id: &str, key_b64: &str, expiry: u64) -> String {
-    let key = sas::decode_key(key_b64).unwrap_or_default();
-    sas::token(
+    let key = sas::key_bytes(key_b64).unwrap_or_default();
+    sas::mint(
         &format!("{id_scope}/registrations/{registration_id}"),
         &key,
         Some("registration"),
@@ -514,8 +514,8 @@ fn match_group(
                 }
                 let (gp, gs) = sym_keys(&att);
                 let derive = |k: &str| {
-                    sas::decode_key(k)
-                        .map(|raw| sas::derive_device_key(&raw, registration_id))
+                    sas::key_bytes(k)
+                        .map(|raw| sas::group_device_key(&raw, registration_id))
                         .unwrap_or_default()
                 };
                 let (dp, ds) = (derive(&gp), derive(&gs));
@@ -1286,10 +1286,10 @@ mod tests {
     #[test]
     fn device_sas_accepts_every_sdk_encoding() {
         let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-        let raw = sas::decode_key(key).unwrap();
+        let raw = sas::key_bytes(key).unwrap();
         let now = 1_000;
         let sign = |sr: &str, skn: Option<&str>| {
-            let sig = sas::url_encode(&sas::signature(&raw, sr, 2_000));
+            let sig = sas::percent_encode(&sas::expected_signature(&raw, sr, 2_000));
             match skn {
                 Some(s) => format!("SharedAccessSignature sr={sr}&sig={sig}&se=2000&skn={s}"),
                 None => format!("SharedAccessSignature sr={sr}&sig={sig}&se=2000"),

@@ -12,7 +12,7 @@ use super::config::ChaosConfig;
 
 /// What an injected fault does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FaultAction {
     /// Answer with this status and the service's error body for it.
     Status {
@@ -53,6 +53,7 @@ fn default_times() -> Option<u64> {
 
 /// A scripted fault: "the 3rd DELETE of device X on hub H fails with 503".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FaultRule {
     /// Assigned when the rule is added.
     #[serde(default)]
@@ -88,7 +89,80 @@ pub struct FaultRule {
     pub fired: u64,
 }
 
+/// A fault rule that could not be accepted, with the shape the admin API expects.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid fault rule: {0}")]
+pub struct BadFaultRule(pub String);
+
+impl BadFaultRule {
+    /// The error body of `POST /_sim/faults`: what is wrong, the expected shape and an example per action.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": self.to_string(),
+            "expected": {
+                "instance": "DPS name or hub host name (optional)",
+                "method": "GET|PUT|POST|DELETE|... (optional)",
+                "path": "path pattern, * matches any run of characters, e.g. /devices/* (optional)",
+                "entity_id": "device, registration or group id (optional)",
+                "nth": "first matching call that fails, 1-based (default 1)",
+                "times": "how many matching calls fail from the nth on; null = every one (default 1)",
+                "probability": "0.0..=1.0, chance an eligible call fails (default 1.0)",
+                "action": "one of the examples below (required)"
+            },
+            "actions": [
+                {"type": "status", "status": 503, "message": "optional text"},
+                {"type": "throttle", "retry_after": 2},
+                {"type": "delay", "ms": 250},
+                {"type": "hang", "ms": 5000},
+                {"type": "drop"}
+            ],
+            "example": {"instance": "hub-1.azure-devices.net", "method": "DELETE", "path": "/devices/*",
+                        "entity_id": "dev-0007", "nth": 3, "action": {"type": "status", "status": 503}}
+        })
+    }
+}
+
 impl FaultRule {
+    /// Parses and checks a rule sent to the admin API (unknown fields, impossible numbers refused).
+    pub fn parse(json: &[u8]) -> Result<Self, BadFaultRule> {
+        let rule: FaultRule =
+            serde_json::from_slice(json).map_err(|e| BadFaultRule(e.to_string()))?;
+        rule.validate()?;
+        Ok(rule)
+    }
+
+    /// Checks the numbers a rule carries.
+    pub fn validate(&self) -> Result<(), BadFaultRule> {
+        if self.nth == 0 {
+            return Err(BadFaultRule("nth counts from 1".into()));
+        }
+        if self.times == Some(0) {
+            return Err(BadFaultRule(
+                "times must be at least 1 (or null for every matching call)".into(),
+            ));
+        }
+        if let Some(p) = self.probability
+            && !(0.0..=1.0).contains(&p)
+        {
+            return Err(BadFaultRule(format!(
+                "probability {p} is not between 0.0 and 1.0"
+            )));
+        }
+        if let Some(m) = &self.method
+            && http::Method::from_bytes(m.as_bytes()).is_err()
+        {
+            return Err(BadFaultRule(format!("method `{m}` is not an HTTP method")));
+        }
+        if let FaultAction::Status { status, .. } = self.action
+            && !(400..=599).contains(&status)
+        {
+            return Err(BadFaultRule(format!(
+                "status {status} is not an error status (400..=599)"
+            )));
+        }
+        Ok(())
+    }
+
     /// A rule firing once on the `nth` call matching method and path pattern.
     pub fn new(method: &str, path: &str, action: FaultAction) -> Self {
         Self {

@@ -13,6 +13,8 @@
 //! | DELETE | `/_sim/faults`, `/_sim/faults/{id}` | removes all (and zeroes chaos) / one |
 //! | GET, PUT | `/_sim/chaos` | latency and random-fault settings ([`ChaosConfig`]) |
 //! | GET, PATCH | `/_sim/throttle` | throttling settings ([`ThrottlePatch`]) |
+//! | POST | `/_sim/seed` | seeds a fleet ([`FleetSpec`](crate::seed::FleetSpec)), answers the devices and their credentials |
+//! | GET | `/_sim/devices/{registrationId}/credentials` | a seeded device's key, endorsement key or certificate + private key + chain, and its id scope |
 
 use http::Method;
 use serde_json::{Value, json};
@@ -76,9 +78,9 @@ pub fn handle(h: &SimHandle, req: &SimRequest) -> SimResponse {
             200,
             &json!({"rules": h.faults(), "chaos": h.0.faults.chaos()}),
         ),
-        (&Method::POST, ["faults"]) => match serde_json::from_slice::<FaultRule>(&req.body) {
+        (&Method::POST, ["faults"]) => match FaultRule::parse(&req.body) {
             Ok(rule) => errors::json_response(201, &json!({"id": h.add_fault(rule)})),
-            Err(e) => bad(e),
+            Err(e) => errors::json_response(400, &e.body()),
         },
         (&Method::DELETE, ["faults"]) => {
             h.clear_faults();
@@ -97,6 +99,9 @@ pub fn handle(h: &SimHandle, req: &SimRequest) -> SimResponse {
             }
             Err(e) => bad(e),
         },
+        (&Method::GET, ["devices", rid, "credentials"]) => {
+            crate::seed::credentials_response(h, rid)
+        }
         (&Method::GET, ["throttle"]) => json_of(200, &h.throttle_settings()),
         (&Method::PATCH, ["throttle"]) => {
             match serde_json::from_slice::<ThrottlePatch>(&req.body) {

@@ -189,7 +189,7 @@ pub fn retry_after_seconds(wait: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::clock::FakeClock;
+    use crate::clock::FakeClock;
 
     fn throttle(scale: f64) -> (Throttle, FakeClock) {
         let clock = FakeClock::new(chrono::Utc::now());

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deprovisiond::azure::sas;
-use deprovisiond::sim::throttle::ThrottlePatch;
-use deprovisiond::sim::{
+use azure_iot_sim::sas;
+use azure_iot_sim::throttle::ThrottlePatch;
+use azure_iot_sim::{
     FakeClock, FaultAction, FaultRule, HubConfig, HubTier, PolicyConfig, RunningSimulator,
     SimConfig, Simulator, ThrottleConfig,
 };
@@ -48,14 +48,14 @@ impl Env {
 
     fn dps_token(&self, policy: &str) -> String {
         let d = self.sim.state().dps(DPS).unwrap();
-        let key = sas::decode_key(d.policy(policy).unwrap().primary_key.expose()).unwrap();
-        sas::token(DPS_HOST, &key, Some(policy), now_unix() + 600)
+        let key = sas::key_bytes(d.policy(policy).unwrap().primary_key.expose()).unwrap();
+        sas::mint(DPS_HOST, &key, Some(policy), now_unix() + 600)
     }
 
     fn hub_token(&self, policy: &str) -> String {
         let h = self.sim.state().hub(HUB).unwrap();
-        let key = sas::decode_key(h.policy(policy).unwrap().primary_key.expose()).unwrap();
-        sas::token(HUB, &key, Some(policy), now_unix() + 600)
+        let key = sas::key_bytes(h.policy(policy).unwrap().primary_key.expose()).unwrap();
+        sas::mint(HUB, &key, Some(policy), now_unix() + 600)
     }
 
     async fn dps(
@@ -148,7 +148,7 @@ async fn dps_individual_enrollment_lifecycle_with_etags_and_hidden_keys() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(sas::decode_key(&key).unwrap().len(), 64);
+    assert_eq!(sas::key_bytes(&key).unwrap().len(), 64);
     assert_eq!(created["provisioningStatus"], "enabled");
     assert_eq!(
         created["customField"]["kept"], true,
@@ -323,7 +323,7 @@ async fn dps_x509_group_returns_info_not_the_certificate_and_accepts_an_echo() {
     let der = ca.cert.der().to_vec();
     assert_eq!(
         primary["info"]["sha1Thumbprint"],
-        deprovisiond::sim::x509::sha1_thumbprint(&der)
+        azure_iot_sim::x509::sha1_thumbprint(&der)
     );
     assert_eq!(primary["info"]["version"], 3);
 
@@ -838,24 +838,24 @@ async fn hub_bulk_and_twin_query_paging() {
 async fn auth_refuses_bad_signature_expiry_scope_and_missing_rights() {
     let env = Env::default().await;
     let h = env.sim.state().hub(HUB).unwrap();
-    let key = sas::decode_key(h.policy("iothubowner").unwrap().primary_key.expose()).unwrap();
+    let key = sas::key_bytes(h.policy("iothubowner").unwrap().primary_key.expose()).unwrap();
     let url = format!(
         "{}/devices/x?api-version={API_HUB}",
         env.sim.hub_base_url(HUB)
     );
-    let wrong_key = sas::decode_key("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
+    let wrong_key = sas::key_bytes("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
     let cases = [
         (
             "bad signature",
-            sas::token(HUB, &wrong_key, Some("iothubowner"), now_unix() + 600),
+            sas::mint(HUB, &wrong_key, Some("iothubowner"), now_unix() + 600),
         ),
         (
             "expired",
-            sas::token(HUB, &key, Some("iothubowner"), now_unix() - 1),
+            sas::mint(HUB, &key, Some("iothubowner"), now_unix() - 1),
         ),
         (
             "wrong sr",
-            sas::token(
+            sas::mint(
                 "other-hub.azure-devices.net",
                 &key,
                 Some("iothubowner"),
@@ -864,7 +864,7 @@ async fn auth_refuses_bad_signature_expiry_scope_and_missing_rights() {
         ),
         (
             "unknown policy",
-            sas::token(HUB, &key, Some("nobody"), now_unix() + 600),
+            sas::mint(HUB, &key, Some("nobody"), now_unix() + 600),
         ),
     ];
     for (what, token) in cases {
@@ -888,7 +888,7 @@ async fn auth_refuses_bad_signature_expiry_scope_and_missing_rights() {
     assert_eq!(resp.status(), 401, "no header");
 
     // A path-scoped token works; rights are per policy.
-    let scoped = sas::token(
+    let scoped = sas::mint(
         &format!("{HUB}/devices"),
         &key,
         Some("iothubowner"),
@@ -1329,7 +1329,7 @@ async fn registration_state_shows_on_the_enrollment_and_goes_with_it() {
 #[tokio::test]
 async fn conflict_policy_for_put_without_if_match_is_configurable() {
     let mut cfg = SimConfig::single(DPS, &[HUB]);
-    cfg.dps_behavior.put_existing_without_if_match = deprovisiond::sim::ExistingPutPolicy::Conflict;
+    cfg.dps_behavior.put_existing_without_if_match = azure_iot_sim::ExistingPutPolicy::Conflict;
     let env = Env::start(cfg).await;
     assert_eq!(
         env.dps(
@@ -1415,7 +1415,7 @@ async fn concurrent_conditional_updates_let_exactly_one_win() {
 #[tokio::test]
 async fn chaos_latency_and_random_faults_apply_and_clear() {
     let env = Env::default().await;
-    env.sim.handle().set_chaos(deprovisiond::sim::ChaosConfig {
+    env.sim.handle().set_chaos(azure_iot_sim::ChaosConfig {
         latency_fixed_ms: 150,
         ..Default::default()
     });

@@ -4,15 +4,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use deprovisiond::azure::sas;
-use deprovisiond::sim::device_api::{self, DeviceApiConfig};
-use deprovisiond::sim::seed::{
+use azure_iot_sim::sas;
+use azure_iot_sim::device_api::{self, DeviceApiConfig};
+use azure_iot_sim::seed::{
     self, Attestation, FleetSpec, GroupSpec, IndividualSpec, ProvisionOutcome,
 };
-use deprovisiond::sim::state::{EnrollmentKind, Precondition};
-use deprovisiond::sim::tls::{self, CLIENT_CERT_HEADER, TlsSettings};
-use deprovisiond::sim::x509::TestCa;
-use deprovisiond::sim::{ExistingPutPolicy, RunningSimulator, SimConfig, Simulator};
+use azure_iot_sim::state::{EnrollmentKind, Precondition};
+use azure_iot_sim::tls::{self, CLIENT_CERT_HEADER, TlsSettings};
+use azure_iot_sim::x509::TestCa;
+use azure_iot_sim::{ExistingPutPolicy, RunningSimulator, SimConfig, Simulator};
 use serde_json::{Value, json};
 
 const DPS: &str = "test-dps";
@@ -217,8 +217,8 @@ async fn group_derived_key_registers_and_assigning_phase_answers_202() {
         json!({"enrollmentGroupId": "sk-group", "attestation": {"type": "symmetricKey"},
                "iotHubs": ["hub-2.azure-devices.net"]}),
     );
-    let group_key = sas::decode_key(&primary_key(&stored)).unwrap();
-    let device_key = sas::derive_device_key(&group_key, "sensor-42");
+    let group_key = sas::key_bytes(&primary_key(&stored)).unwrap();
+    let device_key = sas::group_device_key(&group_key, "sensor-42");
     let client = reqwest::Client::new();
     let scope = scope(&sim);
     let started = std::time::Instant::now();
@@ -262,7 +262,7 @@ async fn group_derived_key_registers_and_assigning_phase_answers_202() {
     );
 
     // A key derived for another id does not work.
-    let wrong = sas::derive_device_key(&group_key, "sensor-43");
+    let wrong = sas::group_device_key(&group_key, "sensor-43");
     let (status, _, _) = register(
         &client,
         &sim.device_api_base_url(),
@@ -398,7 +398,7 @@ async fn x509_individual_and_group_via_the_test_header() {
     assert_eq!(device["authentication"]["type"], "selfSigned");
     assert_eq!(
         device["authentication"]["x509Thumbprint"]["primaryThumbprint"],
-        deprovisiond::sim::x509::sha1_thumbprint(&single.cert_der).as_str()
+        azure_iot_sim::x509::sha1_thumbprint(&single.cert_der).as_str()
     );
 
     let member = inter.leaf("x509-member-1").unwrap();

@@ -1,4 +1,5 @@
-//! Simulator of the DPS service API and the IoT Hub registry API.
+//! azure-iot-sim: a stateful simulator of the Azure IoT Hub Device Provisioning Service (service API and
+//! device registration API) and the IoT Hub identity registry, on the services' real wire format.
 //!
 //! One listener per DPS instance and per hub (plain HTTP on 127.0.0.1), each serving the Azure wire
 //! format of its instance plus the `/_sim/` admin API. Start with [`Simulator::start`].
@@ -38,6 +39,7 @@
 pub mod admin;
 pub mod auth;
 pub mod calllog;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod device_api;
@@ -45,6 +47,8 @@ pub mod dps_service;
 pub mod errors;
 pub mod faults;
 pub mod hub;
+pub mod sas;
+pub mod secret;
 pub mod seed;
 pub mod server;
 pub mod state;

@@ -4,10 +4,10 @@
 //!
 //! Usage: `cargo run --example sim_https`
 
-use deprovisiond::sim::device_api::DeviceApiConfig;
-use deprovisiond::sim::tls::{GLOBAL_DEVICE_ENDPOINT, TlsSettings};
-use deprovisiond::sim::x509::TestCa;
-use deprovisiond::sim::{DpsConfig, HubConfig, SimConfig, Simulator, ThrottleConfig};
+use azure_iot_sim::device_api::DeviceApiConfig;
+use azure_iot_sim::tls::{GLOBAL_DEVICE_ENDPOINT, TlsSettings};
+use azure_iot_sim::x509::TestCa;
+use azure_iot_sim::{DpsConfig, HubConfig, SimConfig, Simulator, ThrottleConfig};
 use serde_json::json;
 
 const DPS: &str = "conf-dps";
@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
             let leaf = inter.leaf(id)?;
             Ok(json!({"registrationId": id, "certPem": leaf.cert_pem, "keyPem": leaf.key_pem, "chainPem": leaf.chain_pem()}))
         })
-        .collect::<Result<Vec<_>, deprovisiond::sim::x509::CertError>>()?;
+        .collect::<Result<Vec<_>, azure_iot_sim::x509::CertError>>()?;
 
     let state = sim.state().clone();
     let d = state

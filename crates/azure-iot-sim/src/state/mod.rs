@@ -26,7 +26,8 @@ pub use hub::{
 use super::SimError;
 use super::clock::Clock;
 use super::config::{HubTier, PolicyConfig, SimConfig};
-use crate::azure::secret::Secret;
+use crate::seed::SeededDevice;
+use crate::secret::Secret;
 
 /// A right a shared access policy can grant (DPS and IoT Hub names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -94,7 +95,7 @@ impl SasPolicy {
         let key = |k: &Option<String>| -> Result<Secret, SimError> {
             match k {
                 Some(k) => {
-                    crate::azure::sas::decode_key(k).map_err(|_| {
+                    crate::sas::key_bytes(k).map_err(|_| {
                         SimError::Config(format!("policy {}: key is not base64", cfg.name))
                     })?;
                     Ok(Secret::new(k.clone()))
@@ -218,12 +219,15 @@ pub struct SimState {
     hubs: Vec<Arc<HubInstance>>,
     ids: Arc<IdGen>,
     clock: Arc<dyn Clock>,
+    /// Seeded devices (with their DPS id scope) by lower-case registration id, for
+    /// `GET /_sim/devices/{id}/credentials`.
+    credentials: Mutex<BTreeMap<String, (String, SeededDevice)>>,
 }
 
 impl SimState {
     /// Builds the instances a configuration describes (validated: unique names, linked hubs exist).
     pub fn from_config(cfg: &SimConfig, clock: Arc<dyn Clock>) -> Result<Self, SimError> {
-        let ids = Arc::new(IdGen::new(cfg.seed));
+        let ids = Arc::new(IdGen::new(cfg.seed.unwrap_or_else(rand::random)));
         let mut hubs = Vec::new();
         let mut seen = BTreeMap::new();
         for h in &cfg.hubs {
@@ -309,7 +313,31 @@ impl SimState {
             hubs,
             ids,
             clock,
+            credentials: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Keeps the credentials of seeded devices (a later seed of the same id replaces them).
+    pub fn remember_credentials<'a>(
+        &self,
+        id_scope: &str,
+        devices: impl IntoIterator<Item = &'a SeededDevice>,
+    ) {
+        let mut map = self.credentials.lock();
+        for d in devices {
+            map.insert(
+                d.registration_id.to_ascii_lowercase(),
+                (id_scope.to_string(), d.clone()),
+            );
+        }
+    }
+
+    /// The id scope and credentials of a seeded device (registration ids are case-insensitive).
+    pub fn credentials_of(&self, registration_id: &str) -> Option<(String, SeededDevice)> {
+        self.credentials
+            .lock()
+            .get(&registration_id.to_ascii_lowercase())
+            .cloned()
     }
 
     /// A DPS instance by resource name.
@@ -363,6 +391,7 @@ impl SimState {
 
     /// Empties every instance (enrollments, groups, registrations, devices); configuration stays.
     pub fn clear(&self) {
+        self.credentials.lock().clear();
         for d in &self.dps {
             d.clear();
         }

@@ -9,8 +9,8 @@ use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 
 use super::{IdGen, NEVER, Page, Precondition, SasPolicy, tier_name, timestamp};
-use crate::sim::clock::Clock;
-use crate::sim::config::HubTier;
+use crate::clock::Clock;
+use crate::config::HubTier;
 
 /// A failed hub operation: HTTP status, error name (`iothub-errorcode`), numeric code, message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -731,7 +731,7 @@ impl HubInstance {
                         .filter(|k| !k.is_empty())
                     {
                         Some(k) => {
-                            let raw = crate::azure::sas::decode_key(k).map_err(|_| {
+                            let raw = crate::sas::key_bytes(k).map_err(|_| {
                                 HubOpError::invalid(format!("symmetricKey.{slot} is not base64"))
                             })?;
                             if !(16..=64).contains(&raw.len()) {

@@ -12,9 +12,9 @@ use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 
 use super::{IdGen, Precondition, SasPolicy, timestamp};
-use crate::sim::clock::Clock;
-use crate::sim::config::ExistingPutPolicy;
-use crate::sim::x509;
+use crate::clock::Clock;
+use crate::config::ExistingPutPolicy;
+use crate::x509;
 
 /// A failed DPS operation: HTTP status, DPS numeric error code, message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -538,7 +538,7 @@ impl DpsInstance {
                         .filter(|k| !k.is_empty())
                     {
                         Some(k) => {
-                            let raw = crate::azure::sas::decode_key(k).map_err(|_| {
+                            let raw = crate::sas::key_bytes(k).map_err(|_| {
                                 DpsOpError::bad_request(format!(
                                     "symmetricKey.{slot} is not base64"
                                 ))
@@ -720,7 +720,7 @@ fn normalize_cert_entry(e: &Value, prev: Option<&Value>, slot: &str) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::clock::SystemClock;
+    use crate::clock::SystemClock;
 
     fn instance() -> DpsInstance {
         let linked = vec![LinkedHub {

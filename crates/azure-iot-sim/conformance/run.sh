@@ -1,16 +1,23 @@
 #!/bin/sh
 # Conformance: drives the official Azure IoT Node.js SDKs against the simulator over HTTPS.
-# Skips (exit 0) when Node.js is absent; otherwise installs the npm packages, starts the simulator
-# (examples/sim_https.rs), runs run.mjs and stops the simulator. Last line: "N passed, M failed".
+# Installs the npm packages, starts the simulator (examples/sim_https.rs), runs run.mjs and stops the
+# simulator. Last line: "N passed, M failed". Without Node.js it skips (exit 0), except under CI=true,
+# where a missing prerequisite fails the run.
 set -eu
 
+here=$(cd "$(dirname "$0")" && pwd)
+crate=$(dirname "$here")
+workspace=$(cd "$crate/../.." && pwd)
+
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    if [ "${CI:-}" = true ]; then
+        echo "conformance: Node.js (node and npm) not found, and CI=true forbids skipping" >&2
+        echo "0 passed, 1 failed"
+        exit 1
+    fi
     echo "conformance: skipped (node not found)"
     exit 0
 fi
-
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
 
 fail() {
     echo "conformance: $1" >&2
@@ -28,8 +35,9 @@ else
 fi
 
 # Honours CARGO_TARGET_DIR like cargo does.
-target=${CARGO_TARGET_DIR:-$repo/target}
-(cd "$repo" && cargo build --quiet --example sim_https) || fail "cannot build examples/sim_https"
+target=${CARGO_TARGET_DIR:-$workspace/target}
+(cd "$workspace" && cargo build --quiet -p azure-iot-sim --example sim_https) ||
+    fail "cannot build the azure-iot-sim example sim_https"
 sim="$target/debug/examples/sim_https"
 
 work=$(mktemp -d)

@@ -1,0 +1,238 @@
+//! Environment variables (`DEPROVISIOND_DPS_<NAME>_*`, `DEPROVISIOND_HUB_<LABEL>_*`, timeouts) laid over
+//! the file's entries: later sources win field by field, and an unknown variable is an error.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::file::{RawDps, RawFile, RawHub};
+use super::{AzureConfig, ConfigError, HubConfig, normalise_name};
+use crate::azure::auth::DEFAULT_TOKEN_TTL;
+use crate::azure::transport::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
+
+pub(super) const ENV_CONFIG_FILE: &str = "DEPROVISIOND_AZURE_CONFIG";
+const ENV_DPS_PREFIX: &str = "DEPROVISIOND_DPS_";
+const ENV_HUB_PREFIX: &str = "DEPROVISIOND_HUB_";
+const ENV_DEFAULT_DPS: &str = "DEPROVISIOND_DEFAULT_DPS";
+const ENV_CONNECT_TIMEOUT: &str = "DEPROVISIOND_AZURE_CONNECT_TIMEOUT_SECS";
+const ENV_REQUEST_TIMEOUT: &str = "DEPROVISIOND_AZURE_REQUEST_TIMEOUT_SECS";
+const ENV_TOKEN_TTL: &str = "DEPROVISIOND_AZURE_TOKEN_TTL_SECS";
+const ENV_EXTRA_ROOTS: &str = "DEPROVISIOND_AZURE_EXTRA_ROOTS_FILE";
+
+fn parse_secs(text: &str, origin: &str) -> Result<u64, ConfigError> {
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "{origin}: expected a positive number of seconds, got {text:?}"
+            ))
+        })
+}
+
+impl AzureConfig {
+    /// Merges the file's entries with the environment's and validates the result.
+    pub(super) fn build(
+        file: RawFile,
+        file_path: Option<&Path>,
+        vars: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let file_origin = file_path
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+
+        // DPS: file entries, then env overlays by name.
+        let mut dps: BTreeMap<String, (RawDps, String)> = BTreeMap::new();
+        for (i, entry) in file.dps.iter().enumerate() {
+            let name = normalise_name(&entry.name);
+            let origin = format!("{file_origin}: dps[{i}] {name}");
+            if dps
+                .insert(name.clone(), (entry.clone(), origin.clone()))
+                .is_some()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{origin}: DPS instance {name} is configured twice"
+                )));
+            }
+        }
+        let mut hub_raw: Vec<(RawHub, String)> = file
+            .hubs
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.clone(), format!("{file_origin}: hubs[{i}]")))
+            .collect();
+        let mut env_hubs: BTreeMap<String, RawHub> = BTreeMap::new();
+
+        // Sorted so errors and results do not depend on HashMap order.
+        let mut keys: Vec<&String> = vars.keys().collect();
+        keys.sort();
+        for key in keys {
+            let value = &vars[key];
+            if let Some(rest) = key.strip_prefix(ENV_DPS_PREFIX) {
+                let (label, field) = split_field(rest, DPS_FIELDS)
+                    .ok_or_else(|| ConfigError::Invalid(format!("unrecognised variable {key}")))?;
+                let name = label.to_ascii_lowercase().replace('_', "-");
+                let mut over = RawDps {
+                    name: name.clone(),
+                    ..RawDps::default()
+                };
+                match field {
+                    "_CONNECTION_STRING" => over.connection_string = Some(value.clone()),
+                    "_CONNECTION_STRING_FILE" => {
+                        over.connection_string_file = Some(PathBuf::from(value))
+                    }
+                    "_API_VERSION" => over.api_version = Some(value.clone()),
+                    _ => over.base_url = Some(value.clone()),
+                }
+                let entry = dps.entry(name.clone()).or_insert_with(|| {
+                    (
+                        RawDps {
+                            name: name.clone(),
+                            ..RawDps::default()
+                        },
+                        format!("{ENV_DPS_PREFIX}{label}_*"),
+                    )
+                });
+                if field.starts_with("_CONNECTION_STRING")
+                    && (entry.0.connection_string.is_some()
+                        || entry.0.connection_string_file.is_some())
+                    && entry.1.starts_with(ENV_DPS_PREFIX)
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "{ENV_DPS_PREFIX}{label}: give _CONNECTION_STRING or _CONNECTION_STRING_FILE, not both"
+                    )));
+                }
+                entry.0.overlay(&over);
+                if field.starts_with("_CONNECTION_STRING") {
+                    entry.1 = format!("{ENV_DPS_PREFIX}{label}_*");
+                }
+            } else if let Some(rest) = key.strip_prefix(ENV_HUB_PREFIX) {
+                let (label, field) = split_field(rest, HUB_FIELDS)
+                    .ok_or_else(|| ConfigError::Invalid(format!("unrecognised variable {key}")))?;
+                let hub = env_hubs.entry(label.to_string()).or_default();
+                match field {
+                    "_CONNECTION_STRING" => hub.connection_string = Some(value.clone()),
+                    "_CONNECTION_STRING_FILE" => {
+                        hub.connection_string_file = Some(PathBuf::from(value))
+                    }
+                    "_API_VERSION" => hub.api_version = Some(value.clone()),
+                    "_BASE_URL" => hub.base_url = Some(value.clone()),
+                    "_TIER" => hub.tier = Some(value.clone()),
+                    _ => {
+                        let units = value
+                            .trim()
+                            .parse::<u32>()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| {
+                                ConfigError::Invalid(format!(
+                                    "{key}: expected a positive number of units, got {value:?}"
+                                ))
+                            })?;
+                        hub.units = Some(units);
+                    }
+                }
+            }
+        }
+        hub_raw.extend(
+            env_hubs
+                .into_iter()
+                .map(|(label, h)| (h, format!("{ENV_HUB_PREFIX}{label}_*"))),
+        );
+
+        let dps = dps
+            .values()
+            .map(|(raw, origin)| raw.finish(origin))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        // Later entries (environment) replace earlier ones (file) for the same host.
+        let mut hubs: BTreeMap<String, HubConfig> = BTreeMap::new();
+        for (raw, origin) in &hub_raw {
+            let hub = raw.finish(origin)?;
+            hubs.insert(hub.host_name.clone(), hub);
+        }
+
+        let default_dps = vars
+            .get(ENV_DEFAULT_DPS)
+            .cloned()
+            .or(file.default_dps)
+            .map(|n| normalise_name(&n))
+            .filter(|n| !n.is_empty());
+        if let Some(name) = &default_dps
+            && !dps.iter().any(|d| &d.name == name)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "default DPS instance {name} is not configured"
+            )));
+        }
+
+        let secs = |var: &str,
+                    from_file: Option<u64>,
+                    default: Duration|
+         -> Result<Duration, ConfigError> {
+            match vars.get(var) {
+                Some(v) => Ok(Duration::from_secs(parse_secs(v, var)?)),
+                None => Ok(from_file
+                    .filter(|n| *n > 0)
+                    .map(Duration::from_secs)
+                    .unwrap_or(default)),
+            }
+        };
+        let connect_timeout = secs(
+            ENV_CONNECT_TIMEOUT,
+            file.connect_timeout_secs,
+            DEFAULT_CONNECT_TIMEOUT,
+        )?;
+        let request_timeout = secs(
+            ENV_REQUEST_TIMEOUT,
+            file.request_timeout_secs,
+            DEFAULT_REQUEST_TIMEOUT,
+        )?;
+        let token_ttl = secs(ENV_TOKEN_TTL, file.token_ttl_secs, DEFAULT_TOKEN_TTL)?;
+        let roots_file = vars
+            .get(ENV_EXTRA_ROOTS)
+            .map(PathBuf::from)
+            .or(file.extra_roots_file);
+        let extra_root_certificates_pem = match roots_file {
+            Some(path) => {
+                vec![std::fs::read(&path).map_err(|source| ConfigError::Read { path, source })?]
+            }
+            None => Vec::new(),
+        };
+
+        Ok(Self {
+            dps,
+            hubs: hubs.into_values().collect(),
+            default_dps,
+            connect_timeout,
+            request_timeout,
+            token_ttl,
+            extra_root_certificates_pem,
+        })
+    }
+}
+
+const DPS_FIELDS: &[&str] = &[
+    "_CONNECTION_STRING_FILE",
+    "_CONNECTION_STRING",
+    "_API_VERSION",
+    "_BASE_URL",
+];
+const HUB_FIELDS: &[&str] = &[
+    "_CONNECTION_STRING_FILE",
+    "_CONNECTION_STRING",
+    "_API_VERSION",
+    "_BASE_URL",
+    "_TIER",
+    "_UNITS",
+];
+
+/// Splits `EU_WEST_CONNECTION_STRING` into (`EU_WEST`, `_CONNECTION_STRING`); fields are tried longest first.
+fn split_field<'a>(rest: &'a str, fields: &[&'static str]) -> Option<(&'a str, &'static str)> {
+    fields.iter().find_map(|f| {
+        let label = rest.strip_suffix(f)?;
+        (!label.is_empty()).then_some((label, *f))
+    })
+}
+
