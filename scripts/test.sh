@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The project's single test command (CI runs it through .ci/run):
-# fmt check, clippy, then the whole test suite against SQLite and PostgreSQL.
+# The project's single test command (CI runs it through .ci/run): fmt check, clippy, then every test of
+# the workspace (the service against SQLite and PostgreSQL, the simulator crate), then the SDK
+# conformance script. Under CI=true nothing may pass by skipping: a missing prerequisite fails the run.
 #
 # PostgreSQL: DEPROVISIOND_TEST_PG_URL (or DATABASE_URL=postgres…) names a server
 # to use as is; otherwise a throwaway cluster is started on a free loopback port
@@ -38,6 +39,7 @@ cleanup() {
         as_pg "$pg_bin/pg_ctl" -D "$pg_tmp/data" -m immediate stop >/dev/null 2>&1 || true
         rm -rf "$pg_tmp"
     fi
+    [[ -z ${test_log:-} ]] || rm -f "$test_log"
     printf '%s' "$timings" >&2
     log "total $((SECONDS - start_all))s (exit $status)"
     exit "$status"
@@ -144,22 +146,67 @@ else
     log "using the given PostgreSQL server (nothing started)"
 fi
 
-if [[ -d $root/../shared/azure-specs ]]; then
+ci=false
+[[ ${CI:-} == true ]] && ci=true
+if [[ $ci == true && $pg_mode == skip ]]; then
+    log "ERROR: DEPROVISIOND_SKIP_PG=1 under CI=true: the PostgreSQL half of the suite may not be skipped"
+    exit 1
+fi
+
+if [[ -n ${AZURE_SPECS_DIR:-} && -d ${AZURE_SPECS_DIR:-} ]]; then
+    log "AZURE_SPECS_DIR=$AZURE_SPECS_DIR (given)"
+elif [[ -d $root/../shared/azure-specs ]]; then
     AZURE_SPECS_DIR="$(cd "$root/../shared/azure-specs" && pwd)"
     export AZURE_SPECS_DIR
     log "AZURE_SPECS_DIR=$AZURE_SPECS_DIR"
+elif [[ $ci == true ]]; then
+    log "ERROR: the official swagger files are missing (AZURE_SPECS_DIR unset and no ../shared/azure-specs beside the repo);"
+    log "       under CI=true the simulator's swagger conformance tests may not be skipped"
+    exit 1
 else
-    log "no ../shared/azure-specs beside the repo: AZURE_SPECS_DIR not set"
+    log "WARNING: no ../shared/azure-specs beside the repo: the swagger conformance tests will be SKIPPED"
 fi
+
+if [[ $ci == true ]] && ! { command -v node >/dev/null && command -v npm >/dev/null; }; then
+    if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+        log "Node.js missing: installing Debian's nodejs and npm packages for the SDK conformance check"
+        { apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; } ||
+            { log "ERROR: apt-get install nodejs npm failed"; exit 1; }
+    else
+        log "ERROR: Node.js (node, npm) not found; under CI=true the SDK conformance check may not be skipped"
+        exit 1
+    fi
+fi
+
+# The production build must carry no simulator: it is only reachable through the `demo` feature.
+no_simulator_in_production() {
+    local tree
+    tree=$(cargo tree -p deprovisiond --no-default-features --prefix none)
+    if grep -q '^azure-iot-sim ' <<<"$tree"; then
+        log "ERROR: azure-iot-sim is a dependency of deprovisiond --no-default-features"
+        return 1
+    fi
+}
+
+test_log=$(mktemp)
+# Every test of the workspace, once: one feature set, so nothing is built twice.
+run_tests() {
+    local status=0 skipped
+    cargo test --workspace --all-targets 2>&1 | tee "$test_log" || status=$?
+    skipped=$(grep -c '^SKIPPED:' "$test_log" || true)
+    if ((skipped > 0)); then
+        log "WARNING: $skipped check(s) SKIPPED (outside CI only):"
+        grep '^SKIPPED:' "$test_log" | sort | uniq -c >&2
+    else
+        log "no check skipped"
+    fi
+    return "$status"
+}
 
 phase fmt cargo fmt --all -- --check
-phase clippy cargo clippy --all-targets -- -D warnings
+phase no-simulator no_simulator_in_production
+phase clippy cargo clippy --workspace --all-targets -- -D warnings
 # An `if`, not `||`: set -e must stay in force inside start_pg.
 if [[ $pg_mode == start ]]; then phase postgres start_pg; fi
-phase test cargo test --all-targets
-
-if [[ -x conformance/run.sh ]]; then
-    phase conformance conformance/run.sh
-else
-    log "conformance/run.sh absent or not executable: skipped"
-fi
+phase test run_tests
+phase conformance crates/azure-iot-sim/conformance/run.sh

@@ -11,11 +11,11 @@ use crate::azure::{
     HubTier as AzureHubTier,
 };
 use crate::domain::clock::SystemClock;
+use crate::worker::EngineConfig;
 use azure_iot_sim::seed::{
     Attestation, FleetSpec, GroupSpec, IndividualSpec, SeededFleet, seed_fleet, write_credentials,
 };
 use azure_iot_sim::{HubTier, RunningSimulator, SimConfig, Simulator};
-use crate::worker::EngineConfig;
 
 /// DPS instance name of the demo.
 pub const DEMO_DPS: &str = "demo-dps";
@@ -125,7 +125,10 @@ pub async fn run(listen: SocketAddr, credentials_dir: Option<PathBuf>) -> anyhow
     let fleet: SeededFleet = seed_fleet(sim.state(), &demo_fleet())?;
     let credentials = credentials_dir.unwrap_or_else(|| dir.path().join("devices"));
     write_credentials(&fleet, &credentials).map_err(|e| {
-        anyhow::anyhow!("writing device credentials to {}: {e}", credentials.display())
+        anyhow::anyhow!(
+            "writing device credentials to {}: {e}",
+            credentials.display()
+        )
     })?;
     let clients = AzureClients::new(&azure_config_for(&sim)?)?;
     let config = AppConfig {

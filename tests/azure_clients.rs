@@ -6,15 +6,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use azure_iot_sim::Clock as SimClockTrait;
+use azure_iot_sim::{
+    FakeClock, FaultAction, FaultRule, RunningSimulator, SimConfig, Simulator, ThrottleConfig,
+};
 use deprovisiond::azure::hub::set_status;
 use deprovisiond::azure::models::*;
 use deprovisiond::azure::{
     AzureClients, AzureConfig, AzureError, ClientOptions, Clock, ConnectionString, DpsClient,
     HubClient, IfMatch, ManualClock,
-};
-use azure_iot_sim::Clock as SimClockTrait;
-use azure_iot_sim::{
-    FakeClock, FaultAction, FaultRule, RunningSimulator, SimConfig, Simulator, ThrottleConfig,
 };
 use futures::TryStreamExt;
 use serde_json::json;

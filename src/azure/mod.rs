@@ -1,9 +1,9 @@
 //! Azure DPS and IoT Hub clients: connection strings, SAS tokens, wire models, one classified error type, and
 //! the per-instance client registry built from configuration.
 pub mod auth;
-pub mod clients;
 #[cfg(test)]
 mod client_tests;
+pub mod clients;
 pub mod config;
 pub mod connection_string;
 pub mod dps;

@@ -14,6 +14,15 @@ use deprovisiond::worker::{EngineConfig, StepResult, Workflow};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+/// Says a check is skipped because `missing` is not there; under `CI=true` nothing may pass by
+/// skipping, so there it fails the test instead, naming what is missing.
+pub fn skip(missing: &str, unchecked: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{missing}, and CI=true forbids skipping: {unchecked} would go unchecked");
+    }
+    eprintln!("SKIPPED: {missing}; {unchecked} not checked");
+}
+
 /// A fresh, empty database for one test.
 pub struct TestDb {
     pub url: String,
@@ -33,8 +42,9 @@ impl TestDb {
     /// A new database on the server named by `DEPROVISIOND_TEST_PG_URL`; `None` (and a loud note) when unset.
     pub async fn postgres() -> Option<TestDb> {
         let Ok(server) = std::env::var("DEPROVISIOND_TEST_PG_URL") else {
-            eprintln!(
-                "SKIPPED: PostgreSQL variant (DEPROVISIOND_TEST_PG_URL is not set; scripts/test.sh sets it)"
+            skip(
+                "DEPROVISIOND_TEST_PG_URL is not set (scripts/test.sh sets it)",
+                "the PostgreSQL variant",
             );
             return None;
         };

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deprovisiond::app::WorkflowChoice;
-use deprovisiond::azure::{AzureClients, AzureConfig};
-use deprovisiond::demo::azure_config_for;
 use azure_iot_sim::seed::{
     Attestation, FleetSpec, GroupSpec, IndividualSpec, ProvisionOutcome, SeededFleet, seed_fleet,
     try_provision,
 };
 use azure_iot_sim::{CallRecord, FaultRule, RunningSimulator, SimConfig, Simulator};
+use deprovisiond::app::WorkflowChoice;
+use deprovisiond::azure::{AzureClients, AzureConfig};
+use deprovisiond::demo::azure_config_for;
 use serde_json::{Value, json};
 
 use crate::both_stores;

@@ -433,7 +433,9 @@ fn match_individual(
         }
         ("x509", DeviceCredential::X509(chain)) => {
             check_leaf(chain, registration_id, now)?;
-            let leaf = &chain[0];
+            let Some(leaf) = chain.first() else {
+                return Err(DeviceError::Unauthorized("no client certificate".into()));
+            };
             let certs = stored_certs(&att, "clientCertificates");
             let Some(known) = certs.iter().find(|c| c.as_slice() == leaf.as_slice()) else {
                 return Err(DeviceError::Unauthorized(
@@ -565,7 +567,9 @@ fn match_group(
                 };
                 return Err(DeviceError::Unauthorized(why.into()));
             };
-            let leaf = &chain[0];
+            let Some(leaf) = chain.first() else {
+                return Err(DeviceError::Unauthorized("no client certificate".into()));
+            };
             let leaf_info =
                 x509::certificate_info(leaf).map_err(|e| DeviceError::BadRequest(e.to_string()))?;
             let signing_info = x509::certificate_info(&signing)

@@ -101,7 +101,10 @@ mod tests {
     #[test]
     fn encodes_like_encode_uri_component() {
         assert_eq!(percent_encode("a+b/c=d e~"), "a%2Bb%2Fc%3Dd%20e~");
-        assert_eq!(percent_encode("0ne00/registrations/é"), "0ne00%2Fregistrations%2F%C3%A9");
+        assert_eq!(
+            percent_encode("0ne00/registrations/é"),
+            "0ne00%2Fregistrations%2F%C3%A9"
+        );
     }
 
     #[test]

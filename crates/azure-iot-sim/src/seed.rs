@@ -756,7 +756,13 @@ pub fn write_credentials(
 /// Registration ids allow `:`, which some file systems refuse; nothing else in an id needs changing.
 fn file_safe(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

@@ -137,11 +137,7 @@ impl SimHandle {
         Ok(Self(Arc::new(Inner {
             state,
             throttle: Throttle::new(&config.throttle, config.time_scale, clock.clone()),
-            faults: Faults::new(
-                config.chaos.clone(),
-                config.scripted_faults.clone(),
-                seed,
-            ),
+            faults: Faults::new(config.chaos.clone(), config.scripted_faults.clone(), seed),
             calls: CallLog::new(config.call_log_capacity),
             clock,
             dps_behavior: config.dps_behavior.clone(),
@@ -600,16 +596,50 @@ where
         headers: parts.headers,
         body,
     };
+    // Each request runs in its own task, so a bug that panics answers this one request with a 500 in
+    // the service's error shape instead of tearing down the connection or the listener.
+    let task = tokio::spawn(dispatch(
+        handle.clone(),
+        endpoint.clone(),
+        conn.clone(),
+        req,
+    ));
+    match task.await {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::error!(error = %e, "simulator request handler panicked");
+            let service = match endpoint {
+                Endpoint::Hub(_) => Service::Hub,
+                Endpoint::DpsService(_) | Endpoint::DeviceApi => Service::Dps,
+            };
+            let tid = tracking_id(handle);
+            Ok(errors::service_error(
+                service,
+                500,
+                "internal error in the simulator (a bug: please report it with the call log)",
+                &tid,
+                handle.0.clock.now_utc(),
+            ))
+        }
+    }
+}
+
+async fn dispatch(
+    handle: SimHandle,
+    endpoint: Endpoint,
+    conn: ConnInfo,
+    req: SimRequest,
+) -> Result<SimResponse, DropConnection> {
     if req.path == "/_sim/seed" {
-        return Ok(super::seed::handle_admin(handle, &req));
+        return Ok(super::seed::handle_admin(&handle, &req));
     }
     if req.path == "/_sim" || req.path.starts_with("/_sim/") {
-        return Ok(admin::handle(handle, &req));
+        return Ok(admin::handle(&handle, &req));
     }
-    match endpoint {
-        Endpoint::DpsService(name) => dps_service::serve(handle, name, &req).await,
-        Endpoint::Hub(host) => hub::serve(handle, host, &req).await,
-        Endpoint::DeviceApi => super::device_api::serve(handle, conn, &req).await,
+    match &endpoint {
+        Endpoint::DpsService(name) => dps_service::serve(&handle, name, &req).await,
+        Endpoint::Hub(host) => hub::serve(&handle, host, &req).await,
+        Endpoint::DeviceApi => super::device_api::serve(&handle, &conn, &req).await,
     }
 }
 

@@ -1,11 +1,13 @@
 //! The simulated DPS device registration API, end to end over HTTP(S): symmetric keys, X.509 (test
 //! header and real mutual TLS), DPS precedence, SAS failures, and fleet seeding.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use azure_iot_sim::sas;
 use azure_iot_sim::device_api::{self, DeviceApiConfig};
+use azure_iot_sim::sas;
 use azure_iot_sim::seed::{
     self, Attestation, FleetSpec, GroupSpec, IndividualSpec, ProvisionOutcome,
 };
@@ -1109,18 +1111,8 @@ async fn the_test_header_can_be_refused() {
     sim.shutdown().await;
 }
 
-/// The folder of the official swagger files, from `AZURE_SPECS_DIR` (set by the test command when
-/// `../shared/azure-specs` exists); `None` (the test says it is skipped) otherwise.
 fn specs_dir() -> Option<std::path::PathBuf> {
-    match std::env::var_os("AZURE_SPECS_DIR").map(std::path::PathBuf::from) {
-        Some(d) if d.is_dir() => Some(d),
-        _ => {
-            eprintln!(
-                "SKIPPED: AZURE_SPECS_DIR is not set; device API bodies not checked against the swagger"
-            );
-            None
-        }
-    }
+    common::specs_dir("device API bodies against the swagger")
 }
 
 /// Every field of `value` is declared by `schema` (following `$ref`s) with a matching JSON type,
@@ -1275,5 +1267,99 @@ async fn seeding_rejects_inconsistent_fleets() {
         Err(seed::SeedError::Enrollment { .. })
     ));
     assert!(FleetSpec::from_json("{not json").is_err());
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn seeded_device_credentials_come_from_the_admin_api_and_a_folder() {
+    let sim = start(config()).await;
+    let spec = FleetSpec::from_json(
+        r#"{"groups": [{"groupId": "cams", "attestation": "x509", "devices": 2},
+                       {"groupId": "sk", "attestation": "symmetricKey", "devices": 2, "provisionCount": 1}]}"#,
+    )
+    .unwrap();
+    let fleet = seed::seed_fleet(sim.state(), &spec).unwrap();
+    let client = reqwest::Client::new();
+    let get = |rid: &str| {
+        let url = format!("{}/_sim/devices/{rid}/credentials", sim.dps_base_url(DPS));
+        let client = client.clone();
+        async move {
+            let resp = client.get(url).send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, cam) = get("cams-dev-0001").await;
+    assert_eq!(status, 200);
+    let seeded = fleet.device("cams-dev-0001").unwrap();
+    assert_eq!(cam["certPem"].as_str(), seeded.cert_pem.as_deref());
+    assert!(cam["keyPem"].as_str().unwrap().contains("PRIVATE KEY"));
+    assert!(
+        cam["chainPem"]
+            .as_str()
+            .unwrap()
+            .matches("BEGIN CERTIFICATE")
+            .count()
+            >= 2
+    );
+    assert_eq!(cam["idScope"], fleet.id_scope.as_str());
+    // Registration ids are case-insensitive; the never-registered device still has its key.
+    let (status, sk) = get("SK-DEV-0001").await;
+    assert_eq!(status, 200);
+    assert_eq!(sk["status"], "notProvisioned");
+    assert_eq!(
+        sk["symmetricKey"].as_str(),
+        fleet
+            .device("sk-dev-0001")
+            .unwrap()
+            .symmetric_key
+            .as_deref()
+    );
+    let (status, missing) = get("nobody").await;
+    assert_eq!(status, 404);
+    assert!(
+        missing["error"]
+            .as_str()
+            .unwrap()
+            .contains("no seeded device")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let written = azure_iot_sim::seed::write_credentials(&fleet, dir.path()).unwrap();
+    assert_eq!(written.devices, 4);
+    let cam_dir = dir.path().join("cams-dev-0001");
+    assert_eq!(
+        std::fs::read_to_string(cam_dir.join("device.cert.pem")).unwrap(),
+        seeded.cert_pem.clone().unwrap()
+    );
+    assert!(cam_dir.join("device.key.pem").is_file() && cam_dir.join("chain.pem").is_file());
+    let sk_key = std::fs::read_to_string(dir.path().join("sk-dev-0000/symmetric.key")).unwrap();
+    assert_eq!(
+        sk_key.trim(),
+        fleet
+            .device("sk-dev-0000")
+            .unwrap()
+            .symmetric_key
+            .clone()
+            .unwrap()
+    );
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("sk-dev-0000/device.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["status"], "assigned");
+    assert!(dir.path().join("root-ca.pem").is_file());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(cam_dir.join("device.key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "private keys are readable by the owner only"
+        );
+    }
     sim.shutdown().await;
 }

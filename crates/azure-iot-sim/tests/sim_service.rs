@@ -1581,3 +1581,100 @@ async fn admin_state_per_instance_and_reset() {
     assert_eq!(logged, 0);
     env.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_bad_fault_rule_is_refused_with_the_expected_shape() {
+    let env = Env::default().await;
+    let admin = format!("{}/_sim/faults", env.sim.dps_base_url(DPS));
+    for (rule, says) in [
+        (json!({"path": "/x"}), "missing field `action`"),
+        (
+            json!({"action": {"type": "explode"}}),
+            "unknown variant `explode`",
+        ),
+        (
+            json!({"actoin": {"type": "drop"}}),
+            "unknown field `actoin`",
+        ),
+        (
+            json!({"nth": 0, "action": {"type": "drop"}}),
+            "nth counts from 1",
+        ),
+        (
+            json!({"probability": 2.0, "action": {"type": "drop"}}),
+            "probability 2",
+        ),
+        (
+            json!({"method": "GE T", "action": {"type": "drop"}}),
+            "not an HTTP method",
+        ),
+        (
+            json!({"action": {"type": "status", "status": 200}}),
+            "not an error status",
+        ),
+    ] {
+        let resp = env.http.post(&admin).json(&rule).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{rule}");
+        let body: Value = resp.json().await.unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(says), "{rule}: {error}");
+        assert!(body["expected"]["action"].is_string(), "{body}");
+        assert_eq!(body["actions"].as_array().unwrap().len(), 5, "{body}");
+        assert!(body["example"]["action"]["type"].is_string(), "{body}");
+    }
+    let listed: Value = env
+        .http
+        .get(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["rules"].as_array().unwrap().len(),
+        0,
+        "nothing was added"
+    );
+    // A configuration file with such a rule is refused at start.
+    let err =
+        SimConfig::from_json(r#"{"scripted_faults": [{"nth": 0, "action": {"type": "drop"}}]}"#)
+            .unwrap_err();
+    assert!(err.to_string().contains("nth counts from 1"), "{err}");
+}
+
+#[tokio::test]
+async fn keys_are_random_per_run_unless_a_seed_is_given() {
+    let key_of = |sim: &RunningSimulator| {
+        sim.state()
+            .hub(HUB)
+            .unwrap()
+            .policy("iothubowner")
+            .unwrap()
+            .primary_key
+            .expose()
+            .to_string()
+    };
+    let a = Env::default().await;
+    let b = Env::default().await;
+    assert_ne!(
+        key_of(&a.sim),
+        key_of(&b.sim),
+        "two runs must not share keys"
+    );
+    let seeded = |seed| SimConfig {
+        seed: Some(seed),
+        ..SimConfig::single(DPS, &[HUB])
+    };
+    let c = Env::start(seeded(7)).await;
+    let d = Env::start(seeded(7)).await;
+    assert_eq!(
+        key_of(&c.sim),
+        key_of(&d.sim),
+        "the same seed reproduces a run"
+    );
+    // Tracking ids differ between unseeded runs too.
+    let (_, ha, _) = a.dps(Method::GET, "/enrollments/nobody", None, &[]).await;
+    let (_, hb, _) = b.dps(Method::GET, "/enrollments/nobody", None, &[]).await;
+    assert_ne!(ha["x-ms-request-id"], hb["x-ms-request-id"]);
+}

@@ -235,4 +235,3 @@ fn split_field<'a>(rest: &'a str, fields: &[&'static str]) -> Option<(&'a str, &
         (!label.is_empty()).then_some((label, *f))
     })
 }
-

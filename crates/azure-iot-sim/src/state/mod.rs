@@ -26,8 +26,8 @@ pub use hub::{
 use super::SimError;
 use super::clock::Clock;
 use super::config::{HubTier, PolicyConfig, SimConfig};
-use crate::seed::SeededDevice;
 use crate::secret::Secret;
+use crate::seed::SeededDevice;
 
 /// A right a shared access policy can grant (DPS and IoT Hub names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
