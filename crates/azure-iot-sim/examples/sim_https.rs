@@ -1,6 +1,6 @@
 //! Starts the simulator over HTTPS (generated certificate) for the conformance script and prints one
 //! JSON line: ports, host names, connection strings, the CA to trust and a small test PKI. Runs until
-//! SIGINT/SIGTERM. Stands in for `deprovisiond simulate --config FILE` until that command exists.
+//! SIGINT/SIGTERM. `conformance/run.sh` runs it; `azure-iot-sim --https` prints the same facts.
 //!
 //! Usage: `cargo run --example sim_https`
 

@@ -274,7 +274,7 @@ impl DeviceApiState {
 pub fn tpm_activation_key(endorsement_key: &str) -> String {
     sas::hmac_b64(
         endorsement_key.trim().as_bytes(),
-        b"deprovisiond simulator TPM activation",
+        b"azure-iot-sim TPM activation",
     )
 }
 

@@ -526,7 +526,7 @@ pub fn seed_fleet(state: &SimState, spec: &FleetSpec) -> Result<SeededFleet, See
     let mut pki = Pki::new(
         spec.root_ca_name
             .as_deref()
-            .unwrap_or("deprovisiond fleet root CA"),
+            .unwrap_or("azure-iot-sim fleet root CA"),
     )?;
     let mut devices: Vec<SeededDevice> = Vec::new();
 

@@ -221,7 +221,7 @@ impl TlsMaterial {
         ca_params.distinguished_name = rcgen::DistinguishedName::new();
         ca_params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, "deprovisiond simulator CA");
+            .push(rcgen::DnType::CommonName, "azure-iot-sim CA");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         ca_params.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
@@ -246,7 +246,7 @@ impl TlsMaterial {
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, "deprovisiond simulator");
+            .push(rcgen::DnType::CommonName, "azure-iot-sim");
         params.is_ca = rcgen::IsCa::ExplicitNoCa;
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;

@@ -472,7 +472,7 @@ impl TestCa {
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
-            .push(rcgen::DnType::OrganizationName, "deprovisiond test PKI");
+            .push(rcgen::DnType::OrganizationName, "azure-iot-sim test PKI");
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, common_name);
@@ -543,7 +543,7 @@ mod tests {
         assert_eq!(info.subject_name, "CN=device-001");
         assert_eq!(
             info.issuer_name,
-            "CN=Test Intermediate, O=deprovisiond test PKI"
+            "CN=Test Intermediate, O=azure-iot-sim test PKI"
         );
         assert_eq!(info.version, 3);
         assert_eq!(info.sha1_thumbprint.len(), 40);

@@ -419,7 +419,7 @@ async fn x509_individual_and_group_via_the_test_header() {
     );
     assert_eq!(
         body["registrationState"]["x509"]["signingCertificateInfo"]["subjectName"],
-        "CN=Header Inter, O=deprovisiond test PKI"
+        "CN=Header Inter, O=azure-iot-sim test PKI"
     );
 
     // CN must be the registration id; a leaf from another PKI matches nothing.
