@@ -36,6 +36,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Print the OpenAPI document, or write it to a file.
     Openapi(OpenapiArgs),
+    /// Talk to a running service: create, preview, get, list, watch, cancel, retry.
+    Client(crate::client::ClientArgs),
     /// Exit 0 when the service at `--url` answers ready (a container HEALTHCHECK needing no curl).
     Healthcheck(HealthcheckArgs),
     /// Run the simulator of the DPS and IoT Hub APIs on its own (the `azure-iot-sim` binary does the same).
@@ -273,6 +275,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             azure_iot_sim::cli::run(args, crate::demo::demo_sim_config(), shutdown_signal()).await
         }
         Command::Healthcheck(args) => healthcheck(args).await,
+        Command::Client(args) => crate::client::run(args).await,
         Command::Openapi(args) => {
             let doc = crate::http::openapi_json();
             match args.out {

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod azure;
 pub mod cli;
+pub mod client;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod domain;
