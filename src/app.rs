@@ -78,6 +78,8 @@ impl App {
         choice: WorkflowChoice,
         clock: SharedClock,
     ) -> Result<Self, AppError> {
+        // Counters recorded before the recorder exists are lost: install it before any work starts.
+        crate::telemetry::prometheus();
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
         let listener = TcpListener::bind(config.listen)

@@ -237,11 +237,24 @@ impl Endpoint {
                 .body(bytes),
         };
         let started = Instant::now();
-        let response = request
-            .send()
-            .await
-            .map_err(|e| AzureError::from_transport(&e))?;
+        let operation = operation_label(&method, segments);
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.record_call(&operation, "transport_error", started);
+                return Err(AzureError::from_transport(&e));
+            }
+        };
         let status = response.status();
+        self.record_call(&operation, status.as_str(), started);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            metrics::counter!(
+                "deprovisiond_azure_throttled_total",
+                "service" => self.service(),
+                "host" => self.host_name.clone()
+            )
+            .increment(1);
+        }
         if status == StatusCode::UNAUTHORIZED {
             // The next call mints a fresh token rather than resending one the service refused.
             self.auth.invalidate();
@@ -266,6 +279,33 @@ impl Endpoint {
         })
     }
 
+    /// `dps` or `hub`, from the host name's suffix (the label of every metric of this endpoint).
+    fn service(&self) -> &'static str {
+        if self.host_name.ends_with(".azure-devices-provisioning.net") {
+            "dps"
+        } else {
+            "hub"
+        }
+    }
+
+    fn record_call(&self, operation: &str, status: &str, started: Instant) {
+        let service = self.service();
+        metrics::counter!(
+            "deprovisiond_azure_calls_total",
+            "service" => service,
+            "host" => self.host_name.clone(),
+            "operation" => operation.to_string(),
+            "status" => status.to_string()
+        )
+        .increment(1);
+        metrics::histogram!(
+            "deprovisiond_azure_call_duration_seconds",
+            "service" => service,
+            "operation" => operation.to_string()
+        )
+        .record(started.elapsed().as_secs_f64());
+    }
+
     /// Sends a request; a non-2xx status becomes a classified [`AzureError`].
     pub(crate) async fn send(
         &self,
@@ -285,6 +325,29 @@ impl Endpoint {
             ))
         }
     }
+}
+
+/// `GET /enrollments/{id}`: the request's method and path with ids replaced, so metric labels stay few.
+pub(crate) fn operation_label(method: &Method, segments: &[&str]) -> String {
+    const WORDS: &[&str] = &[
+        "enrollments",
+        "enrollmentGroups",
+        "registrations",
+        "devices",
+        "query",
+        "attestationmechanism",
+        "jobs",
+        "create",
+        "twins",
+    ];
+    let mut label = format!("{method} ");
+    for (i, seg) in segments.iter().enumerate() {
+        // The first segment names the collection; later ones are ids unless they are operation words.
+        let word = i == 0 || WORDS.contains(seg);
+        label.push('/');
+        label.push_str(if word { seg } else { "{id}" });
+    }
+    label
 }
 
 /// Paging request headers.
@@ -341,4 +404,32 @@ where
     .map_ok(|items| stream::iter(items.into_iter().map(Ok)))
     .try_flatten()
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_labels_hide_ids() {
+        assert_eq!(
+            operation_label(&Method::GET, &["devices", "dev-1"]),
+            "GET /devices/{id}"
+        );
+        assert_eq!(
+            operation_label(&Method::POST, &["registrations", "fleet-a", "query"]),
+            "POST /registrations/{id}/query"
+        );
+        assert_eq!(
+            operation_label(
+                &Method::POST,
+                &["enrollments", "e-1", "attestationmechanism"]
+            ),
+            "POST /enrollments/{id}/attestationmechanism"
+        );
+        assert_eq!(
+            operation_label(&Method::POST, &["devices", "query"]),
+            "POST /devices/query"
+        );
+    }
 }

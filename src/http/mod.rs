@@ -4,6 +4,7 @@ pub mod deprovisions;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod metrics;
 pub mod tombstones;
 pub mod views;
 
@@ -111,6 +112,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(deprovisions::router())
         .merge(tombstones::router())
         .merge(health::router())
+        .merge(metrics::router())
 }
 
 /// The OpenAPI document (also committed as `openapi/openapi.json`).

@@ -4,6 +4,7 @@
 //! times are epoch milliseconds, so the SQL is shared; the few dialect differences (row locking on
 //! claims) are chosen by [`Backend`].
 
+mod metrics;
 mod records;
 mod tombstones;
 
@@ -25,6 +26,7 @@ macro_rules! sql {
     };
 }
 
+pub use metrics::Gauges;
 pub use records::*;
 pub use tombstones::{AuditStatus, Tombstone};
 
