@@ -26,7 +26,7 @@ macro_rules! sql {
 }
 
 pub use records::*;
-pub use tombstones::{AuditStatus, Tombstone};
+pub use tombstones::{AuditStatus, Tombstone, TombstoneState};
 
 use crate::domain::clock::Millis;
 use crate::domain::job::{DeprovisionRequest, JobStatus};
