@@ -140,10 +140,13 @@ async fn resolve_individual(
     if job.request.revoke == RevokeAction::Delete {
         match wf.store.find_tombstone(&job.dps, id).await {
             Ok(Some(tomb)) => {
+                // A pending tombstone refuses just the same: its block may exist already.
                 return fail(format!(
-                    "`{id}` is a disabled enrollment that blocks a device of group `{}` (job {}); deleting it would let the \
-                     device enroll again through the group",
-                    tomb.group_id, tomb.job_id
+                    "`{id}` is a disabled enrollment that blocks a device of group `{}` (job {}, {}); deleting it would \
+                     let the device enroll again through the group",
+                    tomb.group_id,
+                    tomb.job_id,
+                    tomb.state.as_str()
                 ));
             }
             Ok(None) => {}

@@ -358,15 +358,17 @@ async fn individual_never_provisioned_skips_registry(db: TestDb) {
         .get_json(&format!("/v1/deprovisions/{id}/devices"))
         .await;
     assert_eq!(devices["items"][0]["state"], "skipped");
+    let why = devices["items"][0]["skip_reason"].as_str().unwrap();
+    assert!(why.contains("never provisioned"), "{why}");
+    // Skipped only after every hub it could be in said 404, and the reason names them.
+    for hub in HUBS {
+        assert!(why.contains(hub), "{why}");
+    }
     assert!(
-        devices["items"][0]["skip_reason"]
-            .as_str()
-            .unwrap()
-            .contains("never provisioned")
-    );
-    assert!(
-        !e.calls().iter().any(|c| c.path.starts_with("/devices/")),
-        "no hub call for a device never provisioned"
+        !e.calls()
+            .iter()
+            .any(|c| c.path.starts_with("/devices/") && c.method != "GET"),
+        "only lookups for a device never provisioned"
     );
     e.stop().await;
 }
@@ -1495,5 +1497,141 @@ async fn preview_counts_record_statuses_and_lookups(db: TestDb) {
         .filter(|c| c.method != "GET" && !c.path.ends_with("/query"))
         .count();
     assert_eq!(writes, 0, "a preview only reads");
+    e.stop().await;
+}
+
+// ----- the block of a group device is protected from before it exists -----
+
+both_stores!(
+    block_is_never_created_without_a_tombstone,
+    interrupted_block_stays_protected_and_is_audited,
+);
+
+/// The database fails just when the block would be recorded: DPS must not hold a blocking enrollment
+/// that no tombstone protects (a later `revoke: delete` job could remove it and re-admit the device).
+async fn block_is_never_created_without_a_tombstone(db: TestDb) {
+    use deprovisiond::domain::job::DeprovisionRequest;
+    use deprovisiond::store::{Created, NewJob};
+    use deprovisiond::worker::Workflow;
+    use deprovisiond::workflow::{AzureWorkflow, plan_for};
+
+    let sim = Simulator::start(SimConfig::single(DPS, &HUBS))
+        .await
+        .expect("simulator starts");
+    let seeded = seed_fleet(
+        sim.state(),
+        &fleet(vec![grp("fleet-k", Attestation::SymmetricKey, 2)], vec![]),
+    )
+    .expect("fleet seeds");
+    let rid = seeded.group_devices("fleet-k")[0].registration_id.clone();
+    let clients = Arc::new(AzureClients::new(&azure_config_for(&sim).unwrap()).unwrap());
+    let store = db.store().await;
+    let request: DeprovisionRequest = serde_json::from_value(body(
+        json!({"kind": "group_device", "group_id": "fleet-k", "registration_id": rid}),
+        "disable",
+        "disable",
+    ))
+    .unwrap();
+    let new = NewJob {
+        dps: DPS.into(),
+        plan: plan_for(&request),
+        request,
+        idempotency: None,
+    };
+    let Created::New(job) = store.create_job(new, 0).await.unwrap() else {
+        panic!("a new job")
+    };
+    let wf = AzureWorkflow::new(
+        clients,
+        store.clone(),
+        Arc::new(deprovisiond::domain::clock::SystemClock),
+    );
+    store.close().await;
+    let result = wf.run_job_step(&job, "revoke").await;
+    assert!(
+        matches!(
+            result.outcome,
+            deprovisiond::domain::lane::Outcome::Retry { .. }
+        ),
+        "{:?}",
+        result.outcome
+    );
+    let check = db.store().await;
+    let tomb = check.find_tombstone(DPS, &rid).await.unwrap();
+    let block = sim.state().dps(DPS).unwrap().find_enrollment(&rid);
+    assert!(
+        block.is_none() || tomb.is_some(),
+        "DPS holds the blocking enrollment of {rid} but no tombstone protects it"
+    );
+    check.close().await;
+    sim.shutdown().await;
+}
+
+/// The step stops between creating the block and confirming it: the pending tombstone still refuses a
+/// delete, the audit reports it, and retrying the job finishes it.
+async fn interrupted_block_stays_protected_and_is_audited(db: TestDb) {
+    let e = env(
+        &db,
+        fleet(vec![grp("fleet-k", Attestation::SymmetricKey, 3)], vec![]),
+    )
+    .await;
+    let rid = e.fleet.group_devices("fleet-k")[0].registration_id.clone();
+    // GETs of the enrollment: resolve (1), before creating (2), verifying (3): the third fails for good.
+    let rule = e.sim.add_fault(fault(
+        json!({"method": "GET", "path": format!("/enrollments/{rid}"),
+        "nth": 3, "times": null, "action": {"type": "status", "status": 403}}),
+    ));
+    let job = e
+        .run(
+            body(
+                json!({"kind": "group_device", "group_id": "fleet-k", "registration_id": rid}),
+                "disable",
+                "disable",
+            ),
+            "failed",
+        )
+        .await;
+    assert_eq!(
+        e.enrollment(&rid).unwrap()["provisioningStatus"],
+        "disabled"
+    );
+    let tombs = e.app.get_json("/v1/tombstones").await;
+    assert_eq!(tombs["items"][0]["registration_id"], json!(rid));
+    assert_eq!(tombs["items"][0]["state"], "pending");
+    let r = e
+        .app
+        .post(
+            "/v1/deprovisions",
+            &body(
+                json!({"kind": "individual_enrollment", "registration_id": rid}),
+                "delete",
+                "disable",
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+    let report: Value = e
+        .app
+        .post("/v1/tombstones/audit", &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        report["pending"][0]["registration_id"],
+        json!(rid),
+        "{report:#}"
+    );
+    assert!(e.sim.handle().remove_fault(rule));
+    let id = job["id"].as_str().unwrap();
+    let r = e
+        .app
+        .post(&format!("/v1/deprovisions/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
+    e.app.wait_status(id, "succeeded").await;
+    let tombs = e.app.get_json("/v1/tombstones").await;
+    assert_eq!(tombs["items"][0]["state"], "active");
+    assert_refused(e.provision(&rid), &rid);
     e.stop().await;
 }
