@@ -637,7 +637,7 @@ async fn block_group_device(
             ));
         }
         // DPS may or may not have created it (a timeout, a 5xx): the pending tombstone stays.
-        Err(NotCreated::Failed(result)) => return result,
+        Err(NotCreated::Failed(result)) => return *result,
     }
     let mut result = verify_enrollment_disabled(dps, rid, "device_blocked").await;
     if result.outcome != Outcome::Done {
@@ -682,7 +682,7 @@ enum NotCreated {
     /// An enabled individual enrollment holds the registration id: not ours to overwrite.
     HeldByEnabledEnrollment,
     /// DPS failed; the result says whether to retry.
-    Failed(StepResult),
+    Failed(Box<StepResult>),
 }
 
 /// Creates the blocking enrollment unless a disabled one already holds the id (our own earlier attempt,
@@ -700,15 +700,15 @@ async fn create_blocking_enrollment(
         Err(e) if e.is_not_found() => {
             match dps.create_or_replace_enrollment(enrollment, None).await {
                 Ok(_) => Ok(()),
-                Err(e) => Err(NotCreated::Failed(azure(
+                Err(e) => Err(NotCreated::Failed(Box::new(azure(
                     "creating the disabled individual enrollment",
                     &e,
-                ))),
+                )))),
             }
         }
-        Err(e) => Err(NotCreated::Failed(azure(
+        Err(e) => Err(NotCreated::Failed(Box::new(azure(
             "looking for an individual enrollment",
             &e,
-        ))),
+        )))),
     }
 }

@@ -1284,19 +1284,19 @@ async fn group_device_every_record_status(db: TestDb) {
         .unwrap();
     e.disable_by_hand(deprovisiond::sim::state::EnrollmentKind::Group, "fleet-d");
     assert!(matches!(e.provision(&rid(5)), ProvisionOutcome::Disabled));
-    for i in 0..6 {
+    for d in &devices[..6] {
+        let rid = &d.registration_id;
         let job = e
             .run(
                 body(
-                    json!({"kind": "group_device", "group_id": "fleet-d", "registration_id": rid(i)}),
+                    json!({"kind": "group_device", "group_id": "fleet-d", "registration_id": rid}),
                     "disable",
                     "disable",
                 ),
                 "succeeded",
             )
             .await;
-        assert_eq!(job["progress"]["registry_done"], 1, "{}: {job:#}", rid(i));
-        let d = &devices[i];
+        assert_eq!(job["progress"]["registry_done"], 1, "{rid}: {job:#}");
         let dev = d.device_id.as_deref().unwrap_or(&d.registration_id);
         assert_disabled_identity(&e, d.assigned_hub.as_deref().unwrap(), dev);
     }
