@@ -137,6 +137,19 @@ pub enum RegistryAction {
     Delete,
 }
 
+/// Which hubs the registry step checks for each device's identity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Sweep {
+    /// The hub the device's registration record names, whatever the record's status; when it names
+    /// none (or no identity is there), the hubs the enrollment or group lists, else every configured hub.
+    #[default]
+    Assigned,
+    /// Also every configured hub for every device: re-provisioning to another hub can leave an old,
+    /// still-enabled identity behind. Costs one registry operation per device and extra hub.
+    AllHubs,
+}
+
 /// Why a device is deprovisioned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -216,6 +229,9 @@ pub struct DeprovisionRequest {
     /// What happens to the hub identity (default `disable`).
     #[serde(default)]
     pub registry: RegistryAction,
+    /// Which hubs are checked for each device's identity (default `assigned`).
+    #[serde(default)]
+    pub sweep: Sweep,
     /// Enrollment groups only: delete the group's registration records after the devices are handled.
     #[serde(default)]
     pub delete_registrations: bool,
@@ -441,6 +457,7 @@ mod tests {
         .unwrap();
         assert_eq!(r.revoke, RevokeAction::Disable);
         assert_eq!(r.registry, RegistryAction::Disable);
+        assert_eq!(r.sweep, Sweep::Assigned);
         assert_eq!(r.target.key(), "group:fleet");
         assert!(r.validate().is_ok());
     }
@@ -467,6 +484,19 @@ mod tests {
             fields,
             ["reason.text", "ticket.key", "ticket.url", "delete_group"]
         );
+    }
+
+    #[test]
+    fn sweep_values() {
+        let with = |sweep: serde_json::Value| {
+            parse(
+                json!({"target": {"kind": "individual_enrollment", "registration_id": "a"}, "reason": {"code": "lost"},
+                         "sweep": sweep}),
+            )
+        };
+        assert_eq!(with(json!("all_hubs")).unwrap().sweep, Sweep::AllHubs);
+        assert_eq!(with(json!("assigned")).unwrap().sweep, Sweep::Assigned);
+        assert!(with(json!("everywhere")).is_err());
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct TombstoneView {
     pub attestation: String,
     /// The job that created it.
     pub job_id: String,
+    /// `pending` (its creation was started and not confirmed; it refuses deletes all the same) or `active`.
+    #[schema(example = "active")]
+    pub state: String,
     /// When it was recorded (RFC 3339).
     pub created_at: String,
     /// Last audit (RFC 3339).
@@ -57,6 +60,7 @@ impl From<&Tombstone> for TombstoneView {
             group_id: t.group_id.clone(),
             attestation: t.attestation.clone(),
             job_id: t.job_id.clone(),
+            state: t.state.as_str().to_string(),
             created_at: to_rfc3339(t.created_at),
             audited_at: t.audited_at.map(to_rfc3339),
             audit_status: t.audit_status.map(|s| AuditStatus::as_str(s).to_string()),

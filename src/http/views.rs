@@ -5,7 +5,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::domain::clock::to_rfc3339;
-use crate::domain::job::{JobStatus, Reason, RegistryAction, RevokeAction, Target, Ticket};
+use crate::domain::job::{JobStatus, Reason, RegistryAction, RevokeAction, Sweep, Target, Ticket};
 use crate::domain::lane::{ITEMS_BARRIER, LaneState, StepError};
 use crate::store::{EventRecord, ItemCounts, ItemRecord, JobRecord};
 
@@ -26,6 +26,8 @@ pub struct JobView {
     pub revoke: RevokeAction,
     /// What happens to the hub identity.
     pub registry: RegistryAction,
+    /// Which hubs are checked for each device's identity.
+    pub sweep: Sweep,
     /// Whether the group's registration records are deleted at the end.
     pub delete_registrations: bool,
     /// Whether the group is deleted at the end.
@@ -135,6 +137,7 @@ impl JobView {
             target: r.target.clone(),
             revoke: r.revoke,
             registry: r.registry,
+            sweep: r.sweep,
             delete_registrations: r.delete_registrations,
             delete_group: r.delete_group,
             force: r.force,

@@ -28,7 +28,7 @@ macro_rules! sql {
 
 pub use metrics::Gauges;
 pub use records::*;
-pub use tombstones::{AuditStatus, Tombstone};
+pub use tombstones::{AuditStatus, Tombstone, TombstoneState};
 
 use crate::domain::clock::Millis;
 use crate::domain::job::{DeprovisionRequest, JobStatus};

@@ -21,6 +21,8 @@ pub struct Tombstone {
     pub attestation: String,
     /// The job that created it.
     pub job_id: String,
+    /// `pending` from before the blocking enrollment is created until it is verified, then `active`.
+    pub state: TombstoneState,
     /// When it was recorded.
     pub created_at: Millis,
     /// Last audit time.
@@ -29,6 +31,34 @@ pub struct Tombstone {
     pub audit_status: Option<AuditStatus>,
     /// Details of the last audit.
     pub audit_detail: Option<String>,
+}
+
+/// Where a block is in its creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TombstoneState {
+    /// The intent is recorded; the disabled enrollment may or may not exist yet (a crash can stop here).
+    Pending,
+    /// The disabled enrollment was created and verified.
+    Active,
+}
+
+impl TombstoneState {
+    /// Database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TombstoneState::Pending => "pending",
+            TombstoneState::Active => "active",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => TombstoneState::Pending,
+            "active" => TombstoneState::Active,
+            _ => return None,
+        })
+    }
 }
 
 /// What an audit found about a tombstone.
@@ -72,22 +102,59 @@ impl AuditStatus {
     }
 }
 
-const COLUMNS: &str = "dps, registration_id, group_id, attestation, job_id, created_at, audited_at, \
+const COLUMNS: &str = "dps, registration_id, group_id, attestation, job_id, state, created_at, audited_at, \
     audit_status, audit_detail";
 
 impl Store {
-    /// Records a block (idempotent: recording it again changes nothing).
+    /// Records a block in `t.state` (idempotent: a block already recorded is left as it is). The
+    /// workflow records the intent (`pending`) before creating the blocking enrollment.
     pub async fn record_tombstone(&self, t: &Tombstone) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO tombstones (dps, registration_id, group_id, attestation, job_id, created_at) \
-             VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (dps, registration_id) DO NOTHING",
+            "INSERT INTO tombstones (dps, registration_id, group_id, attestation, job_id, state, created_at) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (dps, registration_id) DO NOTHING",
         )
         .bind(&t.dps)
         .bind(&t.registration_id)
         .bind(&t.group_id)
         .bind(&t.attestation)
         .bind(&t.job_id)
+        .bind(t.state.as_str())
         .bind(t.created_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a block active once its disabled enrollment is verified.
+    pub async fn activate_tombstone(
+        &self,
+        dps: &str,
+        registration_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tombstones SET state = 'active' WHERE dps = $1 AND registration_id = $2",
+        )
+        .bind(dps)
+        .bind(registration_id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a pending block of `job_id` that is certainly not in place (an enabled enrollment that is
+    /// not ours holds the id); an active block, or another job's, is never removed.
+    pub async fn withdraw_tombstone_intent(
+        &self,
+        dps: &str,
+        registration_id: &str,
+        job_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM tombstones WHERE dps = $1 AND registration_id = $2 AND job_id = $3 AND state = 'pending'",
+        )
+        .bind(dps)
+        .bind(registration_id)
+        .bind(job_id)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -154,12 +221,15 @@ impl Store {
 
 fn from_row(row: &AnyRow) -> Result<Tombstone, StoreError> {
     let status: Option<String> = row.try_get("audit_status")?;
+    let state: String = row.try_get("state")?;
     Ok(Tombstone {
         dps: row.try_get("dps")?,
         registration_id: row.try_get("registration_id")?,
         group_id: row.try_get("group_id")?,
         attestation: row.try_get("attestation")?,
         job_id: row.try_get("job_id")?,
+        state: TombstoneState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("tombstone state {state}")))?,
         created_at: row.try_get("created_at")?,
         audited_at: row.try_get("audited_at")?,
         audit_status: status

@@ -4,15 +4,21 @@
 //! |---|---|---|
 //! | individual enrollment | `resolve` (enrollment + registration state, read before anything destructive) → `revoke` (disable or delete) | `registry` |
 //! | enrollment group | `resolve` → `revoke` (disable the group) → `enumerate` (registration states, page by page) → [`delete_registrations`] → [`delete_group`] | `registry` |
-//! | group device | `resolve` (group + the device's registration state) → `revoke` (create a disabled individual enrollment, recorded as a tombstone) | `registry` |
+//! | group device | `resolve` (group + the device's registration state) → `revoke` (tombstone intent, then a disabled individual enrollment, then the tombstone made active) | `registry` |
+//!
+//! Which hubs a device's `registry` step checks is [`discovery`]'s rule: any registration record that names a
+//! hub, whatever its status; the enrollment's linked hubs when it names none; every configured hub for the
+//! `all_hubs` sweep. A device is skipped only when every hub it could be in answered 404.
 //!
 //! Devices run their `registry` step only after the job passed its `revoke` step (the engine's items
 //! barrier). Every step is safe to repeat: 404 on a delete is done, disabling a disabled record is done,
 //! 412 re-reads and retries.
 
 pub mod chain;
+pub mod discovery;
 mod outcome;
 pub mod preview;
+mod registry;
 mod steps;
 
 use std::sync::Arc;
@@ -22,7 +28,7 @@ use async_trait::async_trait;
 use crate::azure::AzureClients;
 use crate::domain::clock::SharedClock;
 use crate::domain::job::{DeprovisionRequest, Target};
-use crate::domain::lane::ITEMS_BARRIER;
+use crate::domain::lane::{ITEMS_BARRIER, Outcome, StepError};
 use crate::store::{ItemRecord, JobRecord, Plan, Store};
 use crate::worker::{StepResult, Workflow};
 
@@ -89,6 +95,9 @@ impl Workflow for AzureWorkflow {
     }
 
     async fn run_item_step(&self, job: &JobRecord, item: &ItemRecord, step: &str) -> StepResult {
-        steps::run_item_step(self, job, item, step).await
+        match step {
+            "registry" => registry::run_registry_step(self, job, item).await,
+            other => Outcome::Fail(StepError::msg(format!("unknown device step `{other}`"))).into(),
+        }
     }
 }

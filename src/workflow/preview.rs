@@ -6,18 +6,21 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::discovery::{
+    NO_RECORD, item_for, linked_hubs, record_status_name, registry_ops_per_hub,
+};
 use super::steps::{attestation_name, higher_chain_groups, registration, status_name};
 use super::{AzureWorkflow, plan_for};
 use crate::azure::AzureError;
-use crate::azure::models::{
-    AttestationType, DeviceRegistrationState, ProvisioningStatus, RegistrationStatus,
-};
-use crate::domain::job::{DeprovisionRequest, RegistryAction, RevokeAction, Target};
+use crate::azure::models::{AttestationType, DeviceRegistrationState, ProvisioningStatus};
+use crate::domain::job::{DeprovisionRequest, RegistryAction, RevokeAction, Sweep, Target};
 use crate::domain::lane::ITEMS_BARRIER;
-use crate::store::{AuditStatus, StoreError, Tombstone};
+use crate::store::{AuditStatus, StoreError, Tombstone, TombstoneState};
 
 /// Registration records a preview reads at most for a whole group (the count is then a lower bound).
 pub const PREVIEW_MAX_DEVICES: usize = 100_000;
+/// Devices without a hub a preview looks up at most (each lookup costs one registry operation per hub).
+pub const PREVIEW_MAX_LOOKUPS: usize = 20;
 
 /// What a request would do.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -32,6 +35,8 @@ pub struct Preview {
     pub devices: DeviceSummary,
     /// Devices per hub, with credentials and quota.
     pub hubs: Vec<HubPlan>,
+    /// What each sweep mode costs in identity-registry operations.
+    pub registry_operations: RegistryCosts,
     /// Steps in order, each with what it would do.
     pub steps: Vec<StepPlan>,
     /// Things to know before running it.
@@ -61,14 +66,67 @@ pub struct Found {
 /// Device counts.
 #[derive(Debug, Clone, Default, Serialize, ToSchema)]
 pub struct DeviceSummary {
-    /// Registration records found.
+    /// Devices found (registration records, plus the target device when it has none).
     pub total: u64,
-    /// Assigned to a hub: the registry step would act on them.
-    pub assigned: u64,
-    /// Never provisioned or not assigned: the registry step would be skipped.
-    pub not_provisioned: u64,
+    /// Devices by the status of their registration record.
+    pub by_record_status: RecordStatusCounts,
+    /// Devices whose record names a hub (whatever its status): the registry step acts there.
+    pub with_hub: u64,
+    /// Devices whose record names no hub, or with no record: the registry step looks their id up in the
+    /// hubs the enrollment or group links.
+    pub without_hub: u64,
+    /// Of those, devices the preview found an identity for by looking them up.
+    pub found_by_lookup: u64,
+    /// Of those, devices with no identity in any linked hub: their registry step would be skipped.
+    pub not_found: u64,
+    /// Of those, devices the preview did not look up (over its lookup limit, or a hub could not be asked).
+    pub lookup_unchecked: u64,
     /// The count stopped at the preview limit.
     pub truncated: bool,
+}
+
+/// Devices per registration record status.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct RecordStatusCounts {
+    /// `assigned`.
+    pub assigned: u64,
+    /// `disabled`: the device retried after its enrollment or group was disabled.
+    pub disabled: u64,
+    /// `failed`: the last registration failed (e.g. no usable linked hub).
+    pub failed: u64,
+    /// `assigning`: a registration was in flight.
+    pub assigning: u64,
+    /// `unassigned`.
+    pub unassigned: u64,
+    /// A status this service does not know.
+    pub unknown: u64,
+    /// No registration record (never provisioned, or deleted by hand).
+    pub no_record: u64,
+}
+
+impl RecordStatusCounts {
+    fn add(&mut self, status: &str) {
+        let n = match status {
+            "assigned" => &mut self.assigned,
+            "disabled" => &mut self.disabled,
+            "failed" => &mut self.failed,
+            "assigning" => &mut self.assigning,
+            "unassigned" => &mut self.unassigned,
+            NO_RECORD => &mut self.no_record,
+            _ => &mut self.unknown,
+        };
+        *n += 1;
+    }
+}
+
+/// Identity-registry operations the registry steps would cost at least, per sweep mode.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct RegistryCosts {
+    /// With `sweep: assigned`: the full cut-off in the hub each record names, one lookup per linked hub for
+    /// a device whose record names none (more if a named hub turns out to have no identity).
+    pub assigned: u64,
+    /// With `sweep: all_hubs`: the same, plus one lookup in every other configured hub for every device.
+    pub all_hubs: u64,
 }
 
 /// Devices of one hub.
@@ -76,8 +134,10 @@ pub struct DeviceSummary {
 pub struct HubPlan {
     /// Hub host name.
     pub hub: String,
-    /// Devices assigned to it.
+    /// Devices whose record names it, or found in it by the preview's lookups.
     pub devices: u64,
+    /// Identity-registry operations the request's sweep would cost in it at least.
+    pub registry_operations: u64,
     /// Whether credentials are configured for it.
     pub credentials: bool,
     /// Identity-registry operations per minute allowed by its tier and units, when configured.
@@ -128,7 +188,7 @@ pub enum Refusal {
 }
 
 /// Registry operations one device costs: disable = GET + PUT + verifying GET; delete = DELETE + verifying GET.
-fn ops_per_device(action: RegistryAction) -> u32 {
+fn ops_per_device(action: RegistryAction) -> u64 {
     match action {
         RegistryAction::Disable => 3,
         RegistryAction::Delete => 2,
@@ -186,16 +246,22 @@ impl AzureWorkflow {
     ) -> Result<Preview, AzureError> {
         let dps = self.clients.dps(dps_name)?;
         let mut warnings = Vec::new();
-        let mut registrations: Vec<DeviceRegistrationState> = Vec::new();
+        let configured = self.clients.hub_hosts();
+        // Every device with its record (None: DPS has none), and the hubs its enrollment or group links.
+        let mut devices_found: Vec<(String, Option<DeviceRegistrationState>)> = Vec::new();
+        let mut linked = linked_hubs(None, None, &configured);
         let mut truncated = false;
         let found = match &request.target {
             Target::IndividualEnrollment(t) => {
                 let id = t.registration_id.as_str();
                 let found = match dps.get_enrollment(id).await {
                     Ok(e) => {
-                        if let Some(r) = registration(dps, id).await? {
-                            registrations.push(r);
-                        }
+                        devices_found.push((id.to_string(), registration(dps, id).await?));
+                        linked = linked_hubs(
+                            e.iot_hubs.as_deref(),
+                            e.iot_hub_host_name.as_deref(),
+                            &configured,
+                        );
                         found(
                             "individual_enrollment",
                             id,
@@ -238,13 +304,21 @@ impl AzureWorkflow {
                 let id = t.group_id.as_str();
                 match dps.get_enrollment_group(id).await {
                     Ok(g) => {
+                        linked = linked_hubs(
+                            g.iot_hubs.as_deref(),
+                            g.iot_hub_host_name.as_deref(),
+                            &configured,
+                        );
                         let mut token: Option<String> = None;
                         loop {
                             let (page, next) = dps
                                 .query_registrations_page(id, Some(1000), token.as_deref())
                                 .await?;
-                            registrations.extend(page);
-                            if registrations.len() >= PREVIEW_MAX_DEVICES {
+                            devices_found.extend(
+                                page.into_iter()
+                                    .map(|r| (r.registration_id.to_ascii_lowercase(), Some(r))),
+                            );
+                            if devices_found.len() >= PREVIEW_MAX_DEVICES {
                                 truncated = next.is_some();
                                 break;
                             }
@@ -294,6 +368,11 @@ impl AzureWorkflow {
                 let (gid, rid) = (t.group_id.as_str(), t.registration_id.as_str());
                 let found = match dps.get_enrollment_group(gid).await {
                     Ok(g) => {
+                        linked = linked_hubs(
+                            g.iot_hubs.as_deref(),
+                            g.iot_hub_host_name.as_deref(),
+                            &configured,
+                        );
                         if g.attestation.kind == AttestationType::X509
                             && t.certificate_pem.is_none()
                         {
@@ -331,52 +410,47 @@ impl AzureWorkflow {
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e),
                 }
-                if let Some(r) = registration(dps, rid).await? {
-                    registrations.push(r);
+                if found.exists {
+                    devices_found.push((rid.to_string(), registration(dps, rid).await?));
                 }
                 found
             }
         };
-        let mut devices = DeviceSummary {
-            truncated,
-            ..DeviceSummary::default()
+        let devices_found: Vec<(String, Option<DeviceRegistrationState>)> = devices_found;
+        let (devices, located) = self.count_devices(&devices_found, &linked, truncated).await;
+        warnings.extend(device_warnings(&devices, &devices_found, &located, &linked));
+        let per_device = ops_per_device(request.registry);
+        let cost = |sweep: Sweep| {
+            registry_ops_per_hub(
+                located.iter().map(|(n, f)| (n.as_deref(), f.as_deref())),
+                &linked,
+                &configured,
+                sweep,
+                per_device,
+            )
+        };
+        let registry_operations = RegistryCosts {
+            assigned: cost(Sweep::Assigned).values().sum(),
+            all_hubs: cost(Sweep::AllHubs).values().sum(),
         };
         let mut per_hub: BTreeMap<String, u64> = BTreeMap::new();
-        for r in &registrations {
-            devices.total += 1;
-            match (&r.status, &r.assigned_hub) {
-                (Some(RegistrationStatus::Assigned), Some(h)) => {
-                    devices.assigned += 1;
-                    *per_hub.entry(h.to_ascii_lowercase()).or_default() += 1;
-                }
-                _ => devices.not_provisioned += 1,
+        for (named, found) in &located {
+            if let Some(h) = named.as_ref().or(found.as_ref()) {
+                *per_hub.entry(h.clone()).or_default() += 1;
             }
         }
-        if !matches!(request.target, Target::EnrollmentGroup(_)) && devices.assigned == 0 {
-            warnings.push(warn(
-                "never_provisioned",
-                "the device was never provisioned: the registry step would be skipped",
-            ));
-        } else if devices.not_provisioned > 0 {
-            warnings.push(warn(
-                "never_provisioned",
-                format!(
-                    "{} device(s) have no hub assignment: their registry step would be skipped",
-                    devices.not_provisioned
-                ),
-            ));
-        }
-        let per_device = ops_per_device(request.registry);
         let mut hubs = Vec::new();
         let mut all_known = true;
         let mut slowest: f64 = 0.0;
-        for (hub, n) in per_hub {
+        for (hub, ops) in cost(request.sweep) {
+            let n = per_hub.get(&hub).copied().unwrap_or(0);
             let credentials = self.clients.hub(&hub).is_ok();
             if !credentials {
                 warnings.push(warn(
                     "no_credentials",
                     format!(
-                        "no credentials configured for hub {hub}: its {n} device(s) would fail"
+                        "no credentials configured for hub {hub}: its {n} device(s), and every device that would be \
+                         looked up there, would fail"
                     ),
                 ));
             }
@@ -384,7 +458,7 @@ impl AzureWorkflow {
                 .clients
                 .hub_config(&hub)
                 .and_then(|c| c.registry_ops_per_minute());
-            let est = opm.map(|o| (n * u64::from(per_device)) as f64 * 60.0 / f64::from(o.max(1)));
+            let est = opm.map(|o| ops as f64 * 60.0 / f64::from(o.max(1)));
             match est {
                 Some(s) => slowest = slowest.max(s),
                 None => all_known = false,
@@ -392,6 +466,7 @@ impl AzureWorkflow {
             hubs.push(HubPlan {
                 hub,
                 devices: n,
+                registry_operations: ops,
                 credentials,
                 registry_ops_per_minute: opm,
                 estimated_seconds: est,
@@ -415,10 +490,83 @@ impl AzureWorkflow {
             found,
             devices,
             hubs,
+            registry_operations,
             steps,
             warnings,
             estimated_seconds: all_known.then_some(slowest),
         })
+    }
+
+    /// Counts the devices by record status and looks up (a bounded number of) those whose record names
+    /// no hub. Returns the summary and, per device, the hub its record names and the hub it was found in.
+    async fn count_devices(
+        &self,
+        devices_found: &[(String, Option<DeviceRegistrationState>)],
+        linked: &[String],
+        truncated: bool,
+    ) -> (DeviceSummary, Vec<(Option<String>, Option<String>)>) {
+        let mut summary = DeviceSummary {
+            truncated,
+            ..DeviceSummary::default()
+        };
+        let mut located = Vec::with_capacity(devices_found.len());
+        let mut lookups = 0;
+        for (rid, reg) in devices_found {
+            summary.total += 1;
+            summary
+                .by_record_status
+                .add(record_status_name(reg.as_ref()));
+            let item = item_for(rid, reg.as_ref());
+            if item.hub.is_some() {
+                summary.with_hub += 1;
+                located.push((item.hub, None));
+                continue;
+            }
+            summary.without_hub += 1;
+            if lookups >= PREVIEW_MAX_LOOKUPS {
+                summary.lookup_unchecked += 1;
+                located.push((None, None));
+                continue;
+            }
+            lookups += 1;
+            let device_id = item.device_id.as_deref().unwrap_or(rid);
+            match self.look_up(device_id, linked).await {
+                Lookup::Found(hub) => {
+                    summary.found_by_lookup += 1;
+                    located.push((None, Some(hub)));
+                }
+                Lookup::Absent => {
+                    summary.not_found += 1;
+                    located.push((None, None));
+                }
+                Lookup::Unknown => {
+                    summary.lookup_unchecked += 1;
+                    located.push((None, None));
+                }
+            }
+        }
+        (summary, located)
+    }
+
+    /// Reads a device's identity in each hub until one has it.
+    async fn look_up(&self, device_id: &str, hubs: &[String]) -> Lookup {
+        let mut unknown = false;
+        for host in hubs {
+            let Ok(hub) = self.clients.hub(host) else {
+                unknown = true;
+                continue;
+            };
+            match hub.get_device(device_id).await {
+                Ok(_) => return Lookup::Found(host.clone()),
+                Err(e) if e.is_not_found() => {}
+                Err(_) => unknown = true,
+            }
+        }
+        if unknown {
+            Lookup::Unknown
+        } else {
+            Lookup::Absent
+        }
     }
 
     /// Checks every tombstone: still there, still disabled. Records the result and logs drift.
@@ -460,6 +608,26 @@ impl AzureWorkflow {
                     )
                     .await?;
                 report.checked += 1;
+                if t.state == TombstoneState::Pending {
+                    tracing::warn!(dps = %t.dps, registration_id = %t.registration_id, job = %t.job_id,
+                        status = status.as_str(), "pending tombstone: a block was started and never confirmed");
+                    report.pending.push(DriftEntry {
+                        dps: t.dps.clone(),
+                        registration_id: t.registration_id.clone(),
+                        group_id: t.group_id.clone(),
+                        status,
+                        detail: format!(
+                            "block started by job {} and never confirmed; {}; retry that job to finish it",
+                            t.job_id,
+                            match status {
+                                AuditStatus::Ok => "the disabled enrollment exists",
+                                AuditStatus::Missing => "the blocking enrollment does not exist: the device is not blocked",
+                                AuditStatus::Enabled => "the enrollment is enabled: the device is not blocked",
+                                AuditStatus::Error => "DPS could not be asked",
+                            }
+                        ),
+                    });
+                }
                 match status {
                     AuditStatus::Ok => report.ok += 1,
                     AuditStatus::Error => report.errors += 1,
@@ -492,9 +660,12 @@ pub struct AuditReport {
     pub errors: u64,
     /// Blocks that no longer hold.
     pub drift: Vec<DriftEntry>,
+    /// Blocks whose creation was started and never confirmed (pending tombstones): they still refuse
+    /// deletes; retrying their job finishes them.
+    pub pending: Vec<DriftEntry>,
 }
 
-/// One block that no longer holds.
+/// One block that no longer holds, or was never confirmed.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DriftEntry {
     /// DPS instance.
@@ -503,15 +674,94 @@ pub struct DriftEntry {
     pub registration_id: String,
     /// Group the device can enroll through again.
     pub group_id: String,
-    /// `missing` or `enabled`.
+    /// What the audit found: `missing` or `enabled` for drift; any status for a pending block.
     pub status: AuditStatus,
     /// What was found.
     pub detail: String,
 }
 
+/// What a preview's lookup of one device found.
+enum Lookup {
+    /// An identity exists in this hub.
+    Found(String),
+    /// Every linked hub answered 404.
+    Absent,
+    /// Some hub could not be asked.
+    Unknown,
+}
+
+/// Warnings about how devices would be found.
+fn device_warnings(
+    summary: &DeviceSummary,
+    devices_found: &[(String, Option<DeviceRegistrationState>)],
+    located: &[(Option<String>, Option<String>)],
+    linked: &[String],
+) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    let hubs = if linked.is_empty() {
+        "no hub (none configured)".to_string()
+    } else {
+        linked.join(", ")
+    };
+    let stale = summary.with_hub - summary.by_record_status.assigned.min(summary.with_hub);
+    if stale > 0 {
+        warnings.push(warn(
+            "record_not_assigned",
+            format!(
+                "{stale} device(s) have a registration record that is not `assigned` (disabled, failed, assigning…) but \
+                 still names a hub: they may still be connected there, so the registry step cuts them off there"
+            ),
+        ));
+    }
+    if summary.found_by_lookup > 0 {
+        let mut found_in: Vec<&str> = located.iter().filter_map(|(_, f)| f.as_deref()).collect();
+        found_in.sort_unstable();
+        found_in.dedup();
+        warnings.push(warn(
+            "found_only_by_lookup",
+            format!(
+                "{} device(s) have no registration record naming a hub, yet an identity in {}: DPS alone would miss \
+                 them; the registry step finds them by looking their id up",
+                summary.found_by_lookup,
+                found_in.join(", ")
+            ),
+        ));
+    }
+    if summary.lookup_unchecked > 0 {
+        warnings.push(warn(
+            "lookup_needed",
+            format!(
+                "{} device(s) have no registration record naming a hub and were not looked up by this preview: the \
+                 registry step looks their id up in {hubs} (one registry operation per hub)",
+                summary.lookup_unchecked
+            ),
+        ));
+    }
+    if summary.not_found > 0 {
+        let single = devices_found.len() == 1;
+        warnings.push(warn(
+            "never_provisioned",
+            if single {
+                format!("the device has no identity in any of {hubs}: the registry step would be skipped")
+            } else {
+                format!(
+                    "{} device(s) have no record naming a hub and no identity in any of {hubs}: their registry step \
+                     would be skipped",
+                    summary.not_found
+                )
+            },
+        ));
+    }
+    warnings
+}
+
 fn tombstone_refusal(t: &Tombstone) -> String {
+    let created = match t.state {
+        TombstoneState::Active => "created by job",
+        TombstoneState::Pending => "being created by job",
+    };
     format!(
-        "`{}` is a disabled individual enrollment that blocks a device of group `{}` (created by job {}); deleting it \
+        "`{}` is a disabled individual enrollment that blocks a device of group `{}` ({created} {}); deleting it \
          would let the device enroll again through the group, so the service never deletes it",
         t.registration_id, t.group_id, t.job_id
     )
@@ -554,6 +804,16 @@ fn missing(kind: &str, id: &str) -> Found {
     }
 }
 
+fn describe_sweep(sweep: Sweep) -> &'static str {
+    match sweep {
+        Sweep::Assigned => {
+            "in the hub each registration record names (whatever its status); a device whose record names no hub, \
+             or whose named hub has no identity for it, is looked up in the hubs its enrollment or group links"
+        }
+        Sweep::AllHubs => "in every configured hub for every device (sweep all_hubs)",
+    }
+}
+
 fn describe_step(step: &str, r: &DeprovisionRequest) -> String {
     let registry = match r.registry {
         RegistryAction::Disable => {
@@ -576,7 +836,7 @@ fn describe_step(step: &str, r: &DeprovisionRequest) -> String {
             t.registration_id
         ),
         ("enumerate", _) => "list the group's registration states page by page into devices".into(),
-        (ITEMS_BARRIER, _) => registry.into(),
+        (ITEMS_BARRIER, _) => format!("{registry}; {}", describe_sweep(r.sweep)),
         ("delete_registrations", _) => "delete the devices' registration records (they count against the DPS quota)".into(),
         ("delete_group", _) => "delete the group, last, unless an enabled group higher in its chain would re-admit its devices".into(),
         (other, _) => other.to_string(),

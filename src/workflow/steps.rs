@@ -5,23 +5,19 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::chain::{GroupCert, enabled_ancestors};
+use super::discovery::{NO_RECORD, item_for, item_record_status, linked_hubs};
 use super::outcome::{from_azure, step_error};
+use super::registry::LINKED_HUBS;
 use super::{AzureWorkflow, CLEANUP_BATCH, ENUMERATE_PAGE};
-use crate::azure::hub::{IfMatch, set_status};
 use crate::azure::models::{
-    AttestationType, DeviceRegistrationState, DeviceStatus, EnrollmentGroup, IndividualEnrollment,
-    ProvisioningStatus, RegistrationStatus,
+    AttestationType, DeviceRegistrationState, EnrollmentGroup, IndividualEnrollment,
+    ProvisioningStatus,
 };
 use crate::azure::{AzureError, DpsClient};
-use crate::domain::job::{
-    GroupDeviceTarget, GroupTarget, IndividualTarget, RegistryAction, RevokeAction, Target,
-};
+use crate::domain::job::{GroupDeviceTarget, GroupTarget, IndividualTarget, RevokeAction, Target};
 use crate::domain::lane::{Outcome, StepError};
-use crate::store::{ItemRecord, JobRecord, NewEvent, NewItem, StepEffects, Tombstone};
+use crate::store::{JobRecord, NewEvent, NewItem, StepEffects, Tombstone, TombstoneState};
 use crate::worker::StepResult;
-
-/// Longest `statusReason` an IoT hub stores.
-const STATUS_REASON_MAX: usize = 128;
 
 fn fail(msg: impl Into<String>) -> StepResult {
     Outcome::Fail(StepError::msg(msg)).into()
@@ -62,14 +58,14 @@ pub(super) async fn run_job_step(wf: &AzureWorkflow, job: &JobRecord, step: &str
     match (step, &job.request.target) {
         ("resolve", Target::IndividualEnrollment(t)) => resolve_individual(wf, dps, job, t).await,
         ("revoke", Target::IndividualEnrollment(t)) => revoke_individual(dps, job, t).await,
-        ("resolve", Target::EnrollmentGroup(t)) => resolve_group(dps, t).await,
+        ("resolve", Target::EnrollmentGroup(t)) => resolve_group(wf, dps, t).await,
         ("revoke", Target::EnrollmentGroup(t)) => disable_group(dps, t).await,
         ("enumerate", Target::EnrollmentGroup(t)) => enumerate(dps, job, t).await,
         ("delete_registrations", Target::EnrollmentGroup(_)) => {
             delete_registrations(wf, dps, job).await
         }
         ("delete_group", Target::EnrollmentGroup(t)) => delete_group(dps, job, t).await,
-        ("resolve", Target::GroupDevice(t)) => resolve_group_device(dps, t).await,
+        ("resolve", Target::GroupDevice(t)) => resolve_group_device(wf, dps, t).await,
         ("revoke", Target::GroupDevice(t)) => block_group_device(wf, dps, job, t).await,
         (other, target) => fail(format!(
             "step `{other}` does not apply to a {} target",
@@ -78,48 +74,18 @@ pub(super) async fn run_job_step(wf: &AzureWorkflow, job: &JobRecord, step: &str
     }
 }
 
-/// The device item for a registration record (or for its absence).
-fn item_for(registration_id: &str, reg: Option<&DeviceRegistrationState>) -> NewItem {
-    let assigned =
-        reg.filter(|r| r.status == Some(RegistrationStatus::Assigned) && r.assigned_hub.is_some());
-    match assigned {
-        Some(r) => NewItem {
-            registration_id: registration_id.to_string(),
-            device_id: Some(
-                r.device_id
-                    .clone()
-                    .unwrap_or_else(|| registration_id.to_string()),
-            ),
-            hub: r.assigned_hub.as_ref().map(|h| h.to_ascii_lowercase()),
-            data: None,
-        },
-        None => {
-            let why = match reg.and_then(|r| r.status) {
-                None => "never provisioned: DPS has no registration record for it".to_string(),
-                Some(s) => format!(
-                    "not assigned to any hub (registration status: {})",
-                    json!(s).as_str().unwrap_or("?")
-                ),
-            };
-            NewItem {
-                registration_id: registration_id.to_string(),
-                device_id: None,
-                hub: None,
-                data: Some(json!({ "skip": why })),
-            }
-        }
-    }
-}
-
+/// How a device item reads in a resolve event.
 fn describe_item(item: &NewItem) -> String {
+    let status = item_record_status(item.data.as_ref()).unwrap_or("unknown");
     match (&item.hub, &item.device_id) {
-        (Some(h), Some(d)) => format!("registered to hub {h} as device {d}"),
-        _ => item
-            .data
-            .as_ref()
-            .and_then(|d| d["skip"].as_str())
-            .unwrap_or("not provisioned")
-            .to_string(),
+        (Some(h), Some(d)) => format!("registration record ({status}) names hub {h}, device {d}"),
+        _ if status == NO_RECORD => {
+            "DPS has no registration record for it: its id is looked up in the linked hubs"
+                .to_string()
+        }
+        _ => format!(
+            "registration record ({status}) names no hub: its id is looked up in the linked hubs"
+        ),
     }
 }
 
@@ -174,10 +140,13 @@ async fn resolve_individual(
     if job.request.revoke == RevokeAction::Delete {
         match wf.store.find_tombstone(&job.dps, id).await {
             Ok(Some(tomb)) => {
+                // A pending tombstone refuses just the same: its block may exist already.
                 return fail(format!(
-                    "`{id}` is a disabled enrollment that blocks a device of group `{}` (job {}); deleting it would let the \
-                     device enroll again through the group",
-                    tomb.group_id, tomb.job_id
+                    "`{id}` is a disabled enrollment that blocks a device of group `{}` (job {}, {}); deleting it would \
+                     let the device enroll again through the group",
+                    tomb.group_id,
+                    tomb.job_id,
+                    tomb.state.as_str()
                 ));
             }
             Ok(None) => {}
@@ -199,11 +168,17 @@ async fn resolve_individual(
         "individual enrollment `{id}` ({attestation}, {status}); {}",
         describe_item(&item)
     );
+    let linked = linked_hubs(
+        enrollment.iot_hubs.as_deref(),
+        enrollment.iot_hub_host_name.as_deref(),
+        &wf.clients.hub_hosts(),
+    );
     let context = json!({
         "attestation": attestation,
         "provisioning_status": status,
         "assigned_hub": item.hub,
         "device_id": item.device_id,
+        LINKED_HUBS: linked,
     });
     done_with(StepEffects {
         new_items: vec![item],
@@ -294,14 +269,24 @@ fn group_context(g: &EnrollmentGroup) -> Value {
     })
 }
 
-async fn resolve_group(dps: &DpsClient, t: &GroupTarget) -> StepResult {
+/// Hubs a group can assign its devices to (its `iotHubs`, else every configured hub).
+fn group_linked_hubs(wf: &AzureWorkflow, group: &EnrollmentGroup) -> Vec<String> {
+    linked_hubs(
+        group.iot_hubs.as_deref(),
+        group.iot_hub_host_name.as_deref(),
+        &wf.clients.hub_hosts(),
+    )
+}
+
+async fn resolve_group(wf: &AzureWorkflow, dps: &DpsClient, t: &GroupTarget) -> StepResult {
     let id = t.group_id.as_str();
     let group = match dps.get_enrollment_group(id).await {
         Ok(g) => g,
         Err(e) if e.is_not_found() => return fail(format!("DPS has no enrollment group `{id}`")),
         Err(e) => return azure("reading the enrollment group", &e),
     };
-    let context = group_context(&group);
+    let mut context = group_context(&group);
+    context[LINKED_HUBS] = json!(group_linked_hubs(wf, &group));
     let message = format!(
         "enrollment group `{id}` ({}, {})",
         context["attestation"].as_str().unwrap_or("?"),
@@ -516,7 +501,11 @@ async fn delete_group(dps: &DpsClient, job: &JobRecord, t: &GroupTarget) -> Step
 
 // ----- one device of a group -----
 
-async fn resolve_group_device(dps: &DpsClient, t: &GroupDeviceTarget) -> StepResult {
+async fn resolve_group_device(
+    wf: &AzureWorkflow,
+    dps: &DpsClient,
+    t: &GroupDeviceTarget,
+) -> StepResult {
     let (gid, rid) = (t.group_id.as_str(), t.registration_id.as_str());
     let group = match dps.get_enrollment_group(gid).await {
         Ok(g) => g,
@@ -578,6 +567,7 @@ async fn resolve_group_device(dps: &DpsClient, t: &GroupDeviceTarget) -> StepRes
         "already_blocked": already_blocked,
         "assigned_hub": item.hub,
         "device_id": item.device_id,
+        LINKED_HUBS: group_linked_hubs(wf, &group),
     });
     events.insert(
         0,
@@ -595,7 +585,9 @@ async fn resolve_group_device(dps: &DpsClient, t: &GroupDeviceTarget) -> StepRes
     })
 }
 
-/// Creates the disabled individual enrollment that blocks the device, records it as a tombstone, verifies it.
+/// Blocks one device of a group with a disabled individual enrollment, protected by a tombstone from
+/// before it exists: record the intent (pending), create the enrollment, verify it, mark the block active.
+/// A crash anywhere in between leaves at worst a pending tombstone, which refuses deletes just the same.
 async fn block_group_device(
     wf: &AzureWorkflow,
     dps: &DpsClient,
@@ -603,193 +595,120 @@ async fn block_group_device(
     t: &GroupDeviceTarget,
 ) -> StepResult {
     let (gid, rid) = (t.group_id.as_str(), t.registration_id.as_str());
-    let ctx = job.context.clone().unwrap_or_default();
-    let block = ctx["block_attestation"]
-        .as_str()
+    let block = job
+        .context
+        .as_ref()
+        .and_then(|c| c["block_attestation"].as_str())
         .unwrap_or("symmetricKey")
         .to_string();
-    let attestation = match (&t.certificate_pem, block.as_str()) {
-        (Some(pem), "x509") => {
-            json!({"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": pem}}}})
-        }
-        _ => json!({"type": "symmetricKey", "symmetricKey": {}}),
-    };
-    let enrollment: IndividualEnrollment = match serde_json::from_value(json!({
-        "registrationId": rid,
-        "attestation": attestation,
-        "provisioningStatus": "disabled",
-    })) {
+    let enrollment = match blocking_enrollment(rid, t.certificate_pem.as_deref(), &block) {
         Ok(e) => e,
         Err(e) => return fail(format!("building the blocking enrollment: {e}")),
     };
-    match dps.get_enrollment(rid).await {
-        // Our own earlier attempt (or a block that already existed): keep it, never replace it.
-        Ok(existing) if existing.provisioning_status == Some(ProvisioningStatus::Disabled) => {}
-        Ok(_) => {
-            return fail(format!(
-                "an enabled individual enrollment `{rid}` appeared; refusing to overwrite it — deprovision it as an \
-                 individual_enrollment"
-            ));
-        }
-        Err(e) if e.is_not_found() => {
-            match dps.create_or_replace_enrollment(&enrollment, None).await {
-                Ok(_) => {}
-                Err(e) => return azure("creating the disabled individual enrollment", &e),
-            }
-        }
-        Err(e) => return azure("looking for an individual enrollment", &e),
-    }
-    let tomb = Tombstone {
+    let intent = Tombstone {
         dps: job.dps.clone(),
         registration_id: rid.to_string(),
         group_id: gid.to_string(),
         attestation: block.clone(),
         job_id: job.id.clone(),
+        state: TombstoneState::Pending,
         created_at: wf.clock.now_ms(),
         audited_at: None,
         audit_status: None,
         audit_detail: None,
     };
-    if let Err(e) = wf.store.record_tombstone(&tomb).await {
-        return retry_now(format!("recording the tombstone: {e}"));
+    if let Err(e) = wf.store.record_tombstone(&intent).await {
+        return retry_now(format!("recording the tombstone intent: {e}"));
+    }
+    match create_blocking_enrollment(dps, &enrollment).await {
+        Ok(()) => {}
+        Err(NotCreated::HeldByEnabledEnrollment) => {
+            // Certainly not our block: the intent must not keep refusing deletes of someone else's enrollment.
+            if let Err(e) = wf
+                .store
+                .withdraw_tombstone_intent(&job.dps, rid, &job.id)
+                .await
+            {
+                return retry_now(format!("withdrawing the tombstone intent: {e}"));
+            }
+            return fail(format!(
+                "an enabled individual enrollment `{rid}` appeared; refusing to overwrite it — deprovision it as an \
+                 individual_enrollment"
+            ));
+        }
+        // DPS may or may not have created it (a timeout, a 5xx): the pending tombstone stays.
+        Err(NotCreated::Failed(result)) => return *result,
     }
     let mut result = verify_enrollment_disabled(dps, rid, "device_blocked").await;
-    if result.outcome == Outcome::Done {
-        result.effects.events.push(event(
-            "tombstone_recorded",
-            format!(
-                "disabled {block} enrollment `{rid}` blocks this device of group `{gid}`; it must never be deleted \
-                 (deleting it lets the device enroll again through the group)"
-            ),
-            None,
-        ));
+    if result.outcome != Outcome::Done {
+        return result;
     }
+    if let Err(e) = wf.store.activate_tombstone(&job.dps, rid).await {
+        return retry_now(format!("marking the tombstone active: {e}"));
+    }
+    result.effects.events.push(event(
+        "tombstone_recorded",
+        format!(
+            "disabled {block} enrollment `{rid}` blocks this device of group `{gid}`; it must never be deleted \
+             (deleting it lets the device enroll again through the group)"
+        ),
+        None,
+    ));
     result
 }
 
-// ----- the device's registry step -----
-
-pub(super) async fn run_item_step(
-    wf: &AzureWorkflow,
-    job: &JobRecord,
-    item: &ItemRecord,
-    step: &str,
-) -> StepResult {
-    if step != "registry" {
-        return fail(format!("unknown device step `{step}`"));
-    }
-    let Some(host) = item.hub.as_deref() else {
-        let why = item
-            .data
-            .as_ref()
-            .and_then(|d| d["skip"].as_str())
-            .unwrap_or("never provisioned")
-            .to_string();
-        return Outcome::Skipped(why).into();
+/// The disabled individual enrollment that blocks `rid`: its leaf certificate for an X.509 block, else
+/// symmetric key (DPS generates the keys).
+fn blocking_enrollment(
+    rid: &str,
+    certificate_pem: Option<&str>,
+    block: &str,
+) -> Result<IndividualEnrollment, serde_json::Error> {
+    let attestation = match (certificate_pem, block) {
+        (Some(pem), "x509") => {
+            json!({"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": pem}}}})
+        }
+        _ => json!({"type": "symmetricKey", "symmetricKey": {}}),
     };
-    let device_id = item
-        .device_id
-        .clone()
-        .unwrap_or_else(|| item.registration_id.clone());
-    let hub = match wf.clients.hub(host) {
-        Ok(h) => h,
-        Err(_) => {
-            return fail(format!(
-                "no credentials configured for hub {host}; add them (see README, Azure configuration) and retry the job"
-            ));
-        }
-    };
-    match job.request.registry {
-        RegistryAction::Disable => {
-            let current = match hub.get_device(&device_id).await {
-                Ok(d) => d,
-                Err(e) if e.is_not_found() => {
-                    return Outcome::Skipped(format!(
-                        "no identity `{device_id}` in hub {host}: nothing to disable"
-                    ))
-                    .into();
-                }
-                Err(e) => return azure("reading the device identity", &e),
-            };
-            if current.status != Some(DeviceStatus::Disabled) {
-                let reason = status_reason(job);
-                let updated = match set_status(&current, DeviceStatus::Disabled, Some(&reason)) {
-                    Ok(d) => d,
-                    Err(e) => return fail(format!("building the update: {}", e.message())),
-                };
-                match hub
-                    .replace_device(&updated, IfMatch::from_etag(current.etag.as_deref()))
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if e.is_precondition_failed() => {
-                        return retry_now(format!(
-                            "device `{device_id}` changed while being disabled (412); reading it again"
-                        ));
-                    }
-                    Err(e) => return azure("disabling the device identity", &e),
-                }
-            }
-            match hub.get_device(&device_id).await {
-                Ok(d) if d.status == Some(DeviceStatus::Disabled) => done_with(StepEffects {
-                    events: vec![NewEvent {
-                        item_id: Some(item.id.clone()),
-                        ..event(
-                            "device_disabled",
-                            format!(
-                                "{}: device `{device_id}` disabled in hub {host} (verified)",
-                                item.registration_id
-                            ),
-                            Some(json!({"etag": d.etag, "status_reason": d.status_reason})),
-                        )
-                    }],
-                    ..StepEffects::default()
-                }),
-                Ok(_) => retry_now(format!(
-                    "hub {host} accepted the update but `{device_id}` is still enabled"
-                )),
-                Err(e) => azure("verifying the device identity", &e),
-            }
-        }
-        RegistryAction::Delete => {
-            match hub.delete_device(&device_id, IfMatch::Any).await {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return azure("deleting the device identity", &e),
-            }
-            match hub.get_device(&device_id).await {
-                Err(e) if e.is_not_found() => done_with(StepEffects {
-                    events: vec![NewEvent {
-                        item_id: Some(item.id.clone()),
-                        ..event(
-                            "device_deleted",
-                            format!(
-                                "{}: device `{device_id}` deleted from hub {host} (verified)",
-                                item.registration_id
-                            ),
-                            None,
-                        )
-                    }],
-                    ..StepEffects::default()
-                }),
-                Ok(_) => retry_now(format!(
-                    "hub {host} still has `{device_id}` after deleting it"
-                )),
-                Err(e) => azure("verifying the delete", &e),
-            }
-        }
-    }
+    serde_json::from_value(json!({
+        "registrationId": rid,
+        "attestation": attestation,
+        "provisioningStatus": "disabled",
+    }))
 }
 
-/// `deprovisiond <job id>: <reason code>`, at most 128 characters.
-fn status_reason(job: &JobRecord) -> String {
-    let mut s = format!(
-        "deprovisiond job {}: {}",
-        job.id,
-        job.request.reason.code.as_str()
-    );
-    if let Some(t) = &job.request.ticket {
-        s.push_str(&format!(" ({})", t.key));
+/// Why the blocking enrollment is not in place.
+enum NotCreated {
+    /// An enabled individual enrollment holds the registration id: not ours to overwrite.
+    HeldByEnabledEnrollment,
+    /// DPS failed; the result says whether to retry.
+    Failed(Box<StepResult>),
+}
+
+/// Creates the blocking enrollment unless a disabled one already holds the id (our own earlier attempt,
+/// or a block that already existed: kept, never replaced).
+async fn create_blocking_enrollment(
+    dps: &DpsClient,
+    enrollment: &IndividualEnrollment,
+) -> Result<(), NotCreated> {
+    let rid = enrollment.registration_id.as_str();
+    match dps.get_enrollment(rid).await {
+        Ok(existing) if existing.provisioning_status == Some(ProvisioningStatus::Disabled) => {
+            Ok(())
+        }
+        Ok(_) => Err(NotCreated::HeldByEnabledEnrollment),
+        Err(e) if e.is_not_found() => {
+            match dps.create_or_replace_enrollment(enrollment, None).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(NotCreated::Failed(Box::new(azure(
+                    "creating the disabled individual enrollment",
+                    &e,
+                )))),
+            }
+        }
+        Err(e) => Err(NotCreated::Failed(Box::new(azure(
+            "looking for an individual enrollment",
+            &e,
+        )))),
     }
-    s.chars().take(STATUS_REASON_MAX).collect()
 }

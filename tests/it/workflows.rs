@@ -358,15 +358,17 @@ async fn individual_never_provisioned_skips_registry(db: TestDb) {
         .get_json(&format!("/v1/deprovisions/{id}/devices"))
         .await;
     assert_eq!(devices["items"][0]["state"], "skipped");
+    let why = devices["items"][0]["skip_reason"].as_str().unwrap();
+    assert!(why.contains("never provisioned"), "{why}");
+    // Skipped only after every hub it could be in said 404, and the reason names them.
+    for hub in HUBS {
+        assert!(why.contains(hub), "{why}");
+    }
     assert!(
-        devices["items"][0]["skip_reason"]
-            .as_str()
-            .unwrap()
-            .contains("never provisioned")
-    );
-    assert!(
-        !e.calls().iter().any(|c| c.path.starts_with("/devices/")),
-        "no hub call for a device never provisioned"
+        !e.calls()
+            .iter()
+            .any(|c| c.path.starts_with("/devices/") && c.method != "GET"),
+        "only lookups for a device never provisioned"
     );
     e.stop().await;
 }
@@ -997,5 +999,639 @@ async fn group_of_5000_devices_over_3_hubs(db: TestDb) {
             "disabled"
         );
     }
+    e.stop().await;
+}
+
+// ----- discovery: every device whose record names a hub, or whose identity exists, is cut off -----
+
+both_stores!(
+    individual_disabled_by_hand_then_device_retried,
+    group_disabled_by_hand_then_devices_retried,
+    individual_every_record_status,
+    group_every_record_status,
+    group_device_every_record_status,
+    record_without_hub_is_looked_up_in_the_listed_hubs,
+    lookup_in_a_hub_without_credentials_fails,
+    all_hubs_sweep_finds_a_stale_identity_in_a_second_hub,
+    preview_counts_record_statuses_and_lookups,
+);
+
+impl Env {
+    fn dps_state(&self) -> std::sync::Arc<deprovisiond::sim::state::DpsInstance> {
+        self.sim.state().dps(DPS).unwrap()
+    }
+
+    /// What an operator does in the portal: disable the enrollment or group by hand (full replace).
+    fn disable_by_hand(&self, kind: deprovisiond::sim::state::EnrollmentKind, id: &str) {
+        let dps = self.dps_state();
+        let mut body = dps.get(kind, id).expect("enrollment exists");
+        body["provisioningStatus"] = json!("disabled");
+        dps.put(
+            kind,
+            id,
+            body,
+            &deprovisiond::sim::state::Precondition::None,
+            deprovisiond::sim::config::ExistingPutPolicy::Replace,
+        )
+        .expect("disabled by hand");
+    }
+
+    /// The device retries registration while no linked hub can take it: DPS answers `failed`.
+    fn retry_with_no_usable_hub(&self, rid: &str) {
+        let dps = self.dps_state();
+        let linked = dps.linked_hubs();
+        dps.set_linked_hubs(Vec::new());
+        let outcome = self.provision(rid);
+        dps.set_linked_hubs(linked);
+        assert!(
+            matches!(outcome, ProvisionOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+    }
+
+    fn record_status(&self, rid: &str) -> Option<Value> {
+        self.dps_state()
+            .registration(rid)
+            .map(|r| r.state["status"].clone())
+    }
+
+    /// The identity of a seeded device in one hub.
+    fn identity_in(&self, hub: &str, device_id: &str) -> Option<Value> {
+        self.sim.state().hub(hub).unwrap().get_device(device_id)
+    }
+
+    async fn devices_of(&self, job: &Value) -> Vec<Value> {
+        let id = job["id"].as_str().unwrap();
+        self.app
+            .get_json(&format!("/v1/deprovisions/{id}/devices?limit=1000"))
+            .await["items"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+fn individual_body(rid: &str) -> Value {
+    body(
+        json!({"kind": "individual_enrollment", "registration_id": rid}),
+        "disable",
+        "disable",
+    )
+}
+
+fn assert_disabled_identity(e: &Env, hub: &str, device_id: &str) {
+    let dev = e
+        .identity_in(hub, device_id)
+        .unwrap_or_else(|| panic!("{device_id} has an identity in {hub}"));
+    assert_eq!(dev["status"], "disabled", "{device_id} in {hub}: {dev:#}");
+}
+
+async fn individual_disabled_by_hand_then_device_retried(db: TestDb) {
+    let e = env(
+        &db,
+        fleet(vec![], vec![ind("stolen-1", Attestation::SymmetricKey)]),
+    )
+    .await;
+    let hub = e.hub_of("stolen-1");
+    e.disable_by_hand(
+        deprovisiond::sim::state::EnrollmentKind::Individual,
+        "stolen-1",
+    );
+    assert!(matches!(
+        e.provision("stolen-1"),
+        ProvisionOutcome::Disabled
+    ));
+    assert_eq!(e.record_status("stolen-1"), Some(json!("disabled")));
+    let job = e.run(individual_body("stolen-1"), "succeeded").await;
+    assert_disabled_identity(&e, &hub, "stolen-1");
+    assert_eq!(job["progress"]["registry_done"], 1);
+    assert_eq!(job["progress"]["skipped"], 0);
+    e.stop().await;
+}
+
+async fn group_disabled_by_hand_then_devices_retried(db: TestDb) {
+    let e = env(
+        &db,
+        fleet(vec![grp("fleet-a", Attestation::SymmetricKey, 6)], vec![]),
+    )
+    .await;
+    e.disable_by_hand(deprovisiond::sim::state::EnrollmentKind::Group, "fleet-a");
+    let devices: Vec<_> = e
+        .fleet
+        .group_devices("fleet-a")
+        .into_iter()
+        .cloned()
+        .collect();
+    for d in &devices[..4] {
+        assert!(matches!(
+            e.provision(&d.registration_id),
+            ProvisionOutcome::Disabled
+        ));
+    }
+    let job = e
+        .run(
+            body(
+                json!({"kind": "enrollment_group", "group_id": "fleet-a"}),
+                "disable",
+                "disable",
+            ),
+            "succeeded",
+        )
+        .await;
+    assert_eq!(job["progress"]["registry_done"], 6);
+    for d in &devices {
+        let dev = d.device_id.as_deref().unwrap_or(&d.registration_id);
+        assert_disabled_identity(&e, d.assigned_hub.as_deref().unwrap(), dev);
+    }
+    e.stop().await;
+}
+
+/// One individual enrollment per record status, each deprovisioned by its own job.
+async fn individual_every_record_status(db: TestDb) {
+    let mut never = ind("ind-never", Attestation::SymmetricKey);
+    never.provision = false;
+    let e = env(
+        &db,
+        fleet(
+            vec![],
+            vec![
+                ind("ind-assigned", Attestation::SymmetricKey),
+                ind("ind-disabled", Attestation::SymmetricKey),
+                ind("ind-failed", Attestation::Tpm),
+                ind("ind-assigning", Attestation::SymmetricKey),
+                ind("ind-unassigned", Attestation::X509),
+                ind("ind-no-record", Attestation::SymmetricKey),
+                never,
+            ],
+        ),
+    )
+    .await;
+    let dps = e.dps_state();
+    e.disable_by_hand(
+        deprovisiond::sim::state::EnrollmentKind::Individual,
+        "ind-disabled",
+    );
+    assert!(matches!(
+        e.provision("ind-disabled"),
+        ProvisionOutcome::Disabled
+    ));
+    e.retry_with_no_usable_hub("ind-failed");
+    dps.set_registration_status("ind-assigning", "assigning")
+        .unwrap();
+    dps.set_registration_status("ind-unassigned", "unassigned")
+        .unwrap();
+    dps.delete_registration(
+        "ind-no-record",
+        &deprovisiond::sim::state::Precondition::Any,
+    )
+    .unwrap();
+    for (rid, status) in [
+        ("ind-assigned", "assigned"),
+        ("ind-disabled", "disabled"),
+        ("ind-failed", "failed"),
+        ("ind-assigning", "assigning"),
+        ("ind-unassigned", "unassigned"),
+    ] {
+        assert_eq!(e.record_status(rid), Some(json!(status)), "{rid}");
+    }
+    for rid in [
+        "ind-assigned",
+        "ind-disabled",
+        "ind-failed",
+        "ind-assigning",
+        "ind-unassigned",
+        "ind-no-record",
+    ] {
+        let job = e.run(individual_body(rid), "succeeded").await;
+        assert_eq!(job["progress"]["registry_done"], 1, "{rid}: {job:#}");
+        assert_disabled_identity(&e, &e.hub_of(rid), rid);
+        assert_revoke_before_registry(&e.calls(), &format!("/enrollments/{rid}"), rid);
+    }
+    let job = e.run(individual_body("ind-never"), "succeeded").await;
+    let items = e.devices_of(&job).await;
+    assert_eq!(items[0]["state"], "skipped");
+    let why = items[0]["skip_reason"].as_str().unwrap();
+    for hub in HUBS {
+        assert!(why.contains(hub), "the skip names every hub checked: {why}");
+    }
+    e.stop().await;
+}
+
+/// A group whose devices' records are in every status DPS can leave them in.
+async fn group_every_record_status(db: TestDb) {
+    let e = env(
+        &db,
+        fleet(vec![grp("fleet-s", Attestation::SymmetricKey, 6)], vec![]),
+    )
+    .await;
+    let devices: Vec<_> = e
+        .fleet
+        .group_devices("fleet-s")
+        .into_iter()
+        .cloned()
+        .collect();
+    let rid = |i: usize| devices[i].registration_id.clone();
+    let dps = e.dps_state();
+    e.retry_with_no_usable_hub(&rid(1));
+    dps.set_registration_status(&rid(2), "assigning").unwrap();
+    dps.set_registration_status(&rid(3), "unassigned").unwrap();
+    e.disable_by_hand(deprovisiond::sim::state::EnrollmentKind::Group, "fleet-s");
+    assert!(matches!(e.provision(&rid(4)), ProvisionOutcome::Disabled));
+    for (i, status) in [
+        (0, "assigned"),
+        (1, "failed"),
+        (2, "assigning"),
+        (3, "unassigned"),
+        (4, "disabled"),
+    ] {
+        assert_eq!(e.record_status(&rid(i)), Some(json!(status)), "{}", rid(i));
+    }
+    let job = e
+        .run(
+            body(
+                json!({"kind": "enrollment_group", "group_id": "fleet-s"}),
+                "disable",
+                "disable",
+            ),
+            "succeeded",
+        )
+        .await;
+    assert_eq!(job["progress"]["registry_done"], 6, "{job:#}");
+    for d in &devices {
+        let dev = d.device_id.as_deref().unwrap_or(&d.registration_id);
+        assert_disabled_identity(&e, d.assigned_hub.as_deref().unwrap(), dev);
+    }
+    e.stop().await;
+}
+
+/// One device of a group per record status, each blocked and cut off by its own job.
+async fn group_device_every_record_status(db: TestDb) {
+    let mut g = grp("fleet-d", Attestation::SymmetricKey, 7);
+    g.provision_count = Some(6);
+    let e = env(&db, fleet(vec![g], vec![])).await;
+    let devices: Vec<_> = e
+        .fleet
+        .group_devices("fleet-d")
+        .into_iter()
+        .cloned()
+        .collect();
+    let rid = |i: usize| devices[i].registration_id.clone();
+    let dps = e.dps_state();
+    e.retry_with_no_usable_hub(&rid(1));
+    dps.set_registration_status(&rid(2), "assigning").unwrap();
+    dps.set_registration_status(&rid(3), "unassigned").unwrap();
+    dps.delete_registration(&rid(4), &deprovisiond::sim::state::Precondition::Any)
+        .unwrap();
+    e.disable_by_hand(deprovisiond::sim::state::EnrollmentKind::Group, "fleet-d");
+    assert!(matches!(e.provision(&rid(5)), ProvisionOutcome::Disabled));
+    for d in &devices[..6] {
+        let rid = &d.registration_id;
+        let job = e
+            .run(
+                body(
+                    json!({"kind": "group_device", "group_id": "fleet-d", "registration_id": rid}),
+                    "disable",
+                    "disable",
+                ),
+                "succeeded",
+            )
+            .await;
+        assert_eq!(job["progress"]["registry_done"], 1, "{rid}: {job:#}");
+        let dev = d.device_id.as_deref().unwrap_or(&d.registration_id);
+        assert_disabled_identity(&e, d.assigned_hub.as_deref().unwrap(), dev);
+    }
+    // Never provisioned: blocked, and skipped only after every hub said 404.
+    let job = e
+        .run(
+            body(
+                json!({"kind": "group_device", "group_id": "fleet-d", "registration_id": rid(6)}),
+                "disable",
+                "disable",
+            ),
+            "succeeded",
+        )
+        .await;
+    let items = e.devices_of(&job).await;
+    assert_eq!(items[0]["state"], "skipped");
+    let why = items[0]["skip_reason"].as_str().unwrap();
+    assert!(HUBS.iter().all(|h| why.contains(h)), "{why}");
+    e.stop().await;
+}
+
+async fn record_without_hub_is_looked_up_in_the_listed_hubs(db: TestDb) {
+    let mut listed = ind("listed-1", Attestation::SymmetricKey);
+    listed.iot_hubs = vec![HUBS[1].to_string()];
+    let e = env(&db, fleet(vec![], vec![listed])).await;
+    assert_eq!(e.hub_of("listed-1"), HUBS[1]);
+    e.dps_state()
+        .delete_registration("listed-1", &deprovisiond::sim::state::Precondition::Any)
+        .unwrap();
+    let job = e.run(individual_body("listed-1"), "succeeded").await;
+    assert_eq!(job["progress"]["registry_done"], 1);
+    assert_disabled_identity(&e, HUBS[1], "listed-1");
+    // Only the hub the enrollment lists was asked.
+    let asked: Vec<String> = e
+        .calls()
+        .iter()
+        .filter(|c| c.path == "/devices/listed-1")
+        .map(|c| c.instance.clone())
+        .collect();
+    assert!(!asked.is_empty());
+    assert!(asked.iter().all(|h| h == HUBS[1]), "{asked:?}");
+    let events = e.app.events(job["id"].as_str().unwrap()).await;
+    assert!(
+        events.iter().any(|ev| ev["kind"] == "found_by_lookup"),
+        "{events:#?}"
+    );
+    e.stop().await;
+}
+
+async fn lookup_in_a_hub_without_credentials_fails(db: TestDb) {
+    let mut listed = ind("nocred-1", Attestation::SymmetricKey);
+    listed.iot_hubs = vec![HUBS[1].to_string(), HUBS[2].to_string()];
+    listed.provision = false;
+    let e = env_with(&db, fleet(vec![], vec![listed]), |c| {
+        c.hubs.retain(|h| h.host_name != HUBS[2]);
+    })
+    .await;
+    let job = e.run(individual_body("nocred-1"), "failed").await;
+    let items = e.devices_of(&job).await;
+    assert_eq!(items[0]["state"], "failed");
+    let msg = items[0]["last_error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("no credentials configured for hub") && msg.contains(HUBS[2]),
+        "{msg}"
+    );
+    e.stop().await;
+}
+
+async fn all_hubs_sweep_finds_a_stale_identity_in_a_second_hub(db: TestDb) {
+    let e = env(
+        &db,
+        fleet(vec![], vec![ind("moved-1", Attestation::SymmetricKey)]),
+    )
+    .await;
+    let current = e.hub_of("moved-1");
+    let old = HUBS.iter().find(|h| **h != current).unwrap().to_string();
+    // An identity left behind by an earlier assignment, still enabled.
+    e.sim
+        .state()
+        .hub(&old)
+        .unwrap()
+        .upsert_device(
+            "moved-1",
+            json!({"deviceId": "moved-1", "status": "enabled"}),
+        )
+        .unwrap();
+    let mut b = individual_body("moved-1");
+    b["sweep"] = json!("all_hubs");
+    let job = e.run(b, "succeeded").await;
+    assert_disabled_identity(&e, &current, "moved-1");
+    assert_disabled_identity(&e, &old, "moved-1");
+    let events = e.app.events(job["id"].as_str().unwrap()).await;
+    let disabled_in: Vec<&Value> = events
+        .iter()
+        .filter(|ev| ev["kind"] == "device_disabled")
+        .collect();
+    assert_eq!(disabled_in.len(), 2, "{events:#?}");
+    // An unknown sweep is refused like any other bad enum value.
+    let mut bad = individual_body("moved-1");
+    bad["sweep"] = json!("everywhere");
+    assert_eq!(e.app.post("/v1/deprovisions", &bad).await.status(), 422);
+    e.stop().await;
+}
+
+async fn preview_counts_record_statuses_and_lookups(db: TestDb) {
+    let e = env(
+        &db,
+        fleet(vec![grp("fleet-p", Attestation::SymmetricKey, 5)], vec![]),
+    )
+    .await;
+    let devices: Vec<_> = e
+        .fleet
+        .group_devices("fleet-p")
+        .into_iter()
+        .cloned()
+        .collect();
+    let dps = e.dps_state();
+    e.retry_with_no_usable_hub(&devices[1].registration_id);
+    dps.set_registration_status(&devices[2].registration_id, "assigning")
+        .unwrap();
+    e.disable_by_hand(deprovisiond::sim::state::EnrollmentKind::Group, "fleet-p");
+    assert!(matches!(
+        e.provision(&devices[3].registration_id),
+        ProvisionOutcome::Disabled
+    ));
+    let before = e.calls().len();
+    let plan: Value = e
+        .app
+        .post(
+            "/v1/deprovisions/preview",
+            &body(
+                json!({"kind": "enrollment_group", "group_id": "fleet-p"}),
+                "disable",
+                "disable",
+            ),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let by = &plan["devices"]["by_record_status"];
+    assert_eq!(by["assigned"], 2, "{plan:#}");
+    assert_eq!(by["failed"], 1);
+    assert_eq!(by["assigning"], 1);
+    assert_eq!(by["disabled"], 1);
+    assert_eq!(plan["devices"]["with_hub"], 5);
+    let costs = plan["registry_operations"].as_object().unwrap();
+    assert_eq!(costs["assigned"], 15, "{plan:#}");
+    assert_eq!(costs["all_hubs"], 15 + 5 * 2, "{plan:#}");
+    // A device whose record names no hub: the preview looks it up and warns.
+    let rid = &devices[4].registration_id;
+    let ind_plan: Value = e
+        .app
+        .post(
+            "/v1/deprovisions/preview",
+            &body(
+                json!({"kind": "group_device", "group_id": "fleet-p", "registration_id": rid}),
+                "disable",
+                "disable",
+            ),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ind_plan["devices"]["by_record_status"]["assigned"], 1);
+    dps.delete_registration(rid, &deprovisiond::sim::state::Precondition::Any)
+        .unwrap();
+    let ind_plan: Value = e
+        .app
+        .post(
+            "/v1/deprovisions/preview",
+            &body(
+                json!({"kind": "group_device", "group_id": "fleet-p", "registration_id": rid}),
+                "disable",
+                "disable",
+            ),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ind_plan["devices"]["by_record_status"]["no_record"], 1,
+        "{ind_plan:#}"
+    );
+    assert_eq!(ind_plan["devices"]["found_by_lookup"], 1, "{ind_plan:#}");
+    assert!(
+        ind_plan["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["code"] == "found_only_by_lookup"),
+        "{ind_plan:#}"
+    );
+    let writes = e.calls()[before..]
+        .iter()
+        .filter(|c| c.method != "GET" && !c.path.ends_with("/query"))
+        .count();
+    assert_eq!(writes, 0, "a preview only reads");
+    e.stop().await;
+}
+
+// ----- the block of a group device is protected from before it exists -----
+
+both_stores!(
+    block_is_never_created_without_a_tombstone,
+    interrupted_block_stays_protected_and_is_audited,
+);
+
+/// The database fails just when the block would be recorded: DPS must not hold a blocking enrollment
+/// that no tombstone protects (a later `revoke: delete` job could remove it and re-admit the device).
+async fn block_is_never_created_without_a_tombstone(db: TestDb) {
+    use deprovisiond::domain::job::DeprovisionRequest;
+    use deprovisiond::store::{Created, NewJob};
+    use deprovisiond::worker::Workflow;
+    use deprovisiond::workflow::{AzureWorkflow, plan_for};
+
+    let sim = Simulator::start(SimConfig::single(DPS, &HUBS))
+        .await
+        .expect("simulator starts");
+    let seeded = seed_fleet(
+        sim.state(),
+        &fleet(vec![grp("fleet-k", Attestation::SymmetricKey, 2)], vec![]),
+    )
+    .expect("fleet seeds");
+    let rid = seeded.group_devices("fleet-k")[0].registration_id.clone();
+    let clients = Arc::new(AzureClients::new(&azure_config_for(&sim).unwrap()).unwrap());
+    let store = db.store().await;
+    let request: DeprovisionRequest = serde_json::from_value(body(
+        json!({"kind": "group_device", "group_id": "fleet-k", "registration_id": rid}),
+        "disable",
+        "disable",
+    ))
+    .unwrap();
+    let new = NewJob {
+        dps: DPS.into(),
+        plan: plan_for(&request),
+        request,
+        idempotency: None,
+    };
+    let Created::New(job) = store.create_job(new, 0).await.unwrap() else {
+        panic!("a new job")
+    };
+    let wf = AzureWorkflow::new(
+        clients,
+        store.clone(),
+        Arc::new(deprovisiond::domain::clock::SystemClock),
+    );
+    store.close().await;
+    let result = wf.run_job_step(&job, "revoke").await;
+    assert!(
+        matches!(
+            result.outcome,
+            deprovisiond::domain::lane::Outcome::Retry { .. }
+        ),
+        "{:?}",
+        result.outcome
+    );
+    let check = db.store().await;
+    let tomb = check.find_tombstone(DPS, &rid).await.unwrap();
+    let block = sim.state().dps(DPS).unwrap().find_enrollment(&rid);
+    assert!(
+        block.is_none() || tomb.is_some(),
+        "DPS holds the blocking enrollment of {rid} but no tombstone protects it"
+    );
+    check.close().await;
+    sim.shutdown().await;
+}
+
+/// The step stops between creating the block and confirming it: the pending tombstone still refuses a
+/// delete, the audit reports it, and retrying the job finishes it.
+async fn interrupted_block_stays_protected_and_is_audited(db: TestDb) {
+    let e = env(
+        &db,
+        fleet(vec![grp("fleet-k", Attestation::SymmetricKey, 3)], vec![]),
+    )
+    .await;
+    let rid = e.fleet.group_devices("fleet-k")[0].registration_id.clone();
+    // GETs of the enrollment: resolve (1), before creating (2), verifying (3): the third fails for good.
+    let rule = e.sim.add_fault(fault(
+        json!({"method": "GET", "path": format!("/enrollments/{rid}"),
+        "nth": 3, "times": null, "action": {"type": "status", "status": 403}}),
+    ));
+    let job = e
+        .run(
+            body(
+                json!({"kind": "group_device", "group_id": "fleet-k", "registration_id": rid}),
+                "disable",
+                "disable",
+            ),
+            "failed",
+        )
+        .await;
+    assert_eq!(
+        e.enrollment(&rid).unwrap()["provisioningStatus"],
+        "disabled"
+    );
+    let tombs = e.app.get_json("/v1/tombstones").await;
+    assert_eq!(tombs["items"][0]["registration_id"], json!(rid));
+    assert_eq!(tombs["items"][0]["state"], "pending");
+    let r = e
+        .app
+        .post(
+            "/v1/deprovisions",
+            &body(
+                json!({"kind": "individual_enrollment", "registration_id": rid}),
+                "delete",
+                "disable",
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+    let report: Value = e
+        .app
+        .post("/v1/tombstones/audit", &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        report["pending"][0]["registration_id"],
+        json!(rid),
+        "{report:#}"
+    );
+    assert!(e.sim.handle().remove_fault(rule));
+    let id = job["id"].as_str().unwrap();
+    let r = e
+        .app
+        .post(&format!("/v1/deprovisions/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
+    e.app.wait_status(id, "succeeded").await;
+    let tombs = e.app.get_json("/v1/tombstones").await;
+    assert_eq!(tombs["items"][0]["state"], "active");
+    assert_refused(e.provision(&rid), &rid);
     e.stop().await;
 }

@@ -758,6 +758,16 @@ fn write_hub_identity(
     Ok(())
 }
 
+/// Copies `assignedHub` and `deviceId` of an earlier assignment into a `disabled` or `failed` record, so the
+/// hub can still be found from it (what DPS keeps there is unverified; the service must not depend on it).
+fn keep_earlier_assignment(record: &mut Map<String, Value>, previous: Option<&Value>) {
+    for field in ["assignedHub", "deviceId"] {
+        if let Some(v) = previous.and_then(|p| p.get(field)).filter(|v| !v.is_null()) {
+            record.insert(field.into(), v.clone());
+        }
+    }
+}
+
 /// Registers a device with one DPS instance: authenticates it (individual enrollment by
 /// registration id first, then groups; README §7, §10), then records the outcome. The HTTP handler
 /// and the seeder both call this.
@@ -793,16 +803,7 @@ pub fn register(
     let mut record = Map::new();
     record.insert("registrationId".into(), json!(reg_id));
     let status = if !enabled {
-        // Keep what DPS knew of an earlier assignment so the hub can still be found (unverified).
-        for field in ["assignedHub", "deviceId"] {
-            if let Some(v) = previous
-                .as_ref()
-                .and_then(|p| p.get(field))
-                .filter(|v| !v.is_null())
-            {
-                record.insert(field.into(), v.clone());
-            }
-        }
+        keep_earlier_assignment(&mut record, previous.as_ref());
         record.insert("status".into(), json!("disabled"));
         record.insert("errorCode".into(), json!(DISABLED_ERROR));
         record.insert("errorMessage".into(), json!("The enrollment is disabled"));
@@ -830,6 +831,7 @@ pub fn register(
                         RegistrationStatus::Assigned
                     }
                     Err(msg) => {
+                        keep_earlier_assignment(&mut record, previous.as_ref());
                         record.insert("status".into(), json!("failed"));
                         record.insert("errorCode".into(), json!(500_000));
                         record.insert("errorMessage".into(), json!(msg));
@@ -838,6 +840,7 @@ pub fn register(
                 }
             }
             Err((code, msg)) => {
+                keep_earlier_assignment(&mut record, previous.as_ref());
                 record.insert("status".into(), json!("failed"));
                 record.insert("errorCode".into(), json!(code));
                 record.insert("errorMessage".into(), json!(msg));

@@ -363,6 +363,21 @@ impl DpsInstance {
         Ok(state)
     }
 
+    /// Puts an existing registration record in `status` the way DPS shows it mid-operation (`assigning` while a
+    /// re-registration is in flight) or after an unassignment, keeping `assignedHub` and `deviceId` from its
+    /// last assignment. Returns the stored record; `None` when the device has no record.
+    pub fn set_registration_status(&self, registration_id: &str, status: &str) -> Option<Value> {
+        let now = self.now();
+        let mut data = self.data.lock();
+        let record = data.registrations.get_mut(&key_of(registration_id))?;
+        if let Some(obj) = record.state.as_object_mut() {
+            obj.insert("status".into(), Value::String(status.to_string()));
+            obj.insert("lastUpdatedDateTimeUtc".into(), Value::String(now));
+            obj.insert("etag".into(), Value::String(self.ids.dps_etag()));
+        }
+        Some(record.state.clone())
+    }
+
     /// Deletes a registration state, honouring If-Match.
     pub fn delete_registration(
         &self,

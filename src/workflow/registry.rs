@@ -1,0 +1,378 @@
+//! The device's `registry` step: cut the device's identity off in every hub it can be in.
+//!
+//! Runs only after the job's revoke step succeeded (the engine's items barrier), so every write and
+//! every lookup here happens once DPS no longer admits the device. The hubs come from
+//! [`discovery::hub_search`]: the hub the record names, the enrollment's linked hubs when it names none
+//! (or has no identity there), every configured hub for an `all_hubs` sweep. The device counts done only
+//! when each of those hubs answered: identity disabled (verified), deleted (verified), or 404.
+
+use serde_json::{Value, json};
+
+use super::AzureWorkflow;
+use super::discovery::{self, HubSearch, NO_RECORD};
+use super::outcome::from_azure;
+use crate::azure::HubClient;
+use crate::azure::hub::{IfMatch, set_status};
+use crate::azure::models::DeviceStatus;
+use crate::domain::job::RegistryAction;
+use crate::domain::lane::{Outcome, StepError};
+use crate::store::{ItemRecord, JobRecord, NewEvent, StepEffects};
+use crate::worker::StepResult;
+
+/// Longest `statusReason` an IoT hub stores.
+const STATUS_REASON_MAX: usize = 128;
+/// Job-context key of the hubs the enrollment or group links (written by the resolve step).
+pub(super) const LINKED_HUBS: &str = "linked_hubs";
+/// Item-data key of the hubs where an earlier run of the step already cut the identity off.
+const CUT_OFF_IN: &str = "cut_off_in";
+
+/// What one hub said about the device.
+enum HubAnswer {
+    /// The identity is disabled or deleted there (verified); the event says which.
+    CutOff(NewEvent),
+    /// No identity with that device id there.
+    Absent,
+}
+
+/// What the step learned so far, hub by hub.
+#[derive(Default)]
+struct SearchReport {
+    checked: Vec<String>,
+    cut_off: Vec<String>,
+    no_credentials: Vec<String>,
+    events: Vec<NewEvent>,
+}
+
+/// Runs the `registry` step of one device.
+pub(super) async fn run_registry_step(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    item: &ItemRecord,
+) -> StepResult {
+    let device_id = item
+        .device_id
+        .clone()
+        .unwrap_or_else(|| item.registration_id.clone());
+    let search = search_for(wf, job, item);
+    let earlier = earlier_cut_offs(item.data.as_ref());
+    let mut report = SearchReport::default();
+    if let Err(stop) = check_hubs(
+        wf,
+        job,
+        item,
+        &device_id,
+        &search.first,
+        &earlier,
+        &mut report,
+    )
+    .await
+    {
+        return with_progress(stop, item, report);
+    }
+    if report.cut_off.is_empty() && report.no_credentials.is_empty() {
+        if let Err(stop) = check_hubs(
+            wf,
+            job,
+            item,
+            &device_id,
+            &search.if_absent,
+            &earlier,
+            &mut report,
+        )
+        .await
+        {
+            return with_progress(stop, item, report);
+        }
+    }
+    conclude(item, &device_id, report)
+}
+
+/// The hubs to check for this item, from its record's hub, the job's linked hubs and the sweep.
+fn search_for(wf: &AzureWorkflow, job: &JobRecord, item: &ItemRecord) -> HubSearch {
+    let configured = wf.clients.hub_hosts();
+    let linked: Vec<String> = match job.context.as_ref().and_then(|c| c[LINKED_HUBS].as_array()) {
+        Some(hubs) => hubs
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        // A job resolved before linked hubs were recorded: every configured hub could hold the device.
+        None => discovery::linked_hubs(None, None, &configured),
+    };
+    discovery::hub_search(item.hub.as_deref(), &linked, &configured, job.request.sweep)
+}
+
+fn earlier_cut_offs(data: Option<&Value>) -> Vec<String> {
+    data.and_then(|d| d[CUT_OFF_IN].as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Asks each hub in turn; stops at the first answer that needs a retry or fails the device.
+async fn check_hubs(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    item: &ItemRecord,
+    device_id: &str,
+    hubs: &[String],
+    earlier: &[String],
+    report: &mut SearchReport,
+) -> Result<(), StepResult> {
+    for host in hubs {
+        let Ok(hub) = wf.clients.hub(host) else {
+            // Not "absent": nobody asked. The device fails once the other hubs are done.
+            report.no_credentials.push(host.clone());
+            continue;
+        };
+        let was_cut_off = earlier.contains(host);
+        let answer = match job.request.registry {
+            RegistryAction::Disable => disable_identity(hub, host, job, item, device_id).await?,
+            RegistryAction::Delete => {
+                delete_identity(hub, host, item, device_id, was_cut_off).await?
+            }
+        };
+        report.checked.push(host.clone());
+        if let HubAnswer::CutOff(event) = answer {
+            report.cut_off.push(host.clone());
+            report.events.push(event);
+        }
+    }
+    Ok(())
+}
+
+/// GET, full-replace PUT with `status: disabled` and If-Match, then a verifying GET. 404: absent.
+async fn disable_identity(
+    hub: &HubClient,
+    host: &str,
+    job: &JobRecord,
+    item: &ItemRecord,
+    device_id: &str,
+) -> Result<HubAnswer, StepResult> {
+    let current = match hub.get_device(device_id).await {
+        Ok(d) => d,
+        Err(e) if e.is_not_found() => return Ok(HubAnswer::Absent),
+        Err(e) => {
+            return Err(from_azure(&format!("reading the device identity in {host}"), &e).into());
+        }
+    };
+    if current.status != Some(DeviceStatus::Disabled) {
+        let reason = status_reason(job);
+        let updated = set_status(&current, DeviceStatus::Disabled, Some(&reason))
+            .map_err(|e| fail(format!("building the update: {}", e.message())))?;
+        match hub
+            .replace_device(&updated, IfMatch::from_etag(current.etag.as_deref()))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is_precondition_failed() => {
+                return Err(retry_now(format!(
+                    "device `{device_id}` changed in {host} while being disabled (412); reading it again"
+                )));
+            }
+            // Deleted between the GET and the PUT: nothing left to cut off there.
+            Err(e) if e.is_not_found() => return Ok(HubAnswer::Absent),
+            Err(e) => {
+                return Err(
+                    from_azure(&format!("disabling the device identity in {host}"), &e).into(),
+                );
+            }
+        }
+    }
+    match hub.get_device(device_id).await {
+        Ok(d) if d.status == Some(DeviceStatus::Disabled) => Ok(HubAnswer::CutOff(item_event(
+            item,
+            "device_disabled",
+            format!(
+                "{}: device `{device_id}` disabled in hub {host} (verified)",
+                item.registration_id
+            ),
+            Some(json!({"hub": host, "etag": d.etag, "status_reason": d.status_reason})),
+        ))),
+        Ok(_) => Err(retry_now(format!(
+            "hub {host} accepted the update but `{device_id}` is still enabled"
+        ))),
+        Err(e) if e.is_not_found() => Ok(HubAnswer::Absent),
+        Err(e) => Err(from_azure(&format!("verifying the device identity in {host}"), &e).into()),
+    }
+}
+
+/// DELETE (which doubles as the lookup: 404 means absent), then a verifying GET.
+async fn delete_identity(
+    hub: &HubClient,
+    host: &str,
+    item: &ItemRecord,
+    device_id: &str,
+    deleted_earlier: bool,
+) -> Result<HubAnswer, StepResult> {
+    let existed = match hub.delete_device(device_id, IfMatch::Any).await {
+        Ok(()) => true,
+        Err(e) if e.is_not_found() => deleted_earlier,
+        Err(e) => {
+            return Err(from_azure(&format!("deleting the device identity in {host}"), &e).into());
+        }
+    };
+    match hub.get_device(device_id).await {
+        Err(e) if e.is_not_found() && existed => Ok(HubAnswer::CutOff(item_event(
+            item,
+            "device_deleted",
+            format!(
+                "{}: device `{device_id}` deleted from hub {host} (verified)",
+                item.registration_id
+            ),
+            Some(json!({"hub": host})),
+        ))),
+        Err(e) if e.is_not_found() => Ok(HubAnswer::Absent),
+        Ok(_) => Err(retry_now(format!(
+            "hub {host} still has `{device_id}` after deleting it"
+        ))),
+        Err(e) => Err(from_azure(&format!("verifying the delete in {host}"), &e).into()),
+    }
+}
+
+/// The device's outcome once every hub it could be in has answered.
+fn conclude(item: &ItemRecord, device_id: &str, report: SearchReport) -> StepResult {
+    let named = item.hub.as_deref();
+    let record = describe_record(item);
+    let checked = list(&report.checked);
+    let mut events = report.events;
+    if !report.no_credentials.is_empty() {
+        let message = format!(
+            "no credentials configured for hub(s) {} where device `{device_id}` may have an identity ({record}); \
+             add them (see README, Azure configuration) and retry the job",
+            list(&report.no_credentials)
+        );
+        return StepResult {
+            outcome: Outcome::Fail(StepError::msg(message)),
+            effects: StepEffects {
+                item_data: Some(item_data(item, &report.checked, &report.cut_off)),
+                events,
+                ..StepEffects::default()
+            },
+        };
+    }
+    let data = Some(item_data(item, &report.checked, &report.cut_off));
+    if report.cut_off.is_empty() {
+        return StepResult {
+            outcome: Outcome::Skipped(format!(
+                "{record}; no identity `{device_id}` in any hub checked ({checked})"
+            )),
+            effects: StepEffects {
+                item_data: data,
+                events,
+                ..StepEffects::default()
+            },
+        };
+    }
+    let found_elsewhere: Vec<String> = report
+        .cut_off
+        .iter()
+        .filter(|h| Some(h.as_str()) != named)
+        .cloned()
+        .collect();
+    if !found_elsewhere.is_empty() {
+        events.push(item_event(
+            item,
+            "found_by_lookup",
+            format!(
+                "{}: {record}, yet device `{device_id}` had an identity in {} (hubs checked: {checked})",
+                item.registration_id,
+                list(&found_elsewhere)
+            ),
+            Some(json!({"found_in": found_elsewhere, "hubs_checked": report.checked})),
+        ));
+    }
+    StepResult {
+        outcome: Outcome::Done,
+        effects: StepEffects {
+            item_data: data,
+            events,
+            ..StepEffects::default()
+        },
+    }
+}
+
+/// A retry or failure partway keeps what was already cut off, so a later run can tell a 404 it caused
+/// itself (a delete) from an identity that never existed.
+fn with_progress(mut stop: StepResult, item: &ItemRecord, report: SearchReport) -> StepResult {
+    let mut cut_off = earlier_cut_offs(item.data.as_ref());
+    for h in report.cut_off {
+        if !cut_off.contains(&h) {
+            cut_off.push(h);
+        }
+    }
+    stop.effects.item_data = Some(item_data(item, &report.checked, &cut_off));
+    stop.effects.events.extend(report.events);
+    stop
+}
+
+fn item_data(item: &ItemRecord, checked: &[String], cut_off: &[String]) -> Value {
+    let mut data = match item.data.clone() {
+        Some(Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    data.insert("hubs_checked".into(), json!(checked));
+    data.insert(CUT_OFF_IN.into(), json!(cut_off));
+    Value::Object(data)
+}
+
+/// What DPS's record said, in words, for skip reasons and events.
+fn describe_record(item: &ItemRecord) -> String {
+    let status = discovery::item_record_status(item.data.as_ref());
+    match (&item.hub, status) {
+        (_, Some(NO_RECORD)) => {
+            "never provisioned, or its record was deleted: DPS has no registration record for it"
+                .into()
+        }
+        (Some(h), Some(s)) => format!("its registration record ({s}) names hub {h}"),
+        (Some(h), None) => format!("its registration record names hub {h}"),
+        (None, Some(s)) => format!("its registration record ({s}) names no hub"),
+        (None, None) => "its registration record names no hub".into(),
+    }
+}
+
+fn list(hubs: &[String]) -> String {
+    if hubs.is_empty() {
+        "none".into()
+    } else {
+        hubs.join(", ")
+    }
+}
+
+fn item_event(item: &ItemRecord, kind: &str, message: String, detail: Option<Value>) -> NewEvent {
+    NewEvent {
+        item_id: Some(item.id.clone()),
+        detail,
+        ..NewEvent::new(kind, message)
+    }
+}
+
+fn fail(msg: impl Into<String>) -> StepResult {
+    Outcome::Fail(StepError::msg(msg)).into()
+}
+
+fn retry_now(msg: impl Into<String>) -> StepResult {
+    // A write that did not stick (or a 412) is read again at once; the attempt still counts.
+    Outcome::Retry {
+        error: StepError::msg(msg),
+        retry_after: Some(std::time::Duration::ZERO),
+    }
+    .into()
+}
+
+/// `deprovisiond <job id>: <reason code>`, at most 128 characters.
+fn status_reason(job: &JobRecord) -> String {
+    let mut s = format!(
+        "deprovisiond job {}: {}",
+        job.id,
+        job.request.reason.code.as_str()
+    );
+    if let Some(t) = &job.request.ticket {
+        s.push_str(&format!(" ({})", t.key));
+    }
+    s.chars().take(STATUS_REASON_MAX).collect()
+}
