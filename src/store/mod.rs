@@ -690,6 +690,10 @@ impl Store {
 
     /// Claims up to `limit` runnable job lanes (pending and due, or running with an expired lease).
     /// Each claim bumps the fence and counts as an attempt.
+    ///
+    /// Atomic: either every claimed row is handed out or the claim is rolled back. A row this build
+    /// cannot decode is failed on the spot (with a reason saying so) instead of being left running,
+    /// where it would come back at every lease expiry and never reach the attempt limit.
     pub async fn claim_jobs(
         &self,
         owner: &str,
@@ -707,14 +711,27 @@ impl Store {
                ORDER BY next_run_at LIMIT $4{lock}) \
              RETURNING {JOB_COLUMNS}"
         );
+        let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(owner)
             .bind(now + lease.as_millis() as i64)
             .bind(now)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
-        rows.iter().map(job_from_row).collect()
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match job_from_row(row) {
+                Ok(j) => jobs.push(j),
+                Err(e) => {
+                    let id: String = row.try_get("id")?;
+                    tracing::error!(job = %id, error = %e, "failing a job this build cannot read");
+                    quarantine_job(&mut tx, &id, &unreadable("job", &e), now).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(jobs)
     }
 
     /// Claims up to `limit` runnable device items.
@@ -725,6 +742,21 @@ impl Store {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<ItemRecord>> {
+        let work = self.claim_item_work(owner, now, lease, limit).await?;
+        Ok(work.into_iter().map(|(item, _)| item).collect())
+    }
+
+    /// Claims up to `limit` runnable device items, each with its job (read once per job).
+    ///
+    /// Atomic like [`Store::claim_jobs`]: an item whose row, or whose job's row, cannot be decoded
+    /// is failed in the same transaction (the job with all its open items), never left leased.
+    pub async fn claim_item_work(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<(ItemRecord, std::sync::Arc<JobRecord>)>> {
         let lock = self.lock_clause();
         let sql = format!(
             "UPDATE job_items SET state = 'running', lease_owner = $1, lease_expires_at = $2, fence = fence + 1, \
@@ -735,26 +767,97 @@ impl Store {
                ORDER BY next_run_at LIMIT $4{lock}) \
              RETURNING {ITEM_COLUMNS}"
         );
+        let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(owner)
             .bind(now + lease.as_millis() as i64)
             .bind(now)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
-        let items: Vec<ItemRecord> = rows.iter().map(item_from_row).collect::<Result<_>>()?;
-        // A job whose first activity is an item (after a retry) becomes running.
-        let mut seen = std::collections::HashSet::new();
-        for it in &items {
-            if seen.insert(it.job_id.clone()) {
-                sqlx::query("UPDATE jobs SET status = 'running', updated_at = $2 WHERE id = $1 AND status = 'queued'")
-                    .bind(&it.job_id)
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        let mut touched: Vec<String> = Vec::new();
+        for row in &rows {
+            match item_from_row(row) {
+                Ok(i) => items.push(i),
+                Err(e) => {
+                    let id: String = row.try_get("id")?;
+                    let job_id: String = row.try_get("job_id")?;
+                    tracing::error!(item = %id, error = %e, "failing a device item this build cannot read");
+                    quarantine_item(&mut tx, &id, &job_id, &unreadable("device item", &e), now)
+                        .await?;
+                    touched.push(job_id);
+                }
             }
         }
-        Ok(items)
+        // Items of one job share one read of the job; a job that cannot be read takes its items down with it.
+        let mut jobs: HashMap<String, Option<std::sync::Arc<JobRecord>>> = HashMap::new();
+        for it in &items {
+            if jobs.contains_key(&it.job_id) {
+                continue;
+            }
+            let row = sqlx::query(sql!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+                .bind(&it.job_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let job = match row.map(|r| job_from_row(&r)) {
+                Some(Ok(j)) => Some(std::sync::Arc::new(j)),
+                Some(Err(e)) => {
+                    tracing::error!(job = %it.job_id, error = %e, "failing a job this build cannot read");
+                    quarantine_job(&mut tx, &it.job_id, &unreadable("job", &e), now).await?;
+                    None
+                }
+                None => {
+                    // Items reference their job by foreign key; a missing job means a hand-edited database.
+                    let err =
+                        StepError::msg(format!("job {} of this device is missing", it.job_id));
+                    sqlx::query(
+                        "UPDATE job_items SET state = 'failed', lease_owner = NULL, lease_expires_at = NULL, \
+                         last_error = $2, finished_at = $3, updated_at = $3 WHERE job_id = $1 AND state = 'running' \
+                         AND lease_owner = $4",
+                    )
+                    .bind(&it.job_id)
+                    .bind(to_json(&err))
+                    .bind(now)
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await?;
+                    None
+                }
+            };
+            jobs.insert(it.job_id.clone(), job);
+        }
+        tx.commit().await?;
+        let mut out = Vec::with_capacity(items.len());
+        for it in items {
+            if let Some(Some(job)) = jobs.get(&it.job_id) {
+                out.push((it, job.clone()));
+            }
+        }
+        // After the commit, and best effort: a job whose first activity is an item (after a retry)
+        // shows as running; a job that lost an item to quarantine may be finished now. Neither may
+        // undo the claim (taking the job row lock inside it could deadlock with a cancel).
+        let mut seen = std::collections::HashSet::new();
+        for (it, _) in &out {
+            if seen.insert(it.job_id.clone()) {
+                let r = sqlx::query(
+                    "UPDATE jobs SET status = 'running', updated_at = $2 WHERE id = $1 AND status = 'queued'",
+                )
+                .bind(&it.job_id)
+                .bind(now)
+                .execute(&self.pool)
+                .await;
+                if let Err(e) = r {
+                    tracing::warn!(job = %it.job_id, error = %e, "could not mark the job running");
+                }
+            }
+        }
+        for job_id in touched {
+            if let Err(e) = self.settle(&job_id, now).await {
+                tracing::warn!(job = %job_id, error = %e, "settling after a quarantined item failed");
+            }
+        }
+        Ok(out)
     }
 
     fn lock_clause(&self) -> &'static str {
@@ -934,9 +1037,16 @@ impl Store {
     /// Runs in its own statements after the write that may have unblocked it, and is idempotent, so
     /// concurrent completions on several replicas cannot leave a job stuck.
     pub async fn settle(&self, job_id: &str, now: Millis) -> Result<()> {
-        let Some(mut job) = self.get_job(job_id).await? else {
+        let Some(job) = self.get_job(job_id).await? else {
             return Ok(());
         };
+        self.settle_job(&job, now).await
+    }
+
+    /// [`Store::settle`] from a record already read.
+    pub async fn settle_job(&self, read: &JobRecord, now: Millis) -> Result<()> {
+        let mut job = read.clone();
+        let job_id = read.id.as_str();
         if !job.status.is_active() {
             return Ok(());
         }
@@ -1137,17 +1247,24 @@ impl Store {
 
     /// Settles every job waiting on its items (a periodic safety net for missed wake-ups).
     pub async fn settle_waiting(&self, now: Millis) -> Result<()> {
+        let ids = self.jobs_to_settle().await?;
+        for id in ids {
+            self.settle(&id, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Jobs the settle sweep looks at.
+    pub async fn jobs_to_settle(&self) -> Result<Vec<String>> {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM jobs WHERE status IN ('queued', 'running') AND \
              (lane_state IN ('waiting_items', 'succeeded', 'failed', 'cancelled') OR cancel_requested = 1)",
         )
         .fetch_all(&self.pool)
         .await?;
-        for id in ids {
-            self.settle(&id, now).await?;
-        }
-        Ok(())
+        Ok(ids)
     }
+
 }
 
 /// Side effects of a step besides its outcome.
@@ -1182,6 +1299,67 @@ impl LaneTable {
 enum Bind {
     Text(String),
     Int(i64),
+}
+
+/// The error recorded on a row this build cannot decode.
+fn unreadable(what: &str, e: &StoreError) -> StepError {
+    StepError::msg(format!(
+        "the stored {what} cannot be read by this version of deprovisiond ({e}); it was failed instead of run \
+         (if a newer version wrote it, let that version handle it and retry the job there)"
+    ))
+}
+
+/// Fails a job and every open item of it without decoding its row.
+async fn quarantine_job(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    job_id: &str,
+    err: &StepError,
+    now: Millis,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET status = 'failed', lane_state = 'failed', active_key = NULL, lease_owner = NULL, \
+         lease_expires_at = NULL, last_error = $2, finished_at = $3, updated_at = $3 \
+         WHERE id = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(job_id)
+    .bind(to_json(err))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE job_items SET state = 'failed', lease_owner = NULL, lease_expires_at = NULL, last_error = $2, \
+         finished_at = $3, updated_at = $3 WHERE job_id = $1 AND state IN ('waiting', 'pending', 'running')",
+    )
+    .bind(job_id)
+    .bind(to_json(err))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let mut e = NewEvent::new("failed", err.message.clone());
+    e.kind = "job_failed".into();
+    insert_event(tx, job_id, now, &e).await
+}
+
+/// Fails one item without decoding its row.
+async fn quarantine_item(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    item_id: &str,
+    job_id: &str,
+    err: &StepError,
+    now: Millis,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE job_items SET state = 'failed', lease_owner = NULL, lease_expires_at = NULL, last_error = $2, \
+         finished_at = $3, updated_at = $3 WHERE id = $1",
+    )
+    .bind(item_id)
+    .bind(to_json(err))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let mut e = NewEvent::new("step_failed", err.message.clone());
+    e.item_id = Some(item_id.to_string());
+    insert_event(tx, job_id, now, &e).await
 }
 
 async fn job_cancelled(tx: &mut sqlx::Transaction<'_, sqlx::Any>, job_id: &str) -> Result<bool> {

@@ -120,24 +120,20 @@ impl Engine {
             let free = slots.available_permits() as u32;
             let mut claimed = 0;
             if free > 0 {
-                match this.claim(free).await {
-                    Ok(work) => {
-                        claimed = work.len();
-                        for w in work {
-                            // The permit count was read above and only this loop takes permits.
-                            let permit = slots
-                                .clone()
-                                .try_acquire_owned()
-                                .expect("free slot counted above");
-                            let me = this.clone();
-                            let stop = hard_stop.clone();
-                            tasks.spawn(async move {
-                                me.execute(w, stop).await;
-                                drop(permit);
-                            });
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "claiming work failed"),
+                let work = this.claim(free).await;
+                claimed = work.len();
+                for w in work {
+                    // The permit count was read above and only this loop takes permits.
+                    let permit = slots
+                        .clone()
+                        .try_acquire_owned()
+                        .expect("free slot counted above");
+                    let me = this.clone();
+                    let stop = hard_stop.clone();
+                    tasks.spawn(async move {
+                        me.execute(w, stop).await;
+                        drop(permit);
+                    });
                 }
             }
             if last_settle.elapsed() >= this.config.poll_every {
@@ -171,41 +167,35 @@ impl Engine {
         tracing::info!("engine stopped");
     }
 
-    async fn claim(&self, free: u32) -> Result<Vec<Claimed>, StoreError> {
+    /// Claims jobs, then items. Each store claim is one transaction, so a failure hands out nothing
+    /// and strands nothing; what an earlier claim of this round took is still run.
+    async fn claim(&self, free: u32) -> Vec<Claimed> {
         let now = self.clock.now_ms();
-        let jobs = self
+        let mut out: Vec<Claimed> = Vec::new();
+        match self
             .store
             .claim_jobs(&self.config.worker_id, now, self.config.lease, free)
-            .await?;
-        let left = free - jobs.len() as u32;
-        let mut out: Vec<Claimed> = jobs
-            .into_iter()
-            .map(|j| Claimed::Job(Box::new(j)))
-            .collect();
+            .await
+        {
+            Ok(jobs) => out.extend(jobs.into_iter().map(|j| Claimed::Job(Box::new(j)))),
+            Err(e) => tracing::error!(error = %e, "claiming jobs failed"),
+        }
+        let left = free.saturating_sub(out.len() as u32);
         if left > 0 {
-            let items = self
+            match self
                 .store
-                .claim_items(&self.config.worker_id, now, self.config.lease, left)
-                .await?;
-            // Items of one job share one read of the job.
-            let mut jobs: std::collections::HashMap<String, Arc<JobRecord>> =
-                std::collections::HashMap::new();
-            for item in items {
-                let job = match jobs.get(&item.job_id) {
-                    Some(j) => j.clone(),
-                    None => match self.store.get_job(&item.job_id).await? {
-                        Some(j) => {
-                            let j = Arc::new(j);
-                            jobs.insert(item.job_id.clone(), j.clone());
-                            j
-                        }
-                        None => return Err(StoreError::NotFound(item.job_id.clone())),
-                    },
-                };
-                out.push(Claimed::Item(Box::new(item), job));
+                .claim_item_work(&self.config.worker_id, now, self.config.lease, left)
+                .await
+            {
+                Ok(items) => out.extend(
+                    items
+                        .into_iter()
+                        .map(|(item, job)| Claimed::Item(Box::new(item), job)),
+                ),
+                Err(e) => tracing::error!(error = %e, "claiming device items failed"),
             }
         }
-        Ok(out)
+        out
     }
 
     async fn execute(&self, work: Claimed, hard_stop: CancellationToken) {

@@ -9,7 +9,7 @@ use deprovisiond::domain::lane::LaneState;
 use serde_json::Value;
 
 use crate::both_stores;
-use crate::support::{Act, Scripted, TestApp, TestDb, fast_engine, individual};
+use crate::support::{Act, Scripted, Skewed, TestApp, TestDb, fast_engine, individual};
 
 both_stores!(
     transient_failures_back_off_then_succeed,
@@ -317,3 +317,22 @@ async fn sigkill_mid_step_reruns_that_step_at_most_once(db: TestDb) {
     child.kill().ok();
     child.wait().ok();
 }
+
+/// Runs `body` on PostgreSQL only: what it checks (row locks, several replicas) is not real on SQLite.
+macro_rules! postgres_only {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(db) = $crate::support::TestDb::postgres().await {
+                        super::$name(db).await
+                    }
+                }
+            }
+        )*
+    };
+}
+
+postgres_only!(
+);

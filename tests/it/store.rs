@@ -23,6 +23,8 @@ both_stores!(
     concurrent_claimers_never_share_work,
     release_gives_work_back_without_an_attempt,
     migrations_are_idempotent_and_ready,
+    claim_quarantines_undecodable_rows,
+    concurrent_claimers_across_jobs_never_share_work,
 );
 
 fn plan() -> Plan {
@@ -387,4 +389,231 @@ async fn migrations_are_idempotent_and_ready(db: TestDb) {
     let s = db.store().await;
     s.migrate().await.unwrap();
     assert!(s.ready().await.unwrap());
+}
+
+async fn created(s: &Store, body: serde_json::Value, now: i64) -> String {
+    match s.create_job(new_job(body, None), now).await.unwrap() {
+        Created::New(j) => j.id,
+        Created::Replayed(_) => panic!("expected a new job"),
+    }
+}
+
+/// Creates a job and runs it to its items barrier with `n` devices `d0…` pending.
+/// No other job may be pending meanwhile (the claims here take whatever is due).
+async fn at_barrier(s: &Store, body: serde_json::Value, n: usize, now: i64) -> String {
+    let lease = Duration::from_secs(30);
+    let id = created(s, body, now).await;
+    let j = s
+        .claim_jobs("setup", now, lease, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(j.id, id);
+    let effects = StepEffects {
+        new_items: (0..n)
+            .map(|i| NewItem {
+                registration_id: format!("d{i}"),
+                device_id: None,
+                hub: None,
+                data: None,
+            })
+            .collect(),
+        ..StepEffects::default()
+    };
+    s.complete_job_step(&j, &done(&j.plan.job_steps, 0, 1, now), &effects, now)
+        .await
+        .unwrap();
+    let j = s
+        .claim_jobs("setup", now, lease, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    s.complete_job_step(
+        &j,
+        &done(&j.plan.job_steps, 1, 1, now),
+        &StepEffects::default(),
+        now,
+    )
+    .await
+    .unwrap();
+    id
+}
+
+/// Rewrites a job's stored request as a newer version might have written it (an unknown field).
+async fn write_request_from_the_future(s: &Store, id: &str) {
+    let raw: String = sqlx::query_scalar("SELECT request_json FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    v["priority"] = serde_json::json!("high");
+    sqlx::query("UPDATE jobs SET request_json = $1 WHERE id = $2")
+        .bind(v.to_string())
+        .bind(id)
+        .execute(s.pool())
+        .await
+        .unwrap();
+}
+
+/// status, lane state, last error and lease owner of a job, read without decoding the row.
+async fn raw_job(s: &Store, id: &str) -> (String, String, String, Option<String>) {
+    let r = sqlx::query(
+        "SELECT status, lane_state, COALESCE(last_error, '') AS e, lease_owner FROM jobs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(s.pool())
+    .await
+    .unwrap();
+    use sqlx::Row;
+    (
+        r.get("status"),
+        r.get("lane_state"),
+        r.get("e"),
+        r.get("lease_owner"),
+    )
+}
+
+async fn raw_items(s: &Store, job: &str) -> Vec<(String, String, String)> {
+    use sqlx::Row;
+    sqlx::query(
+        "SELECT registration_id, state, COALESCE(last_error, '') AS e FROM job_items WHERE job_id = $1 ORDER BY seq",
+    )
+    .bind(job)
+    .fetch_all(s.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get("registration_id"), r.get("state"), r.get("e")))
+    .collect()
+}
+
+fn failed_step(steps: &[String], index: usize, now: i64) -> lane::Transition {
+    let mut rng = StdRng::seed_from_u64(1);
+    lane::advance(
+        steps,
+        Position {
+            step_index: index,
+            attempt: 1,
+        },
+        Outcome::Fail(StepError::msg("403")),
+        now,
+        &BackoffPolicy::default(),
+        &mut rng,
+    )
+}
+
+/// A job whose step failed permanently and that settled as failed.
+async fn failed_job(s: &Store, body: serde_json::Value, now: i64) -> String {
+    let id = created(s, body, now).await;
+    let j = s
+        .claim_jobs("w", now, Duration::from_secs(30), 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(j.id, id);
+    s.complete_job_step(
+        &j,
+        &failed_step(&j.plan.job_steps, 0, now),
+        &StepEffects::default(),
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_job(&id).await.unwrap().unwrap().status,
+        JobStatus::Failed
+    );
+    id
+}
+
+async fn claim_quarantines_undecodable_rows(db: TestDb) {
+    let s = db.store().await;
+    let lease = Duration::from_secs(5);
+    let fleet = at_barrier(&s, group("fleet"), 3, 0).await;
+    // One device's data as a newer version (or a broken hand edit) left it.
+    sqlx::query(
+        "UPDATE job_items SET data_json = '{not json' WHERE job_id = $1 AND registration_id = 'd1'",
+    )
+    .bind(&fleet)
+    .execute(s.pool())
+    .await
+    .unwrap();
+    // A job whose items are due but whose own row cannot be read any more.
+    let broken = at_barrier(&s, group("broken"), 2, 0).await;
+    write_request_from_the_future(&s, &broken).await;
+    let good = created(&s, individual("dev-1"), 10).await;
+    let bad = created(&s, individual("dev-2"), 10).await;
+    write_request_from_the_future(&s, &bad).await;
+
+    let jobs = s.claim_jobs("w", 20, lease, 10).await.unwrap();
+    assert_eq!(jobs.iter().map(|j| &j.id).collect::<Vec<_>>(), [&good]);
+    let items = s.claim_items("w", 20, lease, 10).await.unwrap();
+    let mut got: Vec<_> = items
+        .iter()
+        .map(|i| (i.job_id.clone(), i.registration_id.clone()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (fleet.clone(), "d0".to_string()),
+            (fleet.clone(), "d2".into())
+        ]
+    );
+
+    // What could not be read is failed with a reason, not left running to come back forever.
+    let (status, lane, err, owner) = raw_job(&s, &bad).await;
+    assert_eq!(
+        (status.as_str(), lane.as_str(), owner),
+        ("failed", "failed", None)
+    );
+    assert!(err.contains("cannot be read"), "{err}");
+    let d1 = raw_items(&s, &fleet).await.remove(1);
+    assert_eq!((d1.0.as_str(), d1.1.as_str()), ("d1", "failed"));
+    assert!(d1.2.contains("cannot be read"), "{}", d1.2);
+    let (status, _, err, _) = raw_job(&s, &broken).await;
+    assert_eq!(status, "failed");
+    assert!(err.contains("cannot be read"), "{err}");
+    for (reg, state, _) in raw_items(&s, &broken).await {
+        assert_eq!(state, "failed", "{reg}");
+    }
+    // Long after every lease expired, only the readable work comes back.
+    let later = s.claim_jobs("w", 100_000, lease, 10).await.unwrap();
+    assert_eq!(later.iter().map(|j| &j.id).collect::<Vec<_>>(), [&good]);
+    assert_eq!(
+        s.claim_items("w", 100_000, lease, 10).await.unwrap().len(),
+        2
+    );
+}
+
+async fn concurrent_claimers_across_jobs_never_share_work(db: TestDb) {
+    let s = db.store().await;
+    let lease = Duration::from_secs(5);
+    let mut jobs = Vec::new();
+    for g in 0..3 {
+        jobs.push(at_barrier(&s, group(&format!("g{g}")), 40, 0).await);
+    }
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let s: Store = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = s.claim_items(&format!("w{w}"), 5, lease, 5).await.unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|i| (i.id, i.fence)));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().map(|(id, _)| id).collect();
+    assert_eq!(all.len(), 120, "every item handed out exactly once");
+    assert_eq!(unique.len(), 120);
+    assert!(all.iter().all(|(_, fence)| *fence == 1));
 }
