@@ -28,7 +28,7 @@ macro_rules! sql {
 pub use records::*;
 pub use tombstones::{AuditStatus, Tombstone};
 
-use crate::domain::clock::Millis;
+use crate::domain::clock::{Clock, ManualClock, Millis};
 use crate::domain::job::{DeprovisionRequest, JobStatus};
 use crate::domain::lane::{ITEMS_BARRIER, LaneState, StepError, Transition};
 
@@ -701,6 +701,19 @@ impl Store {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<JobRecord>> {
+        self.claim_jobs_with(owner, &ManualClock::new(now), lease, limit)
+            .await
+    }
+
+    /// [`Store::claim_jobs`], reading `clock` once the connection is in hand: time spent waiting
+    /// for a connection must not shorten the lease.
+    pub async fn claim_jobs_with(
+        &self,
+        owner: &str,
+        clock: &dyn Clock,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>> {
         let lock = self.lock_clause();
         let sql = format!(
             "UPDATE jobs SET lane_state = 'running', lease_owner = $1, lease_expires_at = $2, fence = fence + 1, \
@@ -712,6 +725,7 @@ impl Store {
              RETURNING {JOB_COLUMNS}"
         );
         let mut tx = self.pool.begin().await?;
+        let now = clock.now_ms();
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(owner)
             .bind(now + lease.as_millis() as i64)
@@ -742,7 +756,9 @@ impl Store {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<ItemRecord>> {
-        let work = self.claim_item_work(owner, now, lease, limit).await?;
+        let work = self
+            .claim_item_work(owner, &ManualClock::new(now), lease, limit)
+            .await?;
         Ok(work.into_iter().map(|(item, _)| item).collect())
     }
 
@@ -753,7 +769,7 @@ impl Store {
     pub async fn claim_item_work(
         &self,
         owner: &str,
-        now: Millis,
+        clock: &dyn Clock,
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<(ItemRecord, std::sync::Arc<JobRecord>)>> {
@@ -768,6 +784,7 @@ impl Store {
              RETURNING {ITEM_COLUMNS}"
         );
         let mut tx = self.pool.begin().await?;
+        let now = clock.now_ms();
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(owner)
             .bind(now + lease.as_millis() as i64)
@@ -879,6 +896,30 @@ impl Store {
         self.renew(LaneTable::Items, id, fence, until).await
     }
 
+    /// Extends a job lease to `lease` from `clock`'s time once a connection is in hand; false when the lease was lost.
+    pub async fn renew_job_for(
+        &self,
+        id: &str,
+        fence: i64,
+        clock: &dyn Clock,
+        lease: Duration,
+    ) -> Result<bool> {
+        self.renew_for(LaneTable::Jobs, id, fence, clock, lease)
+            .await
+    }
+
+    /// Extends an item lease like [`Store::renew_job_for`].
+    pub async fn renew_item_for(
+        &self,
+        id: &str,
+        fence: i64,
+        clock: &dyn Clock,
+        lease: Duration,
+    ) -> Result<bool> {
+        self.renew_for(LaneTable::Items, id, fence, clock, lease)
+            .await
+    }
+
     /// Gives a job lane back without counting the attempt (graceful shutdown).
     pub async fn release_job(&self, id: &str, fence: i64, now: Millis) -> Result<bool> {
         self.release(LaneTable::Jobs, id, fence, now).await
@@ -890,14 +931,28 @@ impl Store {
     }
 
     async fn renew(&self, lane: LaneTable, id: &str, fence: i64, until: Millis) -> Result<bool> {
+        self.renew_for(lane, id, fence, &ManualClock::new(until), Duration::ZERO)
+            .await
+    }
+
+    async fn renew_for(
+        &self,
+        lane: LaneTable,
+        id: &str,
+        fence: i64,
+        clock: &dyn Clock,
+        lease: Duration,
+    ) -> Result<bool> {
         let (table, state) = lane.names();
+        let mut conn = self.pool.acquire().await?;
+        let until = clock.now_ms() + lease.as_millis() as i64;
         let r = sqlx::query(sql!(
             "UPDATE {table} SET lease_expires_at = $3 WHERE id = $1 AND fence = $2 AND {state} = 'running'"
         ))
         .bind(id)
         .bind(fence)
         .bind(until)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(r.rows_affected() == 1)
     }

@@ -11,6 +11,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use step::{StepResult, Workflow};
@@ -77,10 +78,10 @@ pub struct Engine {
     rng: Arc<Mutex<StdRng>>,
 }
 
-/// Which kind of lane a task runs.
+/// Which kind of lane a task runs, and when the claim that leased it was sent.
 enum Claimed {
-    Job(Box<JobRecord>),
-    Item(Box<ItemRecord>, Arc<JobRecord>),
+    Job(Box<JobRecord>, Instant),
+    Item(Box<ItemRecord>, Arc<JobRecord>, Instant),
 }
 
 impl Engine {
@@ -170,27 +171,40 @@ impl Engine {
     /// Claims jobs, then items. Each store claim is one transaction, so a failure hands out nothing
     /// and strands nothing; what an earlier claim of this round took is still run.
     async fn claim(&self, free: u32) -> Vec<Claimed> {
-        let now = self.clock.now_ms();
         let mut out: Vec<Claimed> = Vec::new();
+        // Taken before the claim is sent: the lease the store writes starts no earlier, so the
+        // step's local deadline never outlasts it.
+        let sent = Instant::now();
         match self
             .store
-            .claim_jobs(&self.config.worker_id, now, self.config.lease, free)
+            .claim_jobs_with(
+                &self.config.worker_id,
+                &*self.clock,
+                self.config.lease,
+                free,
+            )
             .await
         {
-            Ok(jobs) => out.extend(jobs.into_iter().map(|j| Claimed::Job(Box::new(j)))),
+            Ok(jobs) => out.extend(jobs.into_iter().map(|j| Claimed::Job(Box::new(j), sent))),
             Err(e) => tracing::error!(error = %e, "claiming jobs failed"),
         }
         let left = free.saturating_sub(out.len() as u32);
         if left > 0 {
+            let sent = Instant::now();
             match self
                 .store
-                .claim_item_work(&self.config.worker_id, now, self.config.lease, left)
+                .claim_item_work(
+                    &self.config.worker_id,
+                    &*self.clock,
+                    self.config.lease,
+                    left,
+                )
                 .await
             {
                 Ok(items) => out.extend(
                     items
                         .into_iter()
-                        .map(|(item, job)| Claimed::Item(Box::new(item), job)),
+                        .map(|(item, job)| Claimed::Item(Box::new(item), job, sent)),
                 ),
                 Err(e) => tracing::error!(error = %e, "claiming device items failed"),
             }
@@ -200,8 +214,8 @@ impl Engine {
 
     async fn execute(&self, work: Claimed, hard_stop: CancellationToken) {
         let r = match work {
-            Claimed::Job(job) => self.execute_job(*job, hard_stop).await,
-            Claimed::Item(item, job) => self.execute_item(*item, job, hard_stop).await,
+            Claimed::Job(job, sent) => self.execute_job(*job, sent, hard_stop).await,
+            Claimed::Item(item, job, sent) => self.execute_item(*item, job, sent, hard_stop).await,
         };
         match r {
             Ok(()) => {}
@@ -217,6 +231,7 @@ impl Engine {
     async fn execute_job(
         &self,
         job: JobRecord,
+        claimed: Instant,
         hard_stop: CancellationToken,
     ) -> Result<(), StoreError> {
         let Some(step) = job.current_step().map(str::to_string) else {
@@ -234,14 +249,16 @@ impl Engine {
             let fut = async move { wf.run_job_step(&j, &s).await };
             let store = self.store.clone();
             let (id, fence) = (job.id.clone(), job.fence);
-            let renew = move |until| {
-                let store = store.clone();
-                let id = id.clone();
-                async move { store.renew_job(&id, fence, until).await }
+            let (clock, lease) = (self.clock.clone(), self.config.lease);
+            let renew = move || {
+                let (store, id, clock) = (store.clone(), id.clone(), clock.clone());
+                async move { store.renew_job_for(&id, fence, &*clock, lease).await }
             };
-            match self.supervise(fut, renew, hard_stop).await {
+            match self.supervise(fut, renew, claimed, hard_stop).await {
                 Supervised::Done(r) => *r,
                 Supervised::LeaseLost => return Err(StoreError::Fenced),
+                // The lane is re-run once its lease expires in the database; nothing to record.
+                Supervised::LeaseExpired => return Ok(()),
                 Supervised::Stopped => {
                     self.store
                         .release_job(&job.id, job.fence, self.clock.now_ms())
@@ -278,6 +295,7 @@ impl Engine {
         &self,
         item: ItemRecord,
         job: Arc<JobRecord>,
+        claimed: Instant,
         hard_stop: CancellationToken,
     ) -> Result<(), StoreError> {
         let Some(step) = job.plan.item_steps.get(item.step_index).cloned() else {
@@ -294,14 +312,16 @@ impl Engine {
             let fut = async move { wf.run_item_step(&j, &it, &s).await };
             let store = self.store.clone();
             let (id, fence) = (item.id.clone(), item.fence);
-            let renew = move |until| {
-                let store = store.clone();
-                let id = id.clone();
-                async move { store.renew_item(&id, fence, until).await }
+            let (clock, lease) = (self.clock.clone(), self.config.lease);
+            let renew = move || {
+                let (store, id, clock) = (store.clone(), id.clone(), clock.clone());
+                async move { store.renew_item_for(&id, fence, &*clock, lease).await }
             };
-            match self.supervise(fut, renew, hard_stop).await {
+            match self.supervise(fut, renew, claimed, hard_stop).await {
                 Supervised::Done(r) => *r,
                 Supervised::LeaseLost => return Err(StoreError::Fenced),
+                // The lane is re-run once its lease expires in the database; nothing to record.
+                Supervised::LeaseExpired => return Ok(()),
                 Supervised::Stopped => {
                     self.store
                         .release_item(&item.id, item.fence, self.clock.now_ms())
@@ -360,28 +380,53 @@ impl Engine {
         )
     }
 
-    /// Runs a step while renewing its lease; gives up the step when the lease is lost or the grace period ends.
+    /// Runs a step while renewing its lease; gives up the step when the lease is lost, when its
+    /// deadline passes without a successful renewal, or when the grace period ends.
+    ///
+    /// The renewal runs beside the step rather than in front of it, so a slow database neither
+    /// pauses the step nor delays the stop. The local deadline is counted from when the claim (or
+    /// the last successful renewal) was sent, which is no later than the expiry the store wrote:
+    /// once it passes, another replica may hold the lane, so the step's future is dropped and its
+    /// result discarded.
     async fn supervise<F, R, RF>(
         &self,
         fut: F,
         renew: R,
+        claimed: Instant,
         hard_stop: CancellationToken,
     ) -> Supervised
     where
         F: std::future::Future<Output = StepResult> + Send,
-        R: Fn(i64) -> RF,
+        R: Fn() -> RF,
         RF: std::future::Future<Output = Result<bool, StoreError>>,
     {
         tokio::pin!(fut);
+        let lease = self.config.lease;
+        let mut deadline = claimed + lease;
         let mut ticker = tokio::time::interval(self.config.renew_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
+        let mut renewal: Option<(Instant, std::pin::Pin<Box<RF>>)> = None;
         loop {
             tokio::select! {
                 r = &mut fut => return Supervised::Done(Box::new(r)),
-                _ = ticker.tick() => {
-                    let until = self.clock.now_ms() + self.config.lease.as_millis() as i64;
-                    match renew(until).await {
-                        Ok(true) => {}
+                _ = hard_stop.cancelled() => return Supervised::Stopped,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("lease ran out before a renewal succeeded; stopping the step and discarding its result");
+                    return Supervised::LeaseExpired;
+                }
+                _ = ticker.tick(), if renewal.is_none() => {
+                    renewal = Some((Instant::now(), Box::pin(renew())));
+                }
+                r = async {
+                    match renewal.as_mut() {
+                        Some((_, f)) => f.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if renewal.is_some() => {
+                    let sent = renewal.take().map(|(at, _)| at).unwrap_or(deadline);
+                    match r {
+                        Ok(true) => deadline = sent + lease,
                         Ok(false) => {
                             tracing::warn!("lease lost while the step ran; abandoning it");
                             return Supervised::LeaseLost;
@@ -389,7 +434,6 @@ impl Engine {
                         Err(e) => tracing::warn!(error = %e, "lease renewal failed; will try again"),
                     }
                 }
-                _ = hard_stop.cancelled() => return Supervised::Stopped,
             }
         }
     }
@@ -398,6 +442,7 @@ impl Engine {
 enum Supervised {
     Done(Box<StepResult>),
     LeaseLost,
+    LeaseExpired,
     Stopped,
 }
 

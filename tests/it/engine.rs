@@ -335,4 +335,44 @@ macro_rules! postgres_only {
 }
 
 postgres_only!(
+    a_step_is_stopped_when_its_lease_runs_out_unrenewed,
 );
+
+async fn a_step_is_stopped_when_its_lease_runs_out_unrenewed(db: TestDb) {
+    let wf = Scripted::new(1);
+    wf.script("revoke", "-", vec![Act::Hang(Duration::from_millis(4_000))]);
+    let mut engine = fast_engine();
+    engine.lease = Duration::from_millis(1_000);
+    engine.renew_every = Duration::from_millis(200);
+    let app = TestApp::spawn_with(&db, wf.clone(), engine, true).await;
+    let job: Value = app
+        .post("/v1/deprovisions", &individual("dev-0000"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    app.wait_job(&id, Duration::from_secs(10), |j| {
+        j["steps"][1]["state"] == "running"
+    })
+    .await;
+    // Hold the job's row so every renewal hangs (as on a stalled database) for 2.5 s.
+    let store = db.store().await;
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT id FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    tx.rollback().await.unwrap();
+    app.wait_status(&id, "succeeded").await;
+    // The first run was stopped when its unrenewed lease ran out, not left running beside the second.
+    assert!(
+        wf.hangs_finished.lock().unwrap().is_empty(),
+        "the step ran on past its lease"
+    );
+    assert_eq!(wf.runs_of("revoke", None).len(), 2);
+    store.close().await;
+    app.stop().await;
+}
