@@ -555,12 +555,25 @@ impl Store {
     }
 
     /// Asks a queued or running job to stop: nothing new starts; a step in flight completes and is recorded.
+    ///
+    /// The flag is set only while the job is still queued or running (in the same statement that
+    /// checks it), so a cancel that loses a race with the job finishing is refused rather than
+    /// answered as accepted and left on the finished job.
     pub async fn cancel_job(&self, id: &str, now: Millis) -> Result<JobRecord> {
-        let job = self
-            .get_job(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(id.into()))?;
-        if !job.status.is_active() {
+        let mut tx = self.pool.begin().await?;
+        let flagged = sqlx::query(
+            "UPDATE jobs SET cancel_requested = 1, updated_at = $2 WHERE id = $1 AND status IN ('queued', 'running')",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if flagged.rows_affected() != 1 {
+            tx.rollback().await?;
+            let job = self
+                .get_job(id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(id.into()))?;
             return Err(StoreError::InvalidTransition {
                 job_id: id.into(),
                 status: job.status.as_str(),
@@ -568,12 +581,6 @@ impl Store {
                 allowed: "queued or running",
             });
         }
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = $2 WHERE id = $1")
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
         sqlx::query(
             "UPDATE job_items SET state = 'cancelled', updated_at = $2, finished_at = $2 \
              WHERE job_id = $1 AND state IN ('waiting', 'pending')",
@@ -628,7 +635,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE jobs SET status = 'queued', active_key = $2, lane_state = $3, attempt = 0, next_run_at = $4, \
-             last_error = NULL, finished_at = NULL, updated_at = $4 WHERE id = $1 AND status = 'failed'",
+             last_error = NULL, finished_at = NULL, cancel_requested = 0, updated_at = $4 \
+             WHERE id = $1 AND status = 'failed'",
         )
         .bind(id)
         .bind(&target_key)
@@ -1280,15 +1288,19 @@ impl Store {
         message: &str,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        // Guarded on the cancel flag as read: a cancel accepted after that read must end the job as
+        // cancelled (its own settle does that), not see it finished under the decision made before.
         let r = sqlx::query(
             "UPDATE jobs SET status = $2, lane_state = $3, active_key = NULL, last_error = $4, finished_at = $5, \
-             updated_at = $5 WHERE id = $1 AND status IN ('queued', 'running') AND lane_state <> 'running'",
+             updated_at = $5 WHERE id = $1 AND status IN ('queued', 'running') AND lane_state <> 'running' \
+             AND cancel_requested = $6",
         )
         .bind(&job.id)
         .bind(status.as_str())
         .bind(lane.as_str())
         .bind(error.as_ref().map(to_json))
         .bind(now)
+        .bind(i64::from(job.cancel_requested))
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 1 {

@@ -24,6 +24,8 @@ both_stores!(
     release_gives_work_back_without_an_attempt,
     migrations_are_idempotent_and_ready,
     claim_quarantines_undecodable_rows,
+    a_cancel_racing_a_failure_is_either_refused_or_wins,
+    retry_after_a_cancel_that_raced_a_failure_runs_again,
     concurrent_claimers_across_jobs_never_share_work,
 );
 
@@ -584,6 +586,67 @@ async fn claim_quarantines_undecodable_rows(db: TestDb) {
     assert_eq!(
         s.claim_items("w", 100_000, lease, 10).await.unwrap().len(),
         2
+    );
+}
+
+async fn a_cancel_racing_a_failure_is_either_refused_or_wins(db: TestDb) {
+    let s = db.store().await;
+    for round in 0..20 {
+        let id = created(&s, individual(&format!("race-{round}")), 0).await;
+        let j = s
+            .claim_jobs("w", 1, Duration::from_secs(30), 1)
+            .await
+            .unwrap()
+            .remove(0);
+        let (a, b) = (s.clone(), s.clone());
+        let cid = id.clone();
+        let cancel = tokio::spawn(async move { a.cancel_job(&cid, 2).await });
+        let fail = tokio::spawn(async move {
+            let t = failed_step(&j.plan.job_steps, 0, 2);
+            b.complete_job_step(&j, &t, &StepEffects::default(), 2)
+                .await
+        });
+        let cancelled = cancel.await.unwrap();
+        fail.await.unwrap().unwrap();
+        let end = s.get_job(&id).await.unwrap().unwrap();
+        match cancelled {
+            Ok(_) => assert_eq!(end.status, JobStatus::Cancelled, "round {round}"),
+            Err(StoreError::InvalidTransition { .. }) => {
+                assert_eq!(end.status, JobStatus::Failed, "round {round}");
+                assert!(
+                    !end.cancel_requested,
+                    "round {round}: a refused cancel left its flag"
+                );
+            }
+            Err(e) => panic!("round {round}: {e}"),
+        }
+    }
+}
+
+async fn retry_after_a_cancel_that_raced_a_failure_runs_again(db: TestDb) {
+    let s = db.store().await;
+    let id = failed_job(&s, individual("dev-1"), 0).await;
+    // What a cancel landing just after the failure used to leave behind.
+    sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = $1")
+        .bind(&id)
+        .execute(s.pool())
+        .await
+        .unwrap();
+    let retried = s.retry_job(&id, 10).await.unwrap();
+    assert!(!retried.cancel_requested);
+    let again = s
+        .claim_jobs("w", 11, Duration::from_secs(30), 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "the retried job runs instead of being cancelled"
+    );
+    s.settle_waiting(12).await.unwrap();
+    assert_eq!(
+        s.get_job(&id).await.unwrap().unwrap().status,
+        JobStatus::Running
     );
 }
 
