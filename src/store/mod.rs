@@ -635,7 +635,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE jobs SET status = 'queued', active_key = $2, lane_state = $3, attempt = 0, next_run_at = $4, \
-             last_error = NULL, finished_at = NULL, cancel_requested = 0, updated_at = $4 \
+             last_error = NULL, finished_at = NULL, cancel_requested = 0, fence = fence + 1, updated_at = $4 \
              WHERE id = $1 AND status = 'failed'",
         )
         .bind(id)
@@ -1106,7 +1106,8 @@ impl Store {
         self.settle_job(&job, now).await
     }
 
-    /// [`Store::settle`] from a record already read.
+    /// [`Store::settle`] from a record already read (possibly some time ago): whatever it decides is
+    /// written only if the job is still in the state read, so a stale record changes nothing.
     pub async fn settle_job(&self, read: &JobRecord, now: Millis) -> Result<()> {
         let mut job = read.clone();
         let job_id = read.id.as_str();
@@ -1213,9 +1214,15 @@ impl Store {
                     )
                     .await?;
                     if t.state == LaneState::Succeeded {
+                        // What the row holds after the move just made.
+                        let moved = JobRecord {
+                            step_index: t.step_index,
+                            lane_state: t.state,
+                            ..job.clone()
+                        };
                         return self
                             .finish(
-                                &job,
+                                &moved,
                                 JobStatus::Succeeded,
                                 LaneState::Succeeded,
                                 None,
@@ -1288,12 +1295,14 @@ impl Store {
         message: &str,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        // Guarded on the cancel flag as read: a cancel accepted after that read must end the job as
-        // cancelled (its own settle does that), not see it finished under the decision made before.
+        // Compare-and-set on the state the decision was made from: a settle delayed past a retry
+        // (which bumps the fence), a claim, a move past the barrier or a cancel must not have its
+        // stale verdict applied. A cancel accepted after the read ends the job as cancelled through
+        // its own settle.
         let r = sqlx::query(
             "UPDATE jobs SET status = $2, lane_state = $3, active_key = NULL, last_error = $4, finished_at = $5, \
-             updated_at = $5 WHERE id = $1 AND status IN ('queued', 'running') AND lane_state <> 'running' \
-             AND cancel_requested = $6",
+             updated_at = $5 WHERE id = $1 AND status IN ('queued', 'running') AND cancel_requested = $6 \
+             AND fence = $7 AND lane_state = $8 AND step_index = $9",
         )
         .bind(&job.id)
         .bind(status.as_str())
@@ -1301,6 +1310,9 @@ impl Store {
         .bind(error.as_ref().map(to_json))
         .bind(now)
         .bind(i64::from(job.cancel_requested))
+        .bind(job.fence)
+        .bind(job.lane_state.as_str())
+        .bind(job.step_index as i64)
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 1 {

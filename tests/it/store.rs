@@ -26,6 +26,8 @@ both_stores!(
     claim_quarantines_undecodable_rows,
     a_cancel_racing_a_failure_is_either_refused_or_wins,
     retry_after_a_cancel_that_raced_a_failure_runs_again,
+    a_delayed_settle_cannot_undo_a_retry,
+    retry_racing_a_delayed_settle_keeps_the_retry,
     concurrent_claimers_across_jobs_never_share_work,
 );
 
@@ -648,6 +650,40 @@ async fn retry_after_a_cancel_that_raced_a_failure_runs_again(db: TestDb) {
         s.get_job(&id).await.unwrap().unwrap().status,
         JobStatus::Running
     );
+}
+
+async fn a_delayed_settle_cannot_undo_a_retry(db: TestDb) {
+    let s = db.store().await;
+    let id = failed_job(&s, individual("dev-1"), 0).await;
+    // What a second settle read just before the first one finished the job.
+    let mut stale = s.get_job(&id).await.unwrap().unwrap();
+    stale.status = JobStatus::Running;
+    stale.finished_at = None;
+    s.retry_job(&id, 10).await.unwrap();
+    s.settle_job(&stale, 11).await.unwrap();
+    let now = s.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (now.status, now.lane_state),
+        (JobStatus::Queued, LaneState::Pending)
+    );
+}
+
+async fn retry_racing_a_delayed_settle_keeps_the_retry(db: TestDb) {
+    let s = db.store().await;
+    for round in 0..20 {
+        let id = failed_job(&s, individual(&format!("r-{round}")), 0).await;
+        let mut stale = s.get_job(&id).await.unwrap().unwrap();
+        stale.status = JobStatus::Running;
+        let (a, b) = (s.clone(), s.clone());
+        let rid = id.clone();
+        let retry = tokio::spawn(async move { a.retry_job(&rid, 10).await });
+        let settle = tokio::spawn(async move { b.settle_job(&stale, 10).await });
+        retry.await.unwrap().unwrap();
+        settle.await.unwrap().unwrap();
+        let j = s.get_job(&id).await.unwrap().unwrap();
+        assert_eq!(j.status, JobStatus::Queued, "round {round}");
+        s.cancel_job(&id, 20).await.unwrap();
+    }
 }
 
 async fn concurrent_claimers_across_jobs_never_share_work(db: TestDb) {
