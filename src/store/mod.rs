@@ -116,7 +116,7 @@ const JOB_COLUMNS: &str = "id, dps, request_json, status, plan_json, context_jso
 const ITEM_COLUMNS: &str = "id, job_id, seq, registration_id, device_id, hub, data_json, step_index, state, attempt, \
     fence, next_run_at, lease_owner, lease_expires_at, last_error, skip_reason, created_at, updated_at, finished_at";
 
-const EVENT_COLUMNS: &str = "id, job_id, item_id, at, kind, step, attempt, message, detail_json";
+const EVENT_COLUMNS: &str = "seq, job_id, item_id, at, kind, step, attempt, message, detail_json";
 
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -508,7 +508,7 @@ impl Store {
         row.map(|r| item_from_row(&r)).transpose()
     }
 
-    /// A job's timeline, oldest first (cursor = last event id).
+    /// A job's timeline, oldest first (cursor = the last event's number in the job).
     pub async fn list_events(
         &self,
         job_id: &str,
@@ -516,7 +516,7 @@ impl Store {
         limit: u32,
     ) -> Result<Page<EventRecord>> {
         let rows = sqlx::query(sql!(
-            "SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+            "SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
         ))
         .bind(job_id)
         .bind(after_id.unwrap_or(0))
@@ -1488,9 +1488,18 @@ async fn insert_event(
     now: Millis,
     e: &NewEvent,
 ) -> Result<()> {
+    // Numbered under the job's row lock, held until commit: numbers become visible in commit order,
+    // so a reader paging by number never passes an event still to commit. (Costs: a job's event
+    // writers take turns on its row.)
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE jobs SET event_seq = event_seq + 1 WHERE id = $1 RETURNING event_seq",
+    )
+    .bind(job_id)
+    .fetch_one(&mut **tx)
+    .await?;
     sqlx::query(
-        "INSERT INTO job_events (job_id, item_id, at, kind, step, attempt, message, detail_json) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+        "INSERT INTO job_events (job_id, seq, item_id, at, kind, step, attempt, message, detail_json) \
+         VALUES ($1,$9,$2,$3,$4,$5,$6,$7,$8)",
     )
     .bind(job_id)
     .bind(e.item_id.clone())
@@ -1500,6 +1509,7 @@ async fn insert_event(
     .bind(e.attempt.map(i64::from))
     .bind(e.message.clone())
     .bind(e.detail.as_ref().map(to_json))
+    .bind(seq)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -1590,7 +1600,7 @@ fn item_from_row(row: &AnyRow) -> Result<ItemRecord> {
 
 fn event_from_row(row: &AnyRow) -> Result<EventRecord> {
     Ok(EventRecord {
-        id: row.try_get("id")?,
+        id: row.try_get("seq")?,
         job_id: row.try_get("job_id")?,
         item_id: row.try_get("item_id")?,
         at: row.try_get("at")?,

@@ -28,6 +28,7 @@ both_stores!(
     retry_after_a_cancel_that_raced_a_failure_runs_again,
     a_delayed_settle_cannot_undo_a_retry,
     retry_racing_a_delayed_settle_keeps_the_retry,
+    event_pages_never_skip_events_during_concurrent_inserts,
     concurrent_claimers_across_jobs_never_share_work,
 );
 
@@ -684,6 +685,60 @@ async fn retry_racing_a_delayed_settle_keeps_the_retry(db: TestDb) {
         assert_eq!(j.status, JobStatus::Queued, "round {round}");
         s.cancel_job(&id, 20).await.unwrap();
     }
+}
+
+async fn event_pages_never_skip_events_during_concurrent_inserts(db: TestDb) {
+    let s = db.store().await;
+    let id = created(&s, individual("dev-1"), 0).await;
+    let writers = 6;
+    let per_writer = 60;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (s, id) = (s.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                let events: Vec<_> = (0..3)
+                    .map(|k| deprovisiond::store::NewEvent::new("test", format!("{w}-{i}-{k}")))
+                    .collect();
+                s.append_events(&id, 1, &events).await.unwrap();
+            }
+        }));
+    }
+    // Page through the timeline while it grows, as a client following it would.
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor: Option<i64> = None;
+    let mut finished = false;
+    loop {
+        let page = s.list_events(&id, cursor, 7).await.unwrap();
+        for e in &page.rows {
+            seen.push(e.message.clone().unwrap_or_default());
+        }
+        if let Some(c) = &page.next_cursor {
+            cursor = Some(c.parse().unwrap());
+        } else if let Some(last) = page.rows.last() {
+            cursor = Some(last.id);
+        }
+        if page.next_cursor.is_none() {
+            if finished {
+                break;
+            }
+            if tasks.iter().all(|t| t.is_finished()) {
+                // One more pass after the last writer finished.
+                finished = true;
+            }
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "an event was listed twice");
+    // The `created` event plus every appended one.
+    assert_eq!(
+        seen.len(),
+        1 + writers * per_writer * 3,
+        "events were skipped"
+    );
 }
 
 async fn concurrent_claimers_across_jobs_never_share_work(db: TestDb) {
