@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::azure::AzureClients;
 use crate::domain::clock::SharedClock;
 use crate::http::{AppInner, AppState};
-use crate::store::Store;
+use crate::store::{DbClock, Store};
 use crate::worker::{Engine, EngineConfig, Waker, Workflow};
 use crate::workflow::AzureWorkflow;
 
@@ -68,6 +68,7 @@ pub struct App {
     azure: Option<Arc<AzureWorkflow>>,
     audit_every: Option<std::time::Duration>,
     clock: SharedClock,
+    db_clock: Arc<DbClock>,
     body_limit: usize,
 }
 
@@ -80,6 +81,10 @@ impl App {
     ) -> Result<Self, AppError> {
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
+        // Leases, due times and backoff are compared across replicas: they run on the database's
+        // clock. Azure (SAS expiry) keeps the local one.
+        let db_clock = DbClock::synced(store.clone(), clock.clone()).await?;
+        let store_clock: SharedClock = db_clock.clone();
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| AppError::Bind {
@@ -112,7 +117,7 @@ impl App {
             Engine::new(
                 store.clone(),
                 workflow.clone(),
-                clock.clone(),
+                store_clock.clone(),
                 config.engine.clone(),
                 waker.clone(),
             )
@@ -121,7 +126,7 @@ impl App {
             store: store.clone(),
             workflow,
             azure: azure.clone(),
-            clock: clock.clone(),
+            clock: store_clock.clone(),
             waker,
             dps_names,
             default_dps,
@@ -134,6 +139,7 @@ impl App {
             azure,
             audit_every: config.tombstone_audit_every,
             clock,
+            db_clock,
             body_limit: config.body_limit,
         })
     }
@@ -158,6 +164,7 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         let stop = CancellationToken::new();
+        tokio::spawn(self.db_clock.clone().keep_synced(stop.clone()));
         let engine_task = self.engine.map(|e| tokio::spawn(e.run(stop.clone())));
         if let (Some(wf), Some(every)) = (self.azure.clone(), self.audit_every) {
             tokio::spawn(audit_loop(wf, every, self.clock.clone(), stop.clone()));

@@ -4,6 +4,7 @@
 //! times are epoch milliseconds, so the SQL is shared; the few dialect differences (row locking on
 //! claims) are chosen by [`Backend`].
 
+mod clock;
 mod records;
 mod tombstones;
 
@@ -25,6 +26,7 @@ macro_rules! sql {
     };
 }
 
+pub use clock::DbClock;
 pub use records::*;
 pub use tombstones::{AuditStatus, Tombstone};
 
@@ -1344,6 +1346,18 @@ impl Store {
         Ok(ids)
     }
 
+    /// The database server's time, in milliseconds since the Unix epoch.
+    pub async fn db_now_ms(&self) -> Result<Millis> {
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+            }
+            Backend::Sqlite => {
+                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+            }
+        };
+        Ok(sqlx::query_scalar(sql).fetch_one(&self.pool).await?)
+    }
 }
 
 /// Side effects of a step besides its outcome.

@@ -336,6 +336,7 @@ macro_rules! postgres_only {
 
 postgres_only!(
     a_step_is_stopped_when_its_lease_runs_out_unrenewed,
+    a_replica_with_a_fast_clock_does_not_steal_live_leases,
 );
 
 async fn a_step_is_stopped_when_its_lease_runs_out_unrenewed(db: TestDb) {
@@ -375,4 +376,39 @@ async fn a_step_is_stopped_when_its_lease_runs_out_unrenewed(db: TestDb) {
     assert_eq!(wf.runs_of("revoke", None).len(), 2);
     store.close().await;
     app.stop().await;
+}
+
+async fn a_replica_with_a_fast_clock_does_not_steal_live_leases(db: TestDb) {
+    let wf = Scripted::new(1);
+    wf.script("revoke", "-", vec![Act::Hang(Duration::from_millis(3_000))]);
+    let a = TestApp::spawn(&db, wf.clone()).await;
+    let job: Value = a
+        .post("/v1/deprovisions", &individual("dev-0000"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    a.wait_job(&id, Duration::from_secs(10), |j| {
+        j["steps"][1]["state"] == "running"
+    })
+    .await;
+    // A second replica whose clock runs 20 s ahead (its leases would look long expired).
+    let choice = deprovisiond::app::WorkflowChoice::Custom(wf.clone(), vec!["default".into()]);
+    let b = TestApp::spawn_clocked(
+        &db,
+        choice,
+        fast_engine(),
+        true,
+        std::sync::Arc::new(Skewed(20_000)),
+    )
+    .await;
+    a.wait_status(&id, "succeeded").await;
+    assert_eq!(
+        wf.runs_of("revoke", None).len(),
+        1,
+        "the fast replica took over a live lease"
+    );
+    b.stop().await;
+    a.stop().await;
 }

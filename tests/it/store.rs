@@ -30,6 +30,7 @@ both_stores!(
     retry_racing_a_delayed_settle_keeps_the_retry,
     event_pages_never_skip_events_during_concurrent_inserts,
     concurrent_claimers_across_jobs_never_share_work,
+    the_database_clock_corrects_a_skewed_replica,
 );
 
 fn plan() -> Plan {
@@ -770,4 +771,20 @@ async fn concurrent_claimers_across_jobs_never_share_work(db: TestDb) {
     assert_eq!(all.len(), 120, "every item handed out exactly once");
     assert_eq!(unique.len(), 120);
     assert!(all.iter().all(|(_, fence)| *fence == 1));
+}
+
+async fn the_database_clock_corrects_a_skewed_replica(db: TestDb) {
+    use deprovisiond::domain::clock::Clock;
+    let s = db.store().await;
+    let skewed = std::sync::Arc::new(crate::support::Skewed(20_000));
+    let clock = deprovisiond::store::DbClock::synced(s.clone(), skewed)
+        .await
+        .unwrap();
+    let db_now = s.db_now_ms().await.unwrap();
+    // Within a generous bound of the database's time, not 20 s ahead of it.
+    assert!(
+        (clock.now_ms() - db_now).abs() < 5_000,
+        "{} vs {db_now}",
+        clock.now_ms()
+    );
 }
