@@ -991,7 +991,8 @@ impl Store {
         now: Millis,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let state = if job_cancelled(&mut tx, &job.id).await? && !t.state.is_terminal() {
+        let cancelled = job_cancelled(&mut tx, &job.id).await?;
+        let state = if cancelled && !t.state.is_terminal() {
             LaneState::Cancelled
         } else {
             t.state
@@ -1022,7 +1023,8 @@ impl Store {
             tx.rollback().await?;
             return Err(StoreError::Fenced);
         }
-        if !effects.new_items.is_empty() {
+        // A cancelled job starts no new device work: items found now would be left waiting for ever.
+        if !effects.new_items.is_empty() && !cancelled {
             insert_items(&mut tx, &job.id, &effects.new_items, now).await?;
         }
         if state == LaneState::WaitingItems {
@@ -1102,8 +1104,18 @@ impl Store {
     /// Runs in its own statements after the write that may have unblocked it, and is idempotent, so
     /// concurrent completions on several replicas cannot leave a job stuck.
     pub async fn settle(&self, job_id: &str, now: Millis) -> Result<()> {
-        let Some(job) = self.get_job(job_id).await? else {
-            return Ok(());
+        let job = match self.get_job(job_id).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return Ok(()),
+            Err(e @ StoreError::Corrupt(_)) => {
+                // A job this build cannot read never settles: fail it (and its open items) instead.
+                tracing::error!(job = %job_id, error = %e, "failing a job this build cannot read");
+                let mut tx = self.pool.begin().await?;
+                quarantine_job(&mut tx, job_id, &unreadable("job", &e), now).await?;
+                tx.commit().await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
         };
         self.settle_job(&job, now).await
     }
@@ -1326,20 +1338,28 @@ impl Store {
         Ok(())
     }
 
-    /// Settles every job waiting on its items (a periodic safety net for missed wake-ups).
+    /// Settles every job a missed wake-up may have left unsettled (a periodic safety net).
+    ///
+    /// One job that cannot be settled is logged and skipped: it must not keep the others stuck.
     pub async fn settle_waiting(&self, now: Millis) -> Result<()> {
         let ids = self.jobs_to_settle().await?;
         for id in ids {
-            self.settle(&id, now).await?;
+            if let Err(e) = self.settle(&id, now).await {
+                tracing::error!(job = %id, error = %e, "settling the job failed; the sweep goes on");
+            }
         }
         Ok(())
     }
 
-    /// Jobs the settle sweep looks at.
+    /// Jobs the settle sweep must look at: active jobs whose lane ended, cancelled ones, and jobs
+    /// waiting on their items when none is open any more (not every waiting job at every poll).
     pub async fn jobs_to_settle(&self) -> Result<Vec<String>> {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM jobs WHERE status IN ('queued', 'running') AND \
-             (lane_state IN ('waiting_items', 'succeeded', 'failed', 'cancelled') OR cancel_requested = 1)",
+             (lane_state IN ('succeeded', 'failed', 'cancelled') OR cancel_requested = 1 OR \
+              (lane_state = 'waiting_items' AND NOT EXISTS (SELECT 1 FROM job_items i WHERE i.job_id = jobs.id \
+               AND i.state IN ('waiting', 'pending', 'running')))) \
+             ORDER BY created_at",
         )
         .fetch_all(&self.pool)
         .await?;

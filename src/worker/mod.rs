@@ -19,7 +19,7 @@ pub use step::{StepResult, Workflow};
 use crate::domain::backoff::BackoffPolicy;
 use crate::domain::clock::SharedClock;
 use crate::domain::lane::{self, Outcome, Position, StepError};
-use crate::store::{ItemRecord, JobRecord, NewEvent, Store, StoreError};
+use crate::store::{ItemRecord, JobRecord, NewEvent, StepEffects, Store, StoreError};
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -115,6 +115,7 @@ impl Engine {
         let hard_stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut last_settle = tokio::time::Instant::now();
+        let sweep_every = (this.config.poll_every * 10).max(Duration::from_secs(1));
         tracing::info!(worker = %this.config.worker_id, "engine started");
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
@@ -137,7 +138,9 @@ impl Engine {
                     });
                 }
             }
-            if last_settle.elapsed() >= this.config.poll_every {
+            // The sweep is a safety net for missed settles (each write settles its own job), so it
+            // runs at a tenth of the poll rate, and at most once a second.
+            if last_settle.elapsed() >= sweep_every {
                 last_settle = tokio::time::Instant::now();
                 if let Err(e) = this.store.settle_waiting(this.clock.now_ms()).await {
                     tracing::error!(error = %e, "settling jobs failed");
@@ -268,13 +271,13 @@ impl Engine {
             }
         };
         let now = self.clock.now_ms();
-        let mut t = self.advance(
-            &job.plan.job_steps,
-            job.step_index,
-            job.attempt,
-            result.outcome.clone(),
-            now,
-        );
+        // A job step with nothing to do is done: a job lane has no `skipped` end (that is for
+        // devices), and a job left there would never settle. The event still says it skipped.
+        let moved = match &result.outcome {
+            Outcome::Skipped(_) => Outcome::Done,
+            other => other.clone(),
+        };
+        let mut t = self.advance(&job.plan.job_steps, job.step_index, job.attempt, moved, now);
         if matches!(result.outcome, Outcome::Retry { .. } | Outcome::Fail(_)) {
             // A paging step that fails resumes where it stopped, on its next attempt or after a job retry.
             t.cursor = job.cursor.clone();
@@ -299,10 +302,37 @@ impl Engine {
         hard_stop: CancellationToken,
     ) -> Result<(), StoreError> {
         let Some(step) = job.plan.item_steps.get(item.step_index).cloned() else {
-            return Err(StoreError::Corrupt(format!(
-                "item {} has no step {}",
-                item.id, item.step_index
-            )));
+            // Recorded as a failure, not returned as an error: an error would leave the lease to
+            // expire and the item to come back for ever, never reaching the attempt limit.
+            let err = StepError::msg(format!(
+                "the device is at step {} but its job's plan has {} device step(s); failed instead of run",
+                item.step_index,
+                job.plan.item_steps.len()
+            ));
+            let now = self.clock.now_ms();
+            let t = lane::Transition {
+                state: lane::LaneState::Failed,
+                step_index: item.step_index,
+                attempt: item.attempt,
+                next_run_at: now,
+                cursor: None,
+                error: Some(err.clone()),
+                skip_reason: None,
+            };
+            let effects = StepEffects {
+                events: vec![NewEvent {
+                    item_id: Some(item.id.clone()),
+                    kind: "step_failed".into(),
+                    attempt: Some(item.attempt),
+                    message: Some(format!("{}: {}", item.registration_id, err.message)),
+                    ..NewEvent::default()
+                }],
+                ..StepEffects::default()
+            };
+            return self
+                .store
+                .complete_item_step(&item, &t, &effects, now)
+                .await;
         };
         let result = if self.exhausted(item.attempt) {
             lease_exhausted(item.attempt)

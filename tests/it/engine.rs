@@ -19,6 +19,8 @@ both_stores!(
     shutdown_lets_short_steps_finish,
     shutdown_releases_leases_of_steps_past_the_grace_period,
     sigkill_mid_step_reruns_that_step_at_most_once,
+    an_item_at_a_step_its_plan_lacks_fails_instead_of_looping,
+    a_skipped_job_step_moves_the_job_on,
 );
 
 async fn transient_failures_back_off_then_succeed(db: TestDb) {
@@ -316,6 +318,64 @@ async fn sigkill_mid_step_reruns_that_step_at_most_once(db: TestDb) {
     assert_eq!(revoke_ok["attempt"], 2);
     child.kill().ok();
     child.wait().ok();
+}
+
+async fn an_item_at_a_step_its_plan_lacks_fails_instead_of_looping(db: TestDb) {
+    let wf = Scripted::new(1);
+    wf.script("revoke", "-", vec![Act::Hang(Duration::from_millis(800))]);
+    let app = TestApp::spawn(&db, wf.clone()).await;
+    let job: Value = app
+        .post("/v1/deprovisions", &individual("dev-0000"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    app.wait_job(&id, Duration::from_secs(10), |j| {
+        j["steps"][1]["state"] == "running"
+    })
+    .await;
+    // While the device waits for revoke, its row is moved to a step this build's plan does not have.
+    let store = db.store().await;
+    sqlx::query("UPDATE job_items SET step_index = 7 WHERE job_id = $1")
+        .bind(&id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    let end = app.wait_status(&id, "failed").await;
+    let devices = app
+        .get_json(&format!("/v1/deprovisions/{id}/devices"))
+        .await;
+    let err = devices["items"][0]["last_error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(err.contains("step 7"), "{err} / {end:#}");
+    assert!(wf.runs_of("registry", Some("dev-0000")).is_empty());
+    app.stop().await;
+}
+
+async fn a_skipped_job_step_moves_the_job_on(db: TestDb) {
+    let wf = Scripted::new(1);
+    wf.script("finish", "-", vec![Act::Skip]);
+    let app = TestApp::spawn(&db, wf.clone()).await;
+    let job: Value = app
+        .post("/v1/deprovisions", &individual("dev-0000"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap();
+    app.wait_status(id, "succeeded").await;
+    let kinds: Vec<Value> = app
+        .events(id)
+        .await
+        .into_iter()
+        .map(|e| e["kind"].clone())
+        .collect();
+    assert!(kinds.contains(&Value::from("step_skipped")), "{kinds:?}");
+    app.stop().await;
 }
 
 /// Runs `body` on PostgreSQL only: what it checks (row locks, several replicas) is not real on SQLite.

@@ -29,6 +29,9 @@ both_stores!(
     a_delayed_settle_cannot_undo_a_retry,
     retry_racing_a_delayed_settle_keeps_the_retry,
     event_pages_never_skip_events_during_concurrent_inserts,
+    a_cancelled_job_inserts_no_items,
+    one_bad_job_does_not_stop_the_settle_sweep,
+    the_sweep_skips_jobs_with_open_items,
     concurrent_claimers_across_jobs_never_share_work,
     the_database_clock_corrects_a_skewed_replica,
 );
@@ -739,6 +742,77 @@ async fn event_pages_never_skip_events_during_concurrent_inserts(db: TestDb) {
         seen.len(),
         1 + writers * per_writer * 3,
         "events were skipped"
+    );
+}
+
+async fn a_cancelled_job_inserts_no_items(db: TestDb) {
+    let s = db.store().await;
+    let id = created(&s, group("fleet"), 0).await;
+    let j = s
+        .claim_jobs("w", 1, Duration::from_secs(30), 1)
+        .await
+        .unwrap()
+        .remove(0);
+    s.cancel_job(&id, 2).await.unwrap();
+    let effects = StepEffects {
+        new_items: (0..3)
+            .map(|i| NewItem {
+                registration_id: format!("d{i}"),
+                device_id: None,
+                hub: None,
+                data: None,
+            })
+            .collect(),
+        ..StepEffects::default()
+    };
+    s.complete_job_step(&j, &done(&j.plan.job_steps, 0, 1, 3), &effects, 3)
+        .await
+        .unwrap();
+    let end = s.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(end.status, JobStatus::Cancelled);
+    assert_eq!(s.item_counts(&id).await.unwrap().total, 0);
+}
+
+async fn one_bad_job_does_not_stop_the_settle_sweep(db: TestDb) {
+    let s = db.store().await;
+    // Two jobs whose settle was missed (their last step's writer died right after recording it).
+    let bad = created(&s, individual("dev-1"), 0).await;
+    let good = created(&s, individual("dev-2"), 1).await;
+    sqlx::query("UPDATE jobs SET status = 'running', lane_state = 'succeeded'")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    write_request_from_the_future(&s, &bad).await;
+    s.settle_waiting(10).await.unwrap();
+    assert_eq!(
+        s.get_job(&good).await.unwrap().unwrap().status,
+        JobStatus::Succeeded
+    );
+    assert_eq!(raw_job(&s, &bad).await.0, "failed");
+}
+
+async fn the_sweep_skips_jobs_with_open_items(db: TestDb) {
+    let s = db.store().await;
+    let busy = at_barrier(&s, group("busy"), 2, 0).await;
+    let idle = at_barrier(&s, group("idle"), 1, 0).await;
+    let items = s
+        .claim_items("w", 1, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    // The idle job's item finished but the settle after it was missed.
+    let it = items.iter().find(|i| i.job_id == idle).unwrap();
+    sqlx::query("UPDATE job_items SET state = 'succeeded' WHERE id = $1")
+        .bind(&it.id)
+        .execute(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(s.jobs_to_settle().await.unwrap(), [idle.clone()]);
+    s.settle_waiting(2).await.unwrap();
+    let j = s.get_job(&idle).await.unwrap().unwrap();
+    assert_eq!(j.current_step(), Some("finish"));
+    assert_eq!(
+        s.get_job(&busy).await.unwrap().unwrap().lane_state,
+        LaneState::WaitingItems
     );
 }
 
