@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::azure::AzureClients;
 use crate::domain::clock::SharedClock;
 use crate::http::{AppInner, AppState};
-use crate::store::{DbClock, Store};
+use crate::store::{DbClock, Store, StoreOptions};
 use crate::worker::{Engine, EngineConfig, Waker, Workflow};
 use crate::workflow::AzureWorkflow;
 
@@ -79,7 +79,11 @@ impl App {
         choice: WorkflowChoice,
         clock: SharedClock,
     ) -> Result<Self, AppError> {
-        let store = Store::connect(&config.database_url).await?;
+        let opts = StoreOptions {
+            max_connections: pool_size(config.engine.concurrency, config.run_worker),
+            ..StoreOptions::default()
+        };
+        let store = Store::connect_with(&config.database_url, &opts).await?;
         store.migrate().await?;
         // Leases, due times and backoff are compared across replicas: they run on the database's
         // clock. Azure (SAS expiry) keeps the local one.
@@ -215,5 +219,23 @@ async fn audit_loop(
             ),
             Err(e) => tracing::error!(error = %e, "tombstone audit failed"),
         }
+    }
+}
+
+/// PostgreSQL connections a process needs: one per concurrent step (its renewal and its recording
+/// take turns on it), two for the engine loop (claims, the settle sweep), and eight for the API
+/// and the clock, so requests never wait behind a busy engine.
+pub fn pool_size(concurrency: usize, run_worker: bool) -> u32 {
+    let engine = if run_worker { concurrency + 2 } else { 0 };
+    (engine + 8) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_pool_grows_with_the_engine() {
+        assert_eq!(super::pool_size(16, true), 26);
+        assert_eq!(super::pool_size(64, true), 74);
+        assert_eq!(super::pool_size(64, false), 8);
     }
 }

@@ -102,6 +102,25 @@ pub struct Store {
     backend: Backend,
 }
 
+/// How the store connects.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// PostgreSQL pool size (SQLite always uses one connection).
+    pub max_connections: u32,
+    /// PostgreSQL `statement_timeout`: a statement running longer is cancelled instead of holding a
+    /// connection (and its row locks) indefinitely.
+    pub statement_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Outcome of creating a job.
 #[derive(Debug, Clone)]
 pub enum Created {
@@ -124,8 +143,13 @@ static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/pos
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 impl Store {
-    /// Connects to `url` (`postgres://…` or `sqlite://…`); does not migrate.
+    /// Connects to `url` (`postgres://…` or `sqlite://…`) with default [`StoreOptions`]; does not migrate.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, &StoreOptions::default()).await
+    }
+
+    /// Connects to `url` with `opts`; does not migrate.
+    pub async fn connect_with(url: &str, opts: &StoreOptions) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
@@ -149,9 +173,18 @@ impl Store {
                 .map_err(|_| StoreError::Unreachable("no answer within 10 s".into()))?
                 .map_err(|e| StoreError::Unreachable(e.to_string()))?;
                 sqlx::Connection::close(probe).await?;
+                let timeout_ms = opts.statement_timeout.as_millis().max(1) as u64;
                 AnyPoolOptions::new()
-                    .max_connections(10)
+                    .max_connections(opts.max_connections.max(1))
                     .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            sqlx::query(sql!("SET statement_timeout = {timeout_ms}"))
+                                .execute(&mut *conn)
+                                .await?;
+                            Ok(())
+                        })
+                    })
                     .connect_with(options)
                     .await?
             }
@@ -168,7 +201,9 @@ impl Store {
                         Box::pin(async move {
                             for pragma in [
                                 "PRAGMA journal_mode = WAL",
-                                "PRAGMA synchronous = NORMAL",
+                                // FULL: a commit (an answered 202) survives a power cut, not
+                                // only a crash of the process; it costs an fsync per commit.
+                                "PRAGMA synchronous = FULL",
                                 "PRAGMA busy_timeout = 5000",
                                 "PRAGMA foreign_keys = ON",
                             ] {

@@ -34,6 +34,7 @@ both_stores!(
     the_sweep_skips_jobs_with_open_items,
     concurrent_claimers_across_jobs_never_share_work,
     the_database_clock_corrects_a_skewed_replica,
+    pool_size_statement_timeout_and_durability,
 );
 
 fn plan() -> Plan {
@@ -861,4 +862,42 @@ async fn the_database_clock_corrects_a_skewed_replica(db: TestDb) {
         "{} vs {db_now}",
         clock.now_ms()
     );
+}
+
+async fn pool_size_statement_timeout_and_durability(db: TestDb) {
+    use sqlx::Row;
+    let opts = deprovisiond::store::StoreOptions {
+        max_connections: 23,
+        statement_timeout: Duration::from_millis(1_500),
+    };
+    let s = deprovisiond::store::Store::connect_with(&db.url, &opts)
+        .await
+        .unwrap();
+    s.migrate().await.unwrap();
+    match s.backend() {
+        deprovisiond::store::Backend::Postgres => {
+            assert_eq!(s.pool().options().get_max_connections(), 23);
+            let r = sqlx::query("SHOW statement_timeout")
+                .fetch_one(s.pool())
+                .await
+                .unwrap();
+            assert_eq!(r.get::<String, _>(0), "1500ms");
+            // A runaway statement is stopped instead of holding a connection for ever.
+            assert!(
+                sqlx::query("SELECT pg_sleep(5)")
+                    .execute(s.pool())
+                    .await
+                    .is_err()
+            );
+        }
+        deprovisiond::store::Backend::Sqlite => {
+            assert_eq!(s.pool().options().get_max_connections(), 1);
+            let r = sqlx::query("PRAGMA synchronous")
+                .fetch_one(s.pool())
+                .await
+                .unwrap();
+            // FULL: a committed job survives a power cut, not only a process crash.
+            assert_eq!(r.get::<i64, _>(0), 2);
+        }
+    }
 }
