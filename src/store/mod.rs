@@ -760,24 +760,41 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<JobRecord>> {
         let lock = self.lock_clause();
-        let sql = format!(
-            "UPDATE jobs SET lane_state = 'running', lease_owner = $1, lease_expires_at = $2, fence = fence + 1, \
-             attempt = attempt + 1, updated_at = $3, started_at = COALESCE(started_at, $3), \
-             status = CASE WHEN status = 'queued' THEN 'running' ELSE status END \
-             WHERE id IN (SELECT id FROM jobs WHERE cancel_requested = 0 AND \
-               ((lane_state = 'pending' AND next_run_at <= $3) OR (lane_state = 'running' AND lease_expires_at < $3)) \
-               ORDER BY next_run_at LIMIT $4{lock}) \
-             RETURNING {JOB_COLUMNS}"
-        );
+        // Two index ranges rather than one OR (which reads every candidate): lanes whose lease
+        // expired (few), then pending lanes by due time.
+        let claim = |pick: &str| {
+            format!(
+                "UPDATE jobs SET lane_state = 'running', lease_owner = $1, lease_expires_at = $2, fence = fence + 1, \
+                 attempt = attempt + 1, updated_at = $3, started_at = COALESCE(started_at, $3), \
+                 status = CASE WHEN status = 'queued' THEN 'running' ELSE status END \
+                 WHERE id IN (SELECT id FROM jobs WHERE cancel_requested = 0 AND {pick} LIMIT $4{lock}) \
+                 RETURNING {JOB_COLUMNS}"
+            )
+        };
+        let expired = claim("lane_state = 'running' AND lease_expires_at < $3");
+        let due = claim("lane_state = 'pending' AND next_run_at <= $3 ORDER BY next_run_at");
         let mut tx = self.pool.begin().await?;
         let now = clock.now_ms();
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let until = now + lease.as_millis() as i64;
+        let mut rows = sqlx::query(AssertSqlSafe(expired))
             .bind(owner)
-            .bind(now + lease.as_millis() as i64)
+            .bind(until)
             .bind(now)
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await?;
+        let left = limit.saturating_sub(rows.len() as u32);
+        if left > 0 {
+            rows.extend(
+                sqlx::query(AssertSqlSafe(due))
+                    .bind(owner)
+                    .bind(until)
+                    .bind(now)
+                    .bind(i64::from(left))
+                    .fetch_all(&mut *tx)
+                    .await?,
+            );
+        }
         let mut jobs = Vec::with_capacity(rows.len());
         for row in &rows {
             match job_from_row(row) {
@@ -819,24 +836,69 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<(ItemRecord, std::sync::Arc<JobRecord>)>> {
         let lock = self.lock_clause();
-        let sql = format!(
-            "UPDATE job_items SET state = 'running', lease_owner = $1, lease_expires_at = $2, fence = fence + 1, \
-             attempt = attempt + 1, updated_at = $3 \
-             WHERE id IN (SELECT id FROM job_items WHERE \
-               ((state = 'pending' AND next_run_at <= $3) OR (state = 'running' AND lease_expires_at < $3)) \
-               AND job_id NOT IN (SELECT id FROM jobs WHERE cancel_requested = 1) \
-               ORDER BY next_run_at LIMIT $4{lock}) \
-             RETURNING {ITEM_COLUMNS}"
+        let claim = |pick: &str| {
+            format!(
+                "UPDATE job_items SET state = 'running', lease_owner = $1, lease_expires_at = $2, fence = fence + 1, \
+                 attempt = attempt + 1, updated_at = $3 \
+                 WHERE id IN (SELECT id FROM job_items WHERE {pick} LIMIT $4{lock}) \
+                 RETURNING {ITEM_COLUMNS}"
+            )
+        };
+        // Expired leases first: few rows, one range of the (state, lease_expires_at) index.
+        let expired = claim(
+            "state = 'running' AND lease_expires_at < $3 AND EXISTS \
+             (SELECT 1 FROM jobs j WHERE j.id = job_items.job_id AND j.cancel_requested = 0)",
         );
+        // Then due items one job at a time, each a range of the (job_id, state, next_run_at) index.
+        let due =
+            claim("job_id = $5 AND state = 'pending' AND next_run_at <= $3 ORDER BY next_run_at");
         let mut tx = self.pool.begin().await?;
         let now = clock.now_ms();
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let until = now + lease.as_millis() as i64;
+        let mut rows = sqlx::query(AssertSqlSafe(expired))
             .bind(owner)
-            .bind(now + lease.as_millis() as i64)
+            .bind(until)
             .bind(now)
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await?;
+        let mut left = limit.saturating_sub(rows.len() as u32);
+        if left > 0 {
+            // Items are only pending while their job waits at its barrier. Fair between jobs: each
+            // gets an equal share of the free slots, in random order so that when there are more
+            // jobs than slots none waits behind the others every time; unused shares go round again.
+            let mut open: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM jobs WHERE lane_state = 'waiting_items' AND cancel_requested = 0 \
+                 AND status IN ('queued', 'running') ORDER BY RANDOM()",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            while left > 0 && !open.is_empty() {
+                let share = left.div_ceil(open.len() as u32).max(1);
+                let mut still_open = Vec::with_capacity(open.len());
+                for job_id in open {
+                    if left == 0 {
+                        break;
+                    }
+                    let want = share.min(left);
+                    let got = sqlx::query(AssertSqlSafe(due.clone()))
+                        .bind(owner)
+                        .bind(until)
+                        .bind(now)
+                        .bind(i64::from(want))
+                        .bind(&job_id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    left -= got.len() as u32;
+                    if got.len() as u32 == want {
+                        // It may have more: it takes part in the next round.
+                        still_open.push(job_id);
+                    }
+                    rows.extend(got);
+                }
+                open = still_open;
+            }
+        }
         let mut items = Vec::with_capacity(rows.len());
         let mut touched: Vec<String> = Vec::new();
         for row in &rows {

@@ -32,6 +32,7 @@ both_stores!(
     a_cancelled_job_inserts_no_items,
     one_bad_job_does_not_stop_the_settle_sweep,
     the_sweep_skips_jobs_with_open_items,
+    a_single_device_job_is_not_starved_by_a_big_one,
     concurrent_claimers_across_jobs_never_share_work,
     the_database_clock_corrects_a_skewed_replica,
     pool_size_statement_timeout_and_durability,
@@ -815,6 +816,22 @@ async fn the_sweep_skips_jobs_with_open_items(db: TestDb) {
         s.get_job(&busy).await.unwrap().unwrap().lane_state,
         LaneState::WaitingItems
     );
+}
+
+async fn a_single_device_job_is_not_starved_by_a_big_one(db: TestDb) {
+    let s = db.store().await;
+    let big = at_barrier(&s, group("big"), 200, 0).await;
+    let small = at_barrier(&s, individual("late"), 1, 10).await;
+    let got = s
+        .claim_items("w", 20, Duration::from_secs(30), 4)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 4);
+    assert!(
+        got.iter().any(|i| i.job_id == small),
+        "the later job waits behind every device of the big one"
+    );
+    assert!(got.iter().any(|i| i.job_id == big));
 }
 
 async fn concurrent_claimers_across_jobs_never_share_work(db: TestDb) {
