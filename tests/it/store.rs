@@ -808,7 +808,7 @@ async fn the_sweep_skips_jobs_with_open_items(db: TestDb) {
         .execute(s.pool())
         .await
         .unwrap();
-    assert_eq!(s.jobs_to_settle().await.unwrap(), [idle.clone()]);
+    assert_eq!(s.jobs_to_settle().await.unwrap(), std::slice::from_ref(&idle));
     s.settle_waiting(2).await.unwrap();
     let j = s.get_job(&idle).await.unwrap().unwrap();
     assert_eq!(j.current_step(), Some("finish"));
