@@ -36,6 +36,7 @@ both_stores!(
     concurrent_claimers_across_jobs_never_share_work,
     the_database_clock_corrects_a_skewed_replica,
     pool_size_statement_timeout_and_durability,
+    concurrent_identical_posts_make_one_job,
 );
 
 fn plan() -> Plan {
@@ -808,7 +809,10 @@ async fn the_sweep_skips_jobs_with_open_items(db: TestDb) {
         .execute(s.pool())
         .await
         .unwrap();
-    assert_eq!(s.jobs_to_settle().await.unwrap(), std::slice::from_ref(&idle));
+    assert_eq!(
+        s.jobs_to_settle().await.unwrap(),
+        std::slice::from_ref(&idle)
+    );
     s.settle_waiting(2).await.unwrap();
     let j = s.get_job(&idle).await.unwrap().unwrap();
     assert_eq!(j.current_step(), Some("finish"));
@@ -917,4 +921,47 @@ async fn pool_size_statement_timeout_and_durability(db: TestDb) {
             assert_eq!(r.get::<i64, _>(0), 2);
         }
     }
+}
+
+async fn concurrent_identical_posts_make_one_job(db: TestDb) {
+    let s = db.store().await;
+    // The same request, retried by a client in a hurry: with an idempotency key, then without.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.create_job(new_job(individual("dev-1"), Some(("k", "h"))), 1)
+                .await
+        }));
+    }
+    let mut new = 0;
+    let mut ids = HashSet::new();
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            Created::New(j) => {
+                new += 1;
+                ids.insert(j.id);
+            }
+            Created::Replayed(j) => {
+                ids.insert(j.id);
+            }
+        }
+    }
+    assert_eq!((new, ids.len()), (1, 1), "one job, the others replayed");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.create_job(new_job(group("fleet"), None), 2).await
+        }));
+    }
+    let mut new = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Created::New(_)) => new += 1,
+            Err(StoreError::ActiveJobExists { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(new, 1, "one active job per target");
 }
