@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::azure::AzureClients;
 use crate::domain::clock::SharedClock;
 use crate::http::{AppInner, AppState};
-use crate::store::Store;
+use crate::store::{DbClock, Store, StoreOptions};
 use crate::worker::{Engine, EngineConfig, Waker, Workflow};
 use crate::workflow::AzureWorkflow;
 
@@ -68,6 +68,7 @@ pub struct App {
     azure: Option<Arc<AzureWorkflow>>,
     audit_every: Option<std::time::Duration>,
     clock: SharedClock,
+    db_clock: Arc<DbClock>,
     body_limit: usize,
 }
 
@@ -80,8 +81,16 @@ impl App {
     ) -> Result<Self, AppError> {
         // Counters recorded before the recorder exists are lost: install it before any work starts.
         crate::telemetry::prometheus();
-        let store = Store::connect(&config.database_url).await?;
+        let opts = StoreOptions {
+            max_connections: pool_size(config.engine.concurrency, config.run_worker),
+            ..StoreOptions::default()
+        };
+        let store = Store::connect_with(&config.database_url, &opts).await?;
         store.migrate().await?;
+        // Leases, due times and backoff are compared across replicas: they run on the database's
+        // clock. Azure (SAS expiry) keeps the local one.
+        let db_clock = DbClock::synced(store.clone(), clock.clone()).await?;
+        let store_clock: SharedClock = db_clock.clone();
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| AppError::Bind {
@@ -114,7 +123,7 @@ impl App {
             Engine::new(
                 store.clone(),
                 workflow.clone(),
-                clock.clone(),
+                store_clock.clone(),
                 config.engine.clone(),
                 waker.clone(),
             )
@@ -123,7 +132,7 @@ impl App {
             store: store.clone(),
             workflow,
             azure: azure.clone(),
-            clock: clock.clone(),
+            clock: store_clock.clone(),
             waker,
             dps_names,
             default_dps,
@@ -136,6 +145,7 @@ impl App {
             azure,
             audit_every: config.tombstone_audit_every,
             clock,
+            db_clock,
             body_limit: config.body_limit,
         })
     }
@@ -160,6 +170,7 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         let stop = CancellationToken::new();
+        tokio::spawn(self.db_clock.clone().keep_synced(stop.clone()));
         let engine_task = self.engine.map(|e| tokio::spawn(e.run(stop.clone())));
         if let (Some(wf), Some(every)) = (self.azure.clone(), self.audit_every) {
             tokio::spawn(audit_loop(wf, every, self.clock.clone(), stop.clone()));
@@ -210,5 +221,23 @@ async fn audit_loop(
             ),
             Err(e) => tracing::error!(error = %e, "tombstone audit failed"),
         }
+    }
+}
+
+/// PostgreSQL connections a process needs: one per concurrent step (its renewal and its recording
+/// take turns on it), two for the engine loop (claims, the settle sweep), and eight for the API
+/// and the clock, so requests never wait behind a busy engine.
+pub fn pool_size(concurrency: usize, run_worker: bool) -> u32 {
+    let engine = if run_worker { concurrency + 2 } else { 0 };
+    (engine + 8) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_pool_grows_with_the_engine() {
+        assert_eq!(super::pool_size(16, true), 26);
+        assert_eq!(super::pool_size(64, true), 74);
+        assert_eq!(super::pool_size(64, false), 8);
     }
 }

@@ -368,10 +368,10 @@ pub async fn list_events(
     tag = "deprovisions",
     params(("id" = uuid::Uuid, Path, description = "Job id (a UUID)")),
     responses(
-        (status = 200, description = "The job, cancelled or cancelling", body = JobView),
+        (status = 200, description = "The job, cancelled or cancelling: the cancel was recorded while the job was still queued or running, and the job ends as cancelled", body = JobView),
         (status = 400, description = "Not a job id", body = Problem, content_type = PROBLEM),
         (status = 404, description = "No such job", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "The job already finished", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "The job already finished (also when it finished while the cancel was on its way); nothing was changed", body = Problem, content_type = PROBLEM),
     )
 )]
 pub async fn cancel_deprovision(

@@ -4,6 +4,7 @@
 //! times are epoch milliseconds, so the SQL is shared; the few dialect differences (row locking on
 //! claims) are chosen by [`Backend`].
 
+mod clock;
 mod metrics;
 mod records;
 mod tombstones;
@@ -26,11 +27,12 @@ macro_rules! sql {
     };
 }
 
+pub use clock::DbClock;
 pub use metrics::Gauges;
 pub use records::*;
 pub use tombstones::{AuditStatus, Tombstone, TombstoneState};
 
-use crate::domain::clock::Millis;
+use crate::domain::clock::{Clock, ManualClock, Millis};
 use crate::domain::job::{DeprovisionRequest, JobStatus};
 use crate::domain::lane::{ITEMS_BARRIER, LaneState, StepError, Transition};
 
@@ -102,6 +104,25 @@ pub struct Store {
     backend: Backend,
 }
 
+/// How the store connects.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// PostgreSQL pool size (SQLite always uses one connection).
+    pub max_connections: u32,
+    /// PostgreSQL `statement_timeout`: a statement running longer is cancelled instead of holding a
+    /// connection (and its row locks) indefinitely.
+    pub statement_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Outcome of creating a job.
 #[derive(Debug, Clone)]
 pub enum Created {
@@ -118,14 +139,19 @@ const JOB_COLUMNS: &str = "id, dps, request_json, status, plan_json, context_jso
 const ITEM_COLUMNS: &str = "id, job_id, seq, registration_id, device_id, hub, data_json, step_index, state, attempt, \
     fence, next_run_at, lease_owner, lease_expires_at, last_error, skip_reason, created_at, updated_at, finished_at";
 
-const EVENT_COLUMNS: &str = "id, job_id, item_id, at, kind, step, attempt, message, detail_json";
+const EVENT_COLUMNS: &str = "seq, job_id, item_id, at, kind, step, attempt, message, detail_json";
 
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 impl Store {
-    /// Connects to `url` (`postgres://…` or `sqlite://…`); does not migrate.
+    /// Connects to `url` (`postgres://…` or `sqlite://…`) with default [`StoreOptions`]; does not migrate.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, &StoreOptions::default()).await
+    }
+
+    /// Connects to `url` with `opts`; does not migrate.
+    pub async fn connect_with(url: &str, opts: &StoreOptions) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
@@ -149,9 +175,18 @@ impl Store {
                 .map_err(|_| StoreError::Unreachable("no answer within 10 s".into()))?
                 .map_err(|e| StoreError::Unreachable(e.to_string()))?;
                 sqlx::Connection::close(probe).await?;
+                let timeout_ms = opts.statement_timeout.as_millis().max(1) as u64;
                 AnyPoolOptions::new()
-                    .max_connections(10)
+                    .max_connections(opts.max_connections.max(1))
                     .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            sqlx::query(sql!("SET statement_timeout = {timeout_ms}"))
+                                .execute(&mut *conn)
+                                .await?;
+                            Ok(())
+                        })
+                    })
                     .connect_with(options)
                     .await?
             }
@@ -168,7 +203,9 @@ impl Store {
                         Box::pin(async move {
                             for pragma in [
                                 "PRAGMA journal_mode = WAL",
-                                "PRAGMA synchronous = NORMAL",
+                                // FULL: a commit (an answered 202) survives a power cut, not
+                                // only a crash of the process; it costs an fsync per commit.
+                                "PRAGMA synchronous = FULL",
                                 "PRAGMA busy_timeout = 5000",
                                 "PRAGMA foreign_keys = ON",
                             ] {
@@ -510,7 +547,7 @@ impl Store {
         row.map(|r| item_from_row(&r)).transpose()
     }
 
-    /// A job's timeline, oldest first (cursor = last event id).
+    /// A job's timeline, oldest first (cursor = the last event's number in the job).
     pub async fn list_events(
         &self,
         job_id: &str,
@@ -518,7 +555,7 @@ impl Store {
         limit: u32,
     ) -> Result<Page<EventRecord>> {
         let rows = sqlx::query(sql!(
-            "SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+            "SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
         ))
         .bind(job_id)
         .bind(after_id.unwrap_or(0))
@@ -557,12 +594,25 @@ impl Store {
     }
 
     /// Asks a queued or running job to stop: nothing new starts; a step in flight completes and is recorded.
+    ///
+    /// The flag is set only while the job is still queued or running (in the same statement that
+    /// checks it), so a cancel that loses a race with the job finishing is refused rather than
+    /// answered as accepted and left on the finished job.
     pub async fn cancel_job(&self, id: &str, now: Millis) -> Result<JobRecord> {
-        let job = self
-            .get_job(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(id.into()))?;
-        if !job.status.is_active() {
+        let mut tx = self.pool.begin().await?;
+        let flagged = sqlx::query(
+            "UPDATE jobs SET cancel_requested = 1, updated_at = $2 WHERE id = $1 AND status IN ('queued', 'running')",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if flagged.rows_affected() != 1 {
+            tx.rollback().await?;
+            let job = self
+                .get_job(id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(id.into()))?;
             return Err(StoreError::InvalidTransition {
                 job_id: id.into(),
                 status: job.status.as_str(),
@@ -570,12 +620,6 @@ impl Store {
                 allowed: "queued or running",
             });
         }
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = $2 WHERE id = $1")
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
         sqlx::query(
             "UPDATE job_items SET state = 'cancelled', updated_at = $2, finished_at = $2 \
              WHERE job_id = $1 AND state IN ('waiting', 'pending')",
@@ -630,7 +674,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE jobs SET status = 'queued', active_key = $2, lane_state = $3, attempt = 0, next_run_at = $4, \
-             last_error = NULL, finished_at = NULL, updated_at = $4 WHERE id = $1 AND status = 'failed'",
+             last_error = NULL, finished_at = NULL, cancel_requested = 0, fence = fence + 1, updated_at = $4 \
+             WHERE id = $1 AND status = 'failed'",
         )
         .bind(id)
         .bind(&target_key)
@@ -692,6 +737,10 @@ impl Store {
 
     /// Claims up to `limit` runnable job lanes (pending and due, or running with an expired lease).
     /// Each claim bumps the fence and counts as an attempt.
+    ///
+    /// Atomic: either every claimed row is handed out or the claim is rolled back. A row this build
+    /// cannot decode is failed on the spot (with a reason saying so) instead of being left running,
+    /// where it would come back at every lease expiry and never reach the attempt limit.
     pub async fn claim_jobs(
         &self,
         owner: &str,
@@ -699,24 +748,68 @@ impl Store {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<JobRecord>> {
+        self.claim_jobs_with(owner, &ManualClock::new(now), lease, limit)
+            .await
+    }
+
+    /// [`Store::claim_jobs`], reading `clock` once the connection is in hand: time spent waiting
+    /// for a connection must not shorten the lease.
+    pub async fn claim_jobs_with(
+        &self,
+        owner: &str,
+        clock: &dyn Clock,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>> {
         let lock = self.lock_clause();
-        let sql = format!(
-            "UPDATE jobs SET lane_state = 'running', lease_owner = $1, lease_expires_at = $2, fence = fence + 1, \
-             attempt = attempt + 1, updated_at = $3, started_at = COALESCE(started_at, $3), \
-             status = CASE WHEN status = 'queued' THEN 'running' ELSE status END \
-             WHERE id IN (SELECT id FROM jobs WHERE cancel_requested = 0 AND \
-               ((lane_state = 'pending' AND next_run_at <= $3) OR (lane_state = 'running' AND lease_expires_at < $3)) \
-               ORDER BY next_run_at LIMIT $4{lock}) \
-             RETURNING {JOB_COLUMNS}"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        // Two index ranges rather than one OR (which reads every candidate): lanes whose lease
+        // expired (few), then pending lanes by due time.
+        let claim = |pick: &str| {
+            format!(
+                "UPDATE jobs SET lane_state = 'running', lease_owner = $1, lease_expires_at = $2, fence = fence + 1, \
+                 attempt = attempt + 1, updated_at = $3, started_at = COALESCE(started_at, $3), \
+                 status = CASE WHEN status = 'queued' THEN 'running' ELSE status END \
+                 WHERE id IN (SELECT id FROM jobs WHERE cancel_requested = 0 AND {pick} LIMIT $4{lock}) \
+                 RETURNING {JOB_COLUMNS}"
+            )
+        };
+        let expired = claim("lane_state = 'running' AND lease_expires_at < $3");
+        let due = claim("lane_state = 'pending' AND next_run_at <= $3 ORDER BY next_run_at");
+        let mut tx = self.pool.begin().await?;
+        let now = clock.now_ms();
+        let until = now + lease.as_millis() as i64;
+        let mut rows = sqlx::query(AssertSqlSafe(expired))
             .bind(owner)
-            .bind(now + lease.as_millis() as i64)
+            .bind(until)
             .bind(now)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
-        rows.iter().map(job_from_row).collect()
+        let left = limit.saturating_sub(rows.len() as u32);
+        if left > 0 {
+            rows.extend(
+                sqlx::query(AssertSqlSafe(due))
+                    .bind(owner)
+                    .bind(until)
+                    .bind(now)
+                    .bind(i64::from(left))
+                    .fetch_all(&mut *tx)
+                    .await?,
+            );
+        }
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match job_from_row(row) {
+                Ok(j) => jobs.push(j),
+                Err(e) => {
+                    let id: String = row.try_get("id")?;
+                    tracing::error!(job = %id, error = %e, "failing a job this build cannot read");
+                    quarantine_job(&mut tx, &id, &unreadable("job", &e), now).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(jobs)
     }
 
     /// Claims up to `limit` runnable device items.
@@ -727,36 +820,170 @@ impl Store {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<ItemRecord>> {
+        let work = self
+            .claim_item_work(owner, &ManualClock::new(now), lease, limit)
+            .await?;
+        Ok(work.into_iter().map(|(item, _)| item).collect())
+    }
+
+    /// Claims up to `limit` runnable device items, each with its job (read once per job).
+    ///
+    /// Atomic like [`Store::claim_jobs`]: an item whose row, or whose job's row, cannot be decoded
+    /// is failed in the same transaction (the job with all its open items), never left leased.
+    pub async fn claim_item_work(
+        &self,
+        owner: &str,
+        clock: &dyn Clock,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<(ItemRecord, std::sync::Arc<JobRecord>)>> {
         let lock = self.lock_clause();
-        let sql = format!(
-            "UPDATE job_items SET state = 'running', lease_owner = $1, lease_expires_at = $2, fence = fence + 1, \
-             attempt = attempt + 1, updated_at = $3 \
-             WHERE id IN (SELECT id FROM job_items WHERE \
-               ((state = 'pending' AND next_run_at <= $3) OR (state = 'running' AND lease_expires_at < $3)) \
-               AND job_id NOT IN (SELECT id FROM jobs WHERE cancel_requested = 1) \
-               ORDER BY next_run_at LIMIT $4{lock}) \
-             RETURNING {ITEM_COLUMNS}"
+        let claim = |pick: &str| {
+            format!(
+                "UPDATE job_items SET state = 'running', lease_owner = $1, lease_expires_at = $2, fence = fence + 1, \
+                 attempt = attempt + 1, updated_at = $3 \
+                 WHERE id IN (SELECT id FROM job_items WHERE {pick} LIMIT $4{lock}) \
+                 RETURNING {ITEM_COLUMNS}"
+            )
+        };
+        // Expired leases first: few rows, one range of the (state, lease_expires_at) index.
+        let expired = claim(
+            "state = 'running' AND lease_expires_at < $3 AND EXISTS \
+             (SELECT 1 FROM jobs j WHERE j.id = job_items.job_id AND j.cancel_requested = 0)",
         );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        // Then due items one job at a time, each a range of the (job_id, state, next_run_at) index.
+        let due =
+            claim("job_id = $5 AND state = 'pending' AND next_run_at <= $3 ORDER BY next_run_at");
+        let mut tx = self.pool.begin().await?;
+        let now = clock.now_ms();
+        let until = now + lease.as_millis() as i64;
+        let mut rows = sqlx::query(AssertSqlSafe(expired))
             .bind(owner)
-            .bind(now + lease.as_millis() as i64)
+            .bind(until)
             .bind(now)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
-        let items: Vec<ItemRecord> = rows.iter().map(item_from_row).collect::<Result<_>>()?;
-        // A job whose first activity is an item (after a retry) becomes running.
-        let mut seen = std::collections::HashSet::new();
-        for it in &items {
-            if seen.insert(it.job_id.clone()) {
-                sqlx::query("UPDATE jobs SET status = 'running', updated_at = $2 WHERE id = $1 AND status = 'queued'")
-                    .bind(&it.job_id)
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await?;
+        let mut left = limit.saturating_sub(rows.len() as u32);
+        if left > 0 {
+            // Items are only pending while their job waits at its barrier. Fair between jobs: each
+            // gets an equal share of the free slots, in random order so that when there are more
+            // jobs than slots none waits behind the others every time; unused shares go round again.
+            let mut open: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM jobs WHERE lane_state = 'waiting_items' AND cancel_requested = 0 \
+                 AND status IN ('queued', 'running') ORDER BY RANDOM()",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            while left > 0 && !open.is_empty() {
+                let share = left.div_ceil(open.len() as u32).max(1);
+                let mut still_open = Vec::with_capacity(open.len());
+                for job_id in open {
+                    if left == 0 {
+                        break;
+                    }
+                    let want = share.min(left);
+                    let got = sqlx::query(AssertSqlSafe(due.clone()))
+                        .bind(owner)
+                        .bind(until)
+                        .bind(now)
+                        .bind(i64::from(want))
+                        .bind(&job_id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    left -= got.len() as u32;
+                    if got.len() as u32 == want {
+                        // It may have more: it takes part in the next round.
+                        still_open.push(job_id);
+                    }
+                    rows.extend(got);
+                }
+                open = still_open;
             }
         }
-        Ok(items)
+        let mut items = Vec::with_capacity(rows.len());
+        let mut touched: Vec<String> = Vec::new();
+        for row in &rows {
+            match item_from_row(row) {
+                Ok(i) => items.push(i),
+                Err(e) => {
+                    let id: String = row.try_get("id")?;
+                    let job_id: String = row.try_get("job_id")?;
+                    tracing::error!(item = %id, error = %e, "failing a device item this build cannot read");
+                    quarantine_item(&mut tx, &id, &job_id, &unreadable("device item", &e), now)
+                        .await?;
+                    touched.push(job_id);
+                }
+            }
+        }
+        // Items of one job share one read of the job; a job that cannot be read takes its items down with it.
+        let mut jobs: HashMap<String, Option<std::sync::Arc<JobRecord>>> = HashMap::new();
+        for it in &items {
+            if jobs.contains_key(&it.job_id) {
+                continue;
+            }
+            let row = sqlx::query(sql!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+                .bind(&it.job_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let job = match row.map(|r| job_from_row(&r)) {
+                Some(Ok(j)) => Some(std::sync::Arc::new(j)),
+                Some(Err(e)) => {
+                    tracing::error!(job = %it.job_id, error = %e, "failing a job this build cannot read");
+                    quarantine_job(&mut tx, &it.job_id, &unreadable("job", &e), now).await?;
+                    None
+                }
+                None => {
+                    // Items reference their job by foreign key; a missing job means a hand-edited database.
+                    let err =
+                        StepError::msg(format!("job {} of this device is missing", it.job_id));
+                    sqlx::query(
+                        "UPDATE job_items SET state = 'failed', lease_owner = NULL, lease_expires_at = NULL, \
+                         last_error = $2, finished_at = $3, updated_at = $3 WHERE job_id = $1 AND state = 'running' \
+                         AND lease_owner = $4",
+                    )
+                    .bind(&it.job_id)
+                    .bind(to_json(&err))
+                    .bind(now)
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await?;
+                    None
+                }
+            };
+            jobs.insert(it.job_id.clone(), job);
+        }
+        tx.commit().await?;
+        let mut out = Vec::with_capacity(items.len());
+        for it in items {
+            if let Some(Some(job)) = jobs.get(&it.job_id) {
+                out.push((it, job.clone()));
+            }
+        }
+        // After the commit, and best effort: a job whose first activity is an item (after a retry)
+        // shows as running; a job that lost an item to quarantine may be finished now. Neither may
+        // undo the claim (taking the job row lock inside it could deadlock with a cancel).
+        let mut seen = std::collections::HashSet::new();
+        for (it, _) in &out {
+            if seen.insert(it.job_id.clone()) {
+                let r = sqlx::query(
+                    "UPDATE jobs SET status = 'running', updated_at = $2 WHERE id = $1 AND status = 'queued'",
+                )
+                .bind(&it.job_id)
+                .bind(now)
+                .execute(&self.pool)
+                .await;
+                if let Err(e) = r {
+                    tracing::warn!(job = %it.job_id, error = %e, "could not mark the job running");
+                }
+            }
+        }
+        for job_id in touched {
+            if let Err(e) = self.settle(&job_id, now).await {
+                tracing::warn!(job = %job_id, error = %e, "settling after a quarantined item failed");
+            }
+        }
+        Ok(out)
     }
 
     fn lock_clause(&self) -> &'static str {
@@ -778,6 +1005,30 @@ impl Store {
         self.renew(LaneTable::Items, id, fence, until).await
     }
 
+    /// Extends a job lease to `lease` from `clock`'s time once a connection is in hand; false when the lease was lost.
+    pub async fn renew_job_for(
+        &self,
+        id: &str,
+        fence: i64,
+        clock: &dyn Clock,
+        lease: Duration,
+    ) -> Result<bool> {
+        self.renew_for(LaneTable::Jobs, id, fence, clock, lease)
+            .await
+    }
+
+    /// Extends an item lease like [`Store::renew_job_for`].
+    pub async fn renew_item_for(
+        &self,
+        id: &str,
+        fence: i64,
+        clock: &dyn Clock,
+        lease: Duration,
+    ) -> Result<bool> {
+        self.renew_for(LaneTable::Items, id, fence, clock, lease)
+            .await
+    }
+
     /// Gives a job lane back without counting the attempt (graceful shutdown).
     pub async fn release_job(&self, id: &str, fence: i64, now: Millis) -> Result<bool> {
         self.release(LaneTable::Jobs, id, fence, now).await
@@ -789,14 +1040,28 @@ impl Store {
     }
 
     async fn renew(&self, lane: LaneTable, id: &str, fence: i64, until: Millis) -> Result<bool> {
+        self.renew_for(lane, id, fence, &ManualClock::new(until), Duration::ZERO)
+            .await
+    }
+
+    async fn renew_for(
+        &self,
+        lane: LaneTable,
+        id: &str,
+        fence: i64,
+        clock: &dyn Clock,
+        lease: Duration,
+    ) -> Result<bool> {
         let (table, state) = lane.names();
+        let mut conn = self.pool.acquire().await?;
+        let until = clock.now_ms() + lease.as_millis() as i64;
         let r = sqlx::query(sql!(
             "UPDATE {table} SET lease_expires_at = $3 WHERE id = $1 AND fence = $2 AND {state} = 'running'"
         ))
         .bind(id)
         .bind(fence)
         .bind(until)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -825,7 +1090,8 @@ impl Store {
         now: Millis,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let state = if job_cancelled(&mut tx, &job.id).await? && !t.state.is_terminal() {
+        let cancelled = job_cancelled(&mut tx, &job.id).await?;
+        let state = if cancelled && !t.state.is_terminal() {
             LaneState::Cancelled
         } else {
             t.state
@@ -856,7 +1122,8 @@ impl Store {
             tx.rollback().await?;
             return Err(StoreError::Fenced);
         }
-        if !effects.new_items.is_empty() {
+        // A cancelled job starts no new device work: items found now would be left waiting for ever.
+        if !effects.new_items.is_empty() && !cancelled {
             insert_items(&mut tx, &job.id, &effects.new_items, now).await?;
         }
         if state == LaneState::WaitingItems {
@@ -936,9 +1203,27 @@ impl Store {
     /// Runs in its own statements after the write that may have unblocked it, and is idempotent, so
     /// concurrent completions on several replicas cannot leave a job stuck.
     pub async fn settle(&self, job_id: &str, now: Millis) -> Result<()> {
-        let Some(mut job) = self.get_job(job_id).await? else {
-            return Ok(());
+        let job = match self.get_job(job_id).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return Ok(()),
+            Err(e @ StoreError::Corrupt(_)) => {
+                // A job this build cannot read never settles: fail it (and its open items) instead.
+                tracing::error!(job = %job_id, error = %e, "failing a job this build cannot read");
+                let mut tx = self.pool.begin().await?;
+                quarantine_job(&mut tx, job_id, &unreadable("job", &e), now).await?;
+                tx.commit().await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
         };
+        self.settle_job(&job, now).await
+    }
+
+    /// [`Store::settle`] from a record already read (possibly some time ago): whatever it decides is
+    /// written only if the job is still in the state read, so a stale record changes nothing.
+    pub async fn settle_job(&self, read: &JobRecord, now: Millis) -> Result<()> {
+        let mut job = read.clone();
+        let job_id = read.id.as_str();
         if !job.status.is_active() {
             return Ok(());
         }
@@ -1042,9 +1327,15 @@ impl Store {
                     )
                     .await?;
                     if t.state == LaneState::Succeeded {
+                        // What the row holds after the move just made.
+                        let moved = JobRecord {
+                            step_index: t.step_index,
+                            lane_state: t.state,
+                            ..job.clone()
+                        };
                         return self
                             .finish(
-                                &job,
+                                &moved,
                                 JobStatus::Succeeded,
                                 LaneState::Succeeded,
                                 None,
@@ -1117,15 +1408,24 @@ impl Store {
         message: &str,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        // Compare-and-set on the state the decision was made from: a settle delayed past a retry
+        // (which bumps the fence), a claim, a move past the barrier or a cancel must not have its
+        // stale verdict applied. A cancel accepted after the read ends the job as cancelled through
+        // its own settle.
         let r = sqlx::query(
             "UPDATE jobs SET status = $2, lane_state = $3, active_key = NULL, last_error = $4, finished_at = $5, \
-             updated_at = $5 WHERE id = $1 AND status IN ('queued', 'running') AND lane_state <> 'running'",
+             updated_at = $5 WHERE id = $1 AND status IN ('queued', 'running') AND cancel_requested = $6 \
+             AND fence = $7 AND lane_state = $8 AND step_index = $9",
         )
         .bind(&job.id)
         .bind(status.as_str())
         .bind(lane.as_str())
         .bind(error.as_ref().map(to_json))
         .bind(now)
+        .bind(i64::from(job.cancel_requested))
+        .bind(job.fence)
+        .bind(job.lane_state.as_str())
+        .bind(job.step_index as i64)
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 1 {
@@ -1137,18 +1437,45 @@ impl Store {
         Ok(())
     }
 
-    /// Settles every job waiting on its items (a periodic safety net for missed wake-ups).
+    /// Settles every job a missed wake-up may have left unsettled (a periodic safety net).
+    ///
+    /// One job that cannot be settled is logged and skipped: it must not keep the others stuck.
     pub async fn settle_waiting(&self, now: Millis) -> Result<()> {
+        let ids = self.jobs_to_settle().await?;
+        for id in ids {
+            if let Err(e) = self.settle(&id, now).await {
+                tracing::error!(job = %id, error = %e, "settling the job failed; the sweep goes on");
+            }
+        }
+        Ok(())
+    }
+
+    /// Jobs the settle sweep must look at: active jobs whose lane ended, cancelled ones, and jobs
+    /// waiting on their items when none is open any more (not every waiting job at every poll).
+    pub async fn jobs_to_settle(&self) -> Result<Vec<String>> {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM jobs WHERE status IN ('queued', 'running') AND \
-             (lane_state IN ('waiting_items', 'succeeded', 'failed', 'cancelled') OR cancel_requested = 1)",
+             (lane_state IN ('succeeded', 'failed', 'cancelled') OR cancel_requested = 1 OR \
+              (lane_state = 'waiting_items' AND NOT EXISTS (SELECT 1 FROM job_items i WHERE i.job_id = jobs.id \
+               AND i.state IN ('waiting', 'pending', 'running')))) \
+             ORDER BY created_at",
         )
         .fetch_all(&self.pool)
         .await?;
-        for id in ids {
-            self.settle(&id, now).await?;
-        }
-        Ok(())
+        Ok(ids)
+    }
+
+    /// The database server's time, in milliseconds since the Unix epoch.
+    pub async fn db_now_ms(&self) -> Result<Millis> {
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+            }
+            Backend::Sqlite => {
+                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+            }
+        };
+        Ok(sqlx::query_scalar(sql).fetch_one(&self.pool).await?)
     }
 }
 
@@ -1184,6 +1511,67 @@ impl LaneTable {
 enum Bind {
     Text(String),
     Int(i64),
+}
+
+/// The error recorded on a row this build cannot decode.
+fn unreadable(what: &str, e: &StoreError) -> StepError {
+    StepError::msg(format!(
+        "the stored {what} cannot be read by this version of deprovisiond ({e}); it was failed instead of run \
+         (if a newer version wrote it, let that version handle it and retry the job there)"
+    ))
+}
+
+/// Fails a job and every open item of it without decoding its row.
+async fn quarantine_job(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    job_id: &str,
+    err: &StepError,
+    now: Millis,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET status = 'failed', lane_state = 'failed', active_key = NULL, lease_owner = NULL, \
+         lease_expires_at = NULL, last_error = $2, finished_at = $3, updated_at = $3 \
+         WHERE id = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(job_id)
+    .bind(to_json(err))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE job_items SET state = 'failed', lease_owner = NULL, lease_expires_at = NULL, last_error = $2, \
+         finished_at = $3, updated_at = $3 WHERE job_id = $1 AND state IN ('waiting', 'pending', 'running')",
+    )
+    .bind(job_id)
+    .bind(to_json(err))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let mut e = NewEvent::new("failed", err.message.clone());
+    e.kind = "job_failed".into();
+    insert_event(tx, job_id, now, &e).await
+}
+
+/// Fails one item without decoding its row.
+async fn quarantine_item(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    item_id: &str,
+    job_id: &str,
+    err: &StepError,
+    now: Millis,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE job_items SET state = 'failed', lease_owner = NULL, lease_expires_at = NULL, last_error = $2, \
+         finished_at = $3, updated_at = $3 WHERE id = $1",
+    )
+    .bind(item_id)
+    .bind(to_json(err))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let mut e = NewEvent::new("step_failed", err.message.clone());
+    e.item_id = Some(item_id.to_string());
+    insert_event(tx, job_id, now, &e).await
 }
 
 async fn job_cancelled(tx: &mut sqlx::Transaction<'_, sqlx::Any>, job_id: &str) -> Result<bool> {
@@ -1233,9 +1621,18 @@ async fn insert_event(
     now: Millis,
     e: &NewEvent,
 ) -> Result<()> {
+    // Numbered under the job's row lock, held until commit: numbers become visible in commit order,
+    // so a reader paging by number never passes an event still to commit. (Costs: a job's event
+    // writers take turns on its row.)
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE jobs SET event_seq = event_seq + 1 WHERE id = $1 RETURNING event_seq",
+    )
+    .bind(job_id)
+    .fetch_one(&mut **tx)
+    .await?;
     sqlx::query(
-        "INSERT INTO job_events (job_id, item_id, at, kind, step, attempt, message, detail_json) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+        "INSERT INTO job_events (job_id, seq, item_id, at, kind, step, attempt, message, detail_json) \
+         VALUES ($1,$9,$2,$3,$4,$5,$6,$7,$8)",
     )
     .bind(job_id)
     .bind(e.item_id.clone())
@@ -1245,6 +1642,7 @@ async fn insert_event(
     .bind(e.attempt.map(i64::from))
     .bind(e.message.clone())
     .bind(e.detail.as_ref().map(to_json))
+    .bind(seq)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -1335,7 +1733,7 @@ fn item_from_row(row: &AnyRow) -> Result<ItemRecord> {
 
 fn event_from_row(row: &AnyRow) -> Result<EventRecord> {
     Ok(EventRecord {
-        id: row.try_get("id")?,
+        id: row.try_get("seq")?,
         job_id: row.try_get("job_id")?,
         item_id: row.try_get("item_id")?,
         at: row.try_get("at")?,

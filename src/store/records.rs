@@ -116,7 +116,7 @@ pub struct ItemRecord {
 /// One entry of a job's timeline.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRecord {
-    /// Monotonic id (also the paging cursor).
+    /// The event's number in its job's timeline (1, 2, …, in commit order; also the paging cursor).
     pub id: i64,
     /// The job.
     pub job_id: String,

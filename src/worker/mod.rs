@@ -11,6 +11,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use step::{StepResult, Workflow};
@@ -18,7 +19,7 @@ pub use step::{StepResult, Workflow};
 use crate::domain::backoff::BackoffPolicy;
 use crate::domain::clock::SharedClock;
 use crate::domain::lane::{self, Outcome, Position, StepError};
-use crate::store::{ItemRecord, JobRecord, NewEvent, Store, StoreError};
+use crate::store::{ItemRecord, JobRecord, NewEvent, StepEffects, Store, StoreError};
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -77,10 +78,10 @@ pub struct Engine {
     rng: Arc<Mutex<StdRng>>,
 }
 
-/// Which kind of lane a task runs.
+/// Which kind of lane a task runs, and when the claim that leased it was sent.
 enum Claimed {
-    Job(Box<JobRecord>),
-    Item(Box<ItemRecord>, Arc<JobRecord>),
+    Job(Box<JobRecord>, Instant),
+    Item(Box<ItemRecord>, Arc<JobRecord>, Instant),
 }
 
 impl Engine {
@@ -114,33 +115,32 @@ impl Engine {
         let hard_stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut last_settle = tokio::time::Instant::now();
+        let sweep_every = (this.config.poll_every * 10).max(Duration::from_secs(1));
         tracing::info!(worker = %this.config.worker_id, "engine started");
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let free = slots.available_permits() as u32;
             let mut claimed = 0;
             if free > 0 {
-                match this.claim(free).await {
-                    Ok(work) => {
-                        claimed = work.len();
-                        for w in work {
-                            // The permit count was read above and only this loop takes permits.
-                            let permit = slots
-                                .clone()
-                                .try_acquire_owned()
-                                .expect("free slot counted above");
-                            let me = this.clone();
-                            let stop = hard_stop.clone();
-                            tasks.spawn(async move {
-                                me.execute(w, stop).await;
-                                drop(permit);
-                            });
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "claiming work failed"),
+                let work = this.claim(free).await;
+                claimed = work.len();
+                for w in work {
+                    // The permit count was read above and only this loop takes permits.
+                    let permit = slots
+                        .clone()
+                        .try_acquire_owned()
+                        .expect("free slot counted above");
+                    let me = this.clone();
+                    let stop = hard_stop.clone();
+                    tasks.spawn(async move {
+                        me.execute(w, stop).await;
+                        drop(permit);
+                    });
                 }
             }
-            if last_settle.elapsed() >= this.config.poll_every {
+            // The sweep is a safety net for missed settles (each write settles its own job), so it
+            // runs at a tenth of the poll rate, and at most once a second.
+            if last_settle.elapsed() >= sweep_every {
                 last_settle = tokio::time::Instant::now();
                 if let Err(e) = this.store.settle_waiting(this.clock.now_ms()).await {
                     tracing::error!(error = %e, "settling jobs failed");
@@ -171,47 +171,54 @@ impl Engine {
         tracing::info!("engine stopped");
     }
 
-    async fn claim(&self, free: u32) -> Result<Vec<Claimed>, StoreError> {
-        let now = self.clock.now_ms();
-        let jobs = self
+    /// Claims jobs, then items. Each store claim is one transaction, so a failure hands out nothing
+    /// and strands nothing; what an earlier claim of this round took is still run.
+    async fn claim(&self, free: u32) -> Vec<Claimed> {
+        let mut out: Vec<Claimed> = Vec::new();
+        // Taken before the claim is sent: the lease the store writes starts no earlier, so the
+        // step's local deadline never outlasts it.
+        let sent = Instant::now();
+        match self
             .store
-            .claim_jobs(&self.config.worker_id, now, self.config.lease, free)
-            .await?;
-        let left = free - jobs.len() as u32;
-        let mut out: Vec<Claimed> = jobs
-            .into_iter()
-            .map(|j| Claimed::Job(Box::new(j)))
-            .collect();
+            .claim_jobs_with(
+                &self.config.worker_id,
+                &*self.clock,
+                self.config.lease,
+                free,
+            )
+            .await
+        {
+            Ok(jobs) => out.extend(jobs.into_iter().map(|j| Claimed::Job(Box::new(j), sent))),
+            Err(e) => tracing::error!(error = %e, "claiming jobs failed"),
+        }
+        let left = free.saturating_sub(out.len() as u32);
         if left > 0 {
-            let items = self
+            let sent = Instant::now();
+            match self
                 .store
-                .claim_items(&self.config.worker_id, now, self.config.lease, left)
-                .await?;
-            // Items of one job share one read of the job.
-            let mut jobs: std::collections::HashMap<String, Arc<JobRecord>> =
-                std::collections::HashMap::new();
-            for item in items {
-                let job = match jobs.get(&item.job_id) {
-                    Some(j) => j.clone(),
-                    None => match self.store.get_job(&item.job_id).await? {
-                        Some(j) => {
-                            let j = Arc::new(j);
-                            jobs.insert(item.job_id.clone(), j.clone());
-                            j
-                        }
-                        None => return Err(StoreError::NotFound(item.job_id.clone())),
-                    },
-                };
-                out.push(Claimed::Item(Box::new(item), job));
+                .claim_item_work(
+                    &self.config.worker_id,
+                    &*self.clock,
+                    self.config.lease,
+                    left,
+                )
+                .await
+            {
+                Ok(items) => out.extend(
+                    items
+                        .into_iter()
+                        .map(|(item, job)| Claimed::Item(Box::new(item), job, sent)),
+                ),
+                Err(e) => tracing::error!(error = %e, "claiming device items failed"),
             }
         }
-        Ok(out)
+        out
     }
 
     async fn execute(&self, work: Claimed, hard_stop: CancellationToken) {
         let r = match work {
-            Claimed::Job(job) => self.execute_job(*job, hard_stop).await,
-            Claimed::Item(item, job) => self.execute_item(*item, job, hard_stop).await,
+            Claimed::Job(job, sent) => self.execute_job(*job, sent, hard_stop).await,
+            Claimed::Item(item, job, sent) => self.execute_item(*item, job, sent, hard_stop).await,
         };
         match r {
             Ok(()) => {}
@@ -227,6 +234,7 @@ impl Engine {
     async fn execute_job(
         &self,
         job: JobRecord,
+        claimed: Instant,
         hard_stop: CancellationToken,
     ) -> Result<(), StoreError> {
         let Some(step) = job.current_step().map(str::to_string) else {
@@ -244,14 +252,16 @@ impl Engine {
             let fut = async move { wf.run_job_step(&j, &s).await };
             let store = self.store.clone();
             let (id, fence) = (job.id.clone(), job.fence);
-            let renew = move |until| {
-                let store = store.clone();
-                let id = id.clone();
-                async move { store.renew_job(&id, fence, until).await }
+            let (clock, lease) = (self.clock.clone(), self.config.lease);
+            let renew = move || {
+                let (store, id, clock) = (store.clone(), id.clone(), clock.clone());
+                async move { store.renew_job_for(&id, fence, &*clock, lease).await }
             };
-            match self.supervise(fut, renew, hard_stop).await {
+            match self.supervise(fut, renew, claimed, hard_stop).await {
                 Supervised::Done(r) => *r,
                 Supervised::LeaseLost => return Err(StoreError::Fenced),
+                // The lane is re-run once its lease expires in the database; nothing to record.
+                Supervised::LeaseExpired => return Ok(()),
                 Supervised::Stopped => {
                     self.store
                         .release_job(&job.id, job.fence, self.clock.now_ms())
@@ -261,13 +271,13 @@ impl Engine {
             }
         };
         let now = self.clock.now_ms();
-        let mut t = self.advance(
-            &job.plan.job_steps,
-            job.step_index,
-            job.attempt,
-            result.outcome.clone(),
-            now,
-        );
+        // A job step with nothing to do is done: a job lane has no `skipped` end (that is for
+        // devices), and a job left there would never settle. The event still says it skipped.
+        let moved = match &result.outcome {
+            Outcome::Skipped(_) => Outcome::Done,
+            other => other.clone(),
+        };
+        let mut t = self.advance(&job.plan.job_steps, job.step_index, job.attempt, moved, now);
         if matches!(result.outcome, Outcome::Retry { .. } | Outcome::Fail(_)) {
             // A paging step that fails resumes where it stopped, on its next attempt or after a job retry.
             t.cursor = job.cursor.clone();
@@ -288,13 +298,41 @@ impl Engine {
         &self,
         item: ItemRecord,
         job: Arc<JobRecord>,
+        claimed: Instant,
         hard_stop: CancellationToken,
     ) -> Result<(), StoreError> {
         let Some(step) = job.plan.item_steps.get(item.step_index).cloned() else {
-            return Err(StoreError::Corrupt(format!(
-                "item {} has no step {}",
-                item.id, item.step_index
-            )));
+            // Recorded as a failure, not returned as an error: an error would leave the lease to
+            // expire and the item to come back for ever, never reaching the attempt limit.
+            let err = StepError::msg(format!(
+                "the device is at step {} but its job's plan has {} device step(s); failed instead of run",
+                item.step_index,
+                job.plan.item_steps.len()
+            ));
+            let now = self.clock.now_ms();
+            let t = lane::Transition {
+                state: lane::LaneState::Failed,
+                step_index: item.step_index,
+                attempt: item.attempt,
+                next_run_at: now,
+                cursor: None,
+                error: Some(err.clone()),
+                skip_reason: None,
+            };
+            let effects = StepEffects {
+                events: vec![NewEvent {
+                    item_id: Some(item.id.clone()),
+                    kind: "step_failed".into(),
+                    attempt: Some(item.attempt),
+                    message: Some(format!("{}: {}", item.registration_id, err.message)),
+                    ..NewEvent::default()
+                }],
+                ..StepEffects::default()
+            };
+            return self
+                .store
+                .complete_item_step(&item, &t, &effects, now)
+                .await;
         };
         let result = if self.exhausted(item.attempt) {
             lease_exhausted(item.attempt)
@@ -304,14 +342,16 @@ impl Engine {
             let fut = async move { wf.run_item_step(&j, &it, &s).await };
             let store = self.store.clone();
             let (id, fence) = (item.id.clone(), item.fence);
-            let renew = move |until| {
-                let store = store.clone();
-                let id = id.clone();
-                async move { store.renew_item(&id, fence, until).await }
+            let (clock, lease) = (self.clock.clone(), self.config.lease);
+            let renew = move || {
+                let (store, id, clock) = (store.clone(), id.clone(), clock.clone());
+                async move { store.renew_item_for(&id, fence, &*clock, lease).await }
             };
-            match self.supervise(fut, renew, hard_stop).await {
+            match self.supervise(fut, renew, claimed, hard_stop).await {
                 Supervised::Done(r) => *r,
                 Supervised::LeaseLost => return Err(StoreError::Fenced),
+                // The lane is re-run once its lease expires in the database; nothing to record.
+                Supervised::LeaseExpired => return Ok(()),
                 Supervised::Stopped => {
                     self.store
                         .release_item(&item.id, item.fence, self.clock.now_ms())
@@ -370,28 +410,53 @@ impl Engine {
         )
     }
 
-    /// Runs a step while renewing its lease; gives up the step when the lease is lost or the grace period ends.
+    /// Runs a step while renewing its lease; gives up the step when the lease is lost, when its
+    /// deadline passes without a successful renewal, or when the grace period ends.
+    ///
+    /// The renewal runs beside the step rather than in front of it, so a slow database neither
+    /// pauses the step nor delays the stop. The local deadline is counted from when the claim (or
+    /// the last successful renewal) was sent, which is no later than the expiry the store wrote:
+    /// once it passes, another replica may hold the lane, so the step's future is dropped and its
+    /// result discarded.
     async fn supervise<F, R, RF>(
         &self,
         fut: F,
         renew: R,
+        claimed: Instant,
         hard_stop: CancellationToken,
     ) -> Supervised
     where
         F: std::future::Future<Output = StepResult> + Send,
-        R: Fn(i64) -> RF,
+        R: Fn() -> RF,
         RF: std::future::Future<Output = Result<bool, StoreError>>,
     {
         tokio::pin!(fut);
+        let lease = self.config.lease;
+        let mut deadline = claimed + lease;
         let mut ticker = tokio::time::interval(self.config.renew_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
+        let mut renewal: Option<(Instant, std::pin::Pin<Box<RF>>)> = None;
         loop {
             tokio::select! {
                 r = &mut fut => return Supervised::Done(Box::new(r)),
-                _ = ticker.tick() => {
-                    let until = self.clock.now_ms() + self.config.lease.as_millis() as i64;
-                    match renew(until).await {
-                        Ok(true) => {}
+                _ = hard_stop.cancelled() => return Supervised::Stopped,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("lease ran out before a renewal succeeded; stopping the step and discarding its result");
+                    return Supervised::LeaseExpired;
+                }
+                _ = ticker.tick(), if renewal.is_none() => {
+                    renewal = Some((Instant::now(), Box::pin(renew())));
+                }
+                r = async {
+                    match renewal.as_mut() {
+                        Some((_, f)) => f.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if renewal.is_some() => {
+                    let sent = renewal.take().map(|(at, _)| at).unwrap_or(deadline);
+                    match r {
+                        Ok(true) => deadline = sent + lease,
                         Ok(false) => {
                             tracing::warn!("lease lost while the step ran; abandoning it");
                             return Supervised::LeaseLost;
@@ -399,7 +464,6 @@ impl Engine {
                         Err(e) => tracing::warn!(error = %e, "lease renewal failed; will try again"),
                     }
                 }
-                _ = hard_stop.cancelled() => return Supervised::Stopped,
             }
         }
     }
@@ -408,6 +472,7 @@ impl Engine {
 enum Supervised {
     Done(Box<StepResult>),
     LeaseLost,
+    LeaseExpired,
     Stopped,
 }
 

@@ -9,7 +9,7 @@ use deprovisiond::domain::lane::LaneState;
 use serde_json::Value;
 
 use crate::both_stores;
-use crate::support::{Act, Scripted, TestApp, TestDb, fast_engine, individual};
+use crate::support::{Act, Scripted, Skewed, TestApp, TestDb, fast_engine, individual};
 
 both_stores!(
     transient_failures_back_off_then_succeed,
@@ -19,6 +19,8 @@ both_stores!(
     shutdown_lets_short_steps_finish,
     shutdown_releases_leases_of_steps_past_the_grace_period,
     sigkill_mid_step_reruns_that_step_at_most_once,
+    an_item_at_a_step_its_plan_lacks_fails_instead_of_looping,
+    a_skipped_job_step_moves_the_job_on,
 );
 
 async fn transient_failures_back_off_then_succeed(db: TestDb) {
@@ -316,4 +318,157 @@ async fn sigkill_mid_step_reruns_that_step_at_most_once(db: TestDb) {
     assert_eq!(revoke_ok["attempt"], 2);
     child.kill().ok();
     child.wait().ok();
+}
+
+async fn an_item_at_a_step_its_plan_lacks_fails_instead_of_looping(db: TestDb) {
+    let wf = Scripted::new(1);
+    wf.script("revoke", "-", vec![Act::Hang(Duration::from_millis(800))]);
+    let app = TestApp::spawn(&db, wf.clone()).await;
+    let job: Value = app
+        .post("/v1/deprovisions", &individual("dev-0000"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    app.wait_job(&id, Duration::from_secs(10), |j| {
+        j["steps"][1]["state"] == "running"
+    })
+    .await;
+    // While the device waits for revoke, its row is moved to a step this build's plan does not have.
+    let store = db.store().await;
+    sqlx::query("UPDATE job_items SET step_index = 7 WHERE job_id = $1")
+        .bind(&id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    let end = app.wait_status(&id, "failed").await;
+    let devices = app
+        .get_json(&format!("/v1/deprovisions/{id}/devices"))
+        .await;
+    let err = devices["items"][0]["last_error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(err.contains("step 7"), "{err} / {end:#}");
+    assert!(wf.runs_of("registry", Some("dev-0000")).is_empty());
+    app.stop().await;
+}
+
+async fn a_skipped_job_step_moves_the_job_on(db: TestDb) {
+    let wf = Scripted::new(1);
+    wf.script("finish", "-", vec![Act::Skip]);
+    let app = TestApp::spawn(&db, wf.clone()).await;
+    let job: Value = app
+        .post("/v1/deprovisions", &individual("dev-0000"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap();
+    app.wait_status(id, "succeeded").await;
+    let kinds: Vec<Value> = app
+        .events(id)
+        .await
+        .into_iter()
+        .map(|e| e["kind"].clone())
+        .collect();
+    assert!(kinds.contains(&Value::from("step_skipped")), "{kinds:?}");
+    app.stop().await;
+}
+
+/// Runs `body` on PostgreSQL only: what it checks (row locks, several replicas) is not real on SQLite.
+macro_rules! postgres_only {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(db) = $crate::support::TestDb::postgres().await {
+                        super::$name(db).await
+                    }
+                }
+            }
+        )*
+    };
+}
+
+postgres_only!(
+    a_step_is_stopped_when_its_lease_runs_out_unrenewed,
+    a_replica_with_a_fast_clock_does_not_steal_live_leases,
+);
+
+async fn a_step_is_stopped_when_its_lease_runs_out_unrenewed(db: TestDb) {
+    let wf = Scripted::new(1);
+    wf.script("revoke", "-", vec![Act::Hang(Duration::from_millis(4_000))]);
+    let mut engine = fast_engine();
+    engine.lease = Duration::from_millis(1_000);
+    engine.renew_every = Duration::from_millis(200);
+    let app = TestApp::spawn_with(&db, wf.clone(), engine, true).await;
+    let job: Value = app
+        .post("/v1/deprovisions", &individual("dev-0000"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    app.wait_job(&id, Duration::from_secs(10), |j| {
+        j["steps"][1]["state"] == "running"
+    })
+    .await;
+    // Hold the job's row so every renewal hangs (as on a stalled database) for 2.5 s.
+    let store = db.store().await;
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT id FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    tx.rollback().await.unwrap();
+    app.wait_status(&id, "succeeded").await;
+    // The first run was stopped when its unrenewed lease ran out, not left running beside the second.
+    assert!(
+        wf.hangs_finished.lock().unwrap().is_empty(),
+        "the step ran on past its lease"
+    );
+    assert_eq!(wf.runs_of("revoke", None).len(), 2);
+    store.close().await;
+    app.stop().await;
+}
+
+async fn a_replica_with_a_fast_clock_does_not_steal_live_leases(db: TestDb) {
+    let wf = Scripted::new(1);
+    wf.script("revoke", "-", vec![Act::Hang(Duration::from_millis(3_000))]);
+    let a = TestApp::spawn(&db, wf.clone()).await;
+    let job: Value = a
+        .post("/v1/deprovisions", &individual("dev-0000"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    a.wait_job(&id, Duration::from_secs(10), |j| {
+        j["steps"][1]["state"] == "running"
+    })
+    .await;
+    // A second replica whose clock runs 20 s ahead (its leases would look long expired).
+    let choice = deprovisiond::app::WorkflowChoice::Custom(wf.clone(), vec!["default".into()]);
+    let b = TestApp::spawn_clocked(
+        &db,
+        choice,
+        fast_engine(),
+        true,
+        std::sync::Arc::new(Skewed(20_000)),
+    )
+    .await;
+    a.wait_status(&id, "succeeded").await;
+    assert_eq!(
+        wf.runs_of("revoke", None).len(),
+        1,
+        "the fast replica took over a live lease"
+    );
+    b.stop().await;
+    a.stop().await;
 }

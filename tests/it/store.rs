@@ -23,6 +23,20 @@ both_stores!(
     concurrent_claimers_never_share_work,
     release_gives_work_back_without_an_attempt,
     migrations_are_idempotent_and_ready,
+    claim_quarantines_undecodable_rows,
+    a_cancel_racing_a_failure_is_either_refused_or_wins,
+    retry_after_a_cancel_that_raced_a_failure_runs_again,
+    a_delayed_settle_cannot_undo_a_retry,
+    retry_racing_a_delayed_settle_keeps_the_retry,
+    event_pages_never_skip_events_during_concurrent_inserts,
+    a_cancelled_job_inserts_no_items,
+    one_bad_job_does_not_stop_the_settle_sweep,
+    the_sweep_skips_jobs_with_open_items,
+    a_single_device_job_is_not_starved_by_a_big_one,
+    concurrent_claimers_across_jobs_never_share_work,
+    the_database_clock_corrects_a_skewed_replica,
+    pool_size_statement_timeout_and_durability,
+    concurrent_identical_posts_make_one_job,
 );
 
 fn plan() -> Plan {
@@ -387,4 +401,567 @@ async fn migrations_are_idempotent_and_ready(db: TestDb) {
     let s = db.store().await;
     s.migrate().await.unwrap();
     assert!(s.ready().await.unwrap());
+}
+
+async fn created(s: &Store, body: serde_json::Value, now: i64) -> String {
+    match s.create_job(new_job(body, None), now).await.unwrap() {
+        Created::New(j) => j.id,
+        Created::Replayed(_) => panic!("expected a new job"),
+    }
+}
+
+/// Creates a job and runs it to its items barrier with `n` devices `d0…` pending.
+/// No other job may be pending meanwhile (the claims here take whatever is due).
+async fn at_barrier(s: &Store, body: serde_json::Value, n: usize, now: i64) -> String {
+    let lease = Duration::from_secs(30);
+    let id = created(s, body, now).await;
+    let j = s
+        .claim_jobs("setup", now, lease, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(j.id, id);
+    let effects = StepEffects {
+        new_items: (0..n)
+            .map(|i| NewItem {
+                registration_id: format!("d{i}"),
+                device_id: None,
+                hub: None,
+                data: None,
+            })
+            .collect(),
+        ..StepEffects::default()
+    };
+    s.complete_job_step(&j, &done(&j.plan.job_steps, 0, 1, now), &effects, now)
+        .await
+        .unwrap();
+    let j = s
+        .claim_jobs("setup", now, lease, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    s.complete_job_step(
+        &j,
+        &done(&j.plan.job_steps, 1, 1, now),
+        &StepEffects::default(),
+        now,
+    )
+    .await
+    .unwrap();
+    id
+}
+
+/// Rewrites a job's stored request as a newer version might have written it (an unknown field).
+async fn write_request_from_the_future(s: &Store, id: &str) {
+    let raw: String = sqlx::query_scalar("SELECT request_json FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    v["priority"] = serde_json::json!("high");
+    sqlx::query("UPDATE jobs SET request_json = $1 WHERE id = $2")
+        .bind(v.to_string())
+        .bind(id)
+        .execute(s.pool())
+        .await
+        .unwrap();
+}
+
+/// status, lane state, last error and lease owner of a job, read without decoding the row.
+async fn raw_job(s: &Store, id: &str) -> (String, String, String, Option<String>) {
+    let r = sqlx::query(
+        "SELECT status, lane_state, COALESCE(last_error, '') AS e, lease_owner FROM jobs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(s.pool())
+    .await
+    .unwrap();
+    use sqlx::Row;
+    (
+        r.get("status"),
+        r.get("lane_state"),
+        r.get("e"),
+        r.get("lease_owner"),
+    )
+}
+
+async fn raw_items(s: &Store, job: &str) -> Vec<(String, String, String)> {
+    use sqlx::Row;
+    sqlx::query(
+        "SELECT registration_id, state, COALESCE(last_error, '') AS e FROM job_items WHERE job_id = $1 ORDER BY seq",
+    )
+    .bind(job)
+    .fetch_all(s.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get("registration_id"), r.get("state"), r.get("e")))
+    .collect()
+}
+
+fn failed_step(steps: &[String], index: usize, now: i64) -> lane::Transition {
+    let mut rng = StdRng::seed_from_u64(1);
+    lane::advance(
+        steps,
+        Position {
+            step_index: index,
+            attempt: 1,
+        },
+        Outcome::Fail(StepError::msg("403")),
+        now,
+        &BackoffPolicy::default(),
+        &mut rng,
+    )
+}
+
+/// A job whose step failed permanently and that settled as failed.
+async fn failed_job(s: &Store, body: serde_json::Value, now: i64) -> String {
+    let id = created(s, body, now).await;
+    let j = s
+        .claim_jobs("w", now, Duration::from_secs(30), 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(j.id, id);
+    s.complete_job_step(
+        &j,
+        &failed_step(&j.plan.job_steps, 0, now),
+        &StepEffects::default(),
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_job(&id).await.unwrap().unwrap().status,
+        JobStatus::Failed
+    );
+    id
+}
+
+async fn claim_quarantines_undecodable_rows(db: TestDb) {
+    let s = db.store().await;
+    let lease = Duration::from_secs(5);
+    let fleet = at_barrier(&s, group("fleet"), 3, 0).await;
+    // One device's data as a newer version (or a broken hand edit) left it.
+    sqlx::query(
+        "UPDATE job_items SET data_json = '{not json' WHERE job_id = $1 AND registration_id = 'd1'",
+    )
+    .bind(&fleet)
+    .execute(s.pool())
+    .await
+    .unwrap();
+    // A job whose items are due but whose own row cannot be read any more.
+    let broken = at_barrier(&s, group("broken"), 2, 0).await;
+    write_request_from_the_future(&s, &broken).await;
+    let good = created(&s, individual("dev-1"), 10).await;
+    let bad = created(&s, individual("dev-2"), 10).await;
+    write_request_from_the_future(&s, &bad).await;
+
+    let jobs = s.claim_jobs("w", 20, lease, 10).await.unwrap();
+    assert_eq!(jobs.iter().map(|j| &j.id).collect::<Vec<_>>(), [&good]);
+    let items = s.claim_items("w", 20, lease, 10).await.unwrap();
+    let mut got: Vec<_> = items
+        .iter()
+        .map(|i| (i.job_id.clone(), i.registration_id.clone()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (fleet.clone(), "d0".to_string()),
+            (fleet.clone(), "d2".into())
+        ]
+    );
+
+    // What could not be read is failed with a reason, not left running to come back forever.
+    let (status, lane, err, owner) = raw_job(&s, &bad).await;
+    assert_eq!(
+        (status.as_str(), lane.as_str(), owner),
+        ("failed", "failed", None)
+    );
+    assert!(err.contains("cannot be read"), "{err}");
+    let d1 = raw_items(&s, &fleet).await.remove(1);
+    assert_eq!((d1.0.as_str(), d1.1.as_str()), ("d1", "failed"));
+    assert!(d1.2.contains("cannot be read"), "{}", d1.2);
+    let (status, _, err, _) = raw_job(&s, &broken).await;
+    assert_eq!(status, "failed");
+    assert!(err.contains("cannot be read"), "{err}");
+    for (reg, state, _) in raw_items(&s, &broken).await {
+        assert_eq!(state, "failed", "{reg}");
+    }
+    // Long after every lease expired, only the readable work comes back.
+    let later = s.claim_jobs("w", 100_000, lease, 10).await.unwrap();
+    assert_eq!(later.iter().map(|j| &j.id).collect::<Vec<_>>(), [&good]);
+    assert_eq!(
+        s.claim_items("w", 100_000, lease, 10).await.unwrap().len(),
+        2
+    );
+}
+
+async fn a_cancel_racing_a_failure_is_either_refused_or_wins(db: TestDb) {
+    let s = db.store().await;
+    for round in 0..20 {
+        let id = created(&s, individual(&format!("race-{round}")), 0).await;
+        let j = s
+            .claim_jobs("w", 1, Duration::from_secs(30), 1)
+            .await
+            .unwrap()
+            .remove(0);
+        let (a, b) = (s.clone(), s.clone());
+        let cid = id.clone();
+        let cancel = tokio::spawn(async move { a.cancel_job(&cid, 2).await });
+        let fail = tokio::spawn(async move {
+            let t = failed_step(&j.plan.job_steps, 0, 2);
+            b.complete_job_step(&j, &t, &StepEffects::default(), 2)
+                .await
+        });
+        let cancelled = cancel.await.unwrap();
+        fail.await.unwrap().unwrap();
+        let end = s.get_job(&id).await.unwrap().unwrap();
+        match cancelled {
+            Ok(_) => assert_eq!(end.status, JobStatus::Cancelled, "round {round}"),
+            Err(StoreError::InvalidTransition { .. }) => {
+                assert_eq!(end.status, JobStatus::Failed, "round {round}");
+                assert!(
+                    !end.cancel_requested,
+                    "round {round}: a refused cancel left its flag"
+                );
+            }
+            Err(e) => panic!("round {round}: {e}"),
+        }
+    }
+}
+
+async fn retry_after_a_cancel_that_raced_a_failure_runs_again(db: TestDb) {
+    let s = db.store().await;
+    let id = failed_job(&s, individual("dev-1"), 0).await;
+    // What a cancel landing just after the failure used to leave behind.
+    sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = $1")
+        .bind(&id)
+        .execute(s.pool())
+        .await
+        .unwrap();
+    let retried = s.retry_job(&id, 10).await.unwrap();
+    assert!(!retried.cancel_requested);
+    let again = s
+        .claim_jobs("w", 11, Duration::from_secs(30), 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "the retried job runs instead of being cancelled"
+    );
+    s.settle_waiting(12).await.unwrap();
+    assert_eq!(
+        s.get_job(&id).await.unwrap().unwrap().status,
+        JobStatus::Running
+    );
+}
+
+async fn a_delayed_settle_cannot_undo_a_retry(db: TestDb) {
+    let s = db.store().await;
+    let id = failed_job(&s, individual("dev-1"), 0).await;
+    // What a second settle read just before the first one finished the job.
+    let mut stale = s.get_job(&id).await.unwrap().unwrap();
+    stale.status = JobStatus::Running;
+    stale.finished_at = None;
+    s.retry_job(&id, 10).await.unwrap();
+    s.settle_job(&stale, 11).await.unwrap();
+    let now = s.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (now.status, now.lane_state),
+        (JobStatus::Queued, LaneState::Pending)
+    );
+}
+
+async fn retry_racing_a_delayed_settle_keeps_the_retry(db: TestDb) {
+    let s = db.store().await;
+    for round in 0..20 {
+        let id = failed_job(&s, individual(&format!("r-{round}")), 0).await;
+        let mut stale = s.get_job(&id).await.unwrap().unwrap();
+        stale.status = JobStatus::Running;
+        let (a, b) = (s.clone(), s.clone());
+        let rid = id.clone();
+        let retry = tokio::spawn(async move { a.retry_job(&rid, 10).await });
+        let settle = tokio::spawn(async move { b.settle_job(&stale, 10).await });
+        retry.await.unwrap().unwrap();
+        settle.await.unwrap().unwrap();
+        let j = s.get_job(&id).await.unwrap().unwrap();
+        assert_eq!(j.status, JobStatus::Queued, "round {round}");
+        s.cancel_job(&id, 20).await.unwrap();
+    }
+}
+
+async fn event_pages_never_skip_events_during_concurrent_inserts(db: TestDb) {
+    let s = db.store().await;
+    let id = created(&s, individual("dev-1"), 0).await;
+    let writers = 6;
+    let per_writer = 60;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (s, id) = (s.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                let events: Vec<_> = (0..3)
+                    .map(|k| deprovisiond::store::NewEvent::new("test", format!("{w}-{i}-{k}")))
+                    .collect();
+                s.append_events(&id, 1, &events).await.unwrap();
+            }
+        }));
+    }
+    // Page through the timeline while it grows, as a client following it would.
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor: Option<i64> = None;
+    let mut finished = false;
+    loop {
+        let page = s.list_events(&id, cursor, 7).await.unwrap();
+        for e in &page.rows {
+            seen.push(e.message.clone().unwrap_or_default());
+        }
+        if let Some(c) = &page.next_cursor {
+            cursor = Some(c.parse().unwrap());
+        } else if let Some(last) = page.rows.last() {
+            cursor = Some(last.id);
+        }
+        if page.next_cursor.is_none() {
+            if finished {
+                break;
+            }
+            if tasks.iter().all(|t| t.is_finished()) {
+                // One more pass after the last writer finished.
+                finished = true;
+            }
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "an event was listed twice");
+    // The `created` event plus every appended one.
+    assert_eq!(
+        seen.len(),
+        1 + writers * per_writer * 3,
+        "events were skipped"
+    );
+}
+
+async fn a_cancelled_job_inserts_no_items(db: TestDb) {
+    let s = db.store().await;
+    let id = created(&s, group("fleet"), 0).await;
+    let j = s
+        .claim_jobs("w", 1, Duration::from_secs(30), 1)
+        .await
+        .unwrap()
+        .remove(0);
+    s.cancel_job(&id, 2).await.unwrap();
+    let effects = StepEffects {
+        new_items: (0..3)
+            .map(|i| NewItem {
+                registration_id: format!("d{i}"),
+                device_id: None,
+                hub: None,
+                data: None,
+            })
+            .collect(),
+        ..StepEffects::default()
+    };
+    s.complete_job_step(&j, &done(&j.plan.job_steps, 0, 1, 3), &effects, 3)
+        .await
+        .unwrap();
+    let end = s.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(end.status, JobStatus::Cancelled);
+    assert_eq!(s.item_counts(&id).await.unwrap().total, 0);
+}
+
+async fn one_bad_job_does_not_stop_the_settle_sweep(db: TestDb) {
+    let s = db.store().await;
+    // Two jobs whose settle was missed (their last step's writer died right after recording it).
+    let bad = created(&s, individual("dev-1"), 0).await;
+    let good = created(&s, individual("dev-2"), 1).await;
+    sqlx::query("UPDATE jobs SET status = 'running', lane_state = 'succeeded'")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    write_request_from_the_future(&s, &bad).await;
+    s.settle_waiting(10).await.unwrap();
+    assert_eq!(
+        s.get_job(&good).await.unwrap().unwrap().status,
+        JobStatus::Succeeded
+    );
+    assert_eq!(raw_job(&s, &bad).await.0, "failed");
+}
+
+async fn the_sweep_skips_jobs_with_open_items(db: TestDb) {
+    let s = db.store().await;
+    let busy = at_barrier(&s, group("busy"), 2, 0).await;
+    let idle = at_barrier(&s, group("idle"), 1, 0).await;
+    let items = s
+        .claim_items("w", 1, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    // The idle job's item finished but the settle after it was missed.
+    let it = items.iter().find(|i| i.job_id == idle).unwrap();
+    sqlx::query("UPDATE job_items SET state = 'succeeded' WHERE id = $1")
+        .bind(&it.id)
+        .execute(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.jobs_to_settle().await.unwrap(),
+        std::slice::from_ref(&idle)
+    );
+    s.settle_waiting(2).await.unwrap();
+    let j = s.get_job(&idle).await.unwrap().unwrap();
+    assert_eq!(j.current_step(), Some("finish"));
+    assert_eq!(
+        s.get_job(&busy).await.unwrap().unwrap().lane_state,
+        LaneState::WaitingItems
+    );
+}
+
+async fn a_single_device_job_is_not_starved_by_a_big_one(db: TestDb) {
+    let s = db.store().await;
+    let big = at_barrier(&s, group("big"), 200, 0).await;
+    let small = at_barrier(&s, individual("late"), 1, 10).await;
+    let got = s
+        .claim_items("w", 20, Duration::from_secs(30), 4)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 4);
+    assert!(
+        got.iter().any(|i| i.job_id == small),
+        "the later job waits behind every device of the big one"
+    );
+    assert!(got.iter().any(|i| i.job_id == big));
+}
+
+async fn concurrent_claimers_across_jobs_never_share_work(db: TestDb) {
+    let s = db.store().await;
+    let lease = Duration::from_secs(5);
+    let mut jobs = Vec::new();
+    for g in 0..3 {
+        jobs.push(at_barrier(&s, group(&format!("g{g}")), 40, 0).await);
+    }
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let s: Store = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = s.claim_items(&format!("w{w}"), 5, lease, 5).await.unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|i| (i.id, i.fence)));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().map(|(id, _)| id).collect();
+    assert_eq!(all.len(), 120, "every item handed out exactly once");
+    assert_eq!(unique.len(), 120);
+    assert!(all.iter().all(|(_, fence)| *fence == 1));
+}
+
+async fn the_database_clock_corrects_a_skewed_replica(db: TestDb) {
+    use deprovisiond::domain::clock::Clock;
+    let s = db.store().await;
+    let skewed = std::sync::Arc::new(crate::support::Skewed(20_000));
+    let clock = deprovisiond::store::DbClock::synced(s.clone(), skewed)
+        .await
+        .unwrap();
+    let db_now = s.db_now_ms().await.unwrap();
+    // Within a generous bound of the database's time, not 20 s ahead of it.
+    assert!(
+        (clock.now_ms() - db_now).abs() < 5_000,
+        "{} vs {db_now}",
+        clock.now_ms()
+    );
+}
+
+async fn pool_size_statement_timeout_and_durability(db: TestDb) {
+    use sqlx::Row;
+    let opts = deprovisiond::store::StoreOptions {
+        max_connections: 23,
+        statement_timeout: Duration::from_millis(1_500),
+    };
+    let s = deprovisiond::store::Store::connect_with(&db.url, &opts)
+        .await
+        .unwrap();
+    s.migrate().await.unwrap();
+    match s.backend() {
+        deprovisiond::store::Backend::Postgres => {
+            assert_eq!(s.pool().options().get_max_connections(), 23);
+            let r = sqlx::query("SHOW statement_timeout")
+                .fetch_one(s.pool())
+                .await
+                .unwrap();
+            assert_eq!(r.get::<String, _>(0), "1500ms");
+            // A runaway statement is stopped instead of holding a connection for ever.
+            assert!(
+                sqlx::query("SELECT pg_sleep(5)")
+                    .execute(s.pool())
+                    .await
+                    .is_err()
+            );
+        }
+        deprovisiond::store::Backend::Sqlite => {
+            assert_eq!(s.pool().options().get_max_connections(), 1);
+            let r = sqlx::query("PRAGMA synchronous")
+                .fetch_one(s.pool())
+                .await
+                .unwrap();
+            // FULL: a committed job survives a power cut, not only a process crash.
+            assert_eq!(r.get::<i64, _>(0), 2);
+        }
+    }
+}
+
+async fn concurrent_identical_posts_make_one_job(db: TestDb) {
+    let s = db.store().await;
+    // The same request, retried by a client in a hurry: with an idempotency key, then without.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.create_job(new_job(individual("dev-1"), Some(("k", "h"))), 1)
+                .await
+        }));
+    }
+    let mut new = 0;
+    let mut ids = HashSet::new();
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            Created::New(j) => {
+                new += 1;
+                ids.insert(j.id);
+            }
+            Created::Replayed(j) => {
+                ids.insert(j.id);
+            }
+        }
+    }
+    assert_eq!((new, ids.len()), (1, 1), "one job, the others replayed");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.create_job(new_job(group("fleet"), None), 2).await
+        }));
+    }
+    let mut new = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Created::New(_)) => new += 1,
+            Err(StoreError::ActiveJobExists { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(new, 1, "one active job per target");
 }

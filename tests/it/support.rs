@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deprovisiond::app::{App, AppConfig, WorkflowChoice};
 use deprovisiond::domain::backoff::BackoffPolicy;
-use deprovisiond::domain::clock::SystemClock;
+use deprovisiond::domain::clock::{Clock, Millis, SharedClock, SystemClock};
 use deprovisiond::domain::job::{DeprovisionRequest, Target};
 use deprovisiond::domain::lane::{ITEMS_BARRIER, Outcome, StepError};
 use deprovisiond::store::{ItemRecord, JobRecord, NewItem, Plan, StepEffects, Store};
@@ -141,6 +141,17 @@ impl TestApp {
         engine: EngineConfig,
         worker: bool,
     ) -> TestApp {
+        Self::spawn_clocked(db, choice, engine, worker, Arc::new(SystemClock)).await
+    }
+
+    /// The app with its own clock (a replica whose clock is off).
+    pub async fn spawn_clocked(
+        db: &TestDb,
+        choice: WorkflowChoice,
+        engine: EngineConfig,
+        worker: bool,
+        clock: SharedClock,
+    ) -> TestApp {
         let config = AppConfig {
             database_url: db.url.clone(),
             listen: "127.0.0.1:0".parse().expect("addr"),
@@ -149,9 +160,7 @@ impl TestApp {
             tombstone_audit_every: None,
             body_limit: deprovisiond::http::BODY_LIMIT_BYTES,
         };
-        let app = App::build(config, choice, Arc::new(SystemClock))
-            .await
-            .expect("app builds");
+        let app = App::build(config, choice, clock).await.expect("app builds");
         let base = format!("http://{}", app.local_addr());
         let stop = CancellationToken::new();
         let s = stop.clone();
@@ -260,6 +269,18 @@ pub enum Act {
     Retry(Option<Duration>),
     Fail,
     Hang(Duration),
+    /// The step had nothing to do.
+    Skip,
+}
+
+/// The system clock moved by a fixed offset: a replica whose clock is wrong.
+#[derive(Debug, Clone, Copy)]
+pub struct Skewed(pub Millis);
+
+impl Clock for Skewed {
+    fn now_ms(&self) -> Millis {
+        SystemClock.now_ms() + self.0
+    }
 }
 
 /// One recorded step execution.
@@ -277,6 +298,8 @@ pub struct Scripted {
     /// Per (step, registration id or "-"): what each run does.
     pub scripts: Mutex<std::collections::HashMap<(String, String), Vec<Act>>>,
     pub runs: Mutex<Vec<Run>>,
+    /// Steps whose `Hang` ran to its end (a step stopped early never appears here).
+    pub hangs_finished: Mutex<Vec<String>>,
     pub devices: usize,
 }
 
@@ -343,8 +366,10 @@ impl Scripted {
             }),
             Act::Hang(d) => {
                 tokio::time::sleep(d).await;
+                self.hangs_finished.lock().unwrap().push(step.to_string());
                 Outcome::Done
             }
+            Act::Skip => Outcome::Skipped("scripted: nothing to do".into()),
         }
     }
 }
