@@ -310,11 +310,13 @@ pub struct ListJobsQuery {
     pub ticket_key: Option<String>,
     /// Only jobs created at or after this time (RFC 3339).
     #[param(format = DateTime)]
-    #[serde(default, deserialize_with = "empty_as_none")]
+    // No `empty_as_none`: `created_after=` is a malformed time, refused like any other, not a missing filter.
+    #[serde(default)]
     pub created_after: Option<String>,
     /// Only jobs created before this time (RFC 3339).
     #[param(format = DateTime)]
-    #[serde(default, deserialize_with = "empty_as_none")]
+    // No `empty_as_none`: `created_before=` is a malformed time, refused like any other, not a missing filter.
+    #[serde(default)]
     pub created_before: Option<String>,
     /// Cursor from the previous page.
     #[serde(default, deserialize_with = "empty_as_none")]
