@@ -85,6 +85,15 @@ pub async fn create_deprovision(
         let preview = run_preview(&state, &dps, &request).await?;
         return Ok((StatusCode::OK, ApiJson(preview)).into_response());
     }
+    let idempotency = key.map(|k| (k, request_hash(&request)));
+    if let Some((key, hash)) = &idempotency {
+        // A replay answers from the database alone: no admission check, so no Azure call.
+        if let Some(job) = state.store.find_idempotent_replay(key, hash).await? {
+            return Ok(
+                (StatusCode::OK, ApiJson(job_view(&state.store, &job).await?)).into_response(),
+            );
+        }
+    }
     if let Some(azure) = &state.azure {
         azure.admit(&dps, &request).await.map_err(|r| match r {
             Refusal::Tombstone(detail) => ApiError::Conflict {
@@ -99,7 +108,6 @@ pub async fn create_deprovision(
         })?;
     }
     let plan = state.workflow.plan(&request);
-    let idempotency = key.map(|k| (k, request_hash(&request)));
     let created = state
         .store
         .create_job(
@@ -412,7 +420,7 @@ fn validate(request: &DeprovisionRequest) -> Result<(), ApiError> {
     if let Target::GroupDevice(t) = &request.target {
         if let Some(pem) = &t.certificate_pem {
             if errors.iter().all(|e| e.field != "target.certificate_pem") {
-                match crate::domain::cert::leaf_common_name(pem) {
+                match crate::domain::cert::parse_leaf(pem).map(|l| l.common_name) {
                     Ok(cn) if cn.eq_ignore_ascii_case(t.registration_id.as_str()) => {}
                     Ok(cn) => errors.push(FieldError::new(
                         "target.certificate_pem",

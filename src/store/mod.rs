@@ -4,6 +4,7 @@
 //! times are epoch milliseconds, so the SQL is shared; the few dialect differences (row locking on
 //! claims) are chosen by [`Backend`].
 
+mod idempotency;
 mod records;
 mod tombstones;
 
