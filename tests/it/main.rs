@@ -2,6 +2,7 @@
 
 mod api;
 mod engine;
+mod hostile;
 mod openapi;
 mod store;
 mod support;
