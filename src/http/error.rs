@@ -56,6 +56,9 @@ pub enum ApiError {
     /// Body larger than the limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The client did not send the body in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// Content type is not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -149,6 +152,11 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
                 "Request body too large",
+            ),
+            ApiError::RequestTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "The request was not received in time",
             ),
             ApiError::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

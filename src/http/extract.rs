@@ -30,12 +30,25 @@ where
         }
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|r| match r.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => too_large(),
-                _ => ApiError::BadRequest(format!(
+            .map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    return too_large();
+                }
+                let mut source: Option<&dyn std::error::Error> = Some(&r);
+                while let Some(e) = source {
+                    if e.is::<tower_http::timeout::TimeoutError>() {
+                        return ApiError::RequestTimeout(
+                            "the request body did not arrive within the body-read timeout \
+                             (DEPROVISIOND_BODY_READ_TIMEOUT_SECS, 30 s by default)"
+                                .into(),
+                        );
+                    }
+                    source = e.source();
+                }
+                ApiError::BadRequest(format!(
                     "the request body could not be read: {}",
                     r.body_text()
-                )),
+                ))
             })?;
         // JSON is UTF-8 (RFC 8259), and serde_json does not check strings it skips.
         if let Err(e) = std::str::from_utf8(&bytes) {

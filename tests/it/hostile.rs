@@ -505,3 +505,128 @@ async fn an_idempotent_replay_answers_from_the_database_alone(db: TestDb) {
     app.stop().await;
     sim.shutdown().await;
 }
+
+both_stores!(protocol_level_errors);
+
+/// Sends `bytes` on a new connection and reads until the server answers and closes (or `guard` passes).
+async fn raw_exchange(addr: &str, bytes: &[u8], then_wait: bool) -> (Option<u16>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // A refused write (the server closed first) is part of what is being tested.
+    let _ = s.write_all(bytes).await;
+    if !then_wait {
+        let _ = s.shutdown().await;
+    }
+    let mut out = Vec::new();
+    // A guard against a hang, not a timing assertion.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(60), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok());
+    (status, text)
+}
+
+async fn protocol_level_errors(db: TestDb) {
+    use deprovisiond::app::{App, AppConfig, ServerTimeouts};
+    use deprovisiond::domain::clock::SystemClock;
+    use std::time::Duration;
+    let config = AppConfig {
+        database_url: db.url.clone(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        run_worker: false,
+        engine: fast_engine(),
+        tombstone_audit_every: None,
+        body_limit: deprovisiond::http::BODY_LIMIT_BYTES,
+    };
+    let choice = WorkflowChoice::Custom(crate::support::Scripted::new(1), vec!["default".into()]);
+    let app = App::build(config, choice, Arc::new(SystemClock))
+        .await
+        .unwrap()
+        .with_server_timeouts(ServerTimeouts {
+            header_read: Duration::from_secs(1),
+            body_read: Duration::from_secs(1),
+        });
+    let addr = app.local_addr().to_string();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(app.run_until_stopped(async move { s.cancelled().await }));
+    let problem_of = |text: &str| -> Value {
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        serde_json::from_str(body).unwrap_or(Value::Null)
+    };
+
+    // A declared body over the limit is refused on the header, though only one byte of it is sent.
+    let (status, text) = raw_exchange(
+        &addr,
+        b"POST /v1/deprovisions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 10485760\r\n\r\n{",
+        true,
+    )
+    .await;
+    assert_eq!(status, Some(413), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-type: application/problem+json"),
+        "{text}"
+    );
+    assert_eq!(
+        problem_of(&text)["type"],
+        "urn:deprovisiond:problem:payload-too-large"
+    );
+
+    // A body that stops arriving: 408 problem+json after the body-read timeout.
+    let (status, text) = raw_exchange(
+        &addr,
+        b"POST /v1/deprovisions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+        true,
+    )
+    .await;
+    assert_eq!(status, Some(408), "{text}");
+    assert_eq!(
+        problem_of(&text)["type"],
+        "urn:deprovisiond:problem:request-timeout"
+    );
+
+    // Headers that never end: the connection is closed after the header-read timeout (hyper sends
+    // nothing: there is no request yet to answer).
+    let (status, text) = raw_exchange(&addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n", true).await;
+    assert!(status.is_none() || status == Some(408), "{text}");
+
+    // Parsed and refused by hyper before the app sees a request: statuses are right, bodies are empty
+    // (hyper has no hook for their body).
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(1024 * 1024)
+    );
+    let (status, _) = raw_exchange(&addr, big.as_bytes(), false).await;
+    assert_eq!(status, Some(431));
+    let many: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let (status, _) = raw_exchange(
+        &addr,
+        format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{many}\r\n").as_bytes(),
+        false,
+    )
+    .await;
+    assert_eq!(status, Some(431));
+    let (status, _) = raw_exchange(&addr, b"HELLO THERE\r\n\r\n", false).await;
+    assert_eq!(status, Some(400));
+    let (status, _) = raw_exchange(
+        &addr,
+        b"POST /v1/deprovisions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}",
+        false,
+    )
+    .await;
+    assert_eq!(status, Some(400));
+
+    // The server still serves.
+    let (status, text) = raw_exchange(
+        &addr,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        true,
+    )
+    .await;
+    assert_eq!(status, Some(200), "{text}");
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}
