@@ -3,7 +3,9 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -27,6 +29,17 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_events))
         .routes(routes!(cancel_deprovision))
         .routes(routes!(retry_deprovision))
+}
+
+/// What `POST /v1/deprovisions` answers with 200: the job an earlier identical request created, or, with
+/// `dry_run: true`, the preview.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum CreateOk {
+    /// The replayed job.
+    Job(JobView),
+    /// The preview of a dry run.
+    Preview(Preview),
 }
 
 /// Queue a deprovisioning job.
@@ -56,15 +69,18 @@ pub fn router() -> OpenApiRouter<AppState> {
             "reason": {"code": "sold"}
         })))
     )),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe: same key and body give the same job (1-255 visible ASCII characters)")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255,
+        description = "Makes retries of this request safe: same key and body give the same job. 1-255 visible ASCII \
+            characters (0x21-0x7E, no spaces); anything else is refused (400)")),
     responses(
         (status = 202, description = "Job queued", body = JobView, headers(("Location" = String, description = "URL of the job"))),
-        (status = 200, description = "Same Idempotency-Key and body as an earlier request: that job; with `dry_run: true`, the preview (see /v1/deprovisions/preview)", body = JobView),
+        (status = 200, description = "Same Idempotency-Key and body as an earlier request: that job (a `JobView`); with `dry_run: true`, the preview (a `Preview`, see /v1/deprovisions/preview)", body = CreateOk),
         (status = 400, description = "Malformed JSON or header", body = Problem, content_type = PROBLEM),
         (status = 409, description = "A job for this target is already queued or running; or the request would delete a tombstone, or a group whose devices an enabled higher-chain group would re-admit", body = Problem, content_type = PROBLEM),
         (status = 413, description = "Body larger than the limit", body = Problem, content_type = PROBLEM),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = PROBLEM),
+        (status = 502, description = "`dry_run: true` only: DPS or a hub could not be read", body = Problem, content_type = PROBLEM),
     )
 )]
 pub async fn create_deprovision(

@@ -318,7 +318,8 @@ pub struct ListJobsQuery {
     // No `empty_as_none`: `created_before=` is a malformed time, refused like any other, not a missing filter.
     #[serde(default)]
     pub created_before: Option<String>,
-    /// Cursor from the previous page.
+    /// Cursor from the previous page's `next_cursor` (opaque, base64url); any other value is refused (422).
+    #[param(pattern = "^[A-Za-z0-9_-]*$", max_length = 512)]
     #[serde(default, deserialize_with = "empty_as_none")]
     pub cursor: Option<String>,
     /// Page size, 1-200 (default 50).
@@ -331,7 +332,8 @@ pub struct ListJobsQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
-    /// Cursor from the previous page.
+    /// Cursor from the previous page's `next_cursor`: a non-negative integer.
+    #[param(pattern = "^[0-9]*$", max_length = 19)]
     #[serde(default, deserialize_with = "empty_as_none")]
     pub cursor: Option<String>,
     /// Page size, 1-1000 (default 100).
