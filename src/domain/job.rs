@@ -270,7 +270,8 @@ pub struct DeprovisionRequest {
     /// Enrollment groups only: delete the group itself, last.
     #[serde(default)]
     pub delete_group: bool,
-    /// Delete the group even when an enabled group higher in the same certificate chain would re-admit its devices.
+    /// Delete the group even when an enabled group higher in the same certificate chain would re-admit its devices;
+    /// for a group device, block a `certificate_pem` not issued under the group's signing certificate.
     #[serde(default)]
     pub force: bool,
     /// Why.
@@ -396,10 +397,18 @@ impl DeprovisionRequest {
                 ));
             }
         }
-        if self.force && !self.delete_group {
+        let has_leaf = matches!(
+            &self.target,
+            Target::GroupDevice(GroupDeviceTarget {
+                certificate_pem: Some(_),
+                ..
+            })
+        );
+        if self.force && !self.delete_group && !has_leaf {
             errors.push(FieldError::new(
                 "force",
-                "only means something together with `delete_group: true`",
+                "only means something together with `delete_group: true`, or with a group device's \
+                 `certificate_pem` (to block a leaf not issued under the group's signing certificate)",
             ));
         }
         if errors.is_empty() {

@@ -79,7 +79,7 @@ pub enum CreateOk {
         (status = 409, description = "A job for this target is already queued or running; or the request would delete a tombstone, or a group whose devices an enabled higher-chain group would re-admit", body = Problem, content_type = PROBLEM),
         (status = 413, description = "Body larger than the limit", body = Problem, content_type = PROBLEM),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = PROBLEM),
-        (status = 422, description = "Invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid fields; a target DPS does not have; a leaf certificate not issued under its group's signing certificate (unless `force`); or Idempotency-Key reused with another body", body = Problem, content_type = PROBLEM),
         (status = 502, description = "`dry_run: true` only: DPS or a hub could not be read", body = Problem, content_type = PROBLEM),
     )
 )]
@@ -111,6 +111,18 @@ pub async fn create_deprovision(
         }
     }
     if let Some(azure) = &state.azure {
+        // 404 for the target, or a leaf not issued under its group: 422 before the job exists. When DPS
+        // cannot be asked, the job is accepted and its steps retry.
+        let errors: Vec<FieldError> = [
+            azure.missing_target(&dps, &request).await,
+            azure.leaf_not_under_group(&dps, &request).await,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
         azure.admit(&dps, &request).await.map_err(|r| match r {
             Refusal::Tombstone(detail) => ApiError::Conflict {
                 slug: "tombstone-protected",
