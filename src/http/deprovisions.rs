@@ -76,7 +76,7 @@ pub enum CreateOk {
         (status = 202, description = "Job queued", body = JobView, headers(("Location" = String, description = "URL of the job"))),
         (status = 200, description = "Same Idempotency-Key and body as an earlier request: that job (a `JobView`); with `dry_run: true`, the preview (a `Preview`, see /v1/deprovisions/preview)", body = CreateOk),
         (status = 400, description = "Malformed JSON or header", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "A job for this target is already queued or running; or the request would delete a tombstone, or a group whose devices an enabled higher-chain group would re-admit", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "A job for this target, or for a target sharing its devices (a whole group and one of its devices), is already queued or running; or the request would delete a tombstone, or a group whose devices an enabled higher-chain group would re-admit", body = Problem, content_type = PROBLEM),
         (status = 413, description = "Body larger than the limit", body = Problem, content_type = PROBLEM),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Invalid fields; a target DPS does not have; a leaf certificate not issued under its group's signing certificate (unless `force`); or Idempotency-Key reused with another body", body = Problem, content_type = PROBLEM),
@@ -134,6 +134,13 @@ pub async fn create_deprovision(
             },
             Refusal::Store(e) => ApiError::from(e),
         })?;
+    }
+    if let Some(job_id) = state
+        .store
+        .overlapping_active_job(&dps, &request.target)
+        .await?
+    {
+        return Err(ApiError::OverlappingJob { job_id });
     }
     let plan = state.workflow.plan(&request);
     let created = state

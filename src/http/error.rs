@@ -68,6 +68,12 @@ pub enum ApiError {
         /// The active job.
         job_id: String,
     },
+    /// An active job's devices can overlap this request's (a whole group and one of its devices).
+    #[error("job {job_id} is active for a target that shares devices with this one")]
+    OverlappingJob {
+        /// The active job.
+        job_id: String,
+    },
     /// The idempotency key was used with another body.
     #[error("idempotency key reused with a different body")]
     IdempotencyMismatch {
@@ -168,6 +174,11 @@ impl ApiError {
                 "active-job-exists",
                 "A job for this target is already active",
             ),
+            ApiError::OverlappingJob { .. } => (
+                StatusCode::CONFLICT,
+                "overlapping-job-active",
+                "An active job covers some of the same devices",
+            ),
             ApiError::IdempotencyMismatch { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",
@@ -221,6 +232,10 @@ impl ApiError {
             ApiError::ActiveJob { job_id } => format!(
                 "job {job_id} is already queued or running for this target; follow it, or cancel it before asking again"
             ),
+            ApiError::OverlappingJob { job_id } => format!(
+                "job {job_id} is queued or running for a target that shares devices with this one (a whole group and \
+                 one device of that group); two jobs would write the same identities. Wait for it, or cancel it"
+            ),
             ApiError::IdempotencyMismatch { job_id } => format!(
                 "this Idempotency-Key already created job {job_id} from a different request body; use a new key for a new request"
             ),
@@ -238,6 +253,7 @@ impl ApiError {
             },
             job_id: match self {
                 ApiError::ActiveJob { job_id }
+                | ApiError::OverlappingJob { job_id }
                 | ApiError::IdempotencyMismatch { job_id }
                 | ApiError::InvalidTransition { job_id, .. } => Some(job_id.clone()),
                 _ => None,

@@ -5,6 +5,7 @@
 //! claims) are chosen by [`Backend`].
 
 mod idempotency;
+mod overlap;
 mod records;
 mod tombstones;
 

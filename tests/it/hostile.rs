@@ -732,3 +732,60 @@ async fn a_leaf_must_come_from_its_groups_signing_certificate(db: TestDb) {
     app.stop().await;
     sim.shutdown().await;
 }
+
+both_stores!(overlapping_targets_are_refused);
+
+async fn overlapping_targets_are_refused(db: TestDb) {
+    // No worker: every job stays queued, so active.
+    let app =
+        TestApp::spawn_with(&db, crate::support::Scripted::new(1), fast_engine(), false).await;
+    let created = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 202);
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let device = |gid: &str, rid: &str| json!({"target": {"kind": "group_device", "group_id": gid, "registration_id": rid}, "reason": reason()});
+    let refused = |r: reqwest::Response, job: String| async move {
+        assert_eq!(r.status(), 409);
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(
+            p["type"], "urn:deprovisiond:problem:overlapping-job-active",
+            "{p:#}"
+        );
+        assert_eq!(p["job_id"], job.as_str(), "{p:#}");
+    };
+    // A whole group first, then one of its devices.
+    let whole = created(app.post("/v1/deprovisions", &group("fleet-a")).await).await;
+    refused(
+        app.post("/v1/deprovisions", &device("fleet-a", "dev-1"))
+            .await,
+        whole,
+    )
+    .await;
+    // One device first, then its whole group.
+    let one = created(
+        app.post("/v1/deprovisions", &device("fleet-b", "dev-2"))
+            .await,
+    )
+    .await;
+    refused(
+        app.post("/v1/deprovisions", &group("fleet-b")).await,
+        one.clone(),
+    )
+    .await;
+    // A group device and an individual enrollment with the same registration id share a target key.
+    let r = app.post("/v1/deprovisions", &individual("dev-2")).await;
+    assert_eq!(r.status(), 409);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["job_id"], one.as_str());
+    // Devices of another group, and other devices of a group with only device jobs, do not overlap.
+    created(
+        app.post("/v1/deprovisions", &device("fleet-b", "dev-3"))
+            .await,
+    )
+    .await;
+    created(app.post("/v1/deprovisions", &group("fleet-c")).await).await;
+    app.stop().await;
+}
