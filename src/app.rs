@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -70,6 +71,7 @@ pub struct App {
     clock: SharedClock,
     db_clock: Arc<DbClock>,
     body_limit: usize,
+    timeouts: ServerTimeouts,
 }
 
 impl App {
@@ -147,6 +149,7 @@ impl App {
             clock,
             db_clock,
             body_limit: config.body_limit,
+            timeouts: ServerTimeouts::from_env(),
         })
     }
 
@@ -161,6 +164,12 @@ impl App {
     /// The store the app uses (tests inspect it).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Replaces the server's read timeouts (by default [`ServerTimeouts::from_env`]).
+    pub fn with_server_timeouts(mut self, timeouts: ServerTimeouts) -> Self {
+        self.timeouts = timeouts;
+        self
     }
 
     /// Serves until `shutdown` resolves, then stops taking requests and work, and lets the engine
@@ -182,9 +191,7 @@ impl App {
             shutdown.await;
             trigger.cancel();
         });
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await;
+        let served = serve(self.listener, router, self.timeouts, http_stop).await;
         stop.cancel();
         if let Some(task) = engine_task {
             if let Err(e) = task.await {
@@ -194,6 +201,108 @@ impl App {
         self.store.close().await;
         served.map_err(AppError::Serve)
     }
+}
+
+/// How long the server waits for a client that sends slowly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerTimeouts {
+    /// From the connection's first byte (or the end of the previous request) to the end of the request
+    /// headers; the connection is then closed (hyper answers nothing: it has no request to answer).
+    pub header_read: Duration,
+    /// From the end of the headers to the end of the body; then 408 problem+json.
+    pub body_read: Duration,
+}
+
+impl ServerTimeouts {
+    /// Default header-read timeout.
+    pub const DEFAULT_HEADER_READ: Duration = Duration::from_secs(10);
+    /// Default body-read timeout.
+    pub const DEFAULT_BODY_READ: Duration = Duration::from_secs(30);
+
+    /// The defaults, overridden by `DEPROVISIOND_HEADER_READ_TIMEOUT_SECS` and
+    /// `DEPROVISIOND_BODY_READ_TIMEOUT_SECS` (whole seconds, at least 1) when set.
+    pub fn from_env() -> Self {
+        fn secs(var: &str, default: Duration) -> Duration {
+            match std::env::var(var).ok().map(|v| v.trim().parse::<u64>()) {
+                Some(Ok(n)) if n >= 1 => Duration::from_secs(n),
+                Some(_) => {
+                    tracing::warn!(var, "not a whole number of seconds >= 1; using the default");
+                    default
+                }
+                None => default,
+            }
+        }
+        Self {
+            header_read: secs(
+                "DEPROVISIOND_HEADER_READ_TIMEOUT_SECS",
+                Self::DEFAULT_HEADER_READ,
+            ),
+            body_read: secs(
+                "DEPROVISIOND_BODY_READ_TIMEOUT_SECS",
+                Self::DEFAULT_BODY_READ,
+            ),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `stop`, then lets open connections finish their requests.
+///
+/// Not `axum::serve`: it offers no header-read timeout, so a client that never finishes its headers held a
+/// connection open for as long as it liked.
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    timeouts: ServerTimeouts,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read);
+    builder.http2().timer(TokioTimer::new());
+    let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        timeouts.body_read,
+    ));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving the connections that exist.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+        // Reap finished connections so the set does not grow with every one ever served.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// Audits tombstones every `every` until stopped.

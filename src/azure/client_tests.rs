@@ -854,3 +854,108 @@ async fn https_with_an_extra_trusted_root() {
     .unwrap();
     assert_eq!(trusted.get_device("tls").await.unwrap().device_id, "tls");
 }
+
+/// Ids a caller (or a corrupted record) could hand the clients: none may change which resource is addressed.
+const HOSTILE_IDS: &[&str] = &[
+    "..",
+    ".",
+    "",
+    "%2e%2e",
+    "%2E%2E",
+    ".%2e",
+    "a/b",
+    "../x",
+    "a?b",
+    "a#b",
+    "a%2Fb",
+    "a b",
+    "a\\b",
+    "a;b",
+    "a&api-version=1",
+    "dév",
+    "デバイス",
+    "a\u{0}b",
+    "a\nb",
+    "a\tb",
+    "...",
+    "+",
+];
+
+/// Decodes `%XX` escapes (the server side of what the client encoded).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 3 <= b.len() {
+            if let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test]
+async fn no_id_can_change_the_url_the_clients_send() {
+    let s = Server::start().await;
+    let dps = s.dps();
+    let hub = s.hub();
+    for id in HOSTILE_IDS {
+        let before = s.requests().len();
+        for _ in 0..4 {
+            s.push(canned(
+                404,
+                json!({"errorCode": 404201, "message": "not found"}),
+            ));
+        }
+        let results = [
+            ("enrollments", dps.get_enrollment(id).await.err()),
+            ("enrollmentGroups", dps.get_enrollment_group(id).await.err()),
+            ("registrations", dps.get_registration(id).await.err()),
+            ("devices", hub.get_device(id).await.err()),
+        ];
+        let sent = s.requests()[before..].to_vec();
+        // These cannot travel in a URL path unchanged (parsers drop or resolve them): refused unsent.
+        if id.is_empty() || matches!(*id, "." | "..") || id.contains(['\t', '\n', '\r']) {
+            assert!(sent.is_empty(), "{id:?} was sent: {sent:?}");
+            for (_, e) in &results {
+                assert!(
+                    matches!(e, Some(AzureError::InvalidRequest(_))),
+                    "{id:?}: {e:?}"
+                );
+            }
+            // What was pushed for this id is not consumed; drop it.
+            s.script.responses.lock().unwrap().clear();
+            continue;
+        }
+        assert_eq!(sent.len(), 4, "{id:?}");
+        for ((collection, _), r) in results.iter().zip(&sent) {
+            let (path, query) = r.uri.split_once('?').unwrap_or((&r.uri, ""));
+            assert!(query.starts_with("api-version="), "{id:?}: {}", r.uri);
+            assert!(
+                !query.contains('&'),
+                "{id:?} added a query parameter: {}",
+                r.uri
+            );
+            let segments: Vec<String> = path
+                .trim_start_matches('/')
+                .split('/')
+                .map(percent_decode)
+                .collect();
+            assert_eq!(
+                segments,
+                [collection.to_string(), id.to_string()],
+                "{}",
+                r.uri
+            );
+        }
+    }
+}

@@ -196,7 +196,19 @@ impl Endpoint {
     }
 
     /// The URL of a path made of `segments` (each percent-encoded), with `api-version`.
-    pub(crate) fn url(&self, segments: &[&str]) -> Url {
+    ///
+    /// Refuses a segment that is empty, `.` or `..`: URL parsers drop or resolve those, so the request would
+    /// reach another resource than the one named. Every other character is percent-encoded (`/`, `?`, `#`,
+    /// `%`, non-ASCII), so no id can add a segment, a query or a fragment.
+    pub(crate) fn url(&self, segments: &[&str]) -> Result<Url, AzureError> {
+        if let Some(bad) = segments
+            .iter()
+            .find(|s| s.is_empty() || matches!(**s, "." | ".."))
+        {
+            return Err(AzureError::InvalidRequest(format!(
+                "`{bad}` cannot be a URL path segment; refusing to send a request to another resource"
+            )));
+        }
         let mut url = self.base.clone();
         {
             // Checked in `new`: http(s) URLs with a host can always take path segments.
@@ -204,10 +216,33 @@ impl Endpoint {
                 path.pop_if_empty().extend(segments);
             }
         }
+        // The URL parser also drops tabs and newlines and may resolve what it sees as dot segments: decode
+        // what will be sent and refuse unless it is exactly what was asked for.
+        let sent: Vec<String> = url
+            .path_segments()
+            .map(|s| {
+                s.rev()
+                    .take(segments.len())
+                    .map(|seg| {
+                        percent_encoding::percent_decode_str(seg)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .collect();
+        if sent.len() != segments.len() || sent.iter().zip(segments).any(|(a, b)| a != b) {
+            return Err(AzureError::InvalidRequest(format!(
+                "{segments:?} cannot be sent as URL path segments unchanged; refusing to address another resource"
+            )));
+        }
         url.query_pairs_mut()
             .clear()
             .append_pair("api-version", &self.api_version);
-        url
+        Ok(url)
     }
 
     /// Sends a request and returns the response whatever its status; only transport failures are errors.
@@ -218,7 +253,7 @@ impl Endpoint {
         headers: HeaderMap,
         body: Body,
     ) -> Result<RawResponse, AzureError> {
-        let url = self.url(segments);
+        let url = self.url(segments)?;
         let authorization = HeaderValue::from_str(&self.auth.header())
             .map_err(|_| AzureError::Setup("SAS token is not a valid header value".into()))?;
         let mut request = self

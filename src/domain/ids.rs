@@ -4,17 +4,18 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// Why an identifier was refused.
+/// Why an identifier was refused. The messages leave out which identifier: the caller names the field
+/// (`target.group_id`), so the message reads well after it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
     /// The identifier is empty.
-    #[error("{kind} must not be empty")]
+    #[error("must not be empty")]
     Empty {
         /// Which identifier.
         kind: &'static str,
     },
     /// The identifier is too long.
-    #[error("{kind} is {len} characters long; at most {max} are allowed")]
+    #[error("is {len} characters long; at most {max} are allowed")]
     TooLong {
         /// Which identifier.
         kind: &'static str,
@@ -24,7 +25,7 @@ pub enum IdError {
         max: usize,
     },
     /// The identifier holds a character Azure refuses.
-    #[error("{kind} contains {ch:?}; allowed characters are {allowed}")]
+    #[error("contains {ch:?}; allowed characters are {allowed}")]
     BadChar {
         /// Which identifier.
         kind: &'static str,
@@ -33,6 +34,21 @@ pub enum IdError {
         /// A description of the allowed set.
         allowed: &'static str,
     },
+    /// The identifier is `.` or `..`, which URL paths treat as "this" and "parent" segments.
+    #[error("must not be `.` or `..` (they would change the Azure URL the id is sent in)")]
+    DotSegment {
+        /// Which identifier.
+        kind: &'static str,
+    },
+}
+
+/// Refuses `.` and `..`: every URL parser (and so every HTTP client) removes or resolves them, so an id
+/// spelled that way would address another resource than the one it names.
+fn check_not_dot_segment(kind: &'static str, s: &str) -> Result<(), IdError> {
+    if matches!(s, "." | "..") {
+        return Err(IdError::DotSegment { kind });
+    }
+    Ok(())
 }
 
 const DPS_ALLOWED: &str = "letters a-z (case-insensitive), digits 0-9 and . _ - :";
@@ -59,6 +75,7 @@ fn check_dps_id(kind: &'static str, s: &str) -> Result<String, IdError> {
             allowed: DPS_ALLOWED,
         });
     }
+    check_not_dot_segment(kind, s)?;
     // DPS treats these ids case-insensitively and stores them lower-case.
     Ok(s.to_ascii_lowercase())
 }
@@ -131,6 +148,7 @@ string_id!(
                 allowed: "ASCII letters, digits and - . + % _ # * ? ! ( ) , : = @ $ '",
             });
         }
+        check_not_dot_segment(KIND, s)?;
         Ok(s.to_string())
     }
 );
@@ -194,10 +212,34 @@ mod tests {
     }
 
     #[test]
+    fn dot_segments_are_refused_everywhere() {
+        for s in [".", ".."] {
+            assert_eq!(
+                RegistrationId::parse(s),
+                Err(IdError::DotSegment {
+                    kind: "registration_id"
+                })
+            );
+            assert_eq!(
+                GroupId::parse(s),
+                Err(IdError::DotSegment { kind: "group_id" })
+            );
+            assert_eq!(
+                DeviceId::parse(s),
+                Err(IdError::DotSegment { kind: "device_id" })
+            );
+        }
+        // Dots inside an id are ordinary characters.
+        assert!(RegistrationId::parse("...").is_ok());
+        assert!(GroupId::parse("a..b").is_ok());
+        assert!(DeviceId::parse(".x").is_ok());
+    }
+
+    #[test]
     fn deserialises_through_parse() {
         let id: GroupId = serde_json::from_str("\"Fleet-A\"").unwrap();
         assert_eq!(id.as_str(), "fleet-a");
         let err = serde_json::from_str::<GroupId>("\"bad id\"").unwrap_err();
-        assert!(err.to_string().contains("group_id contains ' '"));
+        assert!(err.to_string().contains("contains ' '"), "{err}");
     }
 }

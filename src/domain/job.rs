@@ -42,7 +42,9 @@ pub struct GroupDeviceTarget {
 }
 
 /// What a job deprovisions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+// Deserialised by hand (see the `Deserialize` impl): serde's internally tagged enums buffer the object and
+// lose the path of a wrong field inside it, so `target.registration_id: 123` would be reported on `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Target {
     /// One individual enrollment (TPM, symmetric key, X.509 leaf with no chain).
@@ -51,6 +53,52 @@ pub enum Target {
     EnrollmentGroup(GroupTarget),
     /// One device of an enrollment group, blocked by a disabled individual enrollment.
     GroupDevice(GroupDeviceTarget),
+}
+
+/// The `kind` values of [`Target`], in the words of the API.
+pub const TARGET_KINDS: [&str; 3] = ["individual_enrollment", "enrollment_group", "group_device"];
+
+/// Prefix of an error message that carries the path of the field inside the target, for the HTTP layer to
+/// join to the outer path (`target` + `registration_id`).
+pub const NESTED_FIELD_PREFIX: &str = "field `";
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let kind = match map.remove("kind") {
+            Some(serde_json::Value::String(k)) => k,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "{NESTED_FIELD_PREFIX}kind`: must be one of {} (got {other})",
+                    TARGET_KINDS.join(", ")
+                )));
+            }
+            None => return Err(D::Error::missing_field("kind")),
+        };
+        fn variant<T: serde::de::DeserializeOwned, E: Error>(
+            map: serde_json::Map<String, serde_json::Value>,
+        ) -> Result<T, E> {
+            serde_path_to_error::deserialize(serde_json::Value::Object(map)).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if path == "." {
+                    E::custom(inner)
+                } else {
+                    E::custom(format!("{NESTED_FIELD_PREFIX}{path}`: {inner}"))
+                }
+            })
+        }
+        match kind.as_str() {
+            "individual_enrollment" => variant(map).map(Target::IndividualEnrollment),
+            "enrollment_group" => variant(map).map(Target::EnrollmentGroup),
+            "group_device" => variant(map).map(Target::GroupDevice),
+            other => Err(D::Error::custom(format!(
+                "{NESTED_FIELD_PREFIX}kind`: unknown target kind `{other}`; expected one of {}",
+                TARGET_KINDS.join(", ")
+            ))),
+        }
+    }
 }
 
 impl Target {
@@ -238,7 +286,8 @@ pub struct DeprovisionRequest {
     /// Enrollment groups only: delete the group itself, last.
     #[serde(default)]
     pub delete_group: bool,
-    /// Delete the group even when an enabled group higher in the same certificate chain would re-admit its devices.
+    /// Delete the group even when an enabled group higher in the same certificate chain would re-admit its devices;
+    /// for a group device, block a `certificate_pem` not issued under the group's signing certificate.
     #[serde(default)]
     pub force: bool,
     /// Why.
@@ -364,10 +413,18 @@ impl DeprovisionRequest {
                 ));
             }
         }
-        if self.force && !self.delete_group {
+        let has_leaf = matches!(
+            &self.target,
+            Target::GroupDevice(GroupDeviceTarget {
+                certificate_pem: Some(_),
+                ..
+            })
+        );
+        if self.force && !self.delete_group && !has_leaf {
             errors.push(FieldError::new(
                 "force",
-                "only means something together with `delete_group: true`",
+                "only means something together with `delete_group: true`, or with a group device's \
+                 `certificate_pem` (to block a leaf not issued under the group's signing certificate)",
             ));
         }
         if errors.is_empty() {

@@ -3,7 +3,9 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -27,6 +29,17 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_events))
         .routes(routes!(cancel_deprovision))
         .routes(routes!(retry_deprovision))
+}
+
+/// What `POST /v1/deprovisions` answers with 200: the job an earlier identical request created, or, with
+/// `dry_run: true`, the preview.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum CreateOk {
+    /// The replayed job.
+    Job(JobView),
+    /// The preview of a dry run.
+    Preview(Preview),
 }
 
 /// Queue a deprovisioning job.
@@ -56,15 +69,18 @@ pub fn router() -> OpenApiRouter<AppState> {
             "reason": {"code": "sold"}
         })))
     )),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe: same key and body give the same job (1-255 visible ASCII characters)")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255,
+        description = "Makes retries of this request safe: same key and body give the same job. 1-255 visible ASCII \
+            characters (0x21-0x7E, no spaces); anything else is refused (400)")),
     responses(
         (status = 202, description = "Job queued", body = JobView, headers(("Location" = String, description = "URL of the job"))),
-        (status = 200, description = "Same Idempotency-Key and body as an earlier request: that job; with `dry_run: true`, the preview (see /v1/deprovisions/preview)", body = JobView),
+        (status = 200, description = "Same Idempotency-Key and body as an earlier request: that job (a `JobView`); with `dry_run: true`, the preview (a `Preview`, see /v1/deprovisions/preview)", body = CreateOk),
         (status = 400, description = "Malformed JSON or header", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "A job for this target is already queued or running; or the request would delete a tombstone, or a group whose devices an enabled higher-chain group would re-admit", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "A job for this target, or for a target sharing its devices (a whole group and one of its devices), is already queued or running; or the request would delete a tombstone, or a group whose devices an enabled higher-chain group would re-admit", body = Problem, content_type = PROBLEM),
         (status = 413, description = "Body larger than the limit", body = Problem, content_type = PROBLEM),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = PROBLEM),
-        (status = 422, description = "Invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid fields; a target DPS does not have; a leaf certificate not issued under its group's signing certificate (unless `force`); or Idempotency-Key reused with another body", body = Problem, content_type = PROBLEM),
+        (status = 502, description = "`dry_run: true` only: DPS or a hub could not be read", body = Problem, content_type = PROBLEM),
     )
 )]
 pub async fn create_deprovision(
@@ -85,7 +101,28 @@ pub async fn create_deprovision(
         let preview = run_preview(&state, &dps, &request).await?;
         return Ok((StatusCode::OK, ApiJson(preview)).into_response());
     }
+    let idempotency = key.map(|k| (k, request_hash(&request)));
+    if let Some((key, hash)) = &idempotency {
+        // A replay answers from the database alone: no admission check, so no Azure call.
+        if let Some(job) = state.store.find_idempotent_replay(key, hash).await? {
+            return Ok(
+                (StatusCode::OK, ApiJson(job_view(&state.store, &job).await?)).into_response(),
+            );
+        }
+    }
     if let Some(azure) = &state.azure {
+        // 404 for the target, or a leaf not issued under its group: 422 before the job exists. When DPS
+        // cannot be asked, the job is accepted and its steps retry.
+        let errors: Vec<FieldError> = [
+            azure.missing_target(&dps, &request).await,
+            azure.leaf_not_under_group(&dps, &request).await,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
         azure.admit(&dps, &request).await.map_err(|r| match r {
             Refusal::Tombstone(detail) => ApiError::Conflict {
                 slug: "tombstone-protected",
@@ -98,8 +135,14 @@ pub async fn create_deprovision(
             Refusal::Store(e) => ApiError::from(e),
         })?;
     }
+    if let Some(job_id) = state
+        .store
+        .overlapping_active_job(&dps, &request.target)
+        .await?
+    {
+        return Err(ApiError::OverlappingJob { job_id });
+    }
     let plan = state.workflow.plan(&request);
-    let idempotency = key.map(|k| (k, request_hash(&request)));
     let created = state
         .store
         .create_job(
@@ -412,7 +455,7 @@ fn validate(request: &DeprovisionRequest) -> Result<(), ApiError> {
     if let Target::GroupDevice(t) = &request.target {
         if let Some(pem) = &t.certificate_pem {
             if errors.iter().all(|e| e.field != "target.certificate_pem") {
-                match crate::domain::cert::leaf_common_name(pem) {
+                match crate::domain::cert::parse_leaf(pem).map(|l| l.common_name) {
                     Ok(cn) if cn.eq_ignore_ascii_case(t.registration_id.as_str()) => {}
                     Ok(cn) => errors.push(FieldError::new(
                         "target.certificate_pem",

@@ -56,12 +56,21 @@ pub enum ApiError {
     /// Body larger than the limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The client did not send the body in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// Content type is not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
     /// The target already has a queued or running job.
     #[error("job {job_id} is already active for this target")]
     ActiveJob {
+        /// The active job.
+        job_id: String,
+    },
+    /// An active job's devices can overlap this request's (a whole group and one of its devices).
+    #[error("job {job_id} is active for a target that shares devices with this one")]
+    OverlappingJob {
         /// The active job.
         job_id: String,
     },
@@ -150,6 +159,11 @@ impl ApiError {
                 "payload-too-large",
                 "Request body too large",
             ),
+            ApiError::RequestTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "The request was not received in time",
+            ),
             ApiError::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
@@ -159,6 +173,11 @@ impl ApiError {
                 StatusCode::CONFLICT,
                 "active-job-exists",
                 "A job for this target is already active",
+            ),
+            ApiError::OverlappingJob { .. } => (
+                StatusCode::CONFLICT,
+                "overlapping-job-active",
+                "An active job covers some of the same devices",
             ),
             ApiError::IdempotencyMismatch { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -213,6 +232,10 @@ impl ApiError {
             ApiError::ActiveJob { job_id } => format!(
                 "job {job_id} is already queued or running for this target; follow it, or cancel it before asking again"
             ),
+            ApiError::OverlappingJob { job_id } => format!(
+                "job {job_id} is queued or running for a target that shares devices with this one (a whole group and \
+                 one device of that group); two jobs would write the same identities. Wait for it, or cancel it"
+            ),
             ApiError::IdempotencyMismatch { job_id } => format!(
                 "this Idempotency-Key already created job {job_id} from a different request body; use a new key for a new request"
             ),
@@ -230,6 +253,7 @@ impl ApiError {
             },
             job_id: match self {
                 ApiError::ActiveJob { job_id }
+                | ApiError::OverlappingJob { job_id }
                 | ApiError::IdempotencyMismatch { job_id }
                 | ApiError::InvalidTransition { job_id, .. } => Some(job_id.clone()),
                 _ => None,

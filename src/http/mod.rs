@@ -119,7 +119,55 @@ fn api_router() -> OpenApiRouter<AppState> {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = api_router().into_openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    document_target_kinds(doc)
+    document_common_responses(document_target_kinds(doc))
+}
+
+/// Answers every operation can give whatever its handler does: 500 (a bug, logged), 503 (the database is not
+/// reachable, or a feature is not configured) and 408 (the request was not received in time), each a problem.
+/// Documented here once rather than on every handler, so no operation can forget them.
+fn document_common_responses(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let problem = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                PROBLEM,
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build()
+    };
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let responses = &mut op.responses.responses;
+            for (code, description) in [
+                (
+                    "408",
+                    "The request (headers, body or handling) did not complete within the server's timeouts",
+                ),
+                ("500", "Unexpected error; logged, reported without details"),
+                (
+                    "503",
+                    "The database is not reachable, or the feature is not configured",
+                ),
+            ] {
+                responses
+                    .entry(code.to_string())
+                    .or_insert_with(|| problem(description).into());
+            }
+        }
+    }
+    doc
 }
 
 /// Each target variant is a closed object (`additionalProperties: false`) combined with its `kind` tag;
@@ -165,6 +213,9 @@ pub fn app(state: AppState, body_limit: usize) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(move |req: Request<Body>, next: axum::middleware::Next| {
+            refuse_declared_oversize(req, next, body_limit)
+        }))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
@@ -176,6 +227,53 @@ pub fn app(state: AppState, body_limit: usize) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(60),
         ))
+        .layer(axum::middleware::map_response(problem_for_bare_errors))
+}
+
+/// Gives a problem body to error answers made without one (the request timeout layer's 408): every error
+/// the app sends is problem+json.
+async fn problem_for_bare_errors(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || resp
+            .headers()
+            .contains_key(axum::http::header::CONTENT_TYPE)
+    {
+        return resp;
+    }
+    let err = match status {
+        StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout(
+            "the request was not handled within the server's 60 s request timeout".into(),
+        ),
+        _ => ApiError::Internal(anyhow::anyhow!("bare {status} response")),
+    };
+    let mut problem = err.problem();
+    problem.status = status.as_u16();
+    problem_response(status, problem)
+}
+
+/// Refuses a body whose declared `Content-Length` is over the limit before reading any of it: otherwise the
+/// server waited for megabytes a client may never send before answering 413.
+async fn refuse_declared_oversize(
+    req: Request<Body>,
+    next: axum::middleware::Next,
+    limit: usize,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        let mut resp = extract::too_large().into_response();
+        // The unread body is not drained; the connection cannot be reused.
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return resp;
+    }
+    next.run(req).await
 }
 
 async fn no_route(uri: Uri) -> ApiError {

@@ -85,7 +85,8 @@ pub struct TombstonePage {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct TombstoneQuery {
-    /// Cursor from the previous page.
+    /// Cursor from the previous page's `next_cursor` (opaque, base64url); any other value is refused (422).
+    #[param(pattern = "^[A-Za-z0-9_-]*$", max_length = 1024)]
     #[serde(default, deserialize_with = "super::views::empty_as_none")]
     pub cursor: Option<String>,
     /// Page size, 1-1000 (default 100).

@@ -313,13 +313,16 @@ pub struct ListJobsQuery {
     pub ticket_key: Option<String>,
     /// Only jobs created at or after this time (RFC 3339).
     #[param(format = DateTime)]
-    #[serde(default, deserialize_with = "empty_as_none")]
+    // No `empty_as_none`: `created_after=` is a malformed time, refused like any other, not a missing filter.
+    #[serde(default)]
     pub created_after: Option<String>,
     /// Only jobs created before this time (RFC 3339).
     #[param(format = DateTime)]
-    #[serde(default, deserialize_with = "empty_as_none")]
+    // No `empty_as_none`: `created_before=` is a malformed time, refused like any other, not a missing filter.
+    #[serde(default)]
     pub created_before: Option<String>,
-    /// Cursor from the previous page.
+    /// Cursor from the previous page's `next_cursor` (opaque, base64url); any other value is refused (422).
+    #[param(pattern = "^[A-Za-z0-9_-]*$", max_length = 512)]
     #[serde(default, deserialize_with = "empty_as_none")]
     pub cursor: Option<String>,
     /// Page size, 1-200 (default 50).
@@ -332,7 +335,8 @@ pub struct ListJobsQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
-    /// Cursor from the previous page.
+    /// Cursor from the previous page's `next_cursor`: a non-negative integer.
+    #[param(pattern = "^[0-9]*$", max_length = 19)]
     #[serde(default, deserialize_with = "empty_as_none")]
     pub cursor: Option<String>,
     /// Page size, 1-1000 (default 100).

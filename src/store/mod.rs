@@ -5,7 +5,9 @@
 //! claims) are chosen by [`Backend`].
 
 mod clock;
+mod idempotency;
 mod metrics;
+mod overlap;
 mod records;
 mod tombstones;
 

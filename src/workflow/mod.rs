@@ -14,6 +14,8 @@
 //! barrier). Every step is safe to repeat: 404 on a delete is done, disabling a disabled record is done,
 //! 412 re-reads and retries.
 
+mod admission_checks;
+mod cert_check;
 pub mod chain;
 pub mod discovery;
 mod outcome;

@@ -468,7 +468,7 @@ async fn validation_errors_are_problems(db: TestDb) {
             422,
             "target",
         ),
-        (json!({"reason": {"code": "lost"}}), 422, "body"),
+        (json!({"reason": {"code": "lost"}}), 422, "target"),
         (
             json!({"target": {"kind": "enrollment_group", "group_id": "g"}, "revoke": "delete", "reason": {"code": "lost"}}),
             422,

@@ -3,6 +3,7 @@
 mod api;
 mod client;
 mod engine;
+mod hostile;
 mod metrics;
 mod openapi;
 mod store;

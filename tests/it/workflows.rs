@@ -1017,12 +1017,12 @@ both_stores!(
 );
 
 impl Env {
-    fn dps_state(&self) -> std::sync::Arc<deprovisiond::sim::state::DpsInstance> {
+    fn dps_state(&self) -> std::sync::Arc<azure_iot_sim::state::DpsInstance> {
         self.sim.state().dps(DPS).unwrap()
     }
 
     /// What an operator does in the portal: disable the enrollment or group by hand (full replace).
-    fn disable_by_hand(&self, kind: deprovisiond::sim::state::EnrollmentKind, id: &str) {
+    fn disable_by_hand(&self, kind: azure_iot_sim::state::EnrollmentKind, id: &str) {
         let dps = self.dps_state();
         let mut body = dps.get(kind, id).expect("enrollment exists");
         body["provisioningStatus"] = json!("disabled");
@@ -1030,8 +1030,8 @@ impl Env {
             kind,
             id,
             body,
-            &deprovisiond::sim::state::Precondition::None,
-            deprovisiond::sim::config::ExistingPutPolicy::Replace,
+            &azure_iot_sim::state::Precondition::None,
+            azure_iot_sim::ExistingPutPolicy::Replace,
         )
         .expect("disabled by hand");
     }
@@ -1094,7 +1094,7 @@ async fn individual_disabled_by_hand_then_device_retried(db: TestDb) {
     .await;
     let hub = e.hub_of("stolen-1");
     e.disable_by_hand(
-        deprovisiond::sim::state::EnrollmentKind::Individual,
+        azure_iot_sim::state::EnrollmentKind::Individual,
         "stolen-1",
     );
     assert!(matches!(
@@ -1115,7 +1115,7 @@ async fn group_disabled_by_hand_then_devices_retried(db: TestDb) {
         fleet(vec![grp("fleet-a", Attestation::SymmetricKey, 6)], vec![]),
     )
     .await;
-    e.disable_by_hand(deprovisiond::sim::state::EnrollmentKind::Group, "fleet-a");
+    e.disable_by_hand(azure_iot_sim::state::EnrollmentKind::Group, "fleet-a");
     let devices: Vec<_> = e
         .fleet
         .group_devices("fleet-a")
@@ -1168,7 +1168,7 @@ async fn individual_every_record_status(db: TestDb) {
     .await;
     let dps = e.dps_state();
     e.disable_by_hand(
-        deprovisiond::sim::state::EnrollmentKind::Individual,
+        azure_iot_sim::state::EnrollmentKind::Individual,
         "ind-disabled",
     );
     assert!(matches!(
@@ -1182,7 +1182,7 @@ async fn individual_every_record_status(db: TestDb) {
         .unwrap();
     dps.delete_registration(
         "ind-no-record",
-        &deprovisiond::sim::state::Precondition::Any,
+        &azure_iot_sim::state::Precondition::Any,
     )
     .unwrap();
     for (rid, status) in [
@@ -1235,7 +1235,7 @@ async fn group_every_record_status(db: TestDb) {
     e.retry_with_no_usable_hub(&rid(1));
     dps.set_registration_status(&rid(2), "assigning").unwrap();
     dps.set_registration_status(&rid(3), "unassigned").unwrap();
-    e.disable_by_hand(deprovisiond::sim::state::EnrollmentKind::Group, "fleet-s");
+    e.disable_by_hand(azure_iot_sim::state::EnrollmentKind::Group, "fleet-s");
     assert!(matches!(e.provision(&rid(4)), ProvisionOutcome::Disabled));
     for (i, status) in [
         (0, "assigned"),
@@ -1280,9 +1280,9 @@ async fn group_device_every_record_status(db: TestDb) {
     e.retry_with_no_usable_hub(&rid(1));
     dps.set_registration_status(&rid(2), "assigning").unwrap();
     dps.set_registration_status(&rid(3), "unassigned").unwrap();
-    dps.delete_registration(&rid(4), &deprovisiond::sim::state::Precondition::Any)
+    dps.delete_registration(&rid(4), &azure_iot_sim::state::Precondition::Any)
         .unwrap();
-    e.disable_by_hand(deprovisiond::sim::state::EnrollmentKind::Group, "fleet-d");
+    e.disable_by_hand(azure_iot_sim::state::EnrollmentKind::Group, "fleet-d");
     assert!(matches!(e.provision(&rid(5)), ProvisionOutcome::Disabled));
     for d in &devices[..6] {
         let rid = &d.registration_id;
@@ -1324,7 +1324,7 @@ async fn record_without_hub_is_looked_up_in_the_listed_hubs(db: TestDb) {
     let e = env(&db, fleet(vec![], vec![listed])).await;
     assert_eq!(e.hub_of("listed-1"), HUBS[1]);
     e.dps_state()
-        .delete_registration("listed-1", &deprovisiond::sim::state::Precondition::Any)
+        .delete_registration("listed-1", &azure_iot_sim::state::Precondition::Any)
         .unwrap();
     let job = e.run(individual_body("listed-1"), "succeeded").await;
     assert_eq!(job["progress"]["registry_done"], 1);
@@ -1417,7 +1417,7 @@ async fn preview_counts_record_statuses_and_lookups(db: TestDb) {
     e.retry_with_no_usable_hub(&devices[1].registration_id);
     dps.set_registration_status(&devices[2].registration_id, "assigning")
         .unwrap();
-    e.disable_by_hand(deprovisiond::sim::state::EnrollmentKind::Group, "fleet-p");
+    e.disable_by_hand(azure_iot_sim::state::EnrollmentKind::Group, "fleet-p");
     assert!(matches!(
         e.provision(&devices[3].registration_id),
         ProvisionOutcome::Disabled
@@ -1463,7 +1463,7 @@ async fn preview_counts_record_statuses_and_lookups(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(ind_plan["devices"]["by_record_status"]["assigned"], 1);
-    dps.delete_registration(rid, &deprovisiond::sim::state::Precondition::Any)
+    dps.delete_registration(rid, &azure_iot_sim::state::Precondition::Any)
         .unwrap();
     let ind_plan: Value = e
         .app
