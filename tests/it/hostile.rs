@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use azure_iot_sim::{SimConfig, Simulator};
 use deprovisiond::app::WorkflowChoice;
 use deprovisiond::azure::AzureClients;
 use deprovisiond::demo::azure_config_for;
-use deprovisiond::sim::{SimConfig, Simulator};
 use serde_json::{Value, json};
 
 use crate::both_stores;
@@ -469,7 +469,7 @@ async fn hostile_input_table(db: TestDb) {
 both_stores!(an_idempotent_replay_answers_from_the_database_alone);
 
 async fn an_idempotent_replay_answers_from_the_database_alone(db: TestDb) {
-    use deprovisiond::sim::seed::{Attestation, FleetSpec, GroupSpec, seed_fleet};
+    use azure_iot_sim::seed::{Attestation, FleetSpec, GroupSpec, seed_fleet};
     let sim = Simulator::start(SimConfig::single(DPS, &HUBS))
         .await
         .expect("simulator starts");
@@ -656,7 +656,7 @@ async fn protocol_level_errors(db: TestDb) {
 both_stores!(a_leaf_must_come_from_its_groups_signing_certificate);
 
 async fn a_leaf_must_come_from_its_groups_signing_certificate(db: TestDb) {
-    use deprovisiond::sim::seed::{Attestation, FleetSpec, GroupSpec, seed_fleet};
+    use azure_iot_sim::seed::{Attestation, FleetSpec, GroupSpec, seed_fleet};
     let sim = Simulator::start(SimConfig::single(DPS, &HUBS))
         .await
         .expect("simulator starts");

@@ -687,7 +687,9 @@ async fn transient_faults_are_retried(db: TestDb) {
     let dev0 = d0.device_id.clone().unwrap_or(d0.registration_id.clone());
     // One transient fault at each step: the group GET (resolve), the group PUT (revoke), the registration
     // query (enumerate), a hub GET and PUT (registry).
-    e.sim.add_fault(fault(json!({"method": "GET", "path": "/enrollmentGroups/fleet-a", "action": {"type": "status", "status": 500}})));
+    // The first group GET is the API's admission check (it reads the group before accepting the job);
+    // the second is the resolve step's.
+    e.sim.add_fault(fault(json!({"method": "GET", "path": "/enrollmentGroups/fleet-a", "nth": 2, "action": {"type": "status", "status": 500}})));
     e.sim.add_fault(fault(json!({"method": "PUT", "path": "/enrollmentGroups/fleet-a", "action": {"type": "status", "status": 503}})));
     e.sim.add_fault(fault(json!({"path": "/registrations/fleet-a/query", "action": {"type": "throttle", "retry_after": 1}})));
     e.sim.add_fault(fault(
@@ -1093,10 +1095,7 @@ async fn individual_disabled_by_hand_then_device_retried(db: TestDb) {
     )
     .await;
     let hub = e.hub_of("stolen-1");
-    e.disable_by_hand(
-        azure_iot_sim::state::EnrollmentKind::Individual,
-        "stolen-1",
-    );
+    e.disable_by_hand(azure_iot_sim::state::EnrollmentKind::Individual, "stolen-1");
     assert!(matches!(
         e.provision("stolen-1"),
         ProvisionOutcome::Disabled
@@ -1180,11 +1179,8 @@ async fn individual_every_record_status(db: TestDb) {
         .unwrap();
     dps.set_registration_status("ind-unassigned", "unassigned")
         .unwrap();
-    dps.delete_registration(
-        "ind-no-record",
-        &azure_iot_sim::state::Precondition::Any,
-    )
-    .unwrap();
+    dps.delete_registration("ind-no-record", &azure_iot_sim::state::Precondition::Any)
+        .unwrap();
     for (rid, status) in [
         ("ind-assigned", "assigned"),
         ("ind-disabled", "disabled"),
