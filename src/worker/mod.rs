@@ -249,7 +249,11 @@ impl Engine {
             let wf = self.workflow.clone();
             let j = job.clone();
             let s = step.clone();
-            let fut = async move { wf.run_job_step(&j, &s).await };
+            let fut = timed(
+                "job",
+                s.clone(),
+                async move { wf.run_job_step(&j, &s).await },
+            );
             let store = self.store.clone();
             let (id, fence) = (job.id.clone(), job.fence);
             let (clock, lease) = (self.clock.clone(), self.config.lease);
@@ -339,7 +343,9 @@ impl Engine {
         } else {
             let wf = self.workflow.clone();
             let (j, it, s) = (job.clone(), item.clone(), step.clone());
-            let fut = async move { wf.run_item_step(&j, &it, &s).await };
+            let fut = timed("device", s.clone(), async move {
+                wf.run_item_step(&j, &it, &s).await
+            });
             let store = self.store.clone();
             let (id, fence) = (item.id.clone(), item.fence);
             let (clock, lease) = (self.clock.clone(), self.config.lease);
@@ -536,4 +542,30 @@ fn outcome_event(
             d
         }),
     }
+}
+
+/// Runs a step and records how long it took, by lane (`job` or `device`), step and outcome, as the
+/// `deprovisiond_step_duration_seconds` histogram. A step stopped for a lost lease records nothing.
+async fn timed(
+    lane: &'static str,
+    step: String,
+    fut: impl std::future::Future<Output = StepResult>,
+) -> StepResult {
+    let started = std::time::Instant::now();
+    let result = fut.await;
+    let outcome = match &result.outcome {
+        Outcome::Done => "done",
+        Outcome::Skipped(_) => "skipped",
+        Outcome::Continue { .. } => "continue",
+        Outcome::Retry { .. } => "retry",
+        Outcome::Fail(_) => "fail",
+    };
+    metrics::histogram!(
+        "deprovisiond_step_duration_seconds",
+        "lane" => lane,
+        "step" => step,
+        "outcome" => outcome
+    )
+    .record(started.elapsed().as_secs_f64());
+    result
 }

@@ -122,6 +122,29 @@ async fn metrics_show_jobs_devices_and_azure_calls(db: TestDb) {
         text.contains("deprovisiond_azure_call_duration_seconds_bucket{"),
         "latencies are histograms:\n{text}"
     );
+    assert!(
+        sample(
+            &text,
+            "deprovisiond_step_duration_seconds_count",
+            &[
+                ("lane", "device"),
+                ("step", "registry"),
+                ("outcome", "done")
+            ],
+        )
+        .unwrap_or(0.0)
+            >= 4.0,
+        "every device's registry step is timed:\n{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "deprovisiond_step_duration_seconds_count",
+            &[("lane", "job"), ("step", "revoke"), ("outcome", "done")],
+        )
+        .is_some(),
+        "{text}"
+    );
     // Nothing secret in the metrics.
     for key in sim
         .state()
