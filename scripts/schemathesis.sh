@@ -34,10 +34,13 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "http://127.0.0.1:${PORT}/healthz" >/dev/null || { cat "$LOG" >&2; exit 1; }
 
-# The committed document is what callers read, so that is what is checked.
+# The committed document is what callers read, so that is what is checked. Every check runs but
+# positive_data_acceptance ("a schema-valid request must be accepted"): the API refuses some schema-valid
+# requests on purpose, for rules a schema cannot express (README, "The API's edge": schemathesis).
 "$VENV/bin/schemathesis" run openapi/openapi.json \
   --url "http://127.0.0.1:${PORT}" \
   --checks all \
+  --exclude-checks positive_data_acceptance \
   --max-examples "$MAX_EXAMPLES" \
   --seed "$SEED" \
   --request-timeout 30

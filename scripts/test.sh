@@ -243,6 +243,8 @@ phase clippy cargo clippy --workspace --all-targets -- -D warnings
 if [[ $pg_mode == start ]]; then phase postgres start_pg; fi
 phase test run_tests
 phase conformance crates/azure-iot-sim/conformance/run.sh
+# Fuzzes the API from its committed OpenAPI document against the demo (pinned, fixed seed).
+phase schemathesis scripts/schemathesis.sh
 if [[ -n ${DEPROVISIOND_TEST_PG_URL:-} ]]; then
     phase container-smoke container_smoke
 elif [[ $ci == true ]]; then

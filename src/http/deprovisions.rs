@@ -316,9 +316,15 @@ fn page_params(q: &PageQuery) -> Result<(Option<i64>, u32), ApiError> {
     if !(1..=1000).contains(&limit) {
         errors.push(FieldError::new("limit", "must be between 1 and 1000"));
     }
-    let cursor = match q.cursor.as_deref().map(str::parse::<i64>) {
+    // Exactly what the document promises: at most 19 ASCII digits (no sign, no leading `+`).
+    let parse = |c: &str| {
+        (c.len() <= 19 && c.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| c.parse::<i64>().ok())
+            .flatten()
+    };
+    let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => None,
-        Some(Ok(c)) if c >= 0 => Some(c),
+        Some(c) if parse(c).is_some() => parse(c),
         Some(_) => {
             errors.push(FieldError::new(
                 "cursor",
