@@ -113,13 +113,7 @@ pub async fn create_deprovision(
     if let Some(azure) = &state.azure {
         // 404 for the target, or a leaf not issued under its group: 422 before the job exists. When DPS
         // cannot be asked, the job is accepted and its steps retry.
-        let errors: Vec<FieldError> = [
-            azure.missing_target(&dps, &request).await,
-            azure.leaf_not_under_group(&dps, &request).await,
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let errors = azure.target_errors(&dps, &request).await;
         if !errors.is_empty() {
             return Err(ApiError::Validation(errors));
         }

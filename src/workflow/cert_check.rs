@@ -1,7 +1,6 @@
 //! Admission: a group device's leaf certificate must have been issued under its group's signing certificate.
 
-use super::AzureWorkflow;
-use crate::azure::models::X509CertificateInfo;
+use crate::azure::models::{EnrollmentGroup, X509CertificateInfo};
 use crate::domain::job::{DeprovisionRequest, FieldError, Target};
 
 /// A distinguished name compared as a set of `type=value` parts, case-insensitively: DPS and x509-parser may
@@ -22,62 +21,50 @@ fn issued_by(leaf_issuer: &str, signing: &[&X509CertificateInfo]) -> bool {
     signing.iter().any(|s| dn_key(&s.subject_name) == issuer)
 }
 
-impl AzureWorkflow {
-    /// For a group device with `certificate_pem` and without `force`: the field error when the leaf's
-    /// issuer is not the subject of the group's primary or secondary signing certificate as DPS reports it
-    /// (a tombstone for a certificate the device does not hold would block nothing). `None` when it matches,
-    /// when the group has no certificate info to compare with (CA references, symmetric keys), or when DPS
-    /// could not be asked.
-    pub async fn leaf_not_under_group(
-        &self,
-        dps_name: &str,
-        request: &DeprovisionRequest,
-    ) -> Option<FieldError> {
-        let Target::GroupDevice(t) = &request.target else {
-            return None;
-        };
-        let pem = t.certificate_pem.as_deref()?;
-        if request.force {
-            return None;
-        }
-        let leaf = crate::domain::cert::parse_leaf(pem).ok()?;
-        let dps = self.clients.dps(dps_name).ok()?;
-        let group = match dps.get_enrollment_group(t.group_id.as_str()).await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::warn!(error = %e, "leaf issuer not checked at admission");
-                return None;
-            }
-        };
-        let signing = group
-            .attestation
-            .x509
-            .as_ref()?
-            .signing_certificates
-            .as_ref()?;
-        let infos: Vec<&X509CertificateInfo> = [&signing.primary, &signing.secondary]
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c.info.as_ref())
-            .collect();
-        if infos.is_empty() || issued_by(&leaf.issuer, &infos) {
-            return None;
-        }
-        let names: Vec<String> = infos
-            .iter()
-            .map(|i| format!("`{}` (SHA-1 {})", i.subject_name, i.sha1_thumbprint))
-            .collect();
-        Some(FieldError::new(
-            "target.certificate_pem",
-            format!(
-                "was issued by `{}`, not by group `{}`'s signing certificate {}; a block for a certificate the \
-                 device does not hold would not stop it. Give the device's own leaf, or `force: true` to block it anyway",
-                leaf.issuer,
-                t.group_id,
-                names.join(" or ")
-            ),
-        ))
+/// For a group device with `certificate_pem` and without `force`: the field error when the leaf's issuer is
+/// not the subject of `group`'s primary or secondary signing certificate as DPS reports it (a tombstone for
+/// a certificate the device does not hold would block nothing). `None` when it matches, and when the group
+/// has no certificate info to compare with (CA references, symmetric keys).
+pub(super) fn leaf_not_under_group(
+    request: &DeprovisionRequest,
+    group: &EnrollmentGroup,
+) -> Option<FieldError> {
+    let Target::GroupDevice(t) = &request.target else {
+        return None;
+    };
+    let pem = t.certificate_pem.as_deref()?;
+    if request.force {
+        return None;
     }
+    let leaf = crate::domain::cert::parse_leaf(pem).ok()?;
+    let signing = group
+        .attestation
+        .x509
+        .as_ref()?
+        .signing_certificates
+        .as_ref()?;
+    let infos: Vec<&X509CertificateInfo> = [&signing.primary, &signing.secondary]
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.info.as_ref())
+        .collect();
+    if infos.is_empty() || issued_by(&leaf.issuer, &infos) {
+        return None;
+    }
+    let names: Vec<String> = infos
+        .iter()
+        .map(|i| format!("`{}` (SHA-1 {})", i.subject_name, i.sha1_thumbprint))
+        .collect();
+    Some(FieldError::new(
+        "target.certificate_pem",
+        format!(
+            "was issued by `{}`, not by group `{}`'s signing certificate {}; a block for a certificate the \
+             device does not hold would not stop it. Give the device's own leaf, or `force: true` to block it anyway",
+            leaf.issuer,
+            t.group_id,
+            names.join(" or ")
+        ),
+    ))
 }
 
 #[cfg(test)]

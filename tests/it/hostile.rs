@@ -729,7 +729,9 @@ async fn a_leaf_must_come_from_its_groups_signing_certificate(db: TestDb) {
         )
         .await;
     assert_eq!(r.status(), 202);
-    // The device's own leaf passes.
+    // The device's own leaf passes, and admission reads the group from DPS once for both checks (it
+    // exists, and it issued the leaf).
+    let before = sim.calls().len();
     let r = app
         .post(
             "/v1/deprovisions",
@@ -741,6 +743,11 @@ async fn a_leaf_must_come_from_its_groups_signing_certificate(db: TestDb) {
         )
         .await;
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let group_reads = sim.calls()[before..]
+        .iter()
+        .filter(|c| c.method == "GET" && c.path.starts_with("/enrollmentGroups/"))
+        .count();
+    assert_eq!(group_reads, 1, "{:#?}", &sim.calls()[before..]);
     app.stop().await;
     sim.shutdown().await;
 }
