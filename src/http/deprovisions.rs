@@ -88,8 +88,39 @@ pub async fn create_deprovision(
     headers: HeaderMap,
     ApiJson(request): ApiJson<DeprovisionRequest>,
 ) -> Result<Response, ApiError> {
-    validate(&request)?;
     let key = idempotency_key(&headers)?;
+    Ok(match submit(&state, request, key).await? {
+        Submitted::Preview(preview) => (StatusCode::OK, ApiJson(preview)).into_response(),
+        Submitted::Replayed(view) => (StatusCode::OK, ApiJson(view)).into_response(),
+        Submitted::New(view) => {
+            let location = format!("/v1/deprovisions/{}", view.id);
+            let mut resp = (StatusCode::ACCEPTED, ApiJson(view)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            resp
+        }
+    })
+}
+
+/// What [`submit`] did with a request.
+pub enum Submitted {
+    /// `dry_run: true`: the preview, nothing recorded.
+    Preview(Preview),
+    /// A new job was recorded and the engine woken.
+    New(JobView),
+    /// The idempotency key named an earlier job with the same request: that job, unchanged.
+    Replayed(JobView),
+}
+
+/// Validates, admits and records a request: the one path every caller (the API, webhooks, the dashboard)
+/// takes to create a job, so the checks cannot differ between them.
+pub async fn submit(
+    state: &AppState,
+    request: DeprovisionRequest,
+    idempotency_key: Option<String>,
+) -> Result<Submitted, ApiError> {
+    validate(&request)?;
     let dps = state.resolve_dps(request.dps.as_ref().map(|d| d.as_str()))?;
     let mut request = request;
     // Store the resolved instance so the job shows where it runs and the hash covers it.
@@ -98,16 +129,15 @@ pub async fn create_deprovision(
             .map_err(|e| ApiError::Validation(vec![FieldError::new("dps", e.to_string())]))?,
     );
     if request.dry_run {
-        let preview = run_preview(&state, &dps, &request).await?;
-        return Ok((StatusCode::OK, ApiJson(preview)).into_response());
+        return Ok(Submitted::Preview(
+            run_preview(state, &dps, &request).await?,
+        ));
     }
-    let idempotency = key.map(|k| (k, request_hash(&request)));
+    let idempotency = idempotency_key.map(|k| (k, request_hash(&request)));
     if let Some((key, hash)) = &idempotency {
         // A replay answers from the database alone: no admission check, so no Azure call.
         if let Some(job) = state.store.find_idempotent_replay(key, hash).await? {
-            return Ok(
-                (StatusCode::OK, ApiJson(job_view(&state.store, &job).await?)).into_response(),
-            );
+            return Ok(Submitted::Replayed(job_view(&state.store, &job).await?));
         }
     }
     if let Some(azure) = &state.azure {
@@ -149,21 +179,13 @@ pub async fn create_deprovision(
             state.clock.now_ms(),
         )
         .await?;
-    match created {
+    Ok(match created {
         Created::New(job) => {
             state.waker.wake();
-            let view = job_view(&state.store, &job).await?;
-            let location = format!("/v1/deprovisions/{}", job.id);
-            let mut resp = (StatusCode::ACCEPTED, ApiJson(view)).into_response();
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            Ok(resp)
+            Submitted::New(job_view(&state.store, &job).await?)
         }
-        Created::Replayed(job) => {
-            Ok((StatusCode::OK, ApiJson(job_view(&state.store, &job).await?)).into_response())
-        }
-    }
+        Created::Replayed(job) => Submitted::Replayed(job_view(&state.store, &job).await?),
+    })
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
