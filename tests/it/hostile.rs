@@ -555,10 +555,32 @@ async fn raw_exchange(addr: &str, bytes: &[u8], then_wait: bool) -> (Option<u16>
     // A guard against a hang, not a timing assertion.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(60), s.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out).to_string();
-    let status = text
+    let status: Option<u16> = text
         .strip_prefix("HTTP/1.1 ")
         .and_then(|r| r.get(..3))
         .and_then(|c| c.parse().ok());
+    // What the server answered is held to the document like every proxied response.
+    if let (Some(code), Some((head, body))) = (status, text.split_once("\r\n\r\n"))
+        && !body.is_empty()
+    {
+        let content_type = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type").then(|| v.trim())
+        });
+        let request_line = String::from_utf8_lossy(bytes);
+        let mut words = request_line.split(' ');
+        let violation = match (code, words.next(), words.next()) {
+            (200..=299, Some(method), Some(path)) => crate::response_schema::check_response(
+                method,
+                path,
+                code,
+                content_type,
+                body.as_bytes(),
+            ),
+            _ => crate::response_schema::check_protocol_error(content_type, body.as_bytes()),
+        };
+        assert!(violation.is_none(), "{violation:?}");
+    }
     (status, text)
 }
 

@@ -113,8 +113,10 @@ pub fn fast_engine() -> EngineConfig {
 
 /// The app, running on a random port.
 pub struct TestApp {
+    /// Where tests call the app: through the schema proxy, which checks every response.
     pub base: String,
     pub http: reqwest::Client,
+    proxy: crate::response_schema::SchemaProxy,
 
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -161,7 +163,9 @@ impl TestApp {
             body_limit: deprovisiond::http::BODY_LIMIT_BYTES,
         };
         let app = App::build(config, choice, clock).await.expect("app builds");
-        let base = format!("http://{}", app.local_addr());
+        let direct = format!("http://{}", app.local_addr());
+        let proxy = crate::response_schema::SchemaProxy::start(direct.clone()).await;
+        let base = format!("http://{}", proxy.addr);
         let stop = CancellationToken::new();
         let s = stop.clone();
         let task = tokio::spawn(async move {
@@ -172,6 +176,7 @@ impl TestApp {
         TestApp {
             base,
             http: reqwest::Client::new(),
+            proxy,
             stop,
             task,
         }
@@ -242,6 +247,8 @@ impl TestApp {
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        // Dropping the proxy fails the test if any response broke the document.
+        drop(self.proxy);
     }
 }
 
