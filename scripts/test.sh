@@ -277,8 +277,26 @@ phase test run_tests
 phase conformance crates/azure-iot-sim/conformance/run.sh
 # Fuzzes the API from its committed OpenAPI document against the demo (pinned, fixed seed).
 phase schemathesis scripts/schemathesis.sh
+# The crash, replica, outage and fault suites, short versions, on the same release binary. The outage suite
+# restarts PostgreSQL, so it needs the throwaway cluster this script started.
+reliability() {
+    local target=${CARGO_TARGET_DIR:-$root/target} outage=(--pg-bin "$pg_bin" --pg-data "${pg_tmp:-}/data")
+    local suites=crash,replicas,outage,faults
+    if [[ $pg_mode != start ]]; then
+        if [[ $ci == true ]]; then
+            log "ERROR: the outage suite restarts PostgreSQL: under CI=true let the test command start its own cluster"
+            return 1
+        fi
+        echo "SKIPPED: the outage suite (it restarts PostgreSQL; a given server is not restarted)"
+        suites=crash,replicas,faults outage=()
+    fi
+    python3 scripts/reliability.py --size short --suite "$suites" --binary "$target/release/deprovisiond" \
+        --sim "$target/debug/azure-iot-sim" --pg-url "$DEPROVISIOND_TEST_PG_URL" "${outage[@]}"
+}
+
 if [[ -n ${DEPROVISIOND_TEST_PG_URL:-} ]]; then
     phase container-smoke container_smoke
+    phase reliability reliability
 elif [[ $ci == true ]]; then
     log "ERROR: no PostgreSQL for the container smoke test"
     exit 1

@@ -18,6 +18,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(readyz))
 }
 
+/// How long the readiness probe waits for the database before it answers 503.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Probe answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
@@ -45,7 +48,17 @@ pub async fn healthz() -> ApiJson<Health> {
 pub async fn readyz(
     State(state): State<AppState>,
 ) -> Result<(StatusCode, ApiJson<Health>), ApiError> {
-    match state.store.ready().await {
+    // A probe must answer within its own timeout: a database that does not answer is not ready, even while
+    // the pool is still waiting for a connection.
+    let answer = tokio::time::timeout(READY_WITHIN, state.store.ready()).await;
+    let Ok(answer) = answer else {
+        tracing::warn!("readiness check: the database did not answer in time");
+        return Err(ApiError::Unavailable(format!(
+            "the database did not answer within {} s",
+            READY_WITHIN.as_secs()
+        )));
+    };
+    match answer {
         Ok(true) => Ok((StatusCode::OK, ApiJson(Health { status: "ok" }))),
         Ok(false) => Err(ApiError::Unavailable(
             "database migrations are not applied".into(),
