@@ -333,3 +333,37 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutdown signal received");
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every environment variable a command reads, with the command's path.
+    fn env_vars(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String)>) {
+        for arg in cmd.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                out.push((path.to_string(), env.to_string_lossy().into_owned()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            env_vars(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    /// The README is the configuration reference: a variable added to the CLI must be documented there.
+    #[test]
+    fn the_readme_documents_every_environment_variable() {
+        let readme = include_str!("../README.md");
+        let mut vars = Vec::new();
+        env_vars(&super::Cli::command(), "deprovisiond", &mut vars);
+        assert!(vars.len() > 10, "found only {vars:?}");
+        let missing: Vec<_> = vars
+            .iter()
+            .filter(|(_, v)| !readme.contains(&format!("`{v}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in README.md (as `NAME`): {missing:?}"
+        );
+    }
+}
