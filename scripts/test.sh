@@ -194,10 +194,11 @@ no_simulator_in_production() {
 }
 
 test_log=$(mktemp)
-# Every test of the workspace, once: one feature set, so nothing is built twice.
+# Every test of the workspace, once: one feature set (the defaults plus `otlp`, whose test needs it), so
+# nothing is built twice.
 run_tests() {
     local status=0 skipped
-    cargo test --workspace --all-targets 2>&1 | tee "$test_log" || status=$?
+    cargo test --workspace --all-targets --features deprovisiond/otlp 2>&1 | tee "$test_log" || status=$?
     skipped=$(grep -c '^SKIPPED:' "$test_log" || true)
     if ((skipped > 0)); then
         log "WARNING: $skipped check(s) SKIPPED (outside CI only):"
@@ -270,7 +271,7 @@ phase fmt cargo fmt --all -- --check
 if [[ -n ${DEPROVISIOND_TEST_PG_URL:-} || $pg_mode == start ]]; then start_release_build; fi
 phase container-lint lint_container_files
 phase no-simulator no_simulator_in_production
-phase clippy cargo clippy --workspace --all-targets -- -D warnings
+phase clippy cargo clippy --workspace --all-targets --features deprovisiond/otlp -- -D warnings
 # An `if`, not `||`: set -e must stay in force inside start_pg.
 if [[ $pg_mode == start ]]; then phase postgres start_pg; fi
 phase test run_tests

@@ -2,11 +2,23 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = deprovisiond::cli::Cli::parse();
-    deprovisiond::telemetry::init();
-    match deprovisiond::cli::run(cli).await {
+    // Set up before the runtime and dropped after it: the span exporter flushes from a plain thread.
+    let _telemetry = deprovisiond::telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("deprovisiond: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(deprovisiond::cli::run(cli));
+    drop(runtime);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line a person can act on: the error and its causes, each said once.
