@@ -74,10 +74,7 @@ fn try_it_out_starts_from_a_harmless_single_device_disable() {
         );
     }
     for key in ["delete_registrations", "delete_group", "force"] {
-        assert!(
-            value.get(key).is_none_or(|v| v == false),
-            "{first}: {key}"
-        );
+        assert!(value.get(key).is_none_or(|v| v == false), "{first}: {key}");
     }
     for (name, example) in examples {
         if example["value"]["target"]["kind"] == "enrollment_group" {

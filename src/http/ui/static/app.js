@@ -4,9 +4,10 @@
 (function () {
   "use strict";
 
-  // Filters: apply as soon as a value is chosen.
-  document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
-    select.addEventListener("change", function () { select.form.submit(); });
+  // Filters: apply as soon as a value is chosen. Delegated, because auto-refresh replaces the elements.
+  document.addEventListener("change", function (e) {
+    var t = e.target;
+    if (t && t.matches && t.matches("select[data-autosubmit]") && t.form) { t.form.submit(); }
   });
 
   // New-job form: show the fields the chosen kind uses (all stay in the page; the server ignores the rest).
