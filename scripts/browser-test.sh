@@ -62,6 +62,7 @@ port="$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.
 base="http://127.0.0.1:$port"
 log="$root/target/browser-demo.log"
 mkdir -p "$root/target" "$shots"
+rm -f "$shots/failure.png"
 "$bin" demo --listen "127.0.0.1:$port" >"$log" 2>&1 &
 demo=$!
 trap 'kill "$demo" 2>/dev/null || true; wait "$demo" 2>/dev/null || true' EXIT

@@ -30,6 +30,7 @@ pub const SESSION_COOKIE: &str = "deprovisiond_session";
 
 const APP_CSS: &str = include_str!("static/app.css");
 const APP_JS: &str = include_str!("static/app.js");
+const FAVICON: &str = include_str!("static/favicon.svg");
 
 /// The dashboard's routes, all under `/ui`.
 pub fn router() -> Router<AppState> {
@@ -143,6 +144,8 @@ async fn static_file(Path(file): Path<String>) -> Result<Response, UiError> {
     let (body, content_type) = match file.as_str() {
         "app.css" => (APP_CSS, "text/css; charset=utf-8"),
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
+        // Linked from every page, so browsers do not ask for /favicon.ico (a 404 outside /ui).
+        "favicon.svg" => (FAVICON, "image/svg+xml"),
         _ => return Err(UiError::NotFound(format!("no static file {file}"))),
     };
     Ok((

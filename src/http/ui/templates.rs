@@ -25,6 +25,7 @@ fn layout(title: &str, refresh: bool, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · deprovisiond" }
+                link rel="icon" type="image/svg+xml" href="/ui/static/favicon.svg";
                 link rel="stylesheet" href="/ui/static/app.css";
                 script src="/ui/static/app.js" defer {}
                 @if refresh {
