@@ -11,6 +11,12 @@ use deprovisiond::store::{ItemRecord, JobRecord, NewItem, Plan, StepEffects};
 use deprovisiond::worker::{StepResult, Workflow};
 use serde_json::{Value, json};
 
+use azure_iot_sim::Simulator;
+use azure_iot_sim::seed::seed_fleet;
+use deprovisiond::app::WorkflowChoice;
+use deprovisiond::azure::AzureClients;
+use deprovisiond::demo::{azure_config_for, demo_fleet, demo_sim_config};
+
 use crate::both_stores;
 use crate::support::{Act, Scripted, TestApp, TestDb, group, individual};
 
@@ -23,6 +29,7 @@ both_stores!(
     form_errors_come_back_escaped,
     cross_site_writes_are_refused,
     login_sets_a_strict_http_only_cookie,
+    preview_shows_what_azure_holds_and_refusals_return_to_the_form,
 );
 
 /// Registration ids, device ids and hubs come from Azure: the dashboard must show them as text.
@@ -635,4 +642,89 @@ async fn login_sets_a_strict_http_only_cookie(db: TestDb) {
         "{cleared}"
     );
     app.stop().await;
+}
+
+async fn preview_shows_what_azure_holds_and_refusals_return_to_the_form(db: TestDb) {
+    let sim = Simulator::start(demo_sim_config())
+        .await
+        .expect("simulator starts");
+    seed_fleet(sim.state(), &demo_fleet()).expect("fleet seeds");
+    let clients = AzureClients::new(&azure_config_for(&sim).expect("config")).expect("clients");
+    let app = TestApp::spawn_choice(
+        &db,
+        WorkflowChoice::Azure(Arc::new(clients)),
+        crate::support::fast_engine(),
+        true,
+    )
+    .await;
+
+    let fields = filled("enrollment_group", &[("group_id", "fleet-sk")]);
+    let r = post_form(&app, "/ui/new/preview", &pairs(&fields)).await;
+    assert_eq!(r.status(), 200);
+    let confirm = r.text().await.unwrap();
+    for shown in [
+        "exists",
+        "demo-hub-1.azure-devices.net",
+        "demo-hub-2.azure-devices.net",
+        "group_kept",
+        "<dd>50</dd>",
+    ] {
+        assert!(confirm.contains(shown), "missing {shown} in {confirm}");
+    }
+    assert!(!confirm.contains("No preview"));
+    assert_eq!(job_count(&app).await, 0, "the preview changed nothing");
+    let r = post_form(
+        &app,
+        "/ui/new/create",
+        &[
+            ("request", &hidden(&confirm, "request")),
+            ("idempotency_key", &hidden(&confirm, "idempotency_key")),
+            ("confirm_target", "fleet-sk"),
+            ("action", "create"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let id = location.strip_prefix("/ui/jobs/").unwrap();
+    app.wait_job(id, Duration::from_secs(60), |j| {
+        !matches!(j["status"].as_str(), Some("queued" | "running"))
+    })
+    .await;
+    let page = html(&app, &location).await;
+    assert!(page.contains("succeeded (50)"), "{page}");
+    assert!(
+        page.contains("<code>demo-hub-1.azure-devices.net</code>"),
+        "per-hub row: {page}"
+    );
+
+    // A target DPS does not have: the preview says so (as the API's dry run does), and confirming it comes
+    // back to the form with admission's reason and the values kept.
+    let fields = filled(
+        "individual_enrollment",
+        &[("registration_id", "no-such-device")],
+    );
+    let r = post_form(&app, "/ui/new/preview", &pairs(&fields)).await;
+    assert_eq!(r.status(), 200);
+    let confirm = r.text().await.unwrap();
+    assert!(confirm.contains("not found"), "{confirm}");
+    let r = post_form(
+        &app,
+        "/ui/new/create",
+        &[
+            ("request", &hidden(&confirm, "request")),
+            ("idempotency_key", &hidden(&confirm, "idempotency_key")),
+            ("action", "create"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 422);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("<code>target") && body.contains("value=\"no-such-device\""),
+        "{body}"
+    );
+    assert_eq!(job_count(&app).await, 1);
+    app.stop().await;
+    sim.shutdown().await;
 }
