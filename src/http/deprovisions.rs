@@ -51,22 +51,25 @@ pub enum CreateOk {
     post,
     path = "/v1/deprovisions",
     tag = "deprovisions",
+    // Swagger UI pre-fills "Try it out" with the first example, and utoipa orders examples by name: the
+    // numbered names keep a reversible single-device disable first, so a careless "Execute" cannot act on a
+    // whole group. Group-wide examples say so in their summary.
     request_body(content = DeprovisionRequest, examples(
-        ("individual" = (summary = "Disable a stolen device's enrollment and hub identity", value = json!({
+        ("1_one_device_disable" = (summary = "One device: disable one individual enrollment and its hub identity (reversible)", value = json!({
             "target": {"kind": "individual_enrollment", "registration_id": "sk-sensor-001"},
             "revoke": "disable", "registry": "disable",
             "reason": {"code": "stolen", "text": "Reported stolen by the customer"},
             "ticket": {"system": "jira", "key": "OPS-1234"}
         }))),
-        ("group" = (summary = "Compromised intermediate: disable the whole group", value = json!({
-            "target": {"kind": "enrollment_group", "group_id": "fleet-x509"},
-            "registry": "disable",
-            "reason": {"code": "compromised", "text": "Intermediate CA key leaked"}
-        }))),
-        ("group_device" = (summary = "Block one device of a group", value = json!({
+        ("2_one_group_device_block" = (summary = "One device of a group: block it and delete its hub identity; the group's other devices are untouched", value = json!({
             "target": {"kind": "group_device", "group_id": "fleet-sk", "registration_id": "sk-dev-0007"},
             "registry": "delete",
             "reason": {"code": "sold"}
+        }))),
+        ("3_whole_group_disable" = (summary = "Whole group: disables the group and the hub identity of EVERY device of the group", value = json!({
+            "target": {"kind": "enrollment_group", "group_id": "fleet-x509"},
+            "registry": "disable",
+            "reason": {"code": "compromised", "text": "Intermediate CA key leaked"}
         })))
     )),
     params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255,

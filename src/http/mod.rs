@@ -6,6 +6,7 @@ pub mod extract;
 pub mod health;
 pub mod metrics;
 pub mod tombstones;
+pub mod ui;
 pub mod views;
 
 use std::sync::Arc;
@@ -209,6 +210,8 @@ pub fn app(state: AppState, body_limit: usize) -> Router {
     let (router, _) = api_router().split_for_parts();
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
+        // The dashboard is HTML for people, outside the OpenAPI document.
+        .merge(ui::router())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

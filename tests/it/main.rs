@@ -9,4 +9,5 @@ mod openapi;
 mod response_schema;
 mod store;
 mod support;
+mod ui;
 mod workflows;
