@@ -7,6 +7,7 @@ pub mod health;
 pub mod metrics;
 pub mod tombstones;
 pub mod views;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,7 +102,8 @@ impl AppState {
     tags(
         (name = "deprovisions", description = "Deprovisioning jobs"),
         (name = "tombstones", description = "Disabled individual enrollments that block single devices of groups"),
-        (name = "health", description = "Probes")
+        (name = "health", description = "Probes"),
+        (name = "webhooks", description = "Signed deliveries from ticketing systems (Jira, ServiceNow) and other callers")
     ),
     components(schemas(error::Problem, crate::domain::job::TargetKind, crate::domain::job::JobStatus))
 )]
@@ -113,6 +115,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(tombstones::router())
         .merge(health::router())
         .merge(metrics::router())
+        .merge(webhooks::router())
 }
 
 /// The OpenAPI document (also committed as `openapi/openapi.json`).

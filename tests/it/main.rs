@@ -8,4 +8,5 @@ mod metrics;
 mod openapi;
 mod store;
 mod support;
+mod webhooks;
 mod workflows;
