@@ -33,6 +33,14 @@ pub struct HookApp {
 
 impl HookApp {
     pub async fn spawn(db: &TestDb, config: WebhookConfig) -> HookApp {
+        Self::spawn_with(db, config, Scripted::new(1)).await
+    }
+
+    pub async fn spawn_with(
+        db: &TestDb,
+        config: WebhookConfig,
+        workflow: Arc<dyn deprovisiond::worker::Workflow>,
+    ) -> HookApp {
         let app_config = AppConfig {
             database_url: db.url.clone(),
             listen: "127.0.0.1:0".parse().expect("addr"),
@@ -41,7 +49,7 @@ impl HookApp {
             tombstone_audit_every: None,
             body_limit: deprovisiond::http::BODY_LIMIT_BYTES,
         };
-        let choice = WorkflowChoice::Custom(Scripted::new(1), vec!["default".into()]);
+        let choice = WorkflowChoice::Custom(workflow, vec!["default".into()]);
         let app = App::build(app_config, choice, Arc::new(SystemClock))
             .await
             .expect("app builds")
@@ -138,6 +146,7 @@ pub fn jira_source() -> JiraSource {
         rule: serde_json::from_value(jira_rule()).expect("rule"),
         callback_url: None,
         comment: None,
+        max_age_secs: None,
     }
 }
 
@@ -413,6 +422,45 @@ async fn jira_deliveries(db: TestDb) {
     app.stop().await;
 }
 
+async fn jira_replay_refused_by_age(db: TestDb) {
+    let mut cfg = config();
+    if let Some(j) = cfg.jira.as_mut() {
+        j.max_age_secs = Some(600);
+    }
+    let app = HookApp::spawn(&db, cfg).await;
+    // The fixture's timestamp is from the past: a captured delivery replayed later, under a new identifier.
+    let old = serde_json::to_vec(&fixture("jira_issue_updated.json")).unwrap();
+    let (status, p) = app
+        .post(
+            "/v1/webhooks/jira",
+            &jira_headers(JIRA_SECRET, "r-1", &old),
+            &old,
+        )
+        .await;
+    assert_eq!(status, 401, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("replay"), "{p}");
+    assert_eq!(
+        app.count("jobs").await + app.count("webhook_deliveries").await,
+        0
+    );
+    let mut fresh = fixture("jira_issue_updated.json");
+    fresh["timestamp"] = json!(SystemClock.now_ms());
+    let fresh = serde_json::to_vec(&fresh).unwrap();
+    let (status, ack) = app
+        .post(
+            "/v1/webhooks/jira",
+            &jira_headers(JIRA_SECRET, "r-2", &fresh),
+            &fresh,
+        )
+        .await;
+    assert_eq!(
+        (status, ack["outcome"].as_str()),
+        (202, Some("created")),
+        "{ack}"
+    );
+    app.stop().await;
+}
+
 async fn jira_mapping(db: TestDb) {
     let app = HookApp::spawn(&db, config()).await;
     // Created in status Open: no transition to Deprovision in the changelog.
@@ -590,6 +638,7 @@ both_stores!(
     generic_mapping,
     jira_deliveries,
     jira_mapping,
+    jira_replay_refused_by_age,
     servicenow_deliveries,
     unconfigured_sources_answer_503,
 );

@@ -128,6 +128,11 @@ pub struct JiraSource {
     /// Also post each job's outcome as a comment on its issue.
     #[serde(default)]
     pub comment: Option<JiraComment>,
+    /// Refuse (401) deliveries whose signed `timestamp` is older than this many seconds: a captured delivery
+    /// replayed later. Off by default, because Jira's own retries carry the original timestamp; set it above
+    /// Jira's retry window.
+    #[serde(default)]
+    pub max_age_secs: Option<u64>,
 }
 
 /// Where and as whom to comment on Jira issues (REST v3, basic auth with an API token).

@@ -2,8 +2,9 @@
 //!
 //! Jira signs each delivery with the webhook's secret (`X-Hub-Signature: sha256=<hex HMAC of the body>`) and
 //! names it with `X-Atlassian-Webhook-Identifier`, the same on each of its retries: a second delivery with that
-//! identifier is answered from the first. Jira's signature carries no timestamp, so a captured delivery replayed
-//! later is recognised by that identifier (and by the ticket's idempotency key), not refused by age.
+//! identifier is answered from the first. Jira's signature header carries no timestamp: a captured delivery
+//! replayed later is recognised by that identifier and by the ticket's idempotency key, and, with `max_age_secs`,
+//! refused by the age of the payload's signed `timestamp`.
 
 use axum::Extension;
 use axum::extract::State;
@@ -41,7 +42,7 @@ pub const DELIVERY_HEADER: &str = "x-atlassian-webhook-identifier";
         (status = 202, description = "A job was created (`outcome: created`), or the event does not match the rule (`outcome: ignored`)", body = WebhookAck),
         (status = 200, description = "The issue or this delivery already created a job: that job (`outcome: duplicate`)", body = WebhookAck),
         (status = 400, description = "The body is not JSON", body = Problem, content_type = PROBLEM),
-        (status = 401, description = "Signature missing or wrong; nothing recorded", body = Problem, content_type = PROBLEM),
+        (status = 401, description = "Signature missing or wrong, or (with `max_age_secs`) the signed payload too old: a replay; nothing recorded", body = Problem, content_type = PROBLEM),
         (status = 409, description = "Another job is active for this target", body = Problem, content_type = PROBLEM),
         (status = 413, description = "Body larger than the limit", body = Problem, content_type = PROBLEM),
         (status = 422, description = "A mapped field is absent or unusable: each is named by its JSON pointer", body = Problem, content_type = PROBLEM),
@@ -54,7 +55,7 @@ pub async fn jira_webhook(
     RawBody(body): RawBody,
 ) -> Result<WebhookAck, HookError> {
     const SOURCE: &str = "jira";
-    let (_, source) = configured(&hooks, |c| c.jira.as_ref(), SOURCE)?;
+    let (hooks, source) = configured(&hooks, |c| c.jira.as_ref(), SOURCE)?;
     super::signature::verify_hub_signature(
         source.secret.bytes(),
         header(&headers, SIGNATURE_HEADER),
@@ -66,6 +67,20 @@ pub async fn jira_webhook(
         return Ok(ack);
     }
     let payload = parse_json(&body)?;
+    if let Some(max_age) = source.max_age_secs {
+        // The body is authenticated, so its timestamp (milliseconds) is what Jira signed.
+        let sent_ms = payload.get("timestamp").and_then(serde_json::Value::as_i64);
+        let age_secs = sent_ms.map(|t| (hooks.clock.now_ms() - t) / 1000);
+        if age_secs.is_none_or(|a| a > max_age as i64) {
+            let reason = match age_secs {
+                Some(a) => format!(
+                    "the delivery was signed {a} s ago; at most {max_age} s is accepted (a replay?)"
+                ),
+                None => "the delivery has no `timestamp` to check its age against".into(),
+            };
+            return Err(HookError::unauthorized(SOURCE, reason));
+        }
+    }
     let (request, ticket_key) = match source
         .rule
         .apply(&payload, &JIRA)

@@ -25,8 +25,8 @@ const SOURCE: &str = "servicenow";
 
 /// Receive a ServiceNow outbound REST message.
 ///
-/// Authenticated by basic auth or a shared-secret header (as configured), optionally also by a base64
-/// HMAC-SHA256 of the body. The rule's JSON pointers say which bodies mean "deprovision" and where the ticket
+/// Authenticated by basic auth (`Authorization: Basic …`) or a shared-secret header (as configured), optionally
+/// also by a base64 HMAC-SHA256 of the body in a configured header. The rule's JSON pointers say which bodies mean "deprovision" and where the ticket
 /// number, target and reason are; other bodies get 202 and no job. The ticket number (`servicenow:RITM0010001`)
 /// is the job's ticket and idempotency key.
 #[utoipa::path(
@@ -34,9 +34,6 @@ const SOURCE: &str = "servicenow";
     path = "/v1/webhooks/servicenow",
     tag = "webhooks",
     request_body(content = serde_json::Value, description = "The body the outbound REST message's template produces"),
-    params(
-        ("Authorization" = Option<String>, Header, description = "`Basic …`, when the source is configured with basic auth"),
-    ),
     responses(
         (status = 202, description = "A job was created (`outcome: created`), or the body does not match the rule (`outcome: ignored`)", body = WebhookAck),
         (status = 200, description = "The ticket already created a job: that job (`outcome: duplicate`)", body = WebhookAck),
