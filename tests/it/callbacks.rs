@@ -358,3 +358,128 @@ both_stores!(
     gives_up_after_max_attempts,
     a_retried_job_reports_its_new_outcome,
 );
+
+/// Collects every log line the app writes while a test runs on one thread.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The service with known webhook and callback secrets, driven through refusals, acceptances and callbacks:
+/// none of the secrets appears in its logs (every level), its answers or its metrics.
+///
+/// Runs on a current-thread runtime so the thread-local log subscriber sees the app's tasks too.
+async fn secrets_never_show(db: TestDb) {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let receiver = Receiver {
+        fail_first: 1,
+        ..Receiver::default()
+    };
+    let base = start_receiver(receiver.clone()).await;
+    let mut generic = generic_source();
+    generic.callback_url = Some(format!("{base}/cb").parse().unwrap());
+    let mut jira = jira_source();
+    jira.comment = Some(JiraComment {
+        base_url: base.parse().unwrap(),
+        email: "bot@acme.example".into(),
+        api_token: JIRA_TOKEN.into(),
+    });
+    let config = WebhookConfig {
+        generic: Some(generic),
+        jira: Some(jira),
+        callbacks: settings(3),
+        ..WebhookConfig::default()
+    };
+    let app = HookApp::spawn(&db, config).await;
+    let mut answers = String::new();
+    let now = SystemClock.now_unix();
+    let body = generic_body("sk-secret-1", "CHG-90");
+    for headers in [
+        generic_headers("wrong", now, &body),
+        generic_headers(GENERIC_SECRET, now - 1000, &body),
+        generic_headers(GENERIC_SECRET, now, &body),
+    ] {
+        let (_, v) = app.post("/v1/webhooks/generic", &headers, &body).await;
+        answers.push_str(&v.to_string());
+    }
+    let jira_body = serde_json::to_vec(&fixture("jira_issue_updated.json")).unwrap();
+    for secret in ["wrong", JIRA_SECRET] {
+        let headers = vec![(
+            "x-hub-signature",
+            format!(
+                "sha256={}",
+                to_hex(&hmac_sha256(secret.as_bytes(), &[&jira_body]))
+            ),
+        )];
+        let (_, v) = app.post("/v1/webhooks/jira", &headers, &jira_body).await;
+        answers.push_str(&v.to_string());
+    }
+    let jobs = app.get("/v1/deprovisions").await;
+    let ids: Vec<String> = jobs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2, "{jobs}");
+    for id in &ids {
+        wait_for("the callbacks", async || {
+            let ev = events_of(&app, id).await;
+            ev.iter()
+                .any(|e| e["kind"] == "callback_delivered")
+                .then_some(ev)
+        })
+        .await;
+        answers.push_str(&app.get(&format!("/v1/deprovisions/{id}")).await.to_string());
+        answers.push_str(&Value::Array(events_of(&app, id).await).to_string());
+    }
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    app.stop().await;
+    let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+    assert!(
+        logs.contains("webhook delivery refused"),
+        "the refusals are logged"
+    );
+    for secret in [GENERIC_SECRET, JIRA_SECRET, CALLBACK_SECRET, JIRA_TOKEN] {
+        assert!(!logs.contains(secret), "{secret} is in the logs");
+        assert!(!answers.contains(secret), "{secret} is in a response");
+        assert!(!metrics.contains(secret), "{secret} is in the metrics");
+    }
+}
+
+mod secrets_never_show {
+    #[tokio::test(flavor = "current_thread")]
+    async fn sqlite() {
+        super::secrets_never_show(crate::support::TestDb::sqlite()).await
+    }
+    #[tokio::test(flavor = "current_thread")]
+    async fn postgres() {
+        if let Some(db) = crate::support::TestDb::postgres().await {
+            super::secrets_never_show(db).await
+        }
+    }
+}
