@@ -349,6 +349,15 @@ async fn generic_mapping(db: TestDb) {
         )
         .await;
     assert_eq!(status, 400, "{p}");
+    let huge = vec![b' '; deprovisiond::http::BODY_LIMIT_BYTES + 1];
+    let (status, p) = app
+        .post(
+            "/v1/webhooks/generic",
+            &generic_headers(GENERIC_SECRET, now(), &huge),
+            &huge,
+        )
+        .await;
+    assert_eq!(status, 413, "{p}");
     assert_eq!(app.count("jobs").await, 0);
     app.stop().await;
 }

@@ -184,13 +184,22 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
             .map(RawBody)
             .map_err(|r| {
                 if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    super::extract::too_large()
-                } else {
-                    ApiError::BadRequest(format!(
-                        "the request body could not be read: {}",
-                        r.body_text()
-                    ))
+                    return super::extract::too_large();
                 }
+                // A body that stopped arriving is the server's body-read timeout, as for every route.
+                let mut source: Option<&dyn std::error::Error> = Some(&r);
+                while let Some(e) = source {
+                    if e.is::<tower_http::timeout::TimeoutError>() {
+                        return ApiError::RequestTimeout(
+                            "the request body did not arrive within the body-read timeout".into(),
+                        );
+                    }
+                    source = e.source();
+                }
+                ApiError::BadRequest(format!(
+                    "the request body could not be read: {}",
+                    r.body_text()
+                ))
             })
     }
 }
