@@ -72,6 +72,7 @@ pub struct App {
     db_clock: Arc<DbClock>,
     body_limit: usize,
     timeouts: ServerTimeouts,
+    webhooks: Arc<crate::http::webhooks::WebhookConfig>,
 }
 
 impl App {
@@ -150,6 +151,7 @@ impl App {
             db_clock,
             body_limit: config.body_limit,
             timeouts: ServerTimeouts::from_env(),
+            webhooks: Arc::default(),
         })
     }
 
@@ -172,6 +174,12 @@ impl App {
         self
     }
 
+    /// Configures the webhook sources and completion callbacks (by default none: the webhook routes answer 503).
+    pub fn with_webhooks(mut self, config: crate::http::webhooks::WebhookConfig) -> Self {
+        self.webhooks = Arc::new(config);
+        self
+    }
+
     /// Serves until `shutdown` resolves, then stops taking requests and work, and lets the engine
     /// finish or release what it runs.
     pub async fn run_until_stopped(
@@ -184,7 +192,15 @@ impl App {
         if let (Some(wf), Some(every)) = (self.azure.clone(), self.audit_every) {
             tokio::spawn(audit_loop(wf, every, self.clock.clone(), stop.clone()));
         }
-        let router = crate::http::app(self.state, self.body_limit);
+        if self.webhooks.has_callbacks() {
+            start_callback_sender(&self.store, &self.webhooks, &self.state, &self.clock, &stop);
+        }
+        let router = crate::http::app(self.state, self.body_limit).layer(axum::Extension(
+            crate::http::webhooks::Webhooks {
+                config: self.webhooks.clone(),
+                clock: self.clock.clone(),
+            },
+        ));
         let http_stop = stop.clone();
         let trigger = stop.clone();
         tokio::spawn(async move {
@@ -303,6 +319,27 @@ async fn serve(
     drop(listener);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Starts the completion-callback sender (it stops with `stop`).
+fn start_callback_sender(
+    store: &Store,
+    config: &Arc<crate::http::webhooks::WebhookConfig>,
+    state: &AppState,
+    clock: &SharedClock,
+    stop: &CancellationToken,
+) {
+    match crate::callbacks::CallbackSender::new(
+        store.clone(),
+        config.clone(),
+        state.clock.clone(),
+        clock.clone(),
+    ) {
+        Ok(sender) => {
+            tokio::spawn(sender.run(stop.clone()));
+        }
+        Err(e) => tracing::error!(error = %e, "completion callbacks are not sent"),
+    }
 }
 
 /// Audits tombstones every `every` until stopped.

@@ -297,7 +297,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tombstone_audit_every: args.worker.audit_every(),
         body_limit: args.body_limit_bytes,
     };
-    let app = App::build(config, args.worker.workflow()?, Arc::new(SystemClock)).await?;
+    let webhooks = crate::http::webhooks::WebhookConfig::from_env()?;
+    let app = App::build(config, args.worker.workflow()?, Arc::new(SystemClock))
+        .await?
+        .with_webhooks(webhooks);
     let addr = app.local_addr();
     tracing::info!(%addr, "deprovisiond listening");
     println!("deprovisiond listening on http://{addr} (Swagger UI: http://{addr}/docs)");

@@ -6,6 +6,7 @@
 //! crate, used by [`demo`] (feature `demo`, on by default) and the tests.
 pub mod app;
 pub mod azure;
+pub mod callbacks;
 pub mod cli;
 pub mod client;
 #[cfg(feature = "demo")]

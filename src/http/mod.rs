@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod tombstones;
 pub mod ui;
 pub mod views;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,7 +103,8 @@ impl AppState {
     tags(
         (name = "deprovisions", description = "Deprovisioning jobs"),
         (name = "tombstones", description = "Disabled individual enrollments that block single devices of groups"),
-        (name = "health", description = "Probes")
+        (name = "health", description = "Probes"),
+        (name = "webhooks", description = "Signed deliveries from ticketing systems (Jira, ServiceNow) and other callers")
     ),
     components(schemas(error::Problem, crate::domain::job::TargetKind, crate::domain::job::JobStatus))
 )]
@@ -114,6 +116,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(tombstones::router())
         .merge(health::router())
         .merge(metrics::router())
+        .merge(webhooks::router())
 }
 
 /// The OpenAPI document (also committed as `openapi/openapi.json`).

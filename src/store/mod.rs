@@ -4,12 +4,14 @@
 //! times are epoch milliseconds, so the SQL is shared; the few dialect differences (row locking on
 //! claims) are chosen by [`Backend`].
 
+mod callbacks;
 mod clock;
 mod idempotency;
 mod metrics;
 mod overlap;
 mod records;
 mod tombstones;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -29,10 +31,12 @@ macro_rules! sql {
     };
 }
 
+pub use callbacks::{AttemptResult, DueCallback};
 pub use clock::DbClock;
 pub use metrics::Gauges;
 pub use records::*;
 pub use tombstones::{AuditStatus, Tombstone, TombstoneState};
+pub use webhooks::DeliveryRecord;
 
 use crate::domain::clock::{Clock, ManualClock, Millis};
 use crate::domain::job::{DeprovisionRequest, JobStatus};

@@ -1,6 +1,7 @@
 //! Integration tests: the real app on a random port, a real database (SQLite and PostgreSQL), over HTTP.
 
 mod api;
+mod callbacks;
 mod client;
 mod engine;
 mod hostile;
@@ -10,4 +11,5 @@ mod response_schema;
 mod store;
 mod support;
 mod ui;
+mod webhooks;
 mod workflows;
