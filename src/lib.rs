@@ -6,6 +6,8 @@
 //! crate, used by [`demo`] (feature `demo`, on by default) and the tests.
 pub mod app;
 pub mod azure;
+#[cfg(feature = "demo")]
+pub mod bench;
 pub mod cli;
 pub mod client;
 #[cfg(feature = "demo")]
