@@ -17,6 +17,23 @@ pub struct AzureEnv {
     pub vars: Vec<(String, String)>,
 }
 
+impl AzureEnv {
+    /// Adds `extra` (`--service-env`), with each placeholder in a value replaced by its value.
+    pub fn with_extra(
+        mut self,
+        placeholders: &[(&str, String)],
+        extra: &[(String, String)],
+    ) -> Self {
+        for (k, v) in extra {
+            let v = placeholders
+                .iter()
+                .fold(v.clone(), |v, (name, value)| v.replace(name, value));
+            self.vars.push((k.clone(), v));
+        }
+        self
+    }
+}
+
 /// A running `deprovisiond serve`.
 pub struct ServiceProcess {
     child: Child,
@@ -54,7 +71,6 @@ impl ServiceProcess {
                 "RUST_LOG",
                 std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .envs(azure.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
@@ -65,6 +81,7 @@ impl ServiceProcess {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(azure.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut child = cmd.spawn().map_err(|e| {
             BenchError::Service(format!("cannot start {} serve: {e}", exe.display()))
         })?;
@@ -116,5 +133,35 @@ impl ServiceProcess {
         let peak = self.peak_rss();
         let _ = self.child.kill().await;
         peak
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_variables_have_their_placeholders_replaced() {
+        let env = AzureEnv {
+            vars: vec![("A".into(), "1".into())],
+        }
+        .with_extra(
+            &[("{hub_ops_per_minute}", "6000".into())],
+            &[
+                (
+                    "DEPROVISIOND_HUB_BENCH_X".into(),
+                    "{hub_ops_per_minute}".into(),
+                ),
+                ("PLAIN".into(), "v".into()),
+            ],
+        );
+        assert_eq!(
+            env.vars,
+            vec![
+                ("A".to_string(), "1".to_string()),
+                ("DEPROVISIOND_HUB_BENCH_X".to_string(), "6000".to_string()),
+                ("PLAIN".to_string(), "v".to_string()),
+            ]
+        );
     }
 }

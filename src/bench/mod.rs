@@ -147,12 +147,26 @@ pub struct BenchArgs {
     /// Extra argument for every `deprovisiond serve` (repeatable), e.g. `--serve-arg=--worker-concurrency=32`.
     #[arg(long, allow_hyphen_values = true)]
     pub serve_arg: Vec<String>,
+    /// Extra environment variable for every `deprovisiond serve` (repeatable), `NAME=VALUE`. In VALUE,
+    /// `{hub_ops_per_minute}` becomes the simulated hub's quota per wall minute (tier × units × time scale),
+    /// `{dps_ops_per_minute}` the DPS quota per wall minute, `{time_scale}` the time scale: so a pacing
+    /// override can follow the time-scaled quota, e.g. `--service-env DEPROVISIOND_HUB_BENCH_<FIELD>={hub_ops_per_minute}`.
+    /// The service knows the bench's hub by the label `BENCH` and its DPS instance as `bench-dps`.
+    #[arg(long, value_parser = parse_env_pair)]
+    pub service_env: Vec<(String, String)>,
     /// Folder for databases and service logs (kept); a temporary folder, deleted at the end, when absent.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
     /// Print JSON (`{"machine": …, "rows": […]}`) instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    }
 }
 
 /// Runs the bench and prints its table (or JSON).
