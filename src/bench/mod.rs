@@ -160,6 +160,9 @@ pub struct BenchArgs {
     /// Print JSON (`{"machine": …, "rows": […]}`) instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Also write the JSON to this file (the table still goes to standard output).
+    #[arg(long)]
+    pub json_file: Option<PathBuf>,
 }
 
 fn parse_env_pair(s: &str) -> Result<(String, String), String> {
@@ -172,6 +175,10 @@ fn parse_env_pair(s: &str) -> Result<(String, String), String> {
 /// Runs the bench and prints its table (or JSON).
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = scenarios::run_all(&args).await?;
+    if let Some(path) = &args.json_file {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .map_err(|e| BenchError::Io(format!("cannot write {}: {e}", path.display())))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
