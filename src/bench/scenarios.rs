@@ -506,6 +506,8 @@ pub async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
                 r.note = format!("{}; {}", env.describe(), r.note);
             }
         }
+        // Progress on standard error, so a long run shows (and keeps) what it measured so far.
+        eprint!("{}", super::table::render(&scenario_rows));
         rows.extend(scenario_rows);
         env.sim.shutdown().await;
     }
