@@ -598,6 +598,7 @@ async fn registry_rows(ctx: &Ctx<'_>, env: &SimEnv, full: bool) -> Vec<Row> {
     rows
 }
 
+/// `devices` is how many devices the run got through: the whole group, or those done when it timed out.
 fn fill_from_stats(row: &mut Row, stats: &HubStats, devices: usize, wall: f64) {
     row.wall_s = Some(wall);
     row.ops_per_device = (devices > 0).then(|| stats.ok as f64 / devices as f64);
@@ -625,7 +626,8 @@ async fn service_row(
     match run_service_job(ctx, env, store, action, replicas).await {
         Ok(run) => {
             row.outcome = run.outcome;
-            fill_from_stats(&mut row, &run.stats, env.preset.devices, run.wall);
+            let through = run.done_when_timed_out.unwrap_or(env.preset.devices);
+            fill_from_stats(&mut row, &run.stats, through, run.wall);
             row.peak_rss_mib = run.peak_rss.map(|b| b as f64 / (1024.0 * 1024.0));
             row.note = format!(
                 "hub phase {:.2} s, {} hub calls, {} DPS calls",
@@ -653,6 +655,8 @@ async fn service_row(
 
 struct ServiceRun {
     outcome: String,
+    /// Devices done when the job was given up on (rates and ops/device count only those).
+    done_when_timed_out: Option<usize>,
     wall: f64,
     stats: HubStats,
     peak_rss: Option<u64>,
@@ -705,9 +709,10 @@ async fn run_service_job(
         per_replica_rss.push(s.stop().await);
     }
     ctx.drop_db(db);
-    let (outcome, wall, stats) = result?;
+    let (outcome, done_when_timed_out, wall, stats) = result?;
     Ok(ServiceRun {
         outcome,
+        done_when_timed_out,
         wall,
         stats,
         peak_rss: per_replica_rss.iter().flatten().copied().max(),
@@ -721,7 +726,7 @@ async fn drive_job(
     env: &SimEnv,
     base: &str,
     action: RegistryAction,
-) -> Result<(String, f64, HubStats), BenchError> {
+) -> Result<(String, Option<usize>, f64, HubStats), BenchError> {
     env.refill();
     let mark = env.mark();
     let body = json!({
@@ -746,6 +751,7 @@ async fn drive_job(
     }
     let id = job["id"].as_str().unwrap_or_default().to_string();
     let deadline = Duration::from_secs(ctx.args.job_timeout_secs);
+    let mut timed_out_at = None;
     let outcome = loop {
         tokio::time::sleep(POLL).await;
         let job: Value = match ctx
@@ -768,11 +774,12 @@ async fn drive_job(
         }
         if start.elapsed() > deadline {
             let done = job["progress"]["registry_done"].as_u64().unwrap_or(0);
+            timed_out_at = Some(done as usize);
             break format!("timed out ({done} devices done)");
         }
     };
     let wall = start.elapsed().as_secs_f64();
-    Ok((outcome, wall, env.stats(mark)))
+    Ok((outcome, timed_out_at, wall, env.stats(mark)))
 }
 
 async fn naive_row(ctx: &Ctx<'_>, env: &SimEnv, action: RegistryAction) -> Row {
