@@ -43,6 +43,9 @@ pub enum Command {
     /// Run the simulator of the DPS and IoT Hub APIs on its own (the `azure-iot-sim` binary does the same).
     #[cfg(feature = "demo")]
     Simulate(azure_iot_sim::cli::SimulateArgs),
+    /// Measure the service against the in-process simulator, a naive script and the quota's lower bound.
+    #[cfg(feature = "demo")]
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Database selection.
@@ -274,6 +277,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => {
             azure_iot_sim::cli::run(args, crate::demo::demo_sim_config(), shutdown_signal()).await
         }
+        #[cfg(feature = "demo")]
+        Command::Bench(args) => crate::bench::run(args).await,
         Command::Healthcheck(args) => healthcheck(args).await,
         Command::Client(args) => crate::client::run(args).await,
         Command::Openapi(args) => {

@@ -7,6 +7,8 @@
 pub mod app;
 pub mod azure;
 pub mod callbacks;
+#[cfg(feature = "demo")]
+pub mod bench;
 pub mod cli;
 pub mod client;
 #[cfg(feature = "demo")]

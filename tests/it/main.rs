@@ -2,6 +2,7 @@
 
 mod api;
 mod callbacks;
+mod bench;
 mod client;
 mod engine;
 mod hostile;
