@@ -6,9 +6,9 @@
 //! crate, used by [`demo`] (feature `demo`, on by default) and the tests.
 pub mod app;
 pub mod azure;
-pub mod callbacks;
 #[cfg(feature = "demo")]
 pub mod bench;
+pub mod callbacks;
 pub mod cli;
 pub mod client;
 #[cfg(feature = "demo")]

@@ -1,8 +1,8 @@
 //! Integration tests: the real app on a random port, a real database (SQLite and PostgreSQL), over HTTP.
 
 mod api;
-mod callbacks;
 mod bench;
+mod callbacks;
 mod client;
 mod engine;
 mod hostile;

@@ -28,7 +28,8 @@ static DOC: LazyLock<Value> = LazyLock::new(|| {
 /// Responses validated in this test process (for the summary test).
 pub static CHECKED: AtomicUsize = AtomicUsize::new(0);
 
-/// Paths served on purpose outside the document: the Swagger UI and its assets.
+/// Paths served on purpose outside the document: the Swagger UI and its assets (the dashboard, `/ui`, is
+/// checked separately).
 const UNDOCUMENTED_PREFIXES: &[&str] = &["/docs", "/openapi.json"];
 
 /// Schema keywords that only annotate and never constrain a value.
@@ -77,6 +78,18 @@ fn check_response_in(
     let Some((template, item)) = find_path(doc, path) else {
         if UNDOCUMENTED_PREFIXES.iter().any(|p| path.starts_with(p)) {
             return None;
+        }
+        // The dashboard is for browsers, not part of the API: its own page, style, script and icon types only.
+        if path == "/ui" || path.starts_with("/ui/") {
+            let browser = [
+                "text/html",
+                "text/css",
+                "text/javascript",
+                "application/javascript",
+                "image/svg+xml",
+            ];
+            return (!body.is_empty() && !browser.contains(&media.as_str()))
+                .then(|| format!("{what}: dashboard answered {media:?}"));
         }
         // Unknown routes answer the API's problem shape; nothing else may appear outside the document.
         return if status == 404 || status == 405 {
