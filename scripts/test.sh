@@ -278,6 +278,8 @@ phase test run_tests
 phase conformance crates/azure-iot-sim/conformance/run.sh
 # Fuzzes the API from its committed OpenAPI document against the demo (pinned, fixed seed).
 phase schemathesis scripts/schemathesis.sh
+# The dashboard in headless Chromium (installed from Debian's packages when missing and root).
+phase browser scripts/browser-test.sh
 # The crash, replica, outage and fault suites, short versions, on the same release binary. The outage suite
 # restarts PostgreSQL, so it needs the throwaway cluster this script started.
 reliability() {
