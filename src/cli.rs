@@ -205,6 +205,9 @@ pub struct ServeArgs {
         default_value = "default"
     )]
     pub dps_names: Vec<String>,
+    /// Authentication.
+    #[command(flatten)]
+    pub auth: crate::http::auth::AuthArgs,
 }
 
 /// `demo` options.
@@ -296,6 +299,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine: args.worker.engine(),
         tombstone_audit_every: args.worker.audit_every(),
         body_limit: args.body_limit_bytes,
+        auth: args.auth.config()?,
     };
     let app = App::build(config, args.worker.workflow()?, Arc::new(SystemClock)).await?;
     let addr = app.local_addr();

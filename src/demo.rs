@@ -138,6 +138,7 @@ pub async fn run(listen: SocketAddr, credentials_dir: Option<PathBuf>) -> anyhow
         engine: EngineConfig::default(),
         tombstone_audit_every: Some(std::time::Duration::from_secs(300)),
         body_limit: crate::http::BODY_LIMIT_BYTES,
+        auth: crate::http::auth::AuthConfig::default(),
     };
     let app = App::build(
         config,
