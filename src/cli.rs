@@ -38,6 +38,8 @@ pub enum Command {
     Openapi(OpenapiArgs),
     /// Talk to a running service: create, preview, get, list, watch, cancel, retry.
     Client(crate::client::ClientArgs),
+    /// Make API keys: `keys new --name … --role …` prints a key and its configuration line.
+    Keys(crate::http::auth::config::KeysArgs),
     /// Exit 0 when the service at `--url` answers ready (a container HEALTHCHECK needing no curl).
     Healthcheck(HealthcheckArgs),
     /// Run the simulator of the DPS and IoT Hub APIs on its own (the `azure-iot-sim` binary does the same).
@@ -221,6 +223,9 @@ pub struct DemoArgs {
     /// folder, deleted on exit, when absent.
     #[arg(long)]
     pub credentials_dir: Option<PathBuf>,
+    /// The admin API key the demo asks for (generated and printed when absent).
+    #[arg(long, env = "DEPROVISIOND_DEMO_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// `healthcheck` options.
@@ -272,7 +277,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         #[cfg(feature = "demo")]
-        Command::Demo(args) => crate::demo::run(args.listen, args.credentials_dir).await,
+        Command::Demo(args) => {
+            crate::demo::run(args.listen, args.credentials_dir, args.api_key).await
+        }
+        Command::Keys(args) => crate::http::auth::config::run_keys(args),
         #[cfg(feature = "demo")]
         Command::Simulate(args) => {
             azure_iot_sim::cli::run(args, crate::demo::demo_sim_config(), shutdown_signal()).await

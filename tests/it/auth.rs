@@ -629,3 +629,108 @@ fn serve_refuses_a_network_address_without_authentication() {
     let _ = child.wait();
     assert!(line.is_some());
 }
+
+// ----- `keys new` and the demo -----
+
+/// The address in the "listening on http://…" line.
+fn address_in(line: &str) -> String {
+    let rest = line.split("http://").nth(1).expect("an address");
+    let host = rest.split_whitespace().next().unwrap();
+    format!("http://{}", host.split('/').next().unwrap())
+}
+
+#[tokio::test]
+async fn keys_new_prints_a_key_the_service_admits() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deprovisiond"))
+        .args(["keys", "new", "--name", "ci-bot", "--role", "operator"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let key = lines
+        .iter()
+        .find(|l| l.starts_with("dpk_"))
+        .expect("a key")
+        .to_string();
+    let entry = lines
+        .iter()
+        .find(|l| l.starts_with("ci-bot:operator:"))
+        .expect("a configuration line")
+        .to_string();
+    assert!(
+        !entry.contains(&key),
+        "the configuration line holds the hash, not the key"
+    );
+    let mut child = serve_binary(
+        &["--listen", "127.0.0.1:0"],
+        &[("DEPROVISIOND_API_KEYS", &entry)],
+    );
+    let line = listening_line(&mut child).expect("serve starts");
+    let base = address_in(&line);
+    let with = client_with(Some(&key))
+        .get(format!("{base}/v1/deprovisions"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let without = client_with(None)
+        .get(format!("{base}/v1/deprovisions"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(with, 200);
+    assert_eq!(without, 401);
+}
+
+#[tokio::test]
+async fn the_demo_asks_for_its_key_and_prints_it_in_every_curl() {
+    use std::io::BufRead;
+    let key = "dpk_demo-test-key-0123456789abcdefghijklmnop";
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_deprovisiond"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--api-key", key])
+        .env_remove("DEPROVISIOND_LISTEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut banner = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let done = line.contains("Press Ctrl-C");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    let api = banner
+        .iter()
+        .find(|l| l.trim_start().starts_with("API "))
+        .map(|l| address_in(l))
+        .expect("the API line");
+    let curls: Vec<&String> = banner.iter().filter(|l| l.contains("curl ")).collect();
+    let anonymous = client_with(None)
+        .get(format!("{api}/v1/deprovisions"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let keyed = client_with(Some(key))
+        .get(format!("{api}/v1/deprovisions"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(curls.len() >= 3, "{banner:#?}");
+    for c in curls {
+        assert!(c.contains(&format!("authorization: Bearer {key}")), "{c}");
+    }
+    assert_eq!(anonymous, 401);
+    assert_eq!(keyed, 200);
+}

@@ -365,6 +365,51 @@ impl AuthArgs {
     }
 }
 
+/// `deprovisiond keys`.
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+/// Key subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum KeysCommand {
+    /// Print a fresh key and the configuration line that admits it (the service stores only its hash).
+    New {
+        /// Who will hold the key (recorded as `key:NAME` on what it does).
+        #[arg(long)]
+        name: String,
+        /// reader, operator or admin.
+        #[arg(long, value_parser = ["reader", "operator", "admin"])]
+        role: String,
+    },
+}
+
+/// Runs `deprovisiond keys …`.
+pub fn run_keys(args: KeysArgs) -> anyhow::Result<()> {
+    match args.command {
+        KeysCommand::New { name, role } => {
+            let key = super::keys::generate();
+            let entry = ApiKeyEntry::parse(
+                &format!(
+                    "{name}:{role}:{}",
+                    super::keys::to_hex(&super::keys::hash(&key))
+                ),
+                "--name/--role",
+            )?;
+            println!("key (give it to its holder; it is shown once and never stored):");
+            println!("  {key}");
+            println!(
+                "configuration line (append to DEPROVISIOND_API_KEYS, comma-separated, or to --api-keys-file):"
+            );
+            println!("  {}", entry.config_line());
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
