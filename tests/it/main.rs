@@ -1,6 +1,7 @@
 //! Integration tests: the real app on a random port, a real database (SQLite and PostgreSQL), over HTTP.
 
 mod api;
+mod approvals;
 mod auth;
 mod client;
 mod engine;
