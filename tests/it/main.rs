@@ -8,6 +8,7 @@ mod engine;
 mod hostile;
 mod metrics;
 mod openapi;
+mod secrets;
 mod store;
 mod support;
 mod workflows;
