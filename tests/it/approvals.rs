@@ -19,6 +19,7 @@ both_stores!(
     an_approved_job_runs_and_the_requester_cannot_approve_it,
     a_rejected_or_withdrawn_job_does_nothing,
     an_unapproved_job_expires_and_frees_its_target,
+    a_group_of_unknown_size_is_held_by_the_device_threshold,
 );
 
 const TTL: Duration = Duration::from_secs(3600);
@@ -201,5 +202,36 @@ async fn an_unapproved_job_expires_and_frees_its_target(db: TestDb) {
     let (s, _) = post(&app.http, app.url("/v1/deprovisions"), Some(group("fleet"))).await;
     assert_eq!(s, 202, "the target is free again");
     store.close().await;
+    app.stop().await;
+}
+
+async fn a_group_of_unknown_size_is_held_by_the_device_threshold(db: TestDb) {
+    let mut auth = test_auth();
+    auth.approvals = ApprovalPolicy {
+        more_than_devices: Some(10),
+        ..ApprovalPolicy::default()
+    };
+    let app = TestApp::spawn_auth(
+        &db,
+        WorkflowChoice::Custom(Scripted::new(1), vec!["default".into()]),
+        fast_engine(),
+        true,
+        Arc::new(SystemClock),
+        auth,
+    )
+    .await;
+    // One device is under the threshold.
+    let (_, job) = post(
+        &app.http,
+        app.url("/v1/deprovisions"),
+        Some(individual("dev-0002")),
+    )
+    .await;
+    assert_eq!(job["status"], "queued");
+    // This workflow cannot count a group's devices (no DPS to read): an unknown count is held.
+    let (_, job) = post(&app.http, app.url("/v1/deprovisions"), Some(group("fleet"))).await;
+    assert_eq!(job["status"], "awaiting_approval");
+    let rule = job["approval"]["rule"].as_str().unwrap();
+    assert!(rule.starts_with("more than 10 devices"), "{rule}");
     app.stop().await;
 }
