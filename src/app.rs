@@ -39,6 +39,9 @@ pub struct AppConfig {
     pub tombstone_audit_every: Option<std::time::Duration>,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// Who may call (API keys, OIDC, the `Host` allow-list); the default configures nothing, which
+    /// serves every request as anonymous and is refused off loopback.
+    pub auth: crate::http::auth::AuthConfig,
 }
 
 /// Errors starting the service.
@@ -55,6 +58,9 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
+    /// The authentication settings are wrong, or would leave a network address open.
+    #[error(transparent)]
+    Auth(#[from] crate::http::auth::ConfigError),
     /// Serving failed.
     #[error("server: {0}")]
     Serve(std::io::Error),
@@ -82,6 +88,8 @@ impl App {
         choice: WorkflowChoice,
         clock: SharedClock,
     ) -> Result<Self, AppError> {
+        // Before anything is opened: an open service on a network address is refused outright.
+        config.auth.check_bind(config.listen)?;
         // Counters recorded before the recorder exists are lost: install it before any work starts.
         crate::telemetry::prometheus();
         let opts = StoreOptions {
@@ -121,6 +129,12 @@ impl App {
                 (wf, None, names, default)
             }
         };
+        let authenticator =
+            Arc::new(crate::http::auth::Authenticator::new(&config.auth, clock.clone()).await?);
+        let hosts = Arc::new(crate::http::auth::HostPolicy::for_listen(
+            &config.auth.allowed_hosts,
+            config.listen,
+        ));
         let waker = Waker::default();
         let engine = config.run_worker.then(|| {
             Engine::new(
@@ -139,6 +153,9 @@ impl App {
             waker,
             dps_names,
             default_dps,
+            auth: authenticator,
+            hosts,
+            approvals: config.auth.approvals.clone(),
         });
         Ok(Self {
             listener,
@@ -189,6 +206,11 @@ impl App {
         let stop = CancellationToken::new();
         tokio::spawn(self.db_clock.clone().keep_synced(stop.clone()));
         let engine_task = self.engine.map(|e| tokio::spawn(e.run(stop.clone())));
+        tokio::spawn(approval_sweep(
+            self.store.clone(),
+            self.state.clock.clone(),
+            stop.clone(),
+        ));
         if let (Some(wf), Some(every)) = (self.azure.clone(), self.audit_every) {
             tokio::spawn(audit_loop(wf, every, self.clock.clone(), stop.clone()));
         }
@@ -339,6 +361,24 @@ fn start_callback_sender(
             tokio::spawn(sender.run(stop.clone()));
         }
         Err(e) => tracing::error!(error = %e, "completion callbacks are not sent"),
+    }
+}
+
+/// Ends jobs whose approval expired, every 30 s until stopped (a decision on an expired job is refused
+/// at once anyway; this makes the timeline say so and frees the target).
+async fn approval_sweep(store: Store, clock: SharedClock, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = stop.cancelled() => return,
+        }
+        match store.expire_approvals(clock.now_ms()).await {
+            Ok(ids) if !ids.is_empty() => {
+                tracing::info!(jobs = ids.len(), "jobs expired unapproved")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "approval expiry sweep failed"),
+        }
     }
 }
 

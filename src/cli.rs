@@ -38,6 +38,8 @@ pub enum Command {
     Openapi(OpenapiArgs),
     /// Talk to a running service: create, preview, get, list, watch, cancel, retry.
     Client(crate::client::ClientArgs),
+    /// Make API keys: `keys new --name … --role …` prints a key and its configuration line.
+    Keys(crate::http::auth::config::KeysArgs),
     /// Exit 0 when the service at `--url` answers ready (a container HEALTHCHECK needing no curl).
     Healthcheck(HealthcheckArgs),
     /// Run the simulator of the DPS and IoT Hub APIs on its own (the `azure-iot-sim` binary does the same).
@@ -208,6 +210,9 @@ pub struct ServeArgs {
         default_value = "default"
     )]
     pub dps_names: Vec<String>,
+    /// Authentication.
+    #[command(flatten)]
+    pub auth: crate::http::auth::AuthArgs,
 }
 
 /// `demo` options.
@@ -221,6 +226,9 @@ pub struct DemoArgs {
     /// folder, deleted on exit, when absent.
     #[arg(long)]
     pub credentials_dir: Option<PathBuf>,
+    /// The admin API key the demo asks for (generated and printed when absent).
+    #[arg(long, env = "DEPROVISIOND_DEMO_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// `healthcheck` options.
@@ -272,7 +280,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         #[cfg(feature = "demo")]
-        Command::Demo(args) => crate::demo::run(args.listen, args.credentials_dir).await,
+        Command::Demo(args) => {
+            crate::demo::run(args.listen, args.credentials_dir, args.api_key).await
+        }
+        Command::Keys(args) => crate::http::auth::config::run_keys(args),
         #[cfg(feature = "demo")]
         Command::Simulate(args) => {
             azure_iot_sim::cli::run(args, crate::demo::demo_sim_config(), shutdown_signal()).await
@@ -301,6 +312,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine: args.worker.engine(),
         tombstone_audit_every: args.worker.audit_every(),
         body_limit: args.body_limit_bytes,
+        auth: args.auth.config()?,
     };
     let webhooks = crate::http::webhooks::WebhookConfig::from_env()?;
     let app = App::build(config, args.worker.workflow()?, Arc::new(SystemClock))

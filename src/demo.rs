@@ -118,7 +118,14 @@ pub fn demo_sim_config() -> SimConfig {
 }
 
 /// Runs the demo until Ctrl-C; the fleet's credentials go to `credentials_dir` (else a temporary folder).
-pub async fn run(listen: SocketAddr, credentials_dir: Option<PathBuf>) -> anyhow::Result<()> {
+///
+/// The API asks for `api_key` (an admin key; generated when absent), printed with the curl commands.
+pub async fn run(
+    listen: SocketAddr,
+    credentials_dir: Option<PathBuf>,
+    api_key: Option<String>,
+) -> anyhow::Result<()> {
+    let api_key = api_key.unwrap_or_else(crate::http::auth::keys::generate);
     let dir = tempfile::tempdir()?;
     let db = format!("sqlite://{}?mode=rwc", dir.path().join("demo.db").display());
     let sim = Simulator::start(demo_sim_config()).await?;
@@ -138,6 +145,11 @@ pub async fn run(listen: SocketAddr, credentials_dir: Option<PathBuf>) -> anyhow
         engine: EngineConfig::default(),
         tombstone_audit_every: Some(std::time::Duration::from_secs(300)),
         body_limit: crate::http::BODY_LIMIT_BYTES,
+        auth: crate::http::auth::AuthConfig::with_keys(vec![crate::http::auth::ApiKeyEntry {
+            name: "demo-admin".into(),
+            role: crate::http::auth::Role::Admin,
+            sha256: crate::http::auth::keys::hash(&api_key),
+        }]),
     };
     let app = App::build(
         config,
@@ -146,7 +158,7 @@ pub async fn run(listen: SocketAddr, credentials_dir: Option<PathBuf>) -> anyhow
     )
     .await?;
     let addr = app.local_addr();
-    print_banner(addr, &sim, &fleet, dir.path(), &credentials);
+    print_banner(addr, &sim, &fleet, dir.path(), &credentials, &api_key);
     app.run_until_stopped(crate::cli::shutdown_signal()).await?;
     sim.shutdown().await;
     Ok(())
@@ -158,12 +170,16 @@ fn print_banner(
     fleet: &SeededFleet,
     dir: &Path,
     credentials: &Path,
+    api_key: &str,
 ) {
     let api = format!("http://{addr}");
+    let auth = format!("-H 'authorization: Bearer {api_key}'");
     println!("deprovisiond demo — everything in this process, nothing to install");
     println!();
     println!("  API         {api}/v1/deprovisions");
-    println!("  Swagger UI  {api}/docs");
+    println!("  Swagger UI  {api}/docs (Authorize → api_key: paste the key below)");
+    println!("  API key     {api_key} (admin; pass --api-key to choose it)");
+    println!("  client      DEPROVISIOND_TOKEN={api_key} deprovisiond client --url {api} list");
     println!(
         "  database    {} (SQLite, deleted on exit)",
         dir.join("demo.db").display()
@@ -215,28 +231,30 @@ fn print_banner(
     println!("Try:");
     println!("  # a stolen device: disable its enrollment, then its hub identity");
     println!(
-        "  curl -s {api}/v1/deprovisions -H 'content-type: application/json' -d '{{\"target\":{{\"kind\":\"individual_enrollment\",\"registration_id\":\"sk-sensor-001\"}},\"reason\":{{\"code\":\"stolen\"}}}}'"
+        "  curl -s {api}/v1/deprovisions {auth} -H 'content-type: application/json' -d '{{\"target\":{{\"kind\":\"individual_enrollment\",\"registration_id\":\"sk-sensor-001\"}},\"reason\":{{\"code\":\"stolen\"}}}}'"
     );
     println!(
         "  # one sold device of a group: block it with a disabled individual enrollment, delete its identity"
     );
     println!(
-        "  curl -s {api}/v1/deprovisions -H 'content-type: application/json' -d '{{\"target\":{{\"kind\":\"group_device\",\"group_id\":\"fleet-sk\",\"registration_id\":\"sk-dev-0007\"}},\"registry\":\"delete\",\"reason\":{{\"code\":\"sold\"}}}}'"
+        "  curl -s {api}/v1/deprovisions {auth} -H 'content-type: application/json' -d '{{\"target\":{{\"kind\":\"group_device\",\"group_id\":\"fleet-sk\",\"registration_id\":\"sk-dev-0007\"}},\"registry\":\"delete\",\"reason\":{{\"code\":\"sold\"}}}}'"
     );
     println!(
         "  # the same for an X.509 device, with the leaf certificate it holds (the service checks its CN)"
     );
     println!(
-        "  jq -Rs '{{target:{{kind:\"group_device\",group_id:\"fleet-x509\",registration_id:\"x509-dev-0007\",certificate_pem:.}},reason:{{code:\"lost\"}}}}' {}/x509-dev-0007/device.cert.pem | curl -s {api}/v1/deprovisions -H 'content-type: application/json' -d @-",
+        "  jq -Rs '{{target:{{kind:\"group_device\",group_id:\"fleet-x509\",registration_id:\"x509-dev-0007\",certificate_pem:.}},reason:{{code:\"lost\"}}}}' {}/x509-dev-0007/device.cert.pem | curl -s {api}/v1/deprovisions {auth} -H 'content-type: application/json' -d @-",
         credentials.display()
     );
     println!(
         "  # a compromised intermediate: preview, then disable the whole X.509 group and its 200 devices"
     );
     println!(
-        "  curl -s {api}/v1/deprovisions -H 'content-type: application/json' -d '{{\"target\":{{\"kind\":\"enrollment_group\",\"group_id\":\"fleet-x509\"}},\"reason\":{{\"code\":\"compromised\"}},\"dry_run\":true}}'"
+        "  curl -s {api}/v1/deprovisions {auth} -H 'content-type: application/json' -d '{{\"target\":{{\"kind\":\"enrollment_group\",\"group_id\":\"fleet-x509\"}},\"reason\":{{\"code\":\"compromised\"}},\"dry_run\":true}}'"
     );
-    println!("  then GET {api}/v1/deprovisions/<id> (and …/devices, …/events) to follow a job.");
+    println!(
+        "  then curl -s {auth} {api}/v1/deprovisions/<id> (and …/devices, …/events) to follow a job."
+    );
     println!();
     println!("Press Ctrl-C to stop.");
 }

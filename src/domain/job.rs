@@ -295,7 +295,8 @@ pub struct DeprovisionRequest {
     /// The ticket this request came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<Ticket>,
-    /// Who asked (until API keys identify callers).
+    /// On whose behalf the caller asks (free text). The authenticated caller is recorded as the job's
+    /// requester whatever this says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "alice@example.com")]
     pub requested_by: Option<String>,
@@ -451,6 +452,66 @@ fn check_text(errors: &mut Vec<FieldError>, field: &str, value: &str, max: usize
     }
 }
 
+/// Which jobs need a second person: an admin other than the requester approves them before they run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalPolicy {
+    /// Every whole-group job.
+    pub group_wide: bool,
+    /// Every job that deletes something (enrollment, identity, group or registration records).
+    pub any_delete: bool,
+    /// Jobs touching more than this many devices.
+    pub more_than_devices: Option<u64>,
+    /// How long a held job waits before it expires.
+    pub ttl: std::time::Duration,
+}
+
+impl Default for ApprovalPolicy {
+    /// No rule: nothing is held.
+    fn default() -> Self {
+        Self {
+            group_wide: false,
+            any_delete: false,
+            more_than_devices: None,
+            ttl: std::time::Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl ApprovalPolicy {
+    /// Whether the device-count rule needs the count of `request`'s devices (only a whole group's is unknown).
+    pub fn needs_device_count(&self, request: &DeprovisionRequest) -> bool {
+        self.more_than_devices.is_some() && matches!(request.target, Target::EnrollmentGroup(_))
+    }
+
+    /// The rule that holds `request`, if any; `devices` is its device count when known (a whole group's
+    /// count comes from DPS; unknown counts as over the limit, so an unreadable group is held).
+    pub fn rule_for(&self, request: &DeprovisionRequest, devices: Option<u64>) -> Option<String> {
+        if self.group_wide && matches!(request.target, Target::EnrollmentGroup(_)) {
+            return Some("group-wide job".into());
+        }
+        if self.any_delete
+            && (request.revoke == RevokeAction::Delete
+                || request.registry == RegistryAction::Delete
+                || request.delete_group
+                || request.delete_registrations)
+        {
+            return Some("any delete".into());
+        }
+        let limit = self.more_than_devices?;
+        let count = match request.target {
+            Target::EnrollmentGroup(_) => devices,
+            _ => Some(1),
+        };
+        match count {
+            Some(n) if n <= limit => None,
+            Some(n) => Some(format!("more than {limit} devices ({n})")),
+            None => Some(format!(
+                "more than {limit} devices (the group's device count could not be read)"
+            )),
+        }
+    }
+}
+
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -465,6 +526,12 @@ pub enum JobStatus {
     Failed,
     /// Cancelled by a caller.
     Cancelled,
+    /// Held by the approval policy until an admin other than the requester approves or rejects it.
+    AwaitingApproval,
+    /// Rejected by an admin before it started; nothing was done.
+    Rejected,
+    /// Not approved in time; nothing was done.
+    Expired,
 }
 
 impl JobStatus {
@@ -476,6 +543,9 @@ impl JobStatus {
             JobStatus::Succeeded => "succeeded",
             JobStatus::Failed => "failed",
             JobStatus::Cancelled => "cancelled",
+            JobStatus::AwaitingApproval => "awaiting_approval",
+            JobStatus::Rejected => "rejected",
+            JobStatus::Expired => "expired",
         }
     }
 
@@ -487,11 +557,15 @@ impl JobStatus {
             "succeeded" => JobStatus::Succeeded,
             "failed" => JobStatus::Failed,
             "cancelled" => JobStatus::Cancelled,
+            "awaiting_approval" => JobStatus::AwaitingApproval,
+            "rejected" => JobStatus::Rejected,
+            "expired" => JobStatus::Expired,
             _ => return None,
         })
     }
 
-    /// Whether the job still holds its target (at most one active job per target).
+    /// Whether the engine carries the job out (queued or running). A job awaiting approval is not active
+    /// but holds its target all the same (its `active_key` is set), so no second job can start on it.
     pub fn is_active(self) -> bool {
         matches!(self, JobStatus::Queued | JobStatus::Running)
     }
@@ -554,6 +628,35 @@ mod tests {
         assert_eq!(with(json!("all_hubs")).unwrap().sweep, Sweep::AllHubs);
         assert_eq!(with(json!("assigned")).unwrap().sweep, Sweep::Assigned);
         assert!(with(json!("everywhere")).is_err());
+    }
+
+    #[test]
+    fn approval_rules() {
+        let group = parse(json!({"target": {"kind": "enrollment_group", "group_id": "g"}, "reason": {"code": "lost"}})).unwrap();
+        let delete = parse(json!({"target": {"kind": "individual_enrollment", "registration_id": "a"}, "registry": "delete", "reason": {"code": "lost"}})).unwrap();
+        let plain = parse(json!({"target": {"kind": "individual_enrollment", "registration_id": "a"}, "reason": {"code": "lost"}})).unwrap();
+        let none = ApprovalPolicy::default();
+        assert_eq!(none.rule_for(&group, None), None);
+        let p = ApprovalPolicy {
+            group_wide: true,
+            any_delete: true,
+            ..ApprovalPolicy::default()
+        };
+        assert_eq!(p.rule_for(&group, None).as_deref(), Some("group-wide job"));
+        assert_eq!(p.rule_for(&delete, None).as_deref(), Some("any delete"));
+        assert_eq!(p.rule_for(&plain, None), None);
+        let n = ApprovalPolicy {
+            more_than_devices: Some(10),
+            ..ApprovalPolicy::default()
+        };
+        assert!(n.needs_device_count(&group) && !n.needs_device_count(&plain));
+        assert_eq!(n.rule_for(&group, Some(10)), None);
+        assert!(n.rule_for(&group, Some(11)).unwrap().contains("(11)"));
+        assert!(
+            n.rule_for(&group, None).is_some(),
+            "an unknown count is held"
+        );
+        assert_eq!(n.rule_for(&plain, None), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::{AuthError, Principal, Role};
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::views::{
@@ -16,7 +17,7 @@ use super::views::{
 };
 use super::{AppState, PROBLEM};
 use crate::domain::job::{DeprovisionRequest, FieldError, Target};
-use crate::store::{Created, JobFilter, NewJob, Store};
+use crate::store::{Created, Decision, JobFilter, JobOrigin, NewJob, Store};
 use crate::workflow::preview::{Preview, Refusal};
 
 /// The routes of this resource.
@@ -29,12 +30,16 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_events))
         .routes(routes!(cancel_deprovision))
         .routes(routes!(retry_deprovision))
+        .routes(routes!(approve_deprovision))
+        .routes(routes!(reject_deprovision))
 }
 
 /// What `POST /v1/deprovisions` answers with 200: the job an earlier identical request created, or, with
 /// `dry_run: true`, the preview.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
+// Only the document's schema: never built, so the variants' sizes cost nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum CreateOk {
     /// The replayed job.
     Job(JobView),
@@ -46,7 +51,10 @@ pub enum CreateOk {
 ///
 /// The worker first revokes the target's access at DPS, then disables or deletes each device's
 /// identity in its IoT hub. With an `Idempotency-Key`, repeating the same request returns the same
-/// job (200); the same key with another body is refused (422).
+/// job (200); the same key with another body is refused (422). The authenticated caller is recorded as
+/// the job's `requested_by` (the body's `requested_by` is kept as `on_behalf_of`); `force: true` needs
+/// the admin role. When the approval policy holds the job it is `awaiting_approval` until an admin other
+/// than the requester approves it.
 #[utoipa::path(
     post,
     path = "/v1/deprovisions",
@@ -80,6 +88,7 @@ pub enum CreateOk {
         (status = 200, description = "Same Idempotency-Key and body as an earlier request: that job (a `JobView`); with `dry_run: true`, the preview (a `Preview`, see /v1/deprovisions/preview)", body = CreateOk),
         (status = 400, description = "Malformed JSON or header", body = Problem, content_type = PROBLEM),
         (status = 409, description = "A job for this target, or for a target sharing its devices (a whole group and one of its devices), is already queued or running; or the request would delete a tombstone, or a group whose devices an enabled higher-chain group would re-admit", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "The caller's role is too low (operator needed; admin for `force: true`)", body = Problem, content_type = PROBLEM),
         (status = 413, description = "Body larger than the limit", body = Problem, content_type = PROBLEM),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Invalid fields; a target DPS does not have; a leaf certificate not issued under its group's signing certificate (unless `force`); or Idempotency-Key reused with another body", body = Problem, content_type = PROBLEM),
@@ -88,11 +97,12 @@ pub enum CreateOk {
 )]
 pub async fn create_deprovision(
     State(state): State<AppState>,
+    principal: Principal,
     headers: HeaderMap,
     ApiJson(request): ApiJson<DeprovisionRequest>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    Ok(match submit(&state, request, key).await? {
+    Ok(match submit(&state, &principal, request, key).await? {
         Submitted::Preview(preview) => (StatusCode::OK, ApiJson(preview)).into_response(),
         Submitted::Replayed(view) => (StatusCode::OK, ApiJson(view)).into_response(),
         Submitted::New(view) => {
@@ -117,13 +127,19 @@ pub enum Submitted {
 }
 
 /// Validates, admits and records a request: the one path every caller (the API, webhooks, the dashboard)
-/// takes to create a job, so the checks cannot differ between them.
+/// takes to create a job, so the checks cannot differ between them. `principal` is recorded as the job's
+/// requester (webhooks pass [`Principal::webhook`]); `force: true` needs it to be an admin; the approval
+/// policy may hold the job for a second person.
 pub async fn submit(
     state: &AppState,
+    principal: &Principal,
     request: DeprovisionRequest,
     idempotency_key: Option<String>,
 ) -> Result<Submitted, ApiError> {
     validate(&request)?;
+    if request.force {
+        principal.require(Role::Admin, "`force: true`")?;
+    }
     let dps = state.resolve_dps(request.dps.as_ref().map(|d| d.as_str()))?;
     let mut request = request;
     // Store the resolved instance so the job shows where it runs and the hash covers it.
@@ -169,17 +185,31 @@ pub async fn submit(
     {
         return Err(ApiError::OverlappingJob { job_id });
     }
+    let devices = if state.approvals.needs_device_count(&request) {
+        device_count(state, &dps, &request).await
+    } else {
+        None
+    };
+    let now = state.clock.now_ms();
+    let hold = state.approvals.rule_for(&request, devices).map(|rule| {
+        let ttl = i64::try_from(state.approvals.ttl.as_millis()).unwrap_or(i64::MAX / 4);
+        (rule, now.saturating_add(ttl))
+    });
     let plan = state.workflow.plan(&request);
     let created = state
         .store
-        .create_job(
+        .create_job_as(
             NewJob {
                 dps,
                 request,
                 plan,
                 idempotency,
             },
-            state.clock.now_ms(),
+            &JobOrigin {
+                requester: Some(principal.label()),
+                hold,
+            },
+            now,
         )
         .await?;
     Ok(match created {
@@ -189,6 +219,19 @@ pub async fn submit(
         }
         Created::Replayed(job) => Submitted::Replayed(job_view(&state.store, &job).await?),
     })
+}
+
+/// A whole group's device count for the approval policy, from a preview; `None` when it cannot be read
+/// (the policy then holds the job).
+async fn device_count(state: &AppState, dps: &str, request: &DeprovisionRequest) -> Option<u64> {
+    let azure = state.azure.as_ref()?;
+    match azure.preview(dps, request).await {
+        Ok(p) => Some(p.devices.total),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count the group's devices for the approval policy; holding the job");
+            None
+        }
+    }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -427,16 +470,17 @@ pub async fn list_events(
     }))
 }
 
-/// Cancel a queued or running job.
+/// Cancel a queued or running job, or withdraw one awaiting approval.
 ///
-/// Nothing new starts; an Azure call already in flight completes and is recorded.
+/// Nothing new starts; an Azure call already in flight completes and is recorded. The caller is recorded
+/// in the timeline.
 #[utoipa::path(
     post,
     path = "/v1/deprovisions/{id}/cancel",
     tag = "deprovisions",
     params(("id" = uuid::Uuid, Path, description = "Job id (a UUID)")),
     responses(
-        (status = 200, description = "The job, cancelled or cancelling: the cancel was recorded while the job was still queued or running, and the job ends as cancelled", body = JobView),
+        (status = 200, description = "The job, cancelled or cancelling: the cancel was recorded while the job was still queued, running or awaiting approval, and the job ends as cancelled", body = JobView),
         (status = 400, description = "Not a job id", body = Problem, content_type = PROBLEM),
         (status = 404, description = "No such job", body = Problem, content_type = PROBLEM),
         (status = 409, description = "The job already finished (also when it finished while the cancel was on its way); nothing was changed", body = Problem, content_type = PROBLEM),
@@ -444,10 +488,14 @@ pub async fn list_events(
 )]
 pub async fn cancel_deprovision(
     State(state): State<AppState>,
+    principal: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<JobView>, ApiError> {
     let id = parse_job_id(&id)?;
-    let job = state.store.cancel_job(&id, state.clock.now_ms()).await?;
+    let job = state
+        .store
+        .cancel_job_by(&id, Some(&principal.label()), state.clock.now_ms())
+        .await?;
     Ok(ApiJson(job_view(&state.store, &job).await?))
 }
 
@@ -466,10 +514,14 @@ pub async fn cancel_deprovision(
 )]
 pub async fn retry_deprovision(
     State(state): State<AppState>,
+    principal: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<JobView>, ApiError> {
     let id = parse_job_id(&id)?;
-    let job = state.store.retry_job(&id, state.clock.now_ms()).await?;
+    let job = state
+        .store
+        .retry_job_by(&id, Some(&principal.label()), state.clock.now_ms())
+        .await?;
     state.waker.wake();
     Ok(ApiJson(job_view(&state.store, &job).await?))
 }
@@ -547,4 +599,120 @@ pub async fn preview_deprovision(
     validate(&request)?;
     let dps = state.resolve_dps(request.dps.as_ref().map(|d| d.as_str()))?;
     Ok(ApiJson(run_preview(&state, &dps, &request).await?))
+}
+
+/// Body of an approval or rejection (optional).
+#[derive(Debug, Default, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRequest {
+    /// Why, recorded in the timeline (at most 1 KiB).
+    #[serde(default)]
+    #[schema(example = "Checked with the fleet owner, ticket OPS-1234")]
+    pub comment: Option<String>,
+}
+
+async fn decide(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    body: &[u8],
+    decision: Decision,
+) -> Result<ApiJson<JobView>, ApiError> {
+    let id = parse_job_id(id)?;
+    let body: DecisionRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DecisionRequest::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::Validation(vec![FieldError::new(
+                "comment",
+                format!("the body must be {{\"comment\": \"…\"}} or empty: {e}"),
+            )])
+        })?
+    };
+    if let Some(c) = &body.comment {
+        if c.len() > 1024 || c.chars().any(char::is_control) {
+            return Err(ApiError::Validation(vec![FieldError::new(
+                "comment",
+                "must be at most 1 KiB with no control characters",
+            )]));
+        }
+    }
+    let job = state
+        .store
+        .get_job(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    let me = principal.label();
+    if job.requested_by.as_deref() == Some(me.as_str()) {
+        return Err(AuthError::SelfApproval(me).into());
+    }
+    let job = state
+        .store
+        .decide_job(
+            &id,
+            decision,
+            &me,
+            body.comment.as_deref(),
+            state.clock.now_ms(),
+        )
+        .await?;
+    if decision == Decision::Approve {
+        state.waker.wake();
+    }
+    Ok(ApiJson(job_view(&state.store, &job).await?))
+}
+
+/// Approve a job awaiting approval: it is queued and runs.
+///
+/// Needs the admin role, and an admin other than the job's requester (two-person rule). Recorded in the
+/// timeline with the approver and the optional comment.
+#[utoipa::path(
+    post,
+    path = "/v1/deprovisions/{id}/approve",
+    tag = "deprovisions",
+    params(("id" = uuid::Uuid, Path, description = "Job id (a UUID)")),
+    request_body(content = Option<DecisionRequest>, description = "Optional comment"),
+    responses(
+        (status = 200, description = "The job, queued", body = JobView),
+        (status = 400, description = "Not a job id", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "Not an admin, or the caller requested this job", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such job", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "The job is not awaiting approval (already decided, cancelled or expired)", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid comment", body = Problem, content_type = PROBLEM),
+    )
+)]
+pub async fn approve_deprovision(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> Result<ApiJson<JobView>, ApiError> {
+    decide(&state, &principal, &id, &body, Decision::Approve).await
+}
+
+/// Reject a job awaiting approval: it ends as `rejected` and nothing is done.
+///
+/// Needs the admin role, and an admin other than the job's requester. Recorded in the timeline.
+#[utoipa::path(
+    post,
+    path = "/v1/deprovisions/{id}/reject",
+    tag = "deprovisions",
+    params(("id" = uuid::Uuid, Path, description = "Job id (a UUID)")),
+    request_body(content = Option<DecisionRequest>, description = "Optional comment"),
+    responses(
+        (status = 200, description = "The job, rejected", body = JobView),
+        (status = 400, description = "Not a job id", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "Not an admin, or the caller requested this job", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such job", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "The job is not awaiting approval", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid comment", body = Problem, content_type = PROBLEM),
+    )
+)]
+pub async fn reject_deprovision(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> Result<ApiJson<JobView>, ApiError> {
+    decide(&state, &principal, &id, &body, Decision::Reject).await
 }

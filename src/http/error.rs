@@ -102,6 +102,9 @@ pub enum ApiError {
     /// Azure could not be read.
     #[error("{0}")]
     Upstream(String),
+    /// Not authenticated (401) or not allowed (403).
+    #[error(transparent)]
+    Auth(#[from] super::auth::AuthError),
     /// Anything else: logged in full, reported without details.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -204,6 +207,7 @@ impl ApiError {
                 "azure-unavailable",
                 "Azure could not be read",
             ),
+            ApiError::Auth(e) => (e.status(), e.slug(), e.title()),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal-error",
@@ -264,6 +268,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Auth(e) = self {
+            // Its own answer carries `WWW-Authenticate`.
+            return e.into_response();
+        }
         if let ApiError::Internal(e) = &self {
             // The whole chain goes to the log; the client sees only a generic message.
             tracing::error!(error = ?e, "internal error");

@@ -1,5 +1,6 @@
 //! The HTTP API: routes, extractors, errors and the OpenAPI document.
 
+pub mod auth;
 pub mod deprovisions;
 pub mod error;
 pub mod extract;
@@ -57,6 +58,12 @@ pub struct AppInner {
     pub dps_names: Vec<String>,
     /// The instance used when a request names none.
     pub default_dps: Option<String>,
+    /// Checks callers' credentials.
+    pub auth: Arc<auth::Authenticator>,
+    /// Which `Host` names are served.
+    pub hosts: Arc<auth::HostPolicy>,
+    /// Which jobs wait for a second person's approval.
+    pub approvals: crate::domain::job::ApprovalPolicy,
 }
 
 impl std::ops::Deref for AppState {
@@ -123,7 +130,96 @@ fn api_router() -> OpenApiRouter<AppState> {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = api_router().into_openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    document_common_responses(document_target_kinds(doc))
+    document_security(document_common_responses(document_target_kinds(doc)))
+}
+
+/// Security schemes (Swagger UI's Authorize button), and on every operation the role it needs
+/// (`x-required-role`, from [`auth::required_role`]), its security requirement, and its 401 and 403.
+fn document_security(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::extensions::ExtensionsBuilder;
+    use utoipa::openapi::security::{
+        HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.security_schemes.insert(
+        "api_key".into(),
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("dpk_…")
+                .description(Some(
+                    "An API key (`deprovisiond keys new --name … --role …`) as a bearer token",
+                ))
+                .build(),
+        )
+        .into(),
+    );
+    components.security_schemes.insert(
+        "oidc".into(),
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT")
+                .description(Some(
+                    "An access token from the configured OIDC issuer (e.g. Entra ID), whose role claim maps to \
+                     reader, operator or admin",
+                ))
+                .build(),
+        )
+        .into(),
+    );
+    let problem = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                PROBLEM,
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for (method, op) in [
+            (axum::http::Method::GET, &mut item.get),
+            (axum::http::Method::POST, &mut item.post),
+            (axum::http::Method::PUT, &mut item.put),
+            (axum::http::Method::DELETE, &mut item.delete),
+            (axum::http::Method::PATCH, &mut item.patch),
+        ] {
+            let Some(op) = op.as_mut() else { continue };
+            let role = auth::required_role(&method, path);
+            let ext = ExtensionsBuilder::new()
+                .add("x-required-role", role.map_or("none", auth::Role::as_str))
+                .build();
+            match op.extensions.as_mut() {
+                Some(e) => e.merge(ext),
+                None => op.extensions = Some(ext),
+            }
+            let Some(role) = role else {
+                // An empty requirement: no credential needed.
+                op.security = Some(vec![SecurityRequirement::default()]);
+                continue;
+            };
+            op.security = Some(vec![
+                SecurityRequirement::new("api_key", Vec::<String>::new()),
+                SecurityRequirement::new("oidc", Vec::<String>::new()),
+            ]);
+            let responses = &mut op.responses.responses;
+            responses.entry("401".into()).or_insert_with(|| {
+                problem("No credential, or not a valid one (see the `WWW-Authenticate` header)")
+                    .into()
+            });
+            responses.entry("403".into()).or_insert_with(|| {
+                problem(&format!(
+                    "The caller's role is below {role}, which this operation needs"
+                ))
+                .into()
+            });
+        }
+    }
+    doc
 }
 
 /// Answers every operation can give whatever its handler does: 500 (a bug, logged), 503 (the database is not
@@ -211,10 +307,18 @@ pub fn openapi_json() -> String {
 /// The whole HTTP application; bodies larger than `body_limit` bytes get a 413 problem.
 pub fn app(state: AppState, body_limit: usize) -> Router {
     let (router, _) = api_router().split_for_parts();
+    let authenticator = state.auth.clone();
+    let hosts = state.hosts.clone();
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
         // The dashboard is HTML for people, outside the OpenAPI document.
         .merge(ui::router())
+        // A route layer, so it sees the matched route template; it covers every route merged above
+        // (merge new routers before this line). Unknown routes fall through to the 404 below.
+        .route_layer(axum::middleware::from_fn_with_state(
+            authenticator,
+            auth::require_principal,
+        ))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -223,6 +327,7 @@ pub fn app(state: AppState, body_limit: usize) -> Router {
             refuse_declared_oversize(req, next, body_limit)
         }))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn_with_state(hosts, auth::host::check_host))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)

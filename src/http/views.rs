@@ -39,9 +39,17 @@ pub struct JobView {
     /// Source ticket.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ticket: Option<Ticket>,
-    /// Who asked.
+    /// Who asked: the authenticated caller (`key:NAME`, `oidc:NAME`, `webhook:SOURCE`, or `anonymous` when
+    /// the service runs without authentication). Jobs from before authentication show the request's
+    /// `requested_by` here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requested_by: Option<String>,
+    /// The request's own `requested_by`: on whose behalf the caller asked (not verified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+    /// The approval a policy required before the job could run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalView>,
     /// Device counts.
     pub progress: Progress,
     /// The job's steps and where each is.
@@ -61,6 +69,22 @@ pub struct JobView {
     /// When it reached its final status.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+}
+
+/// Why a job needed approval, and who decided.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalView {
+    /// The policy rule that held the job, e.g. `group-wide job`.
+    #[schema(example = "any delete")]
+    pub rule: String,
+    /// When the job expires unless approved (RFC 3339).
+    pub expires_at: String,
+    /// The admin who approved or rejected it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    /// When (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<String>,
 }
 
 /// Device counts of a job.
@@ -143,7 +167,14 @@ impl JobView {
             force: r.force,
             reason: r.reason.clone(),
             ticket: r.ticket.clone(),
-            requested_by: r.requested_by.clone(),
+            requested_by: job.requested_by.clone().or_else(|| r.requested_by.clone()),
+            on_behalf_of: r.requested_by.clone(),
+            approval: job.approval.as_ref().map(|a| ApprovalView {
+                rule: a.rule.clone(),
+                expires_at: to_rfc3339(a.expires_at),
+                decided_by: a.decided_by.clone(),
+                decided_at: a.decided_at.map(to_rfc3339),
+            }),
             progress: Progress {
                 total: counts.total,
                 // Items are released only once the revoke step has succeeded.

@@ -4,6 +4,7 @@
 //! times are epoch milliseconds, so the SQL is shared; the few dialect differences (row locking on
 //! claims) are chosen by [`Backend`].
 
+mod approvals;
 mod callbacks;
 mod clock;
 mod idempotency;
@@ -31,6 +32,7 @@ macro_rules! sql {
     };
 }
 
+pub use approvals::{Decision, HELD_UNTIL};
 pub use callbacks::{AttemptResult, DueCallback};
 pub use clock::DbClock;
 pub use metrics::Gauges;
@@ -140,7 +142,8 @@ pub enum Created {
 
 const JOB_COLUMNS: &str = "id, dps, request_json, status, plan_json, context_json, step_index, lane_state, attempt, \
     fence, next_run_at, lease_owner, lease_expires_at, cursor, last_error, cancel_requested, idempotency_key, \
-    created_at, updated_at, started_at, finished_at";
+    created_at, updated_at, started_at, finished_at, requested_by, approval_rule, approval_expires_at, decided_by, \
+    decided_at";
 
 const ITEM_COLUMNS: &str = "id, job_id, seq, registration_id, device_id, hub, data_json, step_index, state, attempt, \
     fence, next_run_at, lease_owner, lease_expires_at, last_error, skip_reason, created_at, updated_at, finished_at";
@@ -275,6 +278,19 @@ impl Store {
 
     /// Creates a job, or returns the one an earlier identical request with the same idempotency key created.
     pub async fn create_job(&self, new: NewJob, now: Millis) -> Result<Created> {
+        self.create_job_as(new, &JobOrigin::default(), now).await
+    }
+
+    /// [`Store::create_job`] recording `origin`: the authenticated requester, and an approval hold.
+    ///
+    /// A held job is `awaiting_approval` with its lane pending but due at [`HELD_UNTIL`], so no claim picks
+    /// it up until an approval makes it due; it holds its target's `active_key` all the while.
+    pub async fn create_job_as(
+        &self,
+        new: NewJob,
+        origin: &JobOrigin,
+        now: Millis,
+    ) -> Result<Created> {
         if let Some((key, hash)) = &new.idempotency {
             if let Some(existing) = self.replay(key, hash).await? {
                 return Ok(Created::Replayed(existing));
@@ -284,12 +300,21 @@ impl Store {
         let req = &new.request;
         let target_key = format!("{}/{}", new.dps, req.target.key());
         let first_state = crate::domain::lane::next_step(&new.plan.job_steps, 0, now);
+        let requester = origin
+            .requester
+            .clone()
+            .or_else(|| req.requested_by.clone());
+        let status = if origin.hold.is_some() {
+            JobStatus::AwaitingApproval
+        } else {
+            JobStatus::Queued
+        };
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, dps, target_kind, target_id, target_key, request_json, requested_by, reason_code, \
              reason_text, ticket_system, ticket_key, ticket_url, idempotency_key, request_hash, status, active_key, \
-             plan_json, step_index, lane_state, next_run_at, created_at, updated_at) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$21)",
+             plan_json, step_index, lane_state, next_run_at, created_at, updated_at, approval_rule, approval_expires_at) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$21,$22,$23)",
         )
         .bind(&id)
         .bind(&new.dps)
@@ -297,7 +322,7 @@ impl Store {
         .bind(req.target.id())
         .bind(req.target.key())
         .bind(to_json(req))
-        .bind(req.requested_by.clone())
+        .bind(requester.clone())
         .bind(req.reason.code.as_str())
         .bind(req.reason.text.clone())
         .bind(req.ticket.as_ref().map(|t| t.system.clone()))
@@ -305,13 +330,15 @@ impl Store {
         .bind(req.ticket.as_ref().and_then(|t| t.url.clone()))
         .bind(new.idempotency.as_ref().map(|(k, _)| k.clone()))
         .bind(new.idempotency.as_ref().map(|(_, h)| h.clone()))
-        .bind(JobStatus::Queued.as_str())
+        .bind(status.as_str())
         .bind(&target_key)
         .bind(to_json(&new.plan))
         .bind(first_state.step_index as i64)
         .bind(first_state.state.as_str())
+        .bind(if origin.hold.is_some() { HELD_UNTIL } else { now })
         .bind(now)
-        .bind(now)
+        .bind(origin.hold.as_ref().map(|(rule, _)| rule.clone()))
+        .bind(origin.hold.as_ref().map(|(_, until)| *until))
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -342,19 +369,41 @@ impl Store {
             &NewEvent {
                 kind: "created".into(),
                 message: Some(format!(
-                    "{} {} requested ({}){}",
+                    "{} {} requested ({}){}{}",
                     req.target.kind().as_str(),
                     req.target.id(),
                     req.reason.code.as_str(),
-                    req.requested_by
+                    requester
                         .as_ref()
                         .map(|r| format!(" by {r}"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    match (&req.requested_by, &origin.requester) {
+                        (Some(b), Some(_)) => format!(" on behalf of {b}"),
+                        _ => String::new(),
+                    }
                 )),
+                detail: requester.as_ref().map(|r| serde_json::json!({ "by": r })),
                 ..NewEvent::default()
             },
         )
         .await?;
+        if let Some((rule, until)) = &origin.hold {
+            insert_event(
+                &mut tx,
+                &id,
+                now,
+                &NewEvent {
+                    kind: "approval_required".into(),
+                    message: Some(format!(
+                        "held for approval by an admin other than the requester ({rule}); expires at {}",
+                        crate::domain::clock::to_rfc3339(*until)
+                    )),
+                    detail: Some(serde_json::json!({ "rule": rule, "expires_at": crate::domain::clock::to_rfc3339(*until) })),
+                    ..NewEvent::default()
+                },
+            )
+            .await?;
+        }
         // Read back inside the transaction: the answer shows the job as created, before any worker claims it.
         let row = sqlx::query(sql!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
             .bind(&id)
@@ -605,6 +654,23 @@ impl Store {
     /// checks it), so a cancel that loses a race with the job finishing is refused rather than
     /// answered as accepted and left on the finished job.
     pub async fn cancel_job(&self, id: &str, now: Millis) -> Result<JobRecord> {
+        self.cancel_job_by(id, None, now).await
+    }
+
+    /// [`Store::cancel_job`] recording who asked in the timeline. A job still awaiting approval ends as
+    /// cancelled at once (nothing of it ever ran).
+    pub async fn cancel_job_by(
+        &self,
+        id: &str,
+        by: Option<&str>,
+        now: Millis,
+    ) -> Result<JobRecord> {
+        if self.withdraw_held(id, by, now).await? {
+            return self
+                .get_job(id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(id.into()));
+        }
         let mut tx = self.pool.begin().await?;
         let flagged = sqlx::query(
             "UPDATE jobs SET cancel_requested = 1, updated_at = $2 WHERE id = $1 AND status IN ('queued', 'running')",
@@ -646,7 +712,16 @@ impl Store {
             &mut tx,
             id,
             now,
-            &NewEvent::new("cancel_requested", "cancellation requested"),
+            &NewEvent {
+                detail: by.map(|b| serde_json::json!({ "by": b })),
+                ..NewEvent::new(
+                    "cancel_requested",
+                    match by {
+                        Some(b) => format!("cancellation requested by {b}"),
+                        None => "cancellation requested".into(),
+                    },
+                )
+            },
         )
         .await?;
         tx.commit().await?;
@@ -658,6 +733,11 @@ impl Store {
 
     /// Re-queues a failed job: failed steps run again, succeeded ones are never repeated.
     pub async fn retry_job(&self, id: &str, now: Millis) -> Result<JobRecord> {
+        self.retry_job_by(id, None, now).await
+    }
+
+    /// [`Store::retry_job`] recording who asked in the timeline.
+    pub async fn retry_job_by(&self, id: &str, by: Option<&str>, now: Millis) -> Result<JobRecord> {
         let job = self
             .get_job(id)
             .await?
@@ -724,13 +804,17 @@ impl Store {
             &mut tx,
             id,
             now,
-            &NewEvent::new(
-                "retried",
-                format!(
-                    "retry requested: job resumes at its failed step; {} failed device(s) re-queued",
-                    items.rows_affected()
-                ),
-            ),
+            &NewEvent {
+                detail: by.map(|b| serde_json::json!({ "by": b })),
+                ..NewEvent::new(
+                    "retried",
+                    format!(
+                        "retry requested{}: job resumes at its failed step; {} failed device(s) re-queued",
+                        by.map(|b| format!(" by {b}")).unwrap_or_default(),
+                        items.rows_affected()
+                    ),
+                )
+            },
         )
         .await?;
         tx.commit().await?;
@@ -1710,6 +1794,19 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord> {
         updated_at: row.try_get("updated_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
+        requested_by: row.try_get("requested_by")?,
+        approval: match (
+            row.try_get::<Option<String>, _>("approval_rule")?,
+            row.try_get::<Option<i64>, _>("approval_expires_at")?,
+        ) {
+            (Some(rule), Some(expires_at)) => Some(ApprovalRecord {
+                rule,
+                expires_at,
+                decided_by: row.try_get("decided_by")?,
+                decided_at: row.try_get("decided_at")?,
+            }),
+            _ => None,
+        },
     })
 }
 

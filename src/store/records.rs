@@ -61,6 +61,33 @@ pub struct JobRecord {
     pub started_at: Option<Millis>,
     /// When it reached a final status.
     pub finished_at: Option<Millis>,
+    /// Who created it: the authenticated principal (`key:NAME`, `oidc:NAME`, …); for jobs created before
+    /// authentication existed, the request's own `requested_by`.
+    pub requested_by: Option<String>,
+    /// The approval the job needed, if a policy held it.
+    pub approval: Option<ApprovalRecord>,
+}
+
+/// Why a job waited for approval and how that ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRecord {
+    /// The policy rule that held it.
+    pub rule: String,
+    /// When it expires unless approved.
+    pub expires_at: Millis,
+    /// The admin who approved or rejected it.
+    pub decided_by: Option<String>,
+    /// When.
+    pub decided_at: Option<Millis>,
+}
+
+/// Who creates a job, and whether a policy holds it for approval.
+#[derive(Debug, Clone, Default)]
+pub struct JobOrigin {
+    /// The authenticated principal's label; `None` records the request's own `requested_by`.
+    pub requester: Option<String>,
+    /// Hold the job in `awaiting_approval`: the rule that applies and when the hold expires.
+    pub hold: Option<(String, Millis)>,
 }
 
 impl JobRecord {

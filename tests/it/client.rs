@@ -25,7 +25,7 @@ async fn client(app: &TestApp, args: &[&str]) -> Run {
         .args(["--url", &app.base])
         .args(args)
         .env_remove("DEPROVISIOND_URL")
-        .env_remove("DEPROVISIOND_TOKEN")
+        .env("DEPROVISIOND_TOKEN", &app.token)
         .output()
         .await
         .expect("run the client");

@@ -595,6 +595,11 @@ async fn protocol_level_errors(db: TestDb) {
         engine: fast_engine(),
         tombstone_audit_every: None,
         body_limit: deprovisiond::http::BODY_LIMIT_BYTES,
+        // The raw requests below name the host `x`.
+        auth: deprovisiond::http::auth::AuthConfig {
+            allowed_hosts: vec!["x".into()],
+            ..Default::default()
+        },
     };
     let choice = WorkflowChoice::Custom(crate::support::Scripted::new(1), vec!["default".into()]);
     let app = App::build(config, choice, Arc::new(SystemClock))

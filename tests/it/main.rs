@@ -1,6 +1,8 @@
 //! Integration tests: the real app on a random port, a real database (SQLite and PostgreSQL), over HTTP.
 
 mod api;
+mod approvals;
+mod auth;
 mod bench;
 mod callbacks;
 mod client;
@@ -9,6 +11,7 @@ mod hostile;
 mod metrics;
 mod openapi;
 mod response_schema;
+mod secrets;
 mod store;
 mod support;
 mod ui;

@@ -9,6 +9,7 @@ use deprovisiond::domain::backoff::BackoffPolicy;
 use deprovisiond::domain::clock::{Clock, Millis, SharedClock, SystemClock};
 use deprovisiond::domain::job::{DeprovisionRequest, Target};
 use deprovisiond::domain::lane::{ITEMS_BARRIER, Outcome, StepError};
+use deprovisiond::http::auth::{ApiKeyEntry, AuthConfig, Role, keys};
 use deprovisiond::store::{ItemRecord, JobRecord, NewItem, Plan, StepEffects, Store};
 use deprovisiond::worker::{EngineConfig, StepResult, Workflow};
 use serde_json::Value;
@@ -111,12 +112,52 @@ pub fn fast_engine() -> EngineConfig {
     }
 }
 
+/// API keys of the test app's default callers (`key:test-admin`, …); `ADMIN2_KEY` is a second admin, for
+/// the two-person rule.
+pub const ADMIN_KEY: &str = "dpk_test-admin-0123456789abcdefghijklmnopqrstuv";
+pub const ADMIN2_KEY: &str = "dpk_test-admin2-0123456789abcdefghijklmnopqrstu";
+pub const OPERATOR_KEY: &str = "dpk_test-operator-0123456789abcdefghijklmnopqr";
+pub const READER_KEY: &str = "dpk_test-reader-0123456789abcdefghijklmnopqrstu";
+
+/// Authentication of the test app: the four keys above, nothing else.
+pub fn test_auth() -> AuthConfig {
+    let entry = |name: &str, role, key: &str| ApiKeyEntry {
+        name: name.into(),
+        role,
+        sha256: keys::hash(key),
+    };
+    AuthConfig::with_keys(vec![
+        entry("test-admin", Role::Admin, ADMIN_KEY),
+        entry("test-admin2", Role::Admin, ADMIN2_KEY),
+        entry("test-operator", Role::Operator, OPERATOR_KEY),
+        entry("test-reader", Role::Reader, READER_KEY),
+    ])
+}
+
+/// A client that sends `key` as its bearer token on every request (`None`: no credential).
+pub fn client_with(key: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(k) = key {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {k}").parse().expect("header value"),
+        );
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
 /// The app, running on a random port.
 pub struct TestApp {
     /// Where tests call the app: through the schema proxy, which checks every response.
     pub base: String,
+    /// Sends [`ADMIN_KEY`] on every request, so tests about something else need not think about auth.
     pub http: reqwest::Client,
     proxy: crate::response_schema::SchemaProxy,
+    /// The key `http` sends (for the client binary and raw requests).
+    pub token: String,
 
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -154,6 +195,18 @@ impl TestApp {
         worker: bool,
         clock: SharedClock,
     ) -> TestApp {
+        Self::spawn_auth(db, choice, engine, worker, clock, test_auth()).await
+    }
+
+    /// The app with these authentication settings.
+    pub async fn spawn_auth(
+        db: &TestDb,
+        choice: WorkflowChoice,
+        engine: EngineConfig,
+        worker: bool,
+        clock: SharedClock,
+        auth: AuthConfig,
+    ) -> TestApp {
         let config = AppConfig {
             database_url: db.url.clone(),
             listen: "127.0.0.1:0".parse().expect("addr"),
@@ -161,6 +214,7 @@ impl TestApp {
             engine,
             tombstone_audit_every: None,
             body_limit: deprovisiond::http::BODY_LIMIT_BYTES,
+            auth,
         };
         let app = App::build(config, choice, clock).await.expect("app builds");
         let direct = format!("http://{}", app.local_addr());
@@ -175,8 +229,9 @@ impl TestApp {
         });
         TestApp {
             base,
-            http: reqwest::Client::new(),
             proxy,
+            http: client_with(Some(ADMIN_KEY)),
+            token: ADMIN_KEY.into(),
             stop,
             task,
         }

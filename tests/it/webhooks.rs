@@ -48,6 +48,7 @@ impl HookApp {
             engine: fast_engine(),
             tombstone_audit_every: None,
             body_limit: deprovisiond::http::BODY_LIMIT_BYTES,
+            auth: crate::support::test_auth(),
         };
         let choice = WorkflowChoice::Custom(workflow, vec!["default".into()]);
         let app = App::build(app_config, choice, Arc::new(SystemClock))

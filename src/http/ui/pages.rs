@@ -16,6 +16,7 @@ use super::templates;
 use crate::domain::job::{DeprovisionRequest, FieldError, JobStatus, Target};
 use crate::domain::lane::LaneState;
 use crate::http::AppState;
+use crate::http::auth::Principal;
 use crate::http::deprovisions::{Submitted, submit};
 use crate::http::error::ApiError;
 use crate::http::views::{DeviceView, EventView, JobView};
@@ -298,6 +299,7 @@ fn read_form<T>(f: Result<Form<T>, FormRejection>) -> Result<T, UiError> {
 /// `POST /ui/new/preview`: what the request would do, and the button that creates it. Nothing is changed.
 pub async fn preview(
     State(state): State<AppState>,
+    principal: Principal,
     form: Result<Form<JobForm>, FormRejection>,
 ) -> Result<Response, UiError> {
     let form = read_form(form)?;
@@ -305,20 +307,21 @@ pub async fn preview(
         Ok(r) => r,
         Err(errors) => return Ok(form_again(&state, &form, &errors, None)),
     };
-    Ok(confirm(&state, &form, request, None).await)
+    Ok(confirm(&state, &principal, &form, request, None).await)
 }
 
 /// The confirmation page for a request, from a dry run through the one admission path; a request the API
 /// would refuse goes back to the form with the API's reasons.
 async fn confirm(
     state: &AppState,
+    principal: &Principal,
     form: &JobForm,
     request: DeprovisionRequest,
     problem: Option<&str>,
 ) -> Response {
     let mut dry = request.clone();
     dry.dry_run = true;
-    let preview = match submit(state, dry, None).await {
+    let preview = match submit(state, principal, dry, None).await {
         Ok(Submitted::Preview(p)) => Ok(p),
         Ok(Submitted::New(_) | Submitted::Replayed(_)) => {
             // A dry run records nothing; reaching this is a bug, reported like any internal error.
@@ -385,6 +388,7 @@ pub struct CreateForm {
 /// `POST /ui/new/create`: creates the previewed job through the one admission path and shows it.
 pub async fn create(
     State(state): State<AppState>,
+    principal: Principal,
     form: Result<Form<CreateForm>, FormRejection>,
 ) -> Result<Response, UiError> {
     let f = read_form(form)?;
@@ -406,7 +410,7 @@ pub async fn create(
                 "This job acts on every device of group {}: type the group id to confirm.",
                 g.group_id
             );
-            return Ok(confirm(&state, &form, request, Some(&why)).await);
+            return Ok(confirm(&state, &principal, &form, request, Some(&why)).await);
         }
     }
     let key = f.idempotency_key;
@@ -415,7 +419,7 @@ pub async fn create(
             "the confirmation carries no valid idempotency key".into(),
         ));
     }
-    match submit(&state, request, Some(key)).await {
+    match submit(&state, &principal, request, Some(key)).await {
         Ok(Submitted::New(job) | Submitted::Replayed(job)) => {
             Ok(Redirect::to(&format!("/ui/jobs/{}", job.id)).into_response())
         }

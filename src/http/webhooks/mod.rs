@@ -328,7 +328,15 @@ async fn admit(state: &AppState, a: Admission) -> Result<WebhookAck, HookError> 
         )])
         .into());
     }
-    let ack = match submit(state, a.request, Some(a.idempotency_key.clone())).await {
+    let principal = crate::http::auth::Principal::webhook(a.source);
+    let ack = match submit(
+        state,
+        &principal,
+        a.request,
+        Some(a.idempotency_key.clone()),
+    )
+    .await
+    {
         Ok(Submitted::New(view)) => WebhookAck {
             outcome: Outcome::Created,
             job_id: Some(view.id),
