@@ -8,6 +8,7 @@ mod clock;
 mod idempotency;
 mod metrics;
 mod overlap;
+pub mod pacing;
 mod records;
 mod tombstones;
 
@@ -31,6 +32,7 @@ macro_rules! sql {
 
 pub use clock::DbClock;
 pub use metrics::Gauges;
+pub use pacing::{PaceSnapshot, Pacer, PacerOptions};
 pub use records::*;
 pub use tombstones::{AuditStatus, Tombstone, TombstoneState};
 
@@ -136,10 +138,11 @@ pub enum Created {
 
 const JOB_COLUMNS: &str = "id, dps, request_json, status, plan_json, context_json, step_index, lane_state, attempt, \
     fence, next_run_at, lease_owner, lease_expires_at, cursor, last_error, cancel_requested, idempotency_key, \
-    created_at, updated_at, started_at, finished_at";
+    created_at, updated_at, started_at, finished_at, throttled_since";
 
 const ITEM_COLUMNS: &str = "id, job_id, seq, registration_id, device_id, hub, data_json, step_index, state, attempt, \
-    fence, next_run_at, lease_owner, lease_expires_at, last_error, skip_reason, created_at, updated_at, finished_at";
+    fence, next_run_at, lease_owner, lease_expires_at, last_error, skip_reason, created_at, updated_at, finished_at, \
+    throttled_since";
 
 const EVENT_COLUMNS: &str = "seq, job_id, item_id, at, kind, step, attempt, message, detail_json";
 
@@ -839,6 +842,21 @@ impl Store {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<(ItemRecord, std::sync::Arc<JobRecord>)>> {
+        self.claim_item_work_except(owner, clock, lease, limit, &[])
+            .await
+    }
+
+    /// [`Store::claim_item_work`], leaving due items of the hubs in `paced_hubs` where they are: their
+    /// hub's budget is spent, so claiming them would only hand them back (pacing decides their due
+    /// time, other hubs' devices go on). Expired leases are taken whatever their hub.
+    pub async fn claim_item_work_except(
+        &self,
+        owner: &str,
+        clock: &dyn Clock,
+        lease: Duration,
+        limit: u32,
+        paced_hubs: &[String],
+    ) -> Result<Vec<(ItemRecord, std::sync::Arc<JobRecord>)>> {
         let lock = self.lock_clause();
         let claim = |pick: &str| {
             format!(
@@ -854,8 +872,17 @@ impl Store {
              (SELECT 1 FROM jobs j WHERE j.id = job_items.job_id AND j.cancel_requested = 0)",
         );
         // Then due items one job at a time, each a range of the (job_id, state, next_run_at) index.
-        let due =
-            claim("job_id = $5 AND state = 'pending' AND next_run_at <= $3 ORDER BY next_run_at");
+        let skip = if paced_hubs.is_empty() {
+            String::new()
+        } else {
+            let marks: Vec<String> = (0..paced_hubs.len())
+                .map(|i| format!("${}", i + 6))
+                .collect();
+            format!(" AND (hub IS NULL OR hub NOT IN ({}))", marks.join(", "))
+        };
+        let due = claim(&format!(
+            "job_id = $5 AND state = 'pending' AND next_run_at <= $3{skip} ORDER BY next_run_at"
+        ));
         let mut tx = self.pool.begin().await?;
         let now = clock.now_ms();
         let until = now + lease.as_millis() as i64;
@@ -885,14 +912,16 @@ impl Store {
                         break;
                     }
                     let want = share.min(left);
-                    let got = sqlx::query(AssertSqlSafe(due.clone()))
+                    let mut q = sqlx::query(AssertSqlSafe(due.clone()))
                         .bind(owner)
                         .bind(until)
                         .bind(now)
                         .bind(i64::from(want))
-                        .bind(&job_id)
-                        .fetch_all(&mut *tx)
-                        .await?;
+                        .bind(&job_id);
+                    for h in paced_hubs {
+                        q = q.bind(h);
+                    }
+                    let got = q.fetch_all(&mut *tx).await?;
                     left -= got.len() as u32;
                     if got.len() as u32 == want {
                         // It may have more: it takes part in the next round.
@@ -1105,8 +1134,8 @@ impl Store {
             .or_else(|| job.context.as_ref().map(to_json));
         let r = sqlx::query(
             "UPDATE jobs SET lane_state = $3, step_index = $4, attempt = $5, next_run_at = $6, cursor = $7, \
-             last_error = $8, context_json = $9, lease_owner = NULL, lease_expires_at = NULL, updated_at = $10 \
-             WHERE id = $1 AND fence = $2 AND lane_state = 'running'",
+             last_error = $8, context_json = $9, lease_owner = NULL, lease_expires_at = NULL, updated_at = $10, \
+             throttled_since = $11 WHERE id = $1 AND fence = $2 AND lane_state = 'running'",
         )
         .bind(&job.id)
         .bind(job.fence)
@@ -1118,6 +1147,7 @@ impl Store {
         .bind(t.error.as_ref().map(to_json))
         .bind(ctx)
         .bind(now)
+        .bind(t.throttled_since)
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() != 1 {
@@ -1170,7 +1200,7 @@ impl Store {
         let r = sqlx::query(
             "UPDATE job_items SET state = $3, step_index = $4, attempt = $5, next_run_at = $6, last_error = $7, \
              skip_reason = $8, data_json = $9, lease_owner = NULL, lease_expires_at = NULL, updated_at = $10, \
-             finished_at = $11 WHERE id = $1 AND fence = $2 AND state = 'running'",
+             finished_at = $11, throttled_since = $12 WHERE id = $1 AND fence = $2 AND state = 'running'",
         )
         .bind(&item.id)
         .bind(item.fence)
@@ -1183,6 +1213,7 @@ impl Store {
         .bind(data)
         .bind(now)
         .bind(finished)
+        .bind(t.throttled_since)
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() != 1 {
@@ -1706,6 +1737,7 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord> {
         updated_at: row.try_get("updated_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
+        throttled_since: row.try_get("throttled_since")?,
     })
 }
 
@@ -1730,6 +1762,7 @@ fn item_from_row(row: &AnyRow) -> Result<ItemRecord> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         finished_at: row.try_get("finished_at")?,
+        throttled_since: row.try_get("throttled_since")?,
     })
 }
 

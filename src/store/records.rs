@@ -61,6 +61,8 @@ pub struct JobRecord {
     pub started_at: Option<Millis>,
     /// When it reached a final status.
     pub finished_at: Option<Millis>,
+    /// Since when the job lane has been throttled (429) without a break.
+    pub throttled_since: Option<Millis>,
 }
 
 impl JobRecord {
@@ -111,6 +113,8 @@ pub struct ItemRecord {
     pub updated_at: Millis,
     /// When it reached a final state.
     pub finished_at: Option<Millis>,
+    /// Since when the device has been throttled (429) without a break.
+    pub throttled_since: Option<Millis>,
 }
 
 /// One entry of a job's timeline.

@@ -6,6 +6,7 @@ mod engine;
 mod hostile;
 mod metrics;
 mod openapi;
+mod pacing;
 mod store;
 mod support;
 mod workflows;
