@@ -515,6 +515,35 @@ impl Store {
         Ok(out)
     }
 
+    /// A job's item counts by the hub their record names (progress per hub).
+    pub async fn hub_counts(&self, job_id: &str) -> Result<Vec<(Option<String>, ItemCounts)>> {
+        let rows = sqlx::query(
+            "SELECT hub, state, COUNT(*) AS n FROM job_items WHERE job_id = $1 GROUP BY hub, state",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: std::collections::BTreeMap<Option<String>, ItemCounts> = Default::default();
+        for r in rows {
+            let hub: Option<String> = r.try_get("hub")?;
+            let state: String = r.try_get("state")?;
+            let n = r.try_get::<i64, _>("n")? as u64;
+            let c = out.entry(hub).or_default();
+            c.total += n;
+            match LaneState::parse(&state) {
+                Some(LaneState::Waiting) => c.waiting += n,
+                Some(LaneState::Pending) => c.pending += n,
+                Some(LaneState::Running) => c.running += n,
+                Some(LaneState::Succeeded) => c.succeeded += n,
+                Some(LaneState::Skipped) => c.skipped += n,
+                Some(LaneState::Failed) => c.failed += n,
+                Some(LaneState::Cancelled) => c.cancelled += n,
+                _ => return Err(StoreError::Corrupt(format!("item state {state}"))),
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
     /// A job's items in discovery order, one page at a time (cursor = last seq).
     pub async fn list_items(
         &self,
