@@ -287,8 +287,8 @@ impl Store {
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, dps, target_kind, target_id, target_key, request_json, requested_by, reason_code, \
              reason_text, ticket_system, ticket_key, ticket_url, idempotency_key, request_hash, status, active_key, \
-             plan_json, step_index, lane_state, next_run_at, created_at, updated_at) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$21)",
+             plan_json, step_index, lane_state, next_run_at, created_at, updated_at, priority) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$21,$22)",
         )
         .bind(&id)
         .bind(&new.dps)
@@ -311,6 +311,7 @@ impl Store {
         .bind(first_state.state.as_str())
         .bind(now)
         .bind(now)
+        .bind(req.priority.rank())
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -927,20 +928,30 @@ impl Store {
             // Items are only pending while their job waits at its barrier. Fair between jobs: each
             // gets an equal share of the free slots, in random order so that when there are more
             // jobs than slots none waits behind the others every time; unused shares go round again.
-            let mut open: Vec<String> = sqlx::query_scalar(
-                "SELECT id FROM jobs WHERE lane_state = 'waiting_items' AND cancel_requested = 0 \
-                 AND status IN ('queued', 'running') ORDER BY RANDOM()",
+            // Higher priority first, and a larger share: weights low 1, normal 2, high 4.
+            let mut open: Vec<(String, u32)> = sqlx::query(
+                "SELECT id, priority FROM jobs WHERE lane_state = 'waiting_items' AND cancel_requested = 0 \
+                 AND status IN ('queued', 'running') ORDER BY priority DESC, RANDOM()",
             )
             .fetch_all(&mut *tx)
-            .await?;
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("id")?,
+                    crate::domain::job::Priority::weight_of_rank(r.try_get::<i64, _>("priority")?),
+                ))
+            })
+            .collect::<Result<_>>()?;
             while left > 0 && !open.is_empty() {
-                let share = left.div_ceil(open.len() as u32).max(1);
+                let weights: u32 = open.iter().map(|(_, w)| *w).sum();
+                let share = left.div_ceil(weights.max(1)).max(1);
                 let mut still_open = Vec::with_capacity(open.len());
-                for job_id in open {
+                for (job_id, weight) in open {
                     if left == 0 {
                         break;
                     }
-                    let want = share.min(left);
+                    let want = (share * weight).min(left);
                     let mut q = sqlx::query(AssertSqlSafe(due.clone()))
                         .bind(owner)
                         .bind(until)
@@ -954,7 +965,7 @@ impl Store {
                     left -= got.len() as u32;
                     if got.len() as u32 == want {
                         // It may have more: it takes part in the next round.
-                        still_open.push(job_id);
+                        still_open.push((job_id, weight));
                     }
                     rows.extend(got);
                 }

@@ -14,6 +14,10 @@ use deprovisiond::azure::AzureClients;
 use deprovisiond::demo::azure_config_for;
 use serde_json::{Value, json};
 
+use deprovisiond::domain::job::DeprovisionRequest;
+use deprovisiond::domain::lane::{self, ITEMS_BARRIER};
+use deprovisiond::store::{Created, NewItem, NewJob, Plan, StepEffects, Store};
+
 use crate::both_stores;
 use crate::support::{TestApp, TestDb, fast_engine};
 
@@ -29,6 +33,8 @@ both_stores!(
     delete_costs_one_operation_per_device,
     a_429_does_not_use_up_attempts,
     a_single_device_job_finishes_while_a_large_group_job_runs,
+    priority_gives_a_larger_share_of_each_claim,
+    a_paced_hub_is_left_unclaimed_while_other_hubs_go_on,
 );
 
 fn sim_config(time_scale: f64) -> SimConfig {
@@ -376,4 +382,79 @@ async fn s1_2000_devices_measure() {
     );
     app.stop().await;
     sim.shutdown().await;
+}
+
+// ----- claims: priority and paced hubs (store level) -----
+
+/// A job created and moved past its revoke step, with `n` devices on `hub` ready to claim.
+async fn job_at_barrier(s: &Store, body: Value, n: usize, hub: &str) -> String {
+    let lease = Duration::from_secs(30);
+    let request: DeprovisionRequest = serde_json::from_value(body).unwrap();
+    let plan = Plan {
+        job_steps: vec!["resolve".into(), ITEMS_BARRIER.into()],
+        item_steps: vec!["registry".into()],
+    };
+    let new = NewJob {
+        dps: "default".into(),
+        request,
+        plan,
+        idempotency: None,
+    };
+    let Created::New(job) = s.create_job(new, 0).await.unwrap() else {
+        panic!("a new job")
+    };
+    let j = s.claim_jobs("setup", 0, lease, 1).await.unwrap().remove(0);
+    assert_eq!(j.id, job.id);
+    let effects = StepEffects {
+        new_items: (0..n)
+            .map(|i| NewItem {
+                registration_id: format!("d{i}"),
+                device_id: None,
+                hub: Some(hub.into()),
+                data: None,
+            })
+            .collect(),
+        ..StepEffects::default()
+    };
+    let t = lane::next_step(&j.plan.job_steps, 1, 0);
+    s.complete_job_step(&j, &t, &effects, 0).await.unwrap();
+    job.id
+}
+
+fn group_request(id: &str, priority: Option<&str>) -> Value {
+    let mut body = json!({
+        "target": {"kind": "enrollment_group", "group_id": id},
+        "reason": {"code": "compromised"},
+    });
+    if let Some(p) = priority {
+        body["priority"] = json!(p);
+    }
+    body
+}
+
+async fn priority_gives_a_larger_share_of_each_claim(db: TestDb) {
+    let s = db.store().await;
+    let normal = job_at_barrier(&s, group_request("g-normal", None), 40, HUB).await;
+    let high = job_at_barrier(&s, group_request("g-high", Some("high")), 40, HUB).await;
+    let got = s
+        .claim_items("w", 10, Duration::from_secs(30), 6)
+        .await
+        .unwrap();
+    let of = |id: &str| got.iter().filter(|i| i.job_id == id).count();
+    // Weights normal 2, high 4: of six slots, four go to the high-priority job.
+    assert_eq!((of(&high), of(&normal)), (4, 2));
+}
+
+async fn a_paced_hub_is_left_unclaimed_while_other_hubs_go_on(db: TestDb) {
+    let s = db.store().await;
+    let paced = job_at_barrier(&s, group_request("g-paced", None), 10, HUB).await;
+    let other = job_at_barrier(&s, group_request("g-other", None), 10, OTHER_HUB).await;
+    let clock = deprovisiond::domain::clock::ManualClock::new(10);
+    let got = s
+        .claim_item_work_except("w", &clock, Duration::from_secs(30), 8, &[HUB.to_string()])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 8);
+    assert!(got.iter().all(|(i, _)| i.job_id == other));
+    assert!(got.iter().all(|(i, _)| i.job_id != paced));
 }
