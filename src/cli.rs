@@ -116,6 +116,9 @@ pub struct WorkerArgs {
     /// Attempts per step before it fails.
     #[arg(long, env = "DEPROVISIOND_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
+    /// Seconds a device may stay throttled (429 after 429, none using up an attempt) before it fails.
+    #[arg(long, env = "DEPROVISIOND_THROTTLE_PATIENCE_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub throttle_patience_secs: u64,
     /// Seconds in-flight steps may run on after SIGTERM before their leases are released.
     #[arg(long, env = "DEPROVISIOND_GRACE_SECS", default_value_t = 20)]
     pub grace_secs: u64,
@@ -152,6 +155,7 @@ impl WorkerArgs {
                 max_attempts: self.max_attempts,
             },
             grace: Duration::from_secs(self.grace_secs),
+            throttle_patience: Some(Duration::from_secs(self.throttle_patience_secs)),
             ..EngineConfig::default()
         }
     }

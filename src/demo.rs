@@ -54,6 +54,31 @@ pub fn azure_config_for(sim: &RunningSimulator) -> anyhow::Result<AzureConfig> {
         });
     }
     config.default_dps = config.dps.first().map(|d| d.name.clone());
+    // Pace at what this simulator enforces: its quotas sped up by its time scale, or not at all
+    // when it throttles nothing.
+    let throttle = sim.handle().throttle_settings();
+    let scale = if throttle.enabled {
+        throttle.time_scale
+    } else {
+        0.0
+    };
+    if scale > 0.0 {
+        // The burst is seconds of quota time, which pass `scale` times faster here.
+        config.pacing.burst_secs /= scale;
+    }
+    for hub in sim.state().hubs() {
+        let rate = hub.tier.registry_ops_per_minute_per_unit() * f64::from(hub.units) * scale;
+        config
+            .pacing
+            .hub_ops_per_minute
+            .insert(hub.host.to_ascii_lowercase(), rate);
+    }
+    for dps in sim.state().dps_instances() {
+        config.pacing.dps_ops_per_minute.insert(
+            dps.name.to_ascii_lowercase(),
+            throttle.dps_ops_per_minute * scale,
+        );
+    }
     Ok(config)
 }
 

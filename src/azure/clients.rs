@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use url::Url;
 
-use super::config::{AzureConfig, HubConfig, normalise_name};
+use super::config::{AzureConfig, HubConfig, PacingConfig, normalise_name};
 use super::dps::DpsClient;
 use super::error::AzureError;
 use super::hub::HubClient;
@@ -24,6 +24,7 @@ struct ClientsInner {
     dps: BTreeMap<String, DpsClient>,
     default_dps: Option<String>,
     hubs: BTreeMap<String, (HubClient, HubConfig)>,
+    pacing: PacingConfig,
 }
 
 impl AzureClients {
@@ -71,6 +72,7 @@ impl AzureClients {
                 dps,
                 default_dps,
                 hubs,
+                pacing: config.pacing.clone(),
             }),
         })
     }
@@ -132,6 +134,26 @@ impl AzureClients {
             .hubs
             .get(&host_name.trim().to_ascii_lowercase())
             .map(|(_, c)| c)
+    }
+
+    /// The pacing settings.
+    pub fn pacing(&self) -> &PacingConfig {
+        &self.inner.pacing
+    }
+
+    /// Registry operations per minute to pace hub `host_name` at (`None`: not paced).
+    pub fn hub_budget(&self, host_name: &str) -> Option<f64> {
+        self.hub_config(host_name)
+            .and_then(|h| self.inner.pacing.hub_budget(h))
+    }
+
+    /// Operations per minute to pace DPS instance `name` at (`None`: not paced, or not configured).
+    pub fn dps_budget(&self, name: &str) -> Option<f64> {
+        self.inner
+            .dps
+            .contains_key(&normalise_name(name))
+            .then(|| self.inner.pacing.dps_budget(name))
+            .flatten()
     }
 
     /// Host names of the configured hubs, sorted.

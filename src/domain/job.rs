@@ -303,6 +303,48 @@ pub struct DeprovisionRequest {
     /// Plan only: change nothing and return what would be done.
     #[serde(default)]
     pub dry_run: bool,
+    /// How the job's devices share the workers with other jobs' (default `normal`): a `high` job
+    /// gets twice a `normal` job's share of each claim, a `low` job half.
+    #[serde(default, skip_serializing_if = "Priority::is_normal")]
+    pub priority: Priority,
+}
+
+/// A request's priority among concurrent jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Half a normal job's share.
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Twice a normal job's share (a stolen device while a group runs).
+    High,
+}
+
+impl Priority {
+    /// Whether this is the default (left out of the stored request, so older requests hash the same).
+    pub fn is_normal(&self) -> bool {
+        *self == Priority::Normal
+    }
+
+    /// The stored number: low -1, normal 0, high 1.
+    pub fn rank(self) -> i64 {
+        match self {
+            Priority::Low => -1,
+            Priority::Normal => 0,
+            Priority::High => 1,
+        }
+    }
+
+    /// Claim weight of a stored rank: low 1, normal 2, high 4.
+    pub fn weight_of_rank(rank: i64) -> u32 {
+        match rank {
+            r if r < 0 => 1,
+            0 => 2,
+            _ => 4,
+        }
+    }
 }
 
 /// One problem with a request field.

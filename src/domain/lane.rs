@@ -124,6 +124,21 @@ pub enum Outcome {
     },
     /// A permanent failure: the lane stops here.
     Fail(StepError),
+    /// Azure answered 429: wait and run again. Does not use up an attempt; bounded by the engine's
+    /// throttle patience (time since the lane was first throttled), not by the attempt count.
+    Throttled {
+        /// What Azure said.
+        error: StepError,
+        /// How long to wait (Retry-After or the pacer's wait, jittered).
+        delay: Duration,
+    },
+    /// The pacer has no budget for this step now: run again after `delay`, without an attempt used.
+    Paced {
+        /// The hub whose budget is spent (the engine claims none of its devices until then).
+        hub: Option<String>,
+        /// When the budget will be there.
+        delay: Duration,
+    },
 }
 
 /// The lane position and retry state before the outcome is applied.
@@ -152,6 +167,8 @@ pub struct Transition {
     pub error: Option<StepError>,
     /// Skip reason, when skipped.
     pub skip_reason: Option<String>,
+    /// Since when the lane has been throttled without a break (cleared by any other outcome).
+    pub throttled_since: Option<Millis>,
 }
 
 /// Applies an outcome to a lane whose steps are `steps`.
@@ -166,6 +183,37 @@ pub fn advance(
     backoff: &BackoffPolicy,
     rng: &mut impl Rng,
 ) -> Transition {
+    advance_with(
+        steps,
+        pos,
+        outcome,
+        now,
+        backoff,
+        Throttling::default(),
+        rng,
+    )
+}
+
+/// How long a lane has been throttled, and how long it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Throttling {
+    /// Since when the lane has been throttled without a break.
+    pub since: Option<Millis>,
+    /// How long it may stay throttled before it fails (`None`: for ever).
+    pub patience: Option<Duration>,
+}
+
+/// [`advance`] with the lane's throttling state: a 429 or a pacing wait gives the claim's attempt back
+/// (claims count attempts), and a lane throttled for longer than the patience fails, saying so.
+pub fn advance_with(
+    steps: &[String],
+    pos: Position,
+    outcome: Outcome,
+    now: Millis,
+    backoff: &BackoffPolicy,
+    throttling: Throttling,
+    rng: &mut impl Rng,
+) -> Transition {
     let base = Transition {
         state: LaneState::Pending,
         step_index: pos.step_index,
@@ -174,6 +222,7 @@ pub fn advance(
         cursor: None,
         error: None,
         skip_reason: None,
+        throttled_since: None,
     };
     match outcome {
         Outcome::Done => next_step(steps, pos.step_index + 1, now),
@@ -209,6 +258,37 @@ pub fn advance(
             error: Some(error),
             ..base
         },
+        Outcome::Paced { delay, .. } => Transition {
+            attempt: pos.attempt.saturating_sub(1),
+            next_run_at: now + delay.as_millis() as Millis,
+            throttled_since: throttling.since,
+            ..base
+        },
+        Outcome::Throttled { error, delay } => {
+            let since = throttling.since.unwrap_or(now);
+            match throttling.patience {
+                Some(p) if now - since > p.as_millis() as Millis => {
+                    let message = format!(
+                        "throttled for {} s without a break, longer than the patience of {} s: {}",
+                        (now - since) / 1000,
+                        p.as_secs(),
+                        error.message
+                    );
+                    Transition {
+                        state: LaneState::Failed,
+                        error: Some(StepError { message, ..error }),
+                        ..base
+                    }
+                }
+                _ => Transition {
+                    attempt: pos.attempt.saturating_sub(1),
+                    next_run_at: now + delay.as_millis() as Millis,
+                    error: Some(error),
+                    throttled_since: Some(since),
+                    ..base
+                },
+            }
+        }
     }
 }
 
@@ -227,6 +307,7 @@ pub fn next_step(steps: &[String], index: usize, now: Millis) -> Transition {
         cursor: None,
         error: None,
         skip_reason: None,
+        throttled_since: None,
     }
 }
 
@@ -408,6 +489,119 @@ mod tests {
         assert_eq!(
             (t.state, t.skip_reason.as_deref()),
             (LaneState::Skipped, Some("never provisioned"))
+        );
+    }
+
+    #[test]
+    fn throttled_gives_the_attempt_back_until_patience_runs_out() {
+        let s = steps(&["registry"]);
+        let mut rng = StdRng::seed_from_u64(0);
+        let patience = Some(Duration::from_secs(60));
+        let throttled = || Outcome::Throttled {
+            error: StepError::msg("429"),
+            delay: Duration::from_secs(2),
+        };
+        // A 429 on the third attempt (max 3): not a failure, and the claim's attempt is given back.
+        let t = advance_with(
+            &s,
+            Position {
+                step_index: 0,
+                attempt: 3,
+            },
+            throttled(),
+            1_000,
+            &backoff(),
+            Throttling {
+                since: None,
+                patience,
+            },
+            &mut rng,
+        );
+        assert_eq!(
+            (t.state, t.attempt, t.next_run_at, t.throttled_since),
+            (LaneState::Pending, 2, 3_000, Some(1_000))
+        );
+        // Still throttled 60 s later: within patience.
+        let t = advance_with(
+            &s,
+            Position {
+                step_index: 0,
+                attempt: 3,
+            },
+            throttled(),
+            61_000,
+            &backoff(),
+            Throttling {
+                since: Some(1_000),
+                patience,
+            },
+            &mut rng,
+        );
+        assert_eq!(
+            (t.state, t.throttled_since),
+            (LaneState::Pending, Some(1_000))
+        );
+        // Past it: failed, saying why.
+        let t = advance_with(
+            &s,
+            Position {
+                step_index: 0,
+                attempt: 1,
+            },
+            throttled(),
+            61_001,
+            &backoff(),
+            Throttling {
+                since: Some(1_000),
+                patience,
+            },
+            &mut rng,
+        );
+        assert_eq!(t.state, LaneState::Failed);
+        assert!(t.error.unwrap().message.starts_with("throttled for 60 s"));
+        // Any other outcome clears the throttled time.
+        let t = advance_with(
+            &s,
+            Position {
+                step_index: 0,
+                attempt: 1,
+            },
+            Outcome::Retry {
+                error: StepError::msg("503"),
+                retry_after: None,
+            },
+            2_000,
+            &backoff(),
+            Throttling {
+                since: Some(1_000),
+                patience,
+            },
+            &mut rng,
+        );
+        assert_eq!(t.throttled_since, None);
+    }
+
+    #[test]
+    fn paced_waits_without_using_an_attempt() {
+        let s = steps(&["registry"]);
+        let mut rng = StdRng::seed_from_u64(0);
+        let t = advance(
+            &s,
+            Position {
+                step_index: 0,
+                attempt: 1,
+            },
+            Outcome::Paced {
+                hub: Some("h".into()),
+                delay: Duration::from_millis(750),
+            },
+            1_000,
+            &backoff(),
+            &mut rng,
+        );
+        assert_eq!(
+            (t.state, t.attempt, t.next_run_at, t.error),
+            (LaneState::Pending, 0, 1_750, None)
         );
     }
 }

@@ -5,3 +5,4 @@ pub mod clock;
 pub mod ids;
 pub mod job;
 pub mod lane;
+pub mod pacing;

@@ -288,7 +288,79 @@ pub async fn get_deprovision(
         .get_job(&id)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    Ok(ApiJson(job_view(&state.store, &job).await?))
+    let mut view = job_view(&state.store, &job).await?;
+    if view.progress.total > 0 {
+        view.pacing = Some(pacing_view(&state, &job, &view).await?);
+    }
+    Ok(ApiJson(view))
+}
+
+/// The job's rate, ETA and per-hub breakdown: devices left x operations per device, less the tokens
+/// held, over each hub's current rate (the arithmetic the pacer and the preview use).
+async fn pacing_view(
+    state: &AppState,
+    job: &crate::store::JobRecord,
+    view: &JobView,
+) -> Result<crate::http::views::JobPacing, ApiError> {
+    use crate::domain::job::RegistryAction;
+    use crate::domain::pacing::eta;
+    use crate::http::views::{HubProgress, JobPacing};
+    let ops_per_device = match job.request.registry {
+        RegistryAction::Disable => 2.0,
+        RegistryAction::Delete => 1.0,
+    };
+    let now = state.clock.now_ms();
+    let p = &view.progress;
+    let done = p.registry_done + p.skipped + p.failed + p.cancelled;
+    let devices_per_minute = job
+        .started_at
+        .filter(|s| now > *s)
+        .map(|s| done as f64 * 60_000.0 / (now - s) as f64);
+    let mut hubs = Vec::new();
+    let mut eta_seconds = Some(0.0_f64);
+    for (hub, c) in state.store.hub_counts(&job.id).await? {
+        let finished = c.succeeded + c.skipped + c.failed + c.cancelled;
+        let left = c.total - finished;
+        let (budget, snap) = match (&hub, &state.azure) {
+            (Some(h), Some(wf)) => (
+                wf.clients().hub_budget(h),
+                wf.pacer().snapshot(&crate::store::pacing::hub_key(h)),
+            ),
+            _ => (None, None),
+        };
+        let rate = snap.map(|s| s.rate).or(budget);
+        let hub_eta = match rate {
+            _ if left == 0 => Some(0.0),
+            Some(r) => Some(
+                eta(
+                    left as f64 * ops_per_device,
+                    r,
+                    snap.map_or(0.0, |s| s.tokens),
+                )
+                .as_secs_f64(),
+            ),
+            None => None,
+        };
+        eta_seconds = match (eta_seconds, hub_eta) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+        hubs.push(HubProgress {
+            hub,
+            total: c.total,
+            done: finished,
+            failed: c.failed,
+            budget_ops_per_minute: budget,
+            rate_ops_per_minute: rate,
+            eta_seconds: hub_eta,
+        });
+    }
+    Ok(JobPacing {
+        devices_per_minute,
+        eta_seconds,
+        ops_per_device,
+        hubs,
+    })
 }
 
 fn not_found(id: &str) -> ApiError {

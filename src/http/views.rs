@@ -52,6 +52,9 @@ pub struct JobView {
     pub approval: Option<ApprovalView>,
     /// Device counts.
     pub progress: Progress,
+    /// Rate, ETA and the per-hub breakdown (on the single-job read of a job with devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pacing: Option<JobPacing>,
     /// The job's steps and where each is.
     pub steps: Vec<StepView>,
     /// The last error of the job's own steps.
@@ -106,6 +109,45 @@ pub struct Progress {
     pub running: u64,
     /// Devices cancelled.
     pub cancelled: u64,
+}
+
+/// How fast a job goes and when it should be done, from the pacing budgets and the operations left.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct JobPacing {
+    /// Devices finished per minute since the job started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices_per_minute: Option<f64>,
+    /// Seconds until the last device should be done: the slowest hub's estimate (hubs run in parallel).
+    /// Absent when a hub with devices left has no known budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<f64>,
+    /// Registry operations each device costs (disable 2, delete 1).
+    pub ops_per_device: f64,
+    /// The devices by the hub their record names.
+    pub hubs: Vec<HubProgress>,
+}
+
+/// The devices of a job in one hub.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct HubProgress {
+    /// Hub host name; absent for devices whose record names none (looked up in the linked hubs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
+    /// Devices.
+    pub total: u64,
+    /// Devices finished (succeeded, skipped, failed or cancelled).
+    pub done: u64,
+    /// Devices failed.
+    pub failed: u64,
+    /// The hub's registry budget in operations per minute (absent: not paced).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_ops_per_minute: Option<f64>,
+    /// The current adaptive rate (below the budget after 429s), as this replica last saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_ops_per_minute: Option<f64>,
+    /// Seconds until this hub's devices should be done: operations left beyond the tokens held, over the rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<f64>,
 }
 
 /// One job step.
@@ -186,6 +228,7 @@ impl JobView {
                 running: counts.running,
                 cancelled: counts.cancelled,
             },
+            pacing: None,
             steps,
             last_error: job.last_error.clone(),
             cancel_requested: job.cancel_requested,

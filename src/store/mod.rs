@@ -10,6 +10,7 @@ mod clock;
 mod idempotency;
 mod metrics;
 mod overlap;
+pub mod pacing;
 mod records;
 mod tombstones;
 mod webhooks;
@@ -36,6 +37,7 @@ pub use approvals::{Decision, HELD_UNTIL};
 pub use callbacks::{AttemptResult, DueCallback};
 pub use clock::DbClock;
 pub use metrics::Gauges;
+pub use pacing::{PaceSnapshot, Pacer, PacerOptions};
 pub use records::*;
 pub use tombstones::{AuditStatus, Tombstone, TombstoneState};
 pub use webhooks::DeliveryRecord;
@@ -143,10 +145,11 @@ pub enum Created {
 const JOB_COLUMNS: &str = "id, dps, request_json, status, plan_json, context_json, step_index, lane_state, attempt, \
     fence, next_run_at, lease_owner, lease_expires_at, cursor, last_error, cancel_requested, idempotency_key, \
     created_at, updated_at, started_at, finished_at, requested_by, approval_rule, approval_expires_at, decided_by, \
-    decided_at";
+    decided_at, throttled_since";
 
 const ITEM_COLUMNS: &str = "id, job_id, seq, registration_id, device_id, hub, data_json, step_index, state, attempt, \
-    fence, next_run_at, lease_owner, lease_expires_at, last_error, skip_reason, created_at, updated_at, finished_at";
+    fence, next_run_at, lease_owner, lease_expires_at, last_error, skip_reason, created_at, updated_at, finished_at, \
+    throttled_since";
 
 const EVENT_COLUMNS: &str = "seq, job_id, item_id, at, kind, step, attempt, message, detail_json";
 
@@ -313,8 +316,9 @@ impl Store {
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, dps, target_kind, target_id, target_key, request_json, requested_by, reason_code, \
              reason_text, ticket_system, ticket_key, ticket_url, idempotency_key, request_hash, status, active_key, \
-             plan_json, step_index, lane_state, next_run_at, created_at, updated_at, approval_rule, approval_expires_at) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$21,$22,$23)",
+             plan_json, step_index, lane_state, next_run_at, created_at, updated_at, approval_rule, approval_expires_at, \
+             priority) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$21,$22,$23,$24)",
         )
         .bind(&id)
         .bind(&new.dps)
@@ -339,6 +343,7 @@ impl Store {
         .bind(now)
         .bind(origin.hold.as_ref().map(|(rule, _)| rule.clone()))
         .bind(origin.hold.as_ref().map(|(_, until)| *until))
+        .bind(req.priority.rank())
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -563,6 +568,35 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// A job's item counts by the hub their record names (progress per hub).
+    pub async fn hub_counts(&self, job_id: &str) -> Result<Vec<(Option<String>, ItemCounts)>> {
+        let rows = sqlx::query(
+            "SELECT hub, state, COUNT(*) AS n FROM job_items WHERE job_id = $1 GROUP BY hub, state",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: std::collections::BTreeMap<Option<String>, ItemCounts> = Default::default();
+        for r in rows {
+            let hub: Option<String> = r.try_get("hub")?;
+            let state: String = r.try_get("state")?;
+            let n = r.try_get::<i64, _>("n")? as u64;
+            let c = out.entry(hub).or_default();
+            c.total += n;
+            match LaneState::parse(&state) {
+                Some(LaneState::Waiting) => c.waiting += n,
+                Some(LaneState::Pending) => c.pending += n,
+                Some(LaneState::Running) => c.running += n,
+                Some(LaneState::Succeeded) => c.succeeded += n,
+                Some(LaneState::Skipped) => c.skipped += n,
+                Some(LaneState::Failed) => c.failed += n,
+                Some(LaneState::Cancelled) => c.cancelled += n,
+                _ => return Err(StoreError::Corrupt(format!("item state {state}"))),
+            }
+        }
+        Ok(out.into_iter().collect())
     }
 
     /// A job's items in discovery order, one page at a time (cursor = last seq).
@@ -927,6 +961,21 @@ impl Store {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<(ItemRecord, std::sync::Arc<JobRecord>)>> {
+        self.claim_item_work_except(owner, clock, lease, limit, &[])
+            .await
+    }
+
+    /// [`Store::claim_item_work`], leaving due items of the hubs in `paced_hubs` where they are: their
+    /// hub's budget is spent, so claiming them would only hand them back (pacing decides their due
+    /// time, other hubs' devices go on). Expired leases are taken whatever their hub.
+    pub async fn claim_item_work_except(
+        &self,
+        owner: &str,
+        clock: &dyn Clock,
+        lease: Duration,
+        limit: u32,
+        paced_hubs: &[String],
+    ) -> Result<Vec<(ItemRecord, std::sync::Arc<JobRecord>)>> {
         let lock = self.lock_clause();
         let claim = |pick: &str| {
             format!(
@@ -942,8 +991,17 @@ impl Store {
              (SELECT 1 FROM jobs j WHERE j.id = job_items.job_id AND j.cancel_requested = 0)",
         );
         // Then due items one job at a time, each a range of the (job_id, state, next_run_at) index.
-        let due =
-            claim("job_id = $5 AND state = 'pending' AND next_run_at <= $3 ORDER BY next_run_at");
+        let skip = if paced_hubs.is_empty() {
+            String::new()
+        } else {
+            let marks: Vec<String> = (0..paced_hubs.len())
+                .map(|i| format!("${}", i + 6))
+                .collect();
+            format!(" AND (hub IS NULL OR hub NOT IN ({}))", marks.join(", "))
+        };
+        let due = claim(&format!(
+            "job_id = $5 AND state = 'pending' AND next_run_at <= $3{skip} ORDER BY next_run_at"
+        ));
         let mut tx = self.pool.begin().await?;
         let now = clock.now_ms();
         let until = now + lease.as_millis() as i64;
@@ -959,32 +1017,44 @@ impl Store {
             // Items are only pending while their job waits at its barrier. Fair between jobs: each
             // gets an equal share of the free slots, in random order so that when there are more
             // jobs than slots none waits behind the others every time; unused shares go round again.
-            let mut open: Vec<String> = sqlx::query_scalar(
-                "SELECT id FROM jobs WHERE lane_state = 'waiting_items' AND cancel_requested = 0 \
-                 AND status IN ('queued', 'running') ORDER BY RANDOM()",
+            // Higher priority first, and a larger share: weights low 1, normal 2, high 4.
+            let mut open: Vec<(String, u32)> = sqlx::query(
+                "SELECT id, priority FROM jobs WHERE lane_state = 'waiting_items' AND cancel_requested = 0 \
+                 AND status IN ('queued', 'running') ORDER BY priority DESC, RANDOM()",
             )
             .fetch_all(&mut *tx)
-            .await?;
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("id")?,
+                    crate::domain::job::Priority::weight_of_rank(r.try_get::<i64, _>("priority")?),
+                ))
+            })
+            .collect::<Result<_>>()?;
             while left > 0 && !open.is_empty() {
-                let share = left.div_ceil(open.len() as u32).max(1);
+                let weights: u32 = open.iter().map(|(_, w)| *w).sum();
+                let share = left.div_ceil(weights.max(1)).max(1);
                 let mut still_open = Vec::with_capacity(open.len());
-                for job_id in open {
+                for (job_id, weight) in open {
                     if left == 0 {
                         break;
                     }
-                    let want = share.min(left);
-                    let got = sqlx::query(AssertSqlSafe(due.clone()))
+                    let want = (share * weight).min(left);
+                    let mut q = sqlx::query(AssertSqlSafe(due.clone()))
                         .bind(owner)
                         .bind(until)
                         .bind(now)
                         .bind(i64::from(want))
-                        .bind(&job_id)
-                        .fetch_all(&mut *tx)
-                        .await?;
+                        .bind(&job_id);
+                    for h in paced_hubs {
+                        q = q.bind(h);
+                    }
+                    let got = q.fetch_all(&mut *tx).await?;
                     left -= got.len() as u32;
                     if got.len() as u32 == want {
                         // It may have more: it takes part in the next round.
-                        still_open.push(job_id);
+                        still_open.push((job_id, weight));
                     }
                     rows.extend(got);
                 }
@@ -1193,8 +1263,8 @@ impl Store {
             .or_else(|| job.context.as_ref().map(to_json));
         let r = sqlx::query(
             "UPDATE jobs SET lane_state = $3, step_index = $4, attempt = $5, next_run_at = $6, cursor = $7, \
-             last_error = $8, context_json = $9, lease_owner = NULL, lease_expires_at = NULL, updated_at = $10 \
-             WHERE id = $1 AND fence = $2 AND lane_state = 'running'",
+             last_error = $8, context_json = $9, lease_owner = NULL, lease_expires_at = NULL, updated_at = $10, \
+             throttled_since = $11 WHERE id = $1 AND fence = $2 AND lane_state = 'running'",
         )
         .bind(&job.id)
         .bind(job.fence)
@@ -1206,6 +1276,7 @@ impl Store {
         .bind(t.error.as_ref().map(to_json))
         .bind(ctx)
         .bind(now)
+        .bind(t.throttled_since)
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() != 1 {
@@ -1258,7 +1329,7 @@ impl Store {
         let r = sqlx::query(
             "UPDATE job_items SET state = $3, step_index = $4, attempt = $5, next_run_at = $6, last_error = $7, \
              skip_reason = $8, data_json = $9, lease_owner = NULL, lease_expires_at = NULL, updated_at = $10, \
-             finished_at = $11 WHERE id = $1 AND fence = $2 AND state = 'running'",
+             finished_at = $11, throttled_since = $12 WHERE id = $1 AND fence = $2 AND state = 'running'",
         )
         .bind(&item.id)
         .bind(item.fence)
@@ -1271,6 +1342,7 @@ impl Store {
         .bind(data)
         .bind(now)
         .bind(finished)
+        .bind(t.throttled_since)
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() != 1 {
@@ -1807,6 +1879,7 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord> {
             }),
             _ => None,
         },
+        throttled_since: row.try_get("throttled_since")?,
     })
 }
 
@@ -1831,6 +1904,7 @@ fn item_from_row(row: &AnyRow) -> Result<ItemRecord> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         finished_at: row.try_get("finished_at")?,
+        throttled_since: row.try_get("throttled_since")?,
     })
 }
 

@@ -66,6 +66,8 @@ pub struct JobRecord {
     pub requested_by: Option<String>,
     /// The approval the job needed, if a policy held it.
     pub approval: Option<ApprovalRecord>,
+    /// Since when the job lane has been throttled (429) without a break.
+    pub throttled_since: Option<Millis>,
 }
 
 /// Why a job waited for approval and how that ended.
@@ -138,6 +140,8 @@ pub struct ItemRecord {
     pub updated_at: Millis,
     /// When it reached a final state.
     pub finished_at: Option<Millis>,
+    /// Since when the device has been throttled (429) without a break.
+    pub throttled_since: Option<Millis>,
 }
 
 /// One entry of a job's timeline.

@@ -4,6 +4,7 @@
 pub mod rehearsal;
 mod step;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,9 @@ pub struct EngineConfig {
     pub grace: Duration,
     /// Seed of the jitter RNG (random when `None`).
     pub rng_seed: Option<u64>,
+    /// How long a lane may stay throttled (429 after 429, none of them using up an attempt) before
+    /// it fails; `None`: for ever.
+    pub throttle_patience: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +57,7 @@ impl Default for EngineConfig {
             backoff: BackoffPolicy::default(),
             grace: Duration::from_secs(20),
             rng_seed: None,
+            throttle_patience: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -76,6 +81,8 @@ pub struct Engine {
     config: EngineConfig,
     waker: Waker,
     rng: Arc<Mutex<StdRng>>,
+    /// Hubs whose budget is spent, and until when: their due devices are left unclaimed meanwhile.
+    paced: Mutex<HashMap<String, Instant>>,
 }
 
 /// Which kind of lane a task runs, and when the claim that leased it was sent.
@@ -104,6 +111,7 @@ impl Engine {
             config,
             waker,
             rng: Arc::new(Mutex::new(rng)),
+            paced: Mutex::new(HashMap::new()),
         }
     }
 
@@ -194,13 +202,15 @@ impl Engine {
         let left = free.saturating_sub(out.len() as u32);
         if left > 0 {
             let sent = Instant::now();
+            let paced = self.paced_hubs();
             match self
                 .store
-                .claim_item_work(
+                .claim_item_work_except(
                     &self.config.worker_id,
                     &*self.clock,
                     self.config.lease,
                     left,
+                    &paced,
                 )
                 .await
             {
@@ -213,6 +223,23 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// Hubs still out of budget; forgets those whose wait is over.
+    fn paced_hubs(&self) -> Vec<String> {
+        // The lock guards the map only; it is never held across an await.
+        let mut paced = self.paced.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        paced.retain(|_, until| *until > now);
+        paced.keys().cloned().collect()
+    }
+
+    /// Notes a hub whose budget is spent for `delay`.
+    fn hold_hub(&self, hub: &str, delay: Duration) {
+        let mut paced = self.paced.lock().unwrap_or_else(|p| p.into_inner());
+        let until = Instant::now() + delay;
+        let e = paced.entry(hub.to_ascii_lowercase()).or_insert(until);
+        *e = (*e).max(until);
     }
 
     async fn execute(&self, work: Claimed, hard_stop: CancellationToken) {
@@ -281,13 +308,26 @@ impl Engine {
             Outcome::Skipped(_) => Outcome::Done,
             other => other.clone(),
         };
-        let mut t = self.advance(&job.plan.job_steps, job.step_index, job.attempt, moved, now);
-        if matches!(result.outcome, Outcome::Retry { .. } | Outcome::Fail(_)) {
+        let mut t = self.advance(
+            &job.plan.job_steps,
+            job.step_index,
+            job.attempt,
+            job.throttled_since,
+            moved,
+            now,
+        );
+        if matches!(
+            result.outcome,
+            Outcome::Retry { .. }
+                | Outcome::Fail(_)
+                | Outcome::Throttled { .. }
+                | Outcome::Paced { .. }
+        ) {
             // A paging step that fails resumes where it stopped, on its next attempt or after a job retry.
             t.cursor = job.cursor.clone();
         }
         let mut effects = result.effects;
-        effects.events.push(outcome_event(
+        effects.events.extend(outcome_event(
             None,
             &step,
             job.attempt,
@@ -322,6 +362,7 @@ impl Engine {
                 cursor: None,
                 error: Some(err.clone()),
                 skip_reason: None,
+                throttled_since: None,
             };
             let effects = StepEffects {
                 events: vec![NewEvent {
@@ -367,15 +408,23 @@ impl Engine {
             }
         };
         let now = self.clock.now_ms();
+        if let Outcome::Paced {
+            hub: Some(hub),
+            delay,
+        } = &result.outcome
+        {
+            self.hold_hub(hub, *delay);
+        }
         let t = self.advance(
             &job.plan.item_steps,
             item.step_index,
             item.attempt,
+            item.throttled_since,
             result.outcome.clone(),
             now,
         );
         let mut effects = result.effects;
-        effects.events.push(outcome_event(
+        effects.events.extend(outcome_event(
             Some(&item),
             &step,
             item.attempt,
@@ -398,12 +447,13 @@ impl Engine {
         steps: &[String],
         index: usize,
         attempt: u32,
+        throttled_since: Option<i64>,
         outcome: Outcome,
         now: i64,
     ) -> lane::Transition {
         // The lock only guards the RNG; it is never held across an await.
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-        lane::advance(
+        lane::advance_with(
             steps,
             Position {
                 step_index: index,
@@ -412,6 +462,10 @@ impl Engine {
             outcome,
             now,
             &self.config.backoff,
+            lane::Throttling {
+                since: throttled_since,
+                patience: self.config.throttle_patience,
+            },
             &mut *rng,
         )
     }
@@ -496,8 +550,27 @@ fn outcome_event(
     outcome: &Outcome,
     t: &lane::Transition,
     now: i64,
-) -> NewEvent {
+) -> Option<NewEvent> {
     let (kind, message, error) = match outcome {
+        // Waiting for budget is the pacer doing its job, not news: no event per wait.
+        Outcome::Paced { .. } => return None,
+        Outcome::Throttled { error, .. } if t.state == lane::LaneState::Failed => (
+            "step_failed",
+            t.error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_default(),
+            Some(error),
+        ),
+        Outcome::Throttled { error, .. } => (
+            "step_throttled",
+            format!(
+                "{step} throttled (429; no attempt used, runs again at {}): {}",
+                crate::domain::clock::to_rfc3339(t.next_run_at),
+                error.message
+            ),
+            Some(error),
+        ),
         Outcome::Done => ("step_succeeded", format!("{step} succeeded"), None),
         Outcome::Skipped(reason) => ("step_skipped", format!("{step} skipped: {reason}"), None),
         Outcome::Continue { .. } => ("step_progressed", format!("{step} made progress"), None),
@@ -524,7 +597,7 @@ fn outcome_event(
             Some(error),
         ),
     };
-    NewEvent {
+    Some(NewEvent {
         item_id: item.map(|i| i.id.clone()),
         kind: kind.into(),
         step: Some(step.into()),
@@ -541,7 +614,7 @@ fn outcome_event(
             }
             d
         }),
-    }
+    })
 }
 
 /// Runs a step and records how long it took, by lane (`job` or `device`), step and outcome, as the
@@ -559,6 +632,8 @@ async fn timed(
         Outcome::Continue { .. } => "continue",
         Outcome::Retry { .. } => "retry",
         Outcome::Fail(_) => "fail",
+        Outcome::Throttled { .. } => "throttled",
+        Outcome::Paced { .. } => "paced",
     };
     metrics::histogram!(
         "deprovisiond_step_duration_seconds",

@@ -24,6 +24,7 @@ mod registry;
 mod steps;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -31,7 +32,9 @@ use crate::azure::AzureClients;
 use crate::domain::clock::SharedClock;
 use crate::domain::job::{DeprovisionRequest, Target};
 use crate::domain::lane::{ITEMS_BARRIER, Outcome, StepError};
-use crate::store::{ItemRecord, JobRecord, Plan, Store};
+use crate::domain::pacing::throttle_delay;
+use crate::store::pacing::{dps_key, hub_key};
+use crate::store::{ItemRecord, JobRecord, Pacer, PacerOptions, Plan, Store};
 use crate::worker::{StepResult, Workflow};
 
 /// Registration states fetched per `enumerate` step run (one DPS query page).
@@ -44,15 +47,86 @@ pub struct AzureWorkflow {
     clients: Arc<AzureClients>,
     store: Store,
     clock: SharedClock,
+    pacer: Arc<Pacer>,
 }
 
 impl AzureWorkflow {
-    /// A workflow using `clients`, recording tombstones in `store`.
+    /// A workflow using `clients`, recording tombstones in `store`, pacing its calls with buckets kept
+    /// by `store` (shared rows on PostgreSQL, memory on SQLite).
     pub fn new(clients: Arc<AzureClients>, store: Store, clock: SharedClock) -> Self {
+        let p = clients.pacing();
+        let options = PacerOptions {
+            burst_secs: p.burst_secs,
+            inline_wait: p.inline_wait,
+            ..PacerOptions::default()
+        };
+        let pacer = Arc::new(Pacer::new(&store, clock.clone(), options));
         Self {
             clients,
             store,
             clock,
+            pacer,
+        }
+    }
+
+    /// The pacer (buckets per hub and DPS instance).
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
+    }
+
+    /// Spends `cost` registry operations of hub `host`'s budget; `Err(wait)` when it is spent for longer
+    /// than the inline wait. A hub with no known budget is not paced.
+    pub(crate) async fn pace_hub(&self, host: &str, cost: f64) -> Result<(), Duration> {
+        match self.clients.hub_budget(host) {
+            Some(rate) => self.pacer.acquire(&hub_key(host), rate, cost).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Gives back operations [`Self::pace_hub`] took for a call that was not needed.
+    pub(crate) async fn refund_hub(&self, host: &str, n: f64) {
+        if let Some(rate) = self.clients.hub_budget(host) {
+            self.pacer.refund(&hub_key(host), rate, n).await;
+        }
+    }
+
+    /// Records a 429 from hub `host`; returns how long its bucket now holds calls back.
+    pub(crate) async fn hub_throttled(
+        &self,
+        host: &str,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        match self.clients.hub_budget(host) {
+            Some(rate) => {
+                self.pacer
+                    .throttled(&hub_key(host), rate, retry_after)
+                    .await
+            }
+            None => retry_after.unwrap_or(Duration::ZERO),
+        }
+    }
+
+    /// Spends `cost` operations of DPS instance `name`'s budget (as [`Self::pace_hub`]).
+    pub(crate) async fn pace_dps(&self, name: &str, cost: f64) -> Result<(), Duration> {
+        match self.clients.dps_budget(name) {
+            Some(rate) => self.pacer.acquire(&dps_key(name), rate, cost).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Records a 429 from DPS instance `name`.
+    pub(crate) async fn dps_throttled(
+        &self,
+        name: &str,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        match self.clients.dps_budget(name) {
+            Some(rate) => {
+                self.pacer
+                    .throttled(&dps_key(name), rate, retry_after)
+                    .await
+            }
+            None => retry_after.unwrap_or(Duration::ZERO),
         }
     }
 
@@ -64,6 +138,21 @@ impl AzureWorkflow {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+}
+
+/// DPS operations a job step is expected to spend (reads, the write, its verification): what it takes
+/// from the instance's budget before it starts.
+fn job_step_cost(step: &str, target: &Target) -> f64 {
+    match (step, target) {
+        ("resolve", Target::EnrollmentGroup(_)) => 1.0,
+        ("resolve", _) => 3.0,
+        // GET, attestation mechanism, PUT, verifying GET.
+        ("revoke", _) => 4.0,
+        ("enumerate", _) => 1.0,
+        ("delete_registrations", _) => f64::from(CLEANUP_BATCH),
+        ("delete_group", _) => 4.0,
+        _ => 1.0,
     }
 }
 
@@ -93,7 +182,25 @@ impl Workflow for AzureWorkflow {
     }
 
     async fn run_job_step(&self, job: &JobRecord, step: &str) -> StepResult {
-        steps::run_job_step(self, job, step).await
+        // Each job step spends DPS operations: what it will cost, taken before it starts.
+        if let Err(delay) = self
+            .pace_dps(&job.dps, job_step_cost(step, &job.request.target))
+            .await
+        {
+            return Outcome::Paced { hub: None, delay }.into();
+        }
+        let mut result = steps::run_job_step(self, job, step).await;
+        if let Outcome::Retry { error, retry_after } = &result.outcome
+            && error.http_status == Some(429)
+        {
+            let wait = self.dps_throttled(&job.dps, *retry_after).await;
+            let delay = throttle_delay(*retry_after, wait, &mut rand::rng());
+            result.outcome = Outcome::Throttled {
+                error: error.clone(),
+                delay,
+            };
+        }
+        result
     }
 
     async fn run_item_step(&self, job: &JobRecord, item: &ItemRecord, step: &str) -> StepResult {

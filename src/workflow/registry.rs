@@ -10,14 +10,16 @@ use serde_json::{Value, json};
 
 use super::AzureWorkflow;
 use super::discovery::{self, HubSearch, NO_RECORD};
-use super::outcome::from_azure;
-use crate::azure::HubClient;
+use super::outcome::{from_azure, step_error};
 use crate::azure::hub::{IfMatch, set_status};
 use crate::azure::models::DeviceStatus;
+use crate::azure::{AzureError, HubClient};
 use crate::domain::job::RegistryAction;
 use crate::domain::lane::{Outcome, StepError};
+use crate::domain::pacing::throttle_delay;
 use crate::store::{ItemRecord, JobRecord, NewEvent, StepEffects};
 use crate::worker::StepResult;
+use std::time::Duration;
 
 /// Longest `statusReason` an IoT hub stores.
 const STATUS_REASON_MAX: usize = 128;
@@ -131,9 +133,11 @@ async fn check_hubs(
         };
         let was_cut_off = earlier.contains(host);
         let answer = match job.request.registry {
-            RegistryAction::Disable => disable_identity(hub, host, job, item, device_id).await?,
+            RegistryAction::Disable => {
+                disable_identity(wf, hub, host, job, item, device_id).await?
+            }
             RegistryAction::Delete => {
-                delete_identity(hub, host, item, device_id, was_cut_off).await?
+                delete_identity(wf, hub, host, item, device_id, was_cut_off).await?
             }
         };
         report.checked.push(host.clone());
@@ -145,93 +149,175 @@ async fn check_hubs(
     Ok(())
 }
 
-/// GET, full-replace PUT with `status: disabled` and If-Match, then a verifying GET. 404: absent.
+/// GET, then a full-replace PUT with `status: disabled` and If-Match, verified from the PUT's answer
+/// (the hub returns the stored identity); read again only when that answer does not show it disabled.
+/// An identity already disabled is not written again. 404: absent. Two registry operations at most,
+/// taken from the hub's budget before the GET (the unneeded PUT's is given back).
 async fn disable_identity(
+    wf: &AzureWorkflow,
     hub: &HubClient,
     host: &str,
     job: &JobRecord,
     item: &ItemRecord,
     device_id: &str,
 ) -> Result<HubAnswer, StepResult> {
+    wf.pace_hub(host, 2.0)
+        .await
+        .map_err(|delay| paced(host, delay))?;
     let current = match hub.get_device(device_id).await {
         Ok(d) => d,
-        Err(e) if e.is_not_found() => return Ok(HubAnswer::Absent),
+        Err(e) if e.is_not_found() => {
+            wf.refund_hub(host, 1.0).await;
+            return Ok(HubAnswer::Absent);
+        }
         Err(e) => {
-            return Err(from_azure(&format!("reading the device identity in {host}"), &e).into());
+            wf.refund_hub(host, 1.0).await;
+            return Err(azure_failure(
+                wf,
+                host,
+                &format!("reading the device identity in {host}"),
+                &e,
+            )
+            .await);
         }
     };
-    if current.status != Some(DeviceStatus::Disabled) {
-        let reason = status_reason(job);
-        let updated = set_status(&current, DeviceStatus::Disabled, Some(&reason))
-            .map_err(|e| fail(format!("building the update: {}", e.message())))?;
-        match hub
-            .replace_device(&updated, IfMatch::from_etag(current.etag.as_deref()))
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.is_precondition_failed() => {
-                return Err(retry_now(format!(
-                    "device `{device_id}` changed in {host} while being disabled (412); reading it again"
-                )));
-            }
-            // Deleted between the GET and the PUT: nothing left to cut off there.
-            Err(e) if e.is_not_found() => return Ok(HubAnswer::Absent),
-            Err(e) => {
-                return Err(
-                    from_azure(&format!("disabling the device identity in {host}"), &e).into(),
-                );
-            }
-        }
-    }
-    match hub.get_device(device_id).await {
-        Ok(d) if d.status == Some(DeviceStatus::Disabled) => Ok(HubAnswer::CutOff(item_event(
+    let disabled = |d: &crate::azure::models::Device, how: &str| {
+        HubAnswer::CutOff(item_event(
             item,
             "device_disabled",
             format!(
-                "{}: device `{device_id}` disabled in hub {host} (verified)",
+                "{}: device `{device_id}` disabled in hub {host} ({how})",
                 item.registration_id
             ),
             Some(json!({"hub": host, "etag": d.etag, "status_reason": d.status_reason})),
+        ))
+    };
+    if current.status == Some(DeviceStatus::Disabled) {
+        // Nothing to change: no write, and the read just made is the verification.
+        wf.refund_hub(host, 1.0).await;
+        return Ok(disabled(&current, "already disabled; not written again"));
+    }
+    let reason = status_reason(job);
+    let updated = set_status(&current, DeviceStatus::Disabled, Some(&reason))
+        .map_err(|e| fail(format!("building the update: {}", e.message())))?;
+    match hub
+        .replace_device(&updated, IfMatch::from_etag(current.etag.as_deref()))
+        .await
+    {
+        Ok(stored) if stored.status == Some(DeviceStatus::Disabled) => {
+            Ok(disabled(&stored, "verified from the hub's answer"))
+        }
+        Ok(_) => verify_disabled(wf, hub, host, device_id, &disabled).await,
+        Err(e) if e.is_precondition_failed() => Err(retry_now(format!(
+            "device `{device_id}` changed in {host} while being disabled (412); reading it again"
         ))),
+        // Deleted between the GET and the PUT: nothing left to cut off there.
+        Err(e) if e.is_not_found() => Ok(HubAnswer::Absent),
+        Err(e) => Err(azure_failure(
+            wf,
+            host,
+            &format!("disabling the device identity in {host}"),
+            &e,
+        )
+        .await),
+    }
+}
+
+/// The read-back after a PUT whose answer did not show the identity disabled (a third operation).
+async fn verify_disabled(
+    wf: &AzureWorkflow,
+    hub: &HubClient,
+    host: &str,
+    device_id: &str,
+    disabled: &(dyn Fn(&crate::azure::models::Device, &str) -> HubAnswer + Sync),
+) -> Result<HubAnswer, StepResult> {
+    wf.pace_hub(host, 1.0)
+        .await
+        .map_err(|delay| paced(host, delay))?;
+    match hub.get_device(device_id).await {
+        Ok(d) if d.status == Some(DeviceStatus::Disabled) => {
+            Ok(disabled(&d, "verified by reading it again"))
+        }
         Ok(_) => Err(retry_now(format!(
             "hub {host} accepted the update but `{device_id}` is still enabled"
         ))),
         Err(e) if e.is_not_found() => Ok(HubAnswer::Absent),
-        Err(e) => Err(from_azure(&format!("verifying the device identity in {host}"), &e).into()),
+        Err(e) => Err(azure_failure(
+            wf,
+            host,
+            &format!("verifying the device identity in {host}"),
+            &e,
+        )
+        .await),
     }
 }
 
-/// DELETE (which doubles as the lookup: 404 means absent), then a verifying GET.
+/// One DELETE with `If-Match: "*"`, which doubles as the lookup: 2xx means it existed and is gone
+/// now (the hub deletes or fails, it does not half-delete), 404 means absent, or deleted by an
+/// earlier run of this step. One registry operation.
 async fn delete_identity(
+    wf: &AzureWorkflow,
     hub: &HubClient,
     host: &str,
     item: &ItemRecord,
     device_id: &str,
     deleted_earlier: bool,
 ) -> Result<HubAnswer, StepResult> {
-    let existed = match hub.delete_device(device_id, IfMatch::Any).await {
-        Ok(()) => true,
-        Err(e) if e.is_not_found() => deleted_earlier,
+    wf.pace_hub(host, 1.0)
+        .await
+        .map_err(|delay| paced(host, delay))?;
+    let how = match hub.delete_device(device_id, IfMatch::Any).await {
+        Ok(()) => "the hub answered the DELETE with success",
+        Err(e) if e.is_not_found() && deleted_earlier => "deleted by an earlier attempt; 404 now",
+        Err(e) if e.is_not_found() => return Ok(HubAnswer::Absent),
         Err(e) => {
-            return Err(from_azure(&format!("deleting the device identity in {host}"), &e).into());
+            return Err(azure_failure(
+                wf,
+                host,
+                &format!("deleting the device identity in {host}"),
+                &e,
+            )
+            .await);
         }
     };
-    match hub.get_device(device_id).await {
-        Err(e) if e.is_not_found() && existed => Ok(HubAnswer::CutOff(item_event(
-            item,
-            "device_deleted",
-            format!(
-                "{}: device `{device_id}` deleted from hub {host} (verified)",
-                item.registration_id
-            ),
-            Some(json!({"hub": host})),
-        ))),
-        Err(e) if e.is_not_found() => Ok(HubAnswer::Absent),
-        Ok(_) => Err(retry_now(format!(
-            "hub {host} still has `{device_id}` after deleting it"
-        ))),
-        Err(e) => Err(from_azure(&format!("verifying the delete in {host}"), &e).into()),
+    Ok(HubAnswer::CutOff(item_event(
+        item,
+        "device_deleted",
+        format!(
+            "{}: device `{device_id}` deleted from hub {host} ({how})",
+            item.registration_id
+        ),
+        Some(json!({"hub": host})),
+    )))
+}
+
+/// The step's outcome for an Azure failure in hub `host`: a 429 slows the hub's bucket down and
+/// waits (Retry-After or the bucket's wait, jittered) without using up an attempt.
+async fn azure_failure(
+    wf: &AzureWorkflow,
+    host: &str,
+    context: &str,
+    e: &AzureError,
+) -> StepResult {
+    if e.status() == Some(429) {
+        let wait = wf.hub_throttled(host, e.retry_after()).await;
+        let delay = throttle_delay(e.retry_after(), wait, &mut rand::rng());
+        return Outcome::Throttled {
+            error: step_error(context, e),
+            delay,
+        }
+        .into();
     }
+    from_azure(context, e).into()
+}
+
+/// The hub's budget is spent: the device waits for it, its attempt kept.
+fn paced(host: &str, delay: Duration) -> StepResult {
+    Outcome::Paced {
+        hub: Some(host.to_string()),
+        delay,
+    }
+    .into()
 }
 
 /// The device's outcome once every hub it could be in has answered.

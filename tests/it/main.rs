@@ -10,6 +10,7 @@ mod engine;
 mod hostile;
 mod metrics;
 mod openapi;
+mod pacing;
 mod response_schema;
 mod secrets;
 mod store;

@@ -459,7 +459,7 @@ async fn write_request_from_the_future(s: &Store, id: &str) {
         .await
         .unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    v["priority"] = serde_json::json!("high");
+    v["field_from_the_future"] = serde_json::json!("high");
     sqlx::query("UPDATE jobs SET request_json = $1 WHERE id = $2")
         .bind(v.to_string())
         .bind(id)

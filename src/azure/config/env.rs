@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::file::{RawDps, RawFile, RawHub};
-use super::{AzureConfig, ConfigError, HubConfig, normalise_name};
+use super::{AzureConfig, ConfigError, HubConfig, PacingConfig, normalise_name};
 use crate::azure::auth::DEFAULT_TOKEN_TTL;
 use crate::azure::transport::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 
@@ -18,6 +18,20 @@ const ENV_CONNECT_TIMEOUT: &str = "DEPROVISIOND_AZURE_CONNECT_TIMEOUT_SECS";
 const ENV_REQUEST_TIMEOUT: &str = "DEPROVISIOND_AZURE_REQUEST_TIMEOUT_SECS";
 const ENV_TOKEN_TTL: &str = "DEPROVISIOND_AZURE_TOKEN_TTL_SECS";
 const ENV_EXTRA_ROOTS: &str = "DEPROVISIOND_AZURE_EXTRA_ROOTS_FILE";
+const ENV_PACING_BURST: &str = "DEPROVISIOND_PACING_BURST_SECS";
+const ENV_PACING_INLINE_WAIT: &str = "DEPROVISIOND_PACING_INLINE_WAIT_MS";
+
+fn parse_rate(text: &str, origin: &str) -> Result<f64, ConfigError> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "{origin}: expected operations per minute (0 or more), got {text:?}"
+            ))
+        })
+}
 
 fn parse_secs(text: &str, origin: &str) -> Result<u64, ConfigError> {
     text.trim()
@@ -83,6 +97,7 @@ impl AzureConfig {
                         over.connection_string_file = Some(PathBuf::from(value))
                     }
                     "_API_VERSION" => over.api_version = Some(value.clone()),
+                    "_OPS_PER_MINUTE" => over.ops_per_minute = Some(parse_rate(value, key)?),
                     _ => over.base_url = Some(value.clone()),
                 }
                 let entry = dps.entry(name.clone()).or_insert_with(|| {
@@ -119,6 +134,7 @@ impl AzureConfig {
                     "_API_VERSION" => hub.api_version = Some(value.clone()),
                     "_BASE_URL" => hub.base_url = Some(value.clone()),
                     "_TIER" => hub.tier = Some(value.clone()),
+                    "_OPS_PER_MINUTE" => hub.ops_per_minute = Some(parse_rate(value, key)?),
                     _ => {
                         let units = value
                             .trim()
@@ -141,6 +157,15 @@ impl AzureConfig {
                 .map(|(label, h)| (h, format!("{ENV_HUB_PREFIX}{label}_*"))),
         );
 
+        let mut pacing = PacingConfig::default();
+        for (raw, _) in dps.values() {
+            if let Some(rate) = raw.ops_per_minute {
+                check_rate(rate, "dps ops_per_minute")?;
+                pacing
+                    .dps_ops_per_minute
+                    .insert(normalise_name(&raw.name), rate);
+            }
+        }
         let dps = dps
             .values()
             .map(|(raw, origin)| raw.finish(origin))
@@ -150,7 +175,43 @@ impl AzureConfig {
         let mut hubs: BTreeMap<String, HubConfig> = BTreeMap::new();
         for (raw, origin) in &hub_raw {
             let hub = raw.finish(origin)?;
+            match raw.ops_per_minute {
+                Some(rate) => {
+                    check_rate(rate, origin)?;
+                    pacing
+                        .hub_ops_per_minute
+                        .insert(hub.host_name.clone(), rate);
+                }
+                None => {
+                    pacing.hub_ops_per_minute.remove(&hub.host_name);
+                }
+            }
             hubs.insert(hub.host_name.clone(), hub);
+        }
+        if let Some(v) = vars.get(ENV_PACING_BURST) {
+            pacing.burst_secs = v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite() && *n > 0.0)
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "{ENV_PACING_BURST}: expected a positive number of seconds, got {v:?}"
+                    ))
+                })?;
+        } else if let Some(b) = file.pacing_burst_secs {
+            check_rate(b, "pacing_burst_secs")?;
+            pacing.burst_secs = b.max(1e-3);
+        }
+        if let Some(v) = vars.get(ENV_PACING_INLINE_WAIT) {
+            let ms = v.trim().parse::<u64>().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "{ENV_PACING_INLINE_WAIT}: expected milliseconds, got {v:?}"
+                ))
+            })?;
+            pacing.inline_wait = Duration::from_millis(ms);
+        } else if let Some(ms) = file.pacing_inline_wait_ms {
+            pacing.inline_wait = Duration::from_millis(ms);
         }
 
         let default_dps = vars
@@ -209,7 +270,18 @@ impl AzureConfig {
             request_timeout,
             token_ttl,
             extra_root_certificates_pem,
+            pacing,
         })
+    }
+}
+
+fn check_rate(rate: f64, origin: &str) -> Result<(), ConfigError> {
+    if rate.is_finite() && rate >= 0.0 {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{origin}: operations per minute must be 0 or more, got {rate}"
+        )))
     }
 }
 
@@ -218,6 +290,7 @@ const DPS_FIELDS: &[&str] = &[
     "_CONNECTION_STRING",
     "_API_VERSION",
     "_BASE_URL",
+    "_OPS_PER_MINUTE",
 ];
 const HUB_FIELDS: &[&str] = &[
     "_CONNECTION_STRING_FILE",
@@ -226,6 +299,7 @@ const HUB_FIELDS: &[&str] = &[
     "_BASE_URL",
     "_TIER",
     "_UNITS",
+    "_OPS_PER_MINUTE",
 ];
 
 /// Splits `EU_WEST_CONNECTION_STRING` into (`EU_WEST`, `_CONNECTION_STRING`); fields are tried longest first.

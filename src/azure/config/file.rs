@@ -24,6 +24,10 @@ pub(super) struct RawFile {
     pub(super) request_timeout_secs: Option<u64>,
     pub(super) token_ttl_secs: Option<u64>,
     pub(super) extra_roots_file: Option<PathBuf>,
+    /// Pacing: seconds of budget a bucket may spend at once after an idle spell.
+    pub(super) pacing_burst_secs: Option<f64>,
+    /// Pacing: longest wait for budget a step sits out in place before it is rescheduled instead.
+    pub(super) pacing_inline_wait_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -35,6 +39,8 @@ pub(super) struct RawDps {
     pub(super) connection_string_file: Option<PathBuf>,
     pub(super) api_version: Option<String>,
     pub(super) base_url: Option<String>,
+    /// Operations per minute this instance allows (default 1,000; 0: not paced).
+    pub(super) ops_per_minute: Option<f64>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -47,6 +53,8 @@ pub(super) struct RawHub {
     pub(super) base_url: Option<String>,
     pub(super) tier: Option<String>,
     pub(super) units: Option<u32>,
+    /// Registry operations per minute, instead of tier x units (0: not paced).
+    pub(super) ops_per_minute: Option<f64>,
 }
 
 pub(super) fn read_text(path: &Path) -> Result<String, ConfigError> {
@@ -111,6 +119,7 @@ impl RawDps {
         }
         overlay(&mut self.api_version, &over.api_version);
         overlay(&mut self.base_url, &over.base_url);
+        overlay(&mut self.ops_per_minute, &over.ops_per_minute);
     }
 
     pub(super) fn finish(&self, origin: &str) -> Result<DpsInstanceConfig, ConfigError> {

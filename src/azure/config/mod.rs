@@ -21,6 +21,10 @@
 //! | `DEPROVISIOND_HUB_<LABEL>_BASE_URL` | Request URL override, as for DPS. |
 //! | `DEPROVISIOND_HUB_<LABEL>_TIER` | `F1`, `B1`, `B2`, `B3`, `S1`, `S2` or `S3` (used to pace registry calls). |
 //! | `DEPROVISIOND_HUB_<LABEL>_UNITS` | Number of units of that tier (default 1). |
+//! | `DEPROVISIOND_HUB_<LABEL>_OPS_PER_MINUTE` | Registry operations per minute to pace that hub at, instead of tier x units (0: not paced). |
+//! | `DEPROVISIOND_DPS_<NAME>_OPS_PER_MINUTE` | Operations per minute to pace that DPS instance at (default 1,000; 0: not paced). |
+//! | `DEPROVISIOND_PACING_BURST_SECS` | Seconds of budget spent at once after an idle spell (default 3). |
+//! | `DEPROVISIOND_PACING_INLINE_WAIT_MS` | Longest wait for budget sat out in place; longer, the device is rescheduled (default 1000). |
 //! | `DEPROVISIOND_AZURE_CONNECT_TIMEOUT_SECS` | Connect timeout of every Azure call (default 10). |
 //! | `DEPROVISIOND_AZURE_REQUEST_TIMEOUT_SECS` | Whole-request timeout (default 60). |
 //! | `DEPROVISIOND_AZURE_TOKEN_TTL_SECS` | Lifetime of minted SAS tokens (default 3600; renewed 5 min before expiry). |
@@ -156,6 +160,61 @@ pub struct AzureConfig {
     pub token_ttl: Duration,
     /// Extra trusted root certificates (PEM).
     pub extra_root_certificates_pem: Vec<Vec<u8>>,
+    /// How calls are paced against each hub's and DPS instance's quota.
+    pub pacing: PacingConfig,
+}
+
+/// DPS operations per minute per instance when none is configured (azure-specs README §6; older
+/// documents said 200 and 100, hence the override).
+pub const DEFAULT_DPS_OPS_PER_MINUTE: f64 = 1_000.0;
+
+/// Pacing settings: explicit budgets (instead of tier x units, or DPS's 1,000/min), the burst and the
+/// longest in-place wait. A budget of 0 turns pacing off for that hub or instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PacingConfig {
+    /// Registry operations per minute by hub host name (lower case).
+    pub hub_ops_per_minute: std::collections::BTreeMap<String, f64>,
+    /// Operations per minute by DPS instance name (lower case).
+    pub dps_ops_per_minute: std::collections::BTreeMap<String, f64>,
+    /// Seconds of budget a bucket may spend at once after an idle spell (default 3: IoT Hub's burst
+    /// is short, and a smaller one only costs the first seconds of a job).
+    pub burst_secs: f64,
+    /// The longest wait for budget a step sits out in place (default 1 s); longer, its device is
+    /// rescheduled for when the budget is there and the worker takes other work.
+    pub inline_wait: Duration,
+}
+
+impl Default for PacingConfig {
+    fn default() -> Self {
+        Self {
+            hub_ops_per_minute: Default::default(),
+            dps_ops_per_minute: Default::default(),
+            burst_secs: 3.0,
+            inline_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+impl PacingConfig {
+    /// The budget of a hub: the override, else tier x units; `None` (not paced) when neither is known or
+    /// the override is 0.
+    pub fn hub_budget(&self, hub: &HubConfig) -> Option<f64> {
+        let rate = match self.hub_ops_per_minute.get(&hub.host_name) {
+            Some(r) => *r,
+            None => f64::from(hub.registry_ops_per_minute()?),
+        };
+        (rate > 0.0).then_some(rate)
+    }
+
+    /// The budget of a DPS instance: the override, else [`DEFAULT_DPS_OPS_PER_MINUTE`]; `None` for 0.
+    pub fn dps_budget(&self, name: &str) -> Option<f64> {
+        let rate = self
+            .dps_ops_per_minute
+            .get(&normalise_name(name))
+            .copied()
+            .unwrap_or(DEFAULT_DPS_OPS_PER_MINUTE);
+        (rate > 0.0).then_some(rate)
+    }
 }
 
 impl Default for AzureConfig {
@@ -168,6 +227,7 @@ impl Default for AzureConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             token_ttl: DEFAULT_TOKEN_TTL,
             extra_root_certificates_pem: Vec::new(),
+            pacing: PacingConfig::default(),
         }
     }
 }
