@@ -75,6 +75,10 @@ fn check_response_in(
                 .to_ascii_lowercase()
         })
         .unwrap_or_default();
+    // A Host not on the allow-list is refused before routing, on every path, in the problem shape.
+    if status == 421 {
+        return check_problem(doc, &what, &media, body);
+    }
     let Some((template, item)) = find_path(doc, path) else {
         if UNDOCUMENTED_PREFIXES.iter().any(|p| path.starts_with(p)) {
             return None;

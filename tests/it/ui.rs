@@ -87,9 +87,18 @@ impl Workflow for HostileFleet {
     }
 }
 
-/// A client that shows redirects instead of following them.
+/// A client that shows redirects instead of following them, logged in as an admin through the session
+/// cookie (as a browser is after `/ui/login`).
 fn browser() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::COOKIE,
+        format!("deprovisiond_session={}", crate::support::ADMIN_KEY)
+            .parse()
+            .expect("cookie header"),
+    );
     reqwest::Client::builder()
+        .default_headers(headers)
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client")

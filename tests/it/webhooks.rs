@@ -66,7 +66,7 @@ impl HookApp {
         });
         HookApp {
             base,
-            http: reqwest::Client::new(),
+            http: crate::support::client_with(Some(crate::support::ADMIN_KEY)),
             store,
             stop,
             task,
@@ -598,7 +598,9 @@ async fn servicenow_deliveries(db: TestDb) {
         job["reason"],
         json!({"code": "lost", "text": "Lost during transport between Lille and Paris"})
     );
-    assert_eq!(job["requested_by"], "servicenow webhook: bob.service");
+    // The authenticated principal is the webhook source; the ticket's own requester is on whose behalf.
+    assert_eq!(job["requested_by"], "webhook:servicenow");
+    assert_eq!(job["on_behalf_of"], "servicenow webhook: bob.service");
     // Redelivered (ServiceNow retries on timeouts): the same job.
     let (status, again) = app.post("/v1/webhooks/servicenow", &good, &body).await;
     assert_eq!((status, &again["job_id"]), (200, &ack["job_id"]));
