@@ -63,7 +63,9 @@ base="http://127.0.0.1:$port"
 log="$root/target/browser-demo.log"
 mkdir -p "$root/target" "$shots"
 rm -f "$shots/failure.png"
-"$bin" demo --listen "127.0.0.1:$port" >"$log" 2>&1 &
+# The demo's admin key, which the test types into the login form.
+token="dpk_browser-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+"$bin" demo --listen "127.0.0.1:$port" --api-key "$token" >"$log" 2>&1 &
 demo=$!
 trap 'kill "$demo" 2>/dev/null || true; wait "$demo" 2>/dev/null || true' EXIT
 
@@ -77,4 +79,5 @@ done
 
 # Selenium must use the given chromedriver, never fetch one.
 SE_OFFLINE=true "$venv/bin/python" "$root/tests/browser/dashboard_test.py" \
-    --base "$base" --screenshots "$shots" --chromium "$chromium" --chromedriver "$chromedriver"
+    --base "$base" --screenshots "$shots" --chromium "$chromium" --chromedriver "$chromedriver" \
+    --token "$token"

@@ -16,6 +16,7 @@ Last line: "N passed, M failed".
 """
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -71,9 +72,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def http(method, url, body=None, timeout=10):
+API_KEY = "dpk_container-smoke-" + os.urandom(12).hex()
+
+
+def http(method, url, body=None, timeout=10, key=True):
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
+    if key:
+        req.add_header("authorization", f"Bearer {API_KEY}")
     if data is not None:
         req.add_header("content-type", "application/json")
     try:
@@ -159,6 +165,10 @@ def main():
         secret_files = {s["source"]: s["target"] for s in app.get("secrets", [])}
         azure_target = secret_files.get("azure-config", "/run/secrets/azure-config")
         (secrets / Path(azure_target).name).write_text(json.dumps(azure))
+        # The API key the compose file's secret holds: its SHA-256 only.
+        keys_target = secret_files.get("api-keys", "/run/secrets/api-keys")
+        digest = hashlib.sha256(API_KEY.encode()).hexdigest()
+        (secrets / Path(keys_target).name).write_text(f"smoke:operator:{digest}\n")
 
         port = free_port()
         base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -194,6 +204,8 @@ def main():
             {"target": {"kind": "individual_enrollment", "registration_id": "thermostat-1"}, "reason": {"code": "stolen"}},
         )
         check("a job is accepted", status == 202, f"{status} {job}")
+        anonymous, _ = http("GET", f"{api}/v1/deprovisions", key=False)
+        check("without a key the API answers 401 (authentication is on)", anonymous == 401, str(anonymous))
         final = None
         deadline = time.time() + 60
         while status == 202 and time.time() < deadline:

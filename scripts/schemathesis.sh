@@ -24,7 +24,9 @@ BIN="${DEPROVISIOND_BIN:-${CARGO_TARGET_DIR:-target}/debug/deprovisiond}"
 # A free port, chosen by the kernel.
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 LOG=$(mktemp)
-"$BIN" demo --listen "127.0.0.1:${PORT}" >"$LOG" 2>&1 &
+# An admin key, so every route is reachable; the fuzzer sends it on every request.
+KEY="dpk_schemathesis-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+"$BIN" demo --listen "127.0.0.1:${PORT}" --api-key "$KEY" >"$LOG" 2>&1 &
 PID=$!
 trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -f "$LOG"' EXIT
 
@@ -39,6 +41,7 @@ curl -fsS "http://127.0.0.1:${PORT}/healthz" >/dev/null || { cat "$LOG" >&2; exi
 # requests on purpose, for rules a schema cannot express (README, "The API's edge": schemathesis).
 "$VENV/bin/schemathesis" run openapi/openapi.json \
   --url "http://127.0.0.1:${PORT}" \
+  --header "Authorization: Bearer ${KEY}" \
   --checks all \
   --exclude-checks positive_data_acceptance \
   --max-examples "$MAX_EXAMPLES" \

@@ -21,8 +21,9 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 GROUP = "fleet-x509"  # 200 devices on two hubs: long enough to watch the page refresh itself
 
 
-def api(base, path):
-    with urllib.request.urlopen(base + path, timeout=10) as r:
+def api(base, path, token):
+    req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
         return json.load(r)
 
 
@@ -57,7 +58,7 @@ def main():
     os.makedirs(a.screenshots, exist_ok=True)
     shot = lambda d, name: d.save_screenshot(os.path.join(a.screenshots, name))  # noqa: E731
     base = a.base.rstrip("/")
-    before = len(api(base, "/v1/deprovisions?limit=200")["items"])
+    before = len(api(base, "/v1/deprovisions?limit=200", a.token)["items"])
 
     d = driver(a.chromium, a.chromedriver)
     wait = WebDriverWait(d, 30)
@@ -95,7 +96,7 @@ def main():
         page = text(d)
         check("act on every device of group" in page, "the confirmation warns that every device is affected")
         check("200" in page and "demo-hub-1.azure-devices.net" in page, "the preview shows devices and hubs")
-        check(len(api(base, "/v1/deprovisions?limit=200")["items"]) == before, "the preview created no job")
+        check(len(api(base, "/v1/deprovisions?limit=200", a.token)["items"]) == before, "the preview created no job")
         shot(d, "preview.png")
 
         # Confirm: the group id must be typed.
@@ -103,13 +104,13 @@ def main():
         d.find_element(By.CSS_SELECTOR, "button[value=create]").click()
         wait.until(ec.url_contains("/ui/jobs/"))
         job_id = d.current_url.rsplit("/", 1)[1].split("?")[0]
-        check(api(base, "/v1/deprovisions/" + job_id)["target"]["group_id"] == GROUP, "the job was created")
+        check(api(base, "/v1/deprovisions/" + job_id, a.token)["target"]["group_id"] == GROUP, "the job was created")
         shot(d, "job-running.png")
 
         # The page refreshes itself while the job runs: no reload here.
         WebDriverWait(d, 180, poll_frequency=1).until(
             lambda d: "succeeded" in d.find_element(By.CSS_SELECTOR, "main .head .badge").text)
-        check(api(base, "/v1/deprovisions/" + job_id)["status"] == "succeeded", "the job succeeded")
+        check(api(base, "/v1/deprovisions/" + job_id, a.token)["status"] == "succeeded", "the job succeeded")
         check(d.current_url.endswith(job_id), "the page updated in place")
         page = text(d)
         check("Progress per hub" in page and "demo-hub-2.azure-devices.net" in page, "per-hub progress shows")

@@ -636,11 +636,11 @@ async fn servicenow_deliveries(db: TestDb) {
     app.stop().await;
 }
 
-async fn unconfigured_sources_answer_503(db: TestDb) {
+async fn unconfigured_sources_answer_404(db: TestDb) {
     let app = HookApp::spawn(&db, WebhookConfig::default()).await;
     for route in ["generic", "jira", "servicenow"] {
         let (status, p) = app.post(&format!("/v1/webhooks/{route}"), &[], b"{}").await;
-        assert_eq!(status, 503, "{route}: {p}");
+        assert_eq!(status, 404, "{route}: {p}");
     }
     app.stop().await;
 }
@@ -652,5 +652,5 @@ both_stores!(
     jira_mapping,
     jira_replay_refused_by_age,
     servicenow_deliveries,
-    unconfigured_sources_answer_503,
+    unconfigured_sources_answer_404,
 );

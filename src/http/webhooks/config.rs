@@ -79,7 +79,7 @@ impl<'de> Deserialize<'de> for ConfigSecret {
     }
 }
 
-/// Everything about webhooks and callbacks. The default configures no source: every webhook route answers 503.
+/// Everything about webhooks and callbacks. The default configures no source: every webhook route answers 404.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {

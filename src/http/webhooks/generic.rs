@@ -47,6 +47,7 @@ pub const DELIVERY_HEADER: &str = "x-deprovisiond-delivery";
         (status = 202, description = "A job was created (`outcome: created`), or the event asks for nothing (`outcome: ignored`)", body = WebhookAck),
         (status = 200, description = "The ticket or this delivery already created a job: that job (`outcome: duplicate`)", body = WebhookAck),
         (status = 400, description = "The body is not JSON", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "This source is not configured on this service", body = Problem, content_type = PROBLEM),
         (status = 401, description = "Signature missing, wrong, or its timestamp too old (replay); nothing recorded", body = Problem, content_type = PROBLEM),
         (status = 409, description = "Another job is active for this target", body = Problem, content_type = PROBLEM),
         (status = 413, description = "Body larger than the limit", body = Problem, content_type = PROBLEM),

@@ -42,6 +42,7 @@ pub const DELIVERY_HEADER: &str = "x-atlassian-webhook-identifier";
         (status = 202, description = "A job was created (`outcome: created`), or the event does not match the rule (`outcome: ignored`)", body = WebhookAck),
         (status = 200, description = "The issue or this delivery already created a job: that job (`outcome: duplicate`)", body = WebhookAck),
         (status = 400, description = "The body is not JSON", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "This source is not configured on this service", body = Problem, content_type = PROBLEM),
         (status = 401, description = "Signature missing or wrong, or (with `max_age_secs`) the signed payload too old: a replay; nothing recorded", body = Problem, content_type = PROBLEM),
         (status = 409, description = "Another job is active for this target", body = Problem, content_type = PROBLEM),
         (status = 413, description = "Body larger than the limit", body = Problem, content_type = PROBLEM),

@@ -204,7 +204,8 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-/// The configured sources, or 503 naming the one that is not.
+/// The configured sources, or 404 naming the one that is not: an unconfigured source is a route this service
+/// does not offer, not a failure of the service.
 fn configured<'a, T>(
     hooks: &'a Option<axum::Extension<Webhooks>>,
     pick: impl Fn(&'a WebhookConfig) -> Option<&'a T>,
@@ -214,8 +215,8 @@ fn configured<'a, T>(
         .as_ref()
         .and_then(|h| pick(&h.0.config).map(|s| (&h.0, s)))
         .ok_or_else(|| {
-            HookError::Api(ApiError::Unavailable(format!(
-                "the {name} webhook is not configured (see DEPROVISIOND_WEBHOOKS_CONFIG)"
+            HookError::Api(ApiError::NotFound(format!(
+                "the {name} webhook is not configured on this service (see DEPROVISIOND_WEBHOOKS_CONFIG)"
             )))
         })
 }

@@ -38,6 +38,7 @@ const SOURCE: &str = "servicenow";
         (status = 202, description = "A job was created (`outcome: created`), or the body does not match the rule (`outcome: ignored`)", body = WebhookAck),
         (status = 200, description = "The ticket already created a job: that job (`outcome: duplicate`)", body = WebhookAck),
         (status = 400, description = "The body is not JSON", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "This source is not configured on this service", body = Problem, content_type = PROBLEM),
         (status = 401, description = "Credentials or HMAC missing or wrong; nothing recorded", body = Problem, content_type = PROBLEM),
         (status = 409, description = "Another job is active for this target", body = Problem, content_type = PROBLEM),
         (status = 413, description = "Body larger than the limit", body = Problem, content_type = PROBLEM),
