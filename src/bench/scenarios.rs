@@ -287,6 +287,43 @@ impl SimEnv {
         ]
     }
 
+    /// The service paces at what the simulator enforces: its quota sped up by the time scale (and the burst
+    /// shortened to match), or not at all when the simulator throttles nothing; `--service-env` may override.
+    fn pacing_vars(&self) -> Vec<(String, String)> {
+        let p = &self.preset;
+        if !p.throttled {
+            return vec![
+                ("DEPROVISIOND_HUB_BENCH_OPS_PER_MINUTE".into(), "0".into()),
+                (
+                    "DEPROVISIOND_DPS_BENCH_DPS_OPS_PER_MINUTE".into(),
+                    "0".into(),
+                ),
+            ];
+        }
+        let placeholders = self.placeholders();
+        let value = |name: &str| {
+            placeholders
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        vec![
+            (
+                "DEPROVISIOND_HUB_BENCH_OPS_PER_MINUTE".into(),
+                value("{hub_ops_per_minute}"),
+            ),
+            (
+                "DEPROVISIOND_DPS_BENCH_DPS_OPS_PER_MINUTE".into(),
+                value("{dps_ops_per_minute}"),
+            ),
+            (
+                "DEPROVISIOND_PACING_BURST_SECS".into(),
+                format!("{}", 3.0 / p.time_scale.max(1.0)),
+            ),
+        ]
+    }
+
     fn azure_env(&self, extra: &[(String, String)]) -> Result<AzureEnv, BenchError> {
         let missing = |what: &str| BenchError::Simulator(format!("no {what} connection string"));
         let dps_cs = self
@@ -322,7 +359,10 @@ impl SimEnv {
                     tier_name(self.preset.tier).into(),
                 ),
                 ("DEPROVISIOND_HUB_BENCH_UNITS".into(), units.to_string()),
-            ],
+            ]
+            .into_iter()
+            .chain(self.pacing_vars())
+            .collect(),
         }
         .with_extra(&self.placeholders(), extra))
     }

@@ -307,6 +307,12 @@ pub struct DeprovisionRequest {
     /// gets twice a `normal` job's share of each claim, a `low` job half.
     #[serde(default, skip_serializing_if = "Priority::is_normal")]
     pub priority: Priority,
+    /// Receives a signed JSON summary when the job ends (retried with backoff, each attempt in the job's
+    /// timeline). An absolute http(s) URL whose host is on the callback allow-list of
+    /// `DEPROVISIOND_WEBHOOKS_CONFIG`; refused with 422 otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "https://hooks.example.com/deprovisiond")]
+    pub callback_url: Option<String>,
 }
 
 /// A request's priority among concurrent jobs.

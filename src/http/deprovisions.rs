@@ -98,14 +98,29 @@ pub enum CreateOk {
 pub async fn create_deprovision(
     State(state): State<AppState>,
     principal: Principal,
+    hooks: Option<axum::Extension<super::webhooks::Webhooks>>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<DeprovisionRequest>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
+    // Checked before anything is recorded, so a refused callback creates no job.
+    let callback = match &request.callback_url {
+        Some(raw) => Some(super::webhooks::generic::api_callback(
+            hooks.as_ref().map(|h| &h.0),
+            raw,
+        )?),
+        None => None,
+    };
     Ok(match submit(&state, &principal, request, key).await? {
         Submitted::Preview(preview) => (StatusCode::OK, ApiJson(preview)).into_response(),
         Submitted::Replayed(view) => (StatusCode::OK, ApiJson(view)).into_response(),
         Submitted::New(view) => {
+            if let Some(url) = callback {
+                state
+                    .store
+                    .register_callback(&view.id, "http", &url, "api", state.clock.now_ms())
+                    .await?;
+            }
             let location = format!("/v1/deprovisions/{}", view.id);
             let mut resp = (StatusCode::ACCEPTED, ApiJson(view)).into_response();
             if let Ok(v) = HeaderValue::from_str(&location) {

@@ -7,6 +7,7 @@ mod step;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -243,9 +244,33 @@ impl Engine {
     }
 
     async fn execute(&self, work: Claimed, hard_stop: CancellationToken) {
+        // Each step runs inside its own span (instrumented, not entered: the step awaits, and an entered
+        // span would be attached to whatever else the thread polls meanwhile).
         let r = match work {
-            Claimed::Job(job, sent) => self.execute_job(*job, sent, hard_stop).await,
-            Claimed::Item(item, job, sent) => self.execute_item(*item, job, sent, hard_stop).await,
+            Claimed::Job(job, sent) => {
+                let span = tracing::info_span!(
+                    "job_step",
+                    job = %job.id,
+                    step = tracing::field::Empty,
+                    attempt = job.attempt
+                );
+                self.execute_job(*job, sent, hard_stop)
+                    .instrument(span)
+                    .await
+            }
+            Claimed::Item(item, job, sent) => {
+                let span = tracing::info_span!(
+                    "device_step",
+                    job = %item.job_id,
+                    device = %item.registration_id,
+                    device_id = item.device_id.as_deref().unwrap_or(""),
+                    hub = item.hub.as_deref().unwrap_or(""),
+                    attempt = item.attempt
+                );
+                self.execute_item(*item, job, sent, hard_stop)
+                    .instrument(span)
+                    .await
+            }
         };
         match r {
             Ok(()) => {}
@@ -267,9 +292,7 @@ impl Engine {
         let Some(step) = job.current_step().map(str::to_string) else {
             return self.store.settle(&job.id, self.clock.now_ms()).await;
         };
-        let span =
-            tracing::info_span!("job_step", job = %job.id, step = %step, attempt = job.attempt);
-        let _g = span.enter();
+        tracing::Span::current().record("step", step.as_str());
         let result = if self.exhausted(job.attempt) {
             lease_exhausted(job.attempt)
         } else {

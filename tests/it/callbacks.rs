@@ -352,7 +352,66 @@ async fn a_retried_job_reports_its_new_outcome(db: TestDb) {
     app.stop().await;
 }
 
+/// `POST /v1/deprovisions` with `callback_url`: the allowed host receives the signed summary; another host
+/// is refused with 422 before any job exists.
+async fn an_api_request_carries_its_own_callback(db: TestDb) {
+    let receiver = Receiver::default();
+    let base = start_receiver(receiver.clone()).await;
+    let config = WebhookConfig {
+        callbacks: settings(5),
+        ..WebhookConfig::default()
+    };
+    let app = HookApp::spawn(&db, config).await;
+    let request = |url: &str| {
+        serde_json::to_vec(&json!({
+            "target": {"kind": "individual_enrollment", "registration_id": "api-cb-1"},
+            "reason": {"code": "stolen"},
+            "callback_url": url,
+        }))
+        .unwrap()
+    };
+    let (status, problem) = app
+        .post("/v1/deprovisions", &[], &request("http://evil.example/cb"))
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "callback_url", "{problem}");
+    assert_eq!(
+        app.count("jobs").await,
+        0,
+        "a refused callback creates no job"
+    );
+
+    let (status, job) = app
+        .post("/v1/deprovisions", &[], &request(&format!("{base}/cb")))
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let job_id = job["id"].as_str().unwrap().to_string();
+    wait_for("the callback to be delivered", async || {
+        let ev = events_of(&app, &job_id).await;
+        ev.iter()
+            .any(|e| e["kind"] == "callback_delivered")
+            .then_some(())
+    })
+    .await;
+    let got = receiver.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    let sig = got[0].headers["x-deprovisiond-signature"].to_str().unwrap();
+    verify_generic(
+        CALLBACK_SECRET.as_bytes(),
+        Some(sig),
+        &got[0].body,
+        SystemClock.now_unix(),
+        300,
+    )
+    .expect("signed with the generic scheme");
+    let summary: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(summary["job"]["id"], job_id.as_str());
+    assert_eq!(summary["job"]["status"], "succeeded");
+    app.stop().await;
+}
+
 both_stores!(
+    an_api_request_carries_its_own_callback,
     signed_summary_after_a_failure,
     jira_comment_and_callback,
     gives_up_after_max_attempts,

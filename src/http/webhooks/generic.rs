@@ -154,6 +154,20 @@ pub async fn generic_webhook(
     .await
 }
 
+/// The `callback_url` of a `POST /v1/deprovisions`: checked as a webhook's, 422 naming the field otherwise.
+pub fn api_callback(hooks: Option<&super::Webhooks>, raw: &str) -> Result<String, ApiError> {
+    let Some(hooks) = hooks else {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "callback_url",
+            "callbacks are not configured on this service (DEPROVISIOND_WEBHOOKS_CONFIG)",
+        )]));
+    };
+    checked_callback(&hooks.config.callbacks, raw, "callback_url").map_err(|e| match e {
+        HookError::Api(e) => e,
+        other => ApiError::Validation(vec![FieldError::new("callback_url", other.to_string())]),
+    })
+}
+
 /// A callback URL a caller gave: an http(s) URL whose host is allowed, with callbacks configured.
 pub(super) fn checked_callback(
     settings: &super::config::CallbackSettings,
