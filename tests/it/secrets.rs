@@ -2,6 +2,7 @@
 //! answer, not in `/metrics`. Add a secret (and the variable that configures it) to [`Secrets`] and every
 //! check below covers it.
 
+use deprovisiond::http::webhooks::signature::sign_generic;
 use std::io::Read;
 use std::process::{Command, Stdio};
 
@@ -28,6 +29,10 @@ fn shared_access_key(cs: &str) -> String {
         .expect("a SharedAccessKey")
         .to_string()
 }
+
+const GENERIC_SECRET: &str = "generic-webhook-secret-5f1c9e";
+const SN_TOKEN: &str = "servicenow-token-a81b77";
+const CALLBACK_SECRET: &str = "callback-signing-secret-22d0";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_appears_in_logs_answers_or_metrics() {
@@ -76,14 +81,41 @@ async fn no_secret_appears_in_logs_answers_or_metrics() {
             ),
             ("DEPROVISIOND_HUB_H1_BASE_URL".into(), sim.hub_base_url(HUB)),
             ("DEPROVISIOND_API_KEYS".into(), key_entry),
+            ("T_GENERIC_SECRET".into(), GENERIC_SECRET.into()),
+            ("T_SN_TOKEN".into(), SN_TOKEN.into()),
+            ("T_CALLBACK_SECRET".into(), CALLBACK_SECRET.into()),
         ],
         never_shown: vec![
             shared_access_key(&dps_cs),
             shared_access_key(&hub_cs),
             ADMIN_KEY.into(),
+            GENERIC_SECRET.into(),
+            SN_TOKEN.into(),
+            CALLBACK_SECRET.into(),
         ],
     };
     let dir = tempfile::tempdir().unwrap();
+    // Webhook and callback secrets, named in the configuration file and given in the environment.
+    let hooks = dir.path().join("webhooks.json");
+    std::fs::write(
+        &hooks,
+        json!({
+            "generic": {"secret": {"env": "T_GENERIC_SECRET"}},
+            "servicenow": {
+                "header": {"name": "X-Deprovisiond-Token", "secret": {"env": "T_SN_TOKEN"}},
+                "rule": {"ticket_key": "/number", "registration_id": "/variables/registration_id"}
+            },
+            "callbacks": {"secret": {"env": "T_CALLBACK_SECRET"}, "allowed_hosts": ["127.0.0.1"],
+                          "max_attempts": 2, "backoff_base_ms": 50, "backoff_cap_ms": 100, "poll_ms": 50}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut secrets = secrets;
+    secrets.env.push((
+        "DEPROVISIOND_WEBHOOKS_CONFIG".into(),
+        hooks.display().to_string(),
+    ));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_deprovisiond"));
     cmd.args(["serve", "--listen", "127.0.0.1:0"])
         .env(
@@ -203,6 +235,49 @@ async fn no_secret_appears_in_logs_answers_or_metrics() {
             .await
             .unwrap(),
     );
+    // A signed delivery (its job's callback is refused by a closed port, so it is retried and logged), a
+    // delivery signed with the wrong secret, and a ServiceNow call with a wrong token.
+    let hook_body = serde_json::to_vec(&json!({
+        "target": {"kind": "individual_enrollment", "registration_id": "dev-secret-1"},
+        "reason": {"code": "stolen"},
+        "ticket": {"system": "itsm", "key": "SEC-1"},
+        "callback_url": "http://127.0.0.1:9/cb",
+    }))
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for secret in [GENERIC_SECRET, "not-the-secret"] {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/v1/webhooks/generic"))
+            .header("content-type", "application/json")
+            .header(
+                "x-deprovisiond-signature",
+                sign_generic(secret.as_bytes(), now, &hook_body),
+            )
+            .body(hook_body.clone())
+            .send()
+            .await
+            .unwrap();
+        let code = r.status().as_u16();
+        answers.push(r.text().await.unwrap());
+        assert_eq!(code, if secret == GENERIC_SECRET { 202 } else { 401 });
+    }
+    answers.push(
+        reqwest::Client::new()
+            .post(format!("{base}/v1/webhooks/servicenow"))
+            .header("x-deprovisiond-token", format!("{SN_TOKEN}x"))
+            .json(&json!({"number": "RITM1", "variables": {"registration_id": "dev-secret-1"}}))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    // Let the callback sender try (and fail) at least once.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     for bad in [format!("{ADMIN_KEY}x"), "dpk_wrong".into()] {
         answers.push(
             client_with(Some(&bad))
