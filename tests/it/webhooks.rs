@@ -638,9 +638,21 @@ async fn servicenow_deliveries(db: TestDb) {
 
 async fn unconfigured_sources_answer_404(db: TestDb) {
     let app = HookApp::spawn(&db, WebhookConfig::default()).await;
+    // Signed (with anything): the route is simply not offered here.
+    let signed = [
+        ("x-deprovisiond-signature", "t=1,v1=00".to_string()),
+        ("x-hub-signature", "sha256=00".to_string()),
+    ];
     for route in ["generic", "jira", "servicenow"] {
-        let (status, p) = app.post(&format!("/v1/webhooks/{route}"), &[], b"{}").await;
+        let (status, p) = app
+            .post(&format!("/v1/webhooks/{route}"), &signed, b"{}")
+            .await;
         assert_eq!(status, 404, "{route}: {p}");
+    }
+    // Unsigned: unauthenticated first, configured or not.
+    for route in ["generic", "jira"] {
+        let (status, p) = app.post(&format!("/v1/webhooks/{route}"), &[], b"{}").await;
+        assert_eq!(status, 401, "{route}: {p}");
     }
     app.stop().await;
 }

@@ -61,6 +61,13 @@ pub async fn generic_webhook(
     RawBody(body): RawBody,
 ) -> Result<WebhookAck, HookError> {
     const SOURCE: &str = "generic";
+    // Unsigned is unauthenticated whether or not this source is configured: 401 before 404.
+    if header(&headers, SIGNATURE_HEADER).is_none() {
+        return Err(HookError::unauthorized(
+            SOURCE,
+            "no X-Deprovisiond-Signature header",
+        ));
+    }
     let (hooks, source) = configured(&hooks, |c| c.generic.as_ref(), SOURCE)?;
     super::signature::verify_generic(
         source.secret.bytes(),

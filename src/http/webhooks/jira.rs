@@ -56,6 +56,10 @@ pub async fn jira_webhook(
     RawBody(body): RawBody,
 ) -> Result<WebhookAck, HookError> {
     const SOURCE: &str = "jira";
+    // Unsigned is unauthenticated whether or not this source is configured: 401 before 404.
+    if header(&headers, SIGNATURE_HEADER).is_none() {
+        return Err(HookError::unauthorized(SOURCE, "no X-Hub-Signature header"));
+    }
     let (hooks, source) = configured(&hooks, |c| c.jira.as_ref(), SOURCE)?;
     super::signature::verify_hub_signature(
         source.secret.bytes(),
