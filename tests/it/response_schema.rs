@@ -66,15 +66,7 @@ fn check_response_in(
     body: &[u8],
 ) -> Option<String> {
     let what = format!("{method} {path} -> {status}");
-    let media = content_type
-        .map(|c| {
-            c.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
+    let media = media_type(content_type);
     // A Host not on the allow-list is refused before routing, on every path, in the problem shape.
     if status == 421 {
         return check_problem(doc, &what, &media, body);
@@ -151,7 +143,13 @@ fn check_response_in(
 
 /// Where a response to a request no route saw (a protocol-level error) is not the documented problem shape.
 pub fn check_protocol_error(content_type: Option<&str>, body: &[u8]) -> Option<String> {
-    let media = content_type
+    let media = media_type(content_type);
+    check_problem(&DOC, "protocol-level error", &media, body)
+}
+
+/// The media type of a `Content-Type` value, without parameters, lower-cased (empty when absent).
+fn media_type(content_type: Option<&str>) -> String {
+    content_type
         .map(|c| {
             c.split(';')
                 .next()
@@ -159,8 +157,7 @@ pub fn check_protocol_error(content_type: Option<&str>, body: &[u8]) -> Option<S
                 .trim()
                 .to_ascii_lowercase()
         })
-        .unwrap_or_default();
-    check_problem(&DOC, "protocol-level error", &media, body)
+        .unwrap_or_default()
 }
 
 fn check_problem(doc: &Value, what: &str, media: &str, body: &[u8]) -> Option<String> {
