@@ -12,6 +12,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 exec </dev/null                          # CI has no stdin; nothing may prompt
 export CARGO_TERM_PROGRESS_WHEN=never    # progress bars only garble CI logs
+# CI builds from a clean clone, where incremental caches are never reused but double the debug build's
+# footprint on a disk the run shares (one run failed with "No space left on device").
+[[ ${CI:-} != true ]] || export CARGO_INCREMENTAL=0
 
 start_all=$SECONDS
 timings=""
@@ -21,20 +24,23 @@ pg_bin=""
 
 log() { echo "test.sh: $*" >&2; }
 
+# Free space where the build writes, so a full disk shows in the summary before it fails a phase.
+disk_free() { df -h --output=avail "$root" 2>/dev/null | tail -n 1 | tr -d ' ' || echo "?"; }
+
 # Runs one named phase and records how long it took.
 phase() {
     current=$1 phase_t0=$SECONDS
     shift
     log "== $current: $*"
     "$@"
-    timings+="  $current $((SECONDS - phase_t0))s"$'\n'
+    timings+="  $current $((SECONDS - phase_t0))s, $(disk_free) free after"$'\n'
     current=""
 }
 
 # Always stop the throwaway cluster and delete its folder, also on failure or Ctrl-C.
 cleanup() {
     local status=$?
-    [[ -z $current ]] || timings+="  $current FAILED after $((SECONDS - phase_t0))s"$'\n'
+    [[ -z $current ]] || timings+="  $current FAILED after $((SECONDS - phase_t0))s, $(disk_free) free"$'\n'
     if [[ -n $pg_tmp ]]; then
         as_pg "$pg_bin/pg_ctl" -D "$pg_tmp/data" -m immediate stop >/dev/null 2>&1 || true
         rm -rf "$pg_tmp"
@@ -50,6 +56,7 @@ cleanup() {
     exit "$status"
 }
 trap cleanup EXIT
+log "$(disk_free) free on the disk the build writes to"
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
