@@ -12,9 +12,7 @@ use utoipa::ToSchema;
 
 use super::backoff::BackoffPolicy;
 use super::clock::Millis;
-
-/// The marker in a job plan where the job waits for every item to finish.
-pub const ITEMS_BARRIER: &str = "items";
+use super::plan::LaneStep;
 
 /// Where a lane is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -173,10 +171,10 @@ pub struct Transition {
 
 /// Applies an outcome to a lane whose steps are `steps`.
 ///
-/// For a job lane, reaching [`ITEMS_BARRIER`] gives [`LaneState::WaitingItems`]; the caller then releases the
+/// For a job lane, reaching the items barrier ([`LaneStep::is_barrier`]) gives [`LaneState::WaitingItems`]; the caller then releases the
 /// job's items. Running out of attempts turns a retry into a failure that says so.
 pub fn advance(
-    steps: &[String],
+    steps: &[impl LaneStep],
     pos: Position,
     outcome: Outcome,
     now: Millis,
@@ -206,7 +204,7 @@ pub struct Throttling {
 /// [`advance`] with the lane's throttling state: a 429 or a pacing wait gives the claim's attempt back
 /// (claims count attempts), and a lane throttled for longer than the patience fails, saying so.
 pub fn advance_with(
-    steps: &[String],
+    steps: &[impl LaneStep],
     pos: Position,
     outcome: Outcome,
     now: Millis,
@@ -293,10 +291,10 @@ pub fn advance_with(
 }
 
 /// The transition into step `index` (or to the end of the lane).
-pub fn next_step(steps: &[String], index: usize, now: Millis) -> Transition {
+pub fn next_step(steps: &[impl LaneStep], index: usize, now: Millis) -> Transition {
     let state = match steps.get(index) {
         None => LaneState::Succeeded,
-        Some(s) if s == ITEMS_BARRIER => LaneState::WaitingItems,
+        Some(s) if s.is_barrier() => LaneState::WaitingItems,
         Some(_) => LaneState::Pending,
     };
     Transition {
@@ -317,9 +315,9 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
-    fn steps(s: &[&str]) -> Vec<String> {
-        s.iter().map(|x| x.to_string()).collect()
-    }
+    use crate::domain::plan::{ItemStep, JobStep};
+
+    const REGISTRY: [ItemStep; 1] = [ItemStep::Registry];
 
     fn backoff() -> BackoffPolicy {
         BackoffPolicy {
@@ -331,7 +329,12 @@ mod tests {
 
     #[test]
     fn done_moves_to_next_step_then_barrier_then_end() {
-        let s = steps(&["resolve", "revoke", ITEMS_BARRIER, "cleanup"]);
+        let s = [
+            JobStep::Resolve,
+            JobStep::Revoke,
+            JobStep::Items,
+            JobStep::DeleteRegistrations,
+        ];
         let mut rng = StdRng::seed_from_u64(0);
         let t = advance(
             &s,
@@ -377,7 +380,7 @@ mod tests {
 
     #[test]
     fn retry_schedules_with_backoff_and_retry_after() {
-        let s = steps(&["registry"]);
+        let s = REGISTRY;
         let mut rng = StdRng::seed_from_u64(0);
         let e = StepError::msg("503");
         let t = advance(
@@ -416,7 +419,7 @@ mod tests {
 
     #[test]
     fn retries_are_bounded() {
-        let s = steps(&["registry"]);
+        let s = REGISTRY;
         let mut rng = StdRng::seed_from_u64(0);
         let t = advance(
             &s,
@@ -438,7 +441,7 @@ mod tests {
 
     #[test]
     fn continue_keeps_step_and_resets_attempts() {
-        let s = steps(&["enumerate", ITEMS_BARRIER]);
+        let s = [JobStep::Enumerate, JobStep::Items];
         let mut rng = StdRng::seed_from_u64(0);
         let t = advance(
             &s,
@@ -461,7 +464,7 @@ mod tests {
 
     #[test]
     fn fail_and_skip_are_terminal() {
-        let s = steps(&["registry"]);
+        let s = REGISTRY;
         let mut rng = StdRng::seed_from_u64(0);
         let t = advance(
             &s,
@@ -494,7 +497,7 @@ mod tests {
 
     #[test]
     fn throttled_gives_the_attempt_back_until_patience_runs_out() {
-        let s = steps(&["registry"]);
+        let s = REGISTRY;
         let mut rng = StdRng::seed_from_u64(0);
         let patience = Some(Duration::from_secs(60));
         let throttled = || Outcome::Throttled {
@@ -583,7 +586,7 @@ mod tests {
 
     #[test]
     fn paced_waits_without_using_an_attempt() {
-        let s = steps(&["registry"]);
+        let s = REGISTRY;
         let mut rng = StdRng::seed_from_u64(0);
         let t = advance(
             &s,

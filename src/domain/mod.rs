@@ -2,7 +2,10 @@
 pub mod backoff;
 pub mod cert;
 pub mod clock;
+pub mod context;
 pub mod ids;
 pub mod job;
 pub mod lane;
 pub mod pacing;
+pub mod plan;
+pub mod settle;

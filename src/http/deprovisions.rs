@@ -519,7 +519,7 @@ pub async fn list_devices(
         items: page
             .rows
             .iter()
-            .map(|i| DeviceView::new(i, &job.plan.item_steps))
+            .map(|i| DeviceView::new(i, job.plan.item_steps()))
             .collect(),
         next_cursor: page.next_cursor,
     }))

@@ -11,7 +11,7 @@ use super::extract::{ApiJson, ApiQuery};
 use super::{AppState, PROBLEM};
 use crate::domain::clock::to_rfc3339;
 use crate::domain::job::FieldError;
-use crate::store::{AuditStatus, Tombstone};
+use crate::store::{AuditStatus, Store, Tombstone};
 use crate::workflow::preview::AuditReport;
 
 /// The routes of this resource.
@@ -94,22 +94,6 @@ pub struct TombstoneQuery {
     pub limit: Option<u32>,
 }
 
-fn encode_cursor(t: &Tombstone) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!("{}\n{}", t.dps, t.registration_id))
-}
-
-fn decode_cursor(c: &str) -> Option<(String, String)> {
-    use base64::Engine as _;
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(c)
-        .ok()?;
-    let s = String::from_utf8(raw).ok()?;
-    let (d, r) = s.split_once('\n')?;
-    Some((d.to_string(), r.to_string()))
-}
-
 /// List tombstones: every disabled individual enrollment the service created to block one device of a group.
 ///
 /// Never delete one: that lets the device enroll again through its group.
@@ -133,36 +117,25 @@ pub async fn list_tombstones(
     if !(1..=1000).contains(&limit) {
         errors.push(FieldError::new("limit", "must be between 1 and 1000"));
     }
-    let after = match q.cursor.as_deref().map(decode_cursor) {
-        None => None,
-        Some(Some(c)) => Some(c),
-        Some(None) => {
-            errors.push(FieldError::new(
-                "cursor",
-                "is not a cursor this API returned",
-            ));
-            None
-        }
-    };
+    if q.cursor
+        .as_deref()
+        .is_some_and(|c| !Store::is_valid_tombstone_cursor(c))
+    {
+        errors.push(FieldError::new(
+            "cursor",
+            "is not a cursor this API returned",
+        ));
+    }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let mut rows = state
+    let page = state
         .store
-        .list_tombstones(
-            after.as_ref().map(|(d, r)| (d.as_str(), r.as_str())),
-            limit + 1,
-        )
+        .list_tombstones(q.cursor.as_deref(), limit)
         .await?;
-    let next_cursor = if rows.len() > limit as usize {
-        rows.truncate(limit as usize);
-        rows.last().map(encode_cursor)
-    } else {
-        None
-    };
     Ok(ApiJson(TombstonePage {
-        items: rows.iter().map(TombstoneView::from).collect(),
-        next_cursor,
+        items: page.rows.iter().map(TombstoneView::from).collect(),
+        next_cursor: page.next_cursor,
     }))
 }
 

@@ -6,8 +6,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::domain::clock::to_rfc3339;
 use crate::domain::job::{JobStatus, Reason, RegistryAction, RevokeAction, Sweep, Target, Ticket};
-use crate::domain::lane::{ITEMS_BARRIER, LaneState, StepError};
-use crate::store::{EventRecord, ItemCounts, ItemRecord, JobRecord};
+use crate::domain::lane::{LaneState, StepError};
+use crate::domain::plan::{ItemStep, LaneStep};
+use crate::domain::settle::ItemCounts;
+use crate::store::{EventRecord, ItemRecord, JobRecord};
 
 /// A deprovisioning job.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -169,10 +171,10 @@ impl JobView {
         let r = &job.request;
         let steps = job
             .plan
-            .job_steps
+            .job_steps()
             .iter()
             .enumerate()
-            .map(|(i, name)| {
+            .map(|(i, step)| {
                 let state = if i < job.step_index {
                     LaneState::Succeeded
                 } else if i == job.step_index {
@@ -186,11 +188,7 @@ impl JobView {
                     LaneState::Pending
                 };
                 StepView {
-                    name: if name == ITEMS_BARRIER {
-                        "devices".into()
-                    } else {
-                        name.clone()
-                    },
+                    name: step.public_name().into(),
                     state,
                     attempt: (i == job.step_index && job.attempt > 0).then_some(job.attempt),
                 }
@@ -277,7 +275,7 @@ pub struct DeviceView {
 
 impl DeviceView {
     /// Builds the view of an item.
-    pub fn new(item: &ItemRecord, item_steps: &[String]) -> Self {
+    pub fn new(item: &ItemRecord, item_steps: &[ItemStep]) -> Self {
         DeviceView {
             id: item.id.clone(),
             seq: item.seq,
@@ -288,7 +286,7 @@ impl DeviceView {
             step: item
                 .step_index
                 .checked_sub(usize::from(item.state == LaneState::Succeeded))
-                .and_then(|i| item_steps.get(i).cloned()),
+                .and_then(|i| item_steps.get(i).map(|s| s.as_str().to_string())),
             attempt: item.attempt,
             last_error: item.last_error.clone(),
             skip_reason: item.skip_reason.clone(),

@@ -2,7 +2,8 @@
 //! withdrawal (a cancel) and expiry. Each transition is one conditional UPDATE on the held status, so two
 //! admins deciding at once, or a decision racing the expiry sweep, cannot both win.
 
-use super::{JobRecord, NewEvent, Result, Store, StoreError, insert_event};
+use super::rows::insert_event;
+use super::{JobRecord, NewEvent, Result, Store, StoreError};
 use crate::domain::clock::Millis;
 
 /// `next_run_at` of a held job: never due, so the claims (which pick due pending lanes) leave it alone.

@@ -1,20 +1,12 @@
 //! What the store reads and writes: job, item and event records.
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::domain::clock::Millis;
+use crate::domain::context::JobContext;
 use crate::domain::job::{DeprovisionRequest, JobStatus};
 use crate::domain::lane::{LaneState, StepError};
-
-/// The steps of a job lane (with the items barrier) and of each item lane, fixed when the job is created.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Plan {
-    /// Job-level steps in order; [`crate::domain::lane::ITEMS_BARRIER`] marks where items run.
-    pub job_steps: Vec<String>,
-    /// Steps each device item runs, in order.
-    pub item_steps: Vec<String>,
-}
+use crate::domain::plan::{JobStep, Plan};
 
 /// A stored job.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,8 +21,8 @@ pub struct JobRecord {
     pub status: JobStatus,
     /// Steps fixed at creation.
     pub plan: Plan,
-    /// Workflow scratch data (what resolve found, etc.).
-    pub context: Option<Value>,
+    /// What the resolve step found out about the target.
+    pub context: Option<JobContext>,
     /// Index of the current job step.
     pub step_index: usize,
     /// State of the job lane.
@@ -93,9 +85,9 @@ pub struct JobOrigin {
 }
 
 impl JobRecord {
-    /// The name of the current job step, if any remain.
-    pub fn current_step(&self) -> Option<&str> {
-        self.plan.job_steps.get(self.step_index).map(String::as_str)
+    /// The current job step, if any remain.
+    pub fn current_step(&self) -> Option<JobStep> {
+        self.plan.job_steps().get(self.step_index).copied()
     }
 }
 
@@ -221,27 +213,6 @@ pub struct NewJob {
     pub idempotency: Option<(String, String)>,
 }
 
-/// Progress counts of a job's items.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ItemCounts {
-    /// All items.
-    pub total: u64,
-    /// Held until the revoke step succeeds.
-    pub waiting: u64,
-    /// Ready or being retried.
-    pub pending: u64,
-    /// Being worked on.
-    pub running: u64,
-    /// Registry step done.
-    pub succeeded: u64,
-    /// Nothing to do (with a reason).
-    pub skipped: u64,
-    /// Failed permanently.
-    pub failed: u64,
-    /// Cancelled.
-    pub cancelled: u64,
-}
-
 /// Filters of the job list.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
@@ -257,13 +228,4 @@ pub struct JobFilter {
     pub created_from: Option<Millis>,
     /// Created before.
     pub created_to: Option<Millis>,
-}
-
-/// One page of results and the cursor of the next page.
-#[derive(Debug, Clone)]
-pub struct Page<T> {
-    /// The rows.
-    pub rows: Vec<T>,
-    /// Opaque cursor of the next page, when there is one.
-    pub next_cursor: Option<String>,
 }

@@ -5,6 +5,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
+use super::page::{Page, decode_cursor, encode_cursor};
 use super::{Store, StoreError};
 use crate::domain::clock::Millis;
 
@@ -176,23 +177,36 @@ impl Store {
         row.map(|r| from_row(&r)).transpose()
     }
 
-    /// Blocks in (dps, registration id) order after `after`, at most `limit`.
+    /// Blocks in (dps, registration id) order, one page at a time.
     pub async fn list_tombstones(
         &self,
-        after: Option<(&str, &str)>,
+        cursor: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<Tombstone>, StoreError> {
-        let (d, r) = after.unwrap_or(("", ""));
+    ) -> Result<Page<Tombstone>, StoreError> {
+        let (d, r) = match cursor {
+            None => (String::new(), String::new()),
+            Some(c) => decode_cursor::<2>(c)
+                .map(|[d, r]| (d, r))
+                .ok_or_else(|| StoreError::Corrupt("tombstone cursor".into()))?,
+        };
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM tombstones WHERE dps > $1 OR (dps = $1 AND registration_id > $2) \
              ORDER BY dps, registration_id LIMIT $3"
         )))
         .bind(d)
         .bind(r)
-        .bind(i64::from(limit))
+        .bind(i64::from(limit) + 1)
         .fetch_all(self.pool())
         .await?;
-        rows.iter().map(from_row).collect()
+        let tombstones = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_overfetch(tombstones, limit, |t| {
+            encode_cursor(&[&t.dps, &t.registration_id])
+        }))
+    }
+
+    /// Whether a tombstone cursor is one [`Store::list_tombstones`] handed out (so the API can answer 422).
+    pub fn is_valid_tombstone_cursor(cursor: &str) -> bool {
+        decode_cursor::<2>(cursor).is_some()
     }
 
     /// Stores the result of auditing one block.

@@ -21,6 +21,7 @@ pub use step::{StepResult, Workflow};
 use crate::domain::backoff::BackoffPolicy;
 use crate::domain::clock::SharedClock;
 use crate::domain::lane::{self, Outcome, Position, StepError};
+use crate::domain::plan::LaneStep;
 use crate::store::{ItemRecord, JobRecord, NewEvent, StepEffects, Store, StoreError};
 
 /// Engine settings.
@@ -289,7 +290,7 @@ impl Engine {
         claimed: Instant,
         hard_stop: CancellationToken,
     ) -> Result<(), StoreError> {
-        let Some(step) = job.current_step().map(str::to_string) else {
+        let Some(step) = job.current_step() else {
             return self.store.settle(&job.id, self.clock.now_ms()).await;
         };
         tracing::Span::current().record("step", step.as_str());
@@ -298,12 +299,9 @@ impl Engine {
         } else {
             let wf = self.workflow.clone();
             let j = job.clone();
-            let s = step.clone();
-            let fut = timed(
-                "job",
-                s.clone(),
-                async move { wf.run_job_step(&j, &s).await },
-            );
+            let fut = timed("job", step.as_str(), async move {
+                wf.run_job_step(&j, step).await
+            });
             let store = self.store.clone();
             let (id, fence) = (job.id.clone(), job.fence);
             let (clock, lease) = (self.clock.clone(), self.config.lease);
@@ -332,7 +330,7 @@ impl Engine {
             other => other.clone(),
         };
         let mut t = self.advance(
-            &job.plan.job_steps,
+            job.plan.job_steps(),
             job.step_index,
             job.attempt,
             job.throttled_since,
@@ -352,7 +350,7 @@ impl Engine {
         let mut effects = result.effects;
         effects.events.extend(outcome_event(
             None,
-            &step,
+            step.as_str(),
             job.attempt,
             &result.outcome,
             &t,
@@ -368,13 +366,13 @@ impl Engine {
         claimed: Instant,
         hard_stop: CancellationToken,
     ) -> Result<(), StoreError> {
-        let Some(step) = job.plan.item_steps.get(item.step_index).cloned() else {
+        let Some(step) = job.plan.item_steps().get(item.step_index).copied() else {
             // Recorded as a failure, not returned as an error: an error would leave the lease to
             // expire and the item to come back for ever, never reaching the attempt limit.
             let err = StepError::msg(format!(
                 "the device is at step {} but its job's plan has {} device step(s); failed instead of run",
                 item.step_index,
-                job.plan.item_steps.len()
+                job.plan.item_steps().len()
             ));
             let now = self.clock.now_ms();
             let t = lane::Transition {
@@ -406,9 +404,9 @@ impl Engine {
             lease_exhausted(item.attempt)
         } else {
             let wf = self.workflow.clone();
-            let (j, it, s) = (job.clone(), item.clone(), step.clone());
-            let fut = timed("device", s.clone(), async move {
-                wf.run_item_step(&j, &it, &s).await
+            let (j, it) = (job.clone(), item.clone());
+            let fut = timed("device", step.as_str(), async move {
+                wf.run_item_step(&j, &it, step).await
             });
             let store = self.store.clone();
             let (id, fence) = (item.id.clone(), item.fence);
@@ -439,7 +437,7 @@ impl Engine {
             self.hold_hub(hub, *delay);
         }
         let t = self.advance(
-            &job.plan.item_steps,
+            job.plan.item_steps(),
             item.step_index,
             item.attempt,
             item.throttled_since,
@@ -449,7 +447,7 @@ impl Engine {
         let mut effects = result.effects;
         effects.events.extend(outcome_event(
             Some(&item),
-            &step,
+            step.as_str(),
             item.attempt,
             &result.outcome,
             &t,
@@ -467,7 +465,7 @@ impl Engine {
 
     fn advance(
         &self,
-        steps: &[String],
+        steps: &[impl LaneStep],
         index: usize,
         attempt: u32,
         throttled_since: Option<i64>,
@@ -644,7 +642,7 @@ fn outcome_event(
 /// `deprovisiond_step_duration_seconds` histogram. A step stopped for a lost lease records nothing.
 async fn timed(
     lane: &'static str,
-    step: String,
+    step: &'static str,
     fut: impl std::future::Future<Output = StepResult>,
 ) -> StepResult {
     let started = std::time::Instant::now();

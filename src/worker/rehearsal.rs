@@ -1,6 +1,6 @@
 //! A workflow that touches nothing outside the database: each step waits and succeeds.
 //!
-//! It has the same plan shape as the real workflows, so the engine, the API and crash recovery can be
+//! It has the real workflows' plan, so the engine, the API and crash recovery can be
 //! exercised (and demonstrated) without Azure. Optionally it appends one line per step start to a
 //! journal file, which lets a test count how often a step ran across a crash.
 
@@ -12,8 +12,9 @@ use async_trait::async_trait;
 
 use super::{StepResult, Workflow};
 use crate::domain::job::{DeprovisionRequest, Target};
-use crate::domain::lane::{ITEMS_BARRIER, Outcome};
-use crate::store::{ItemRecord, JobRecord, NewItem, Plan, StepEffects};
+use crate::domain::lane::Outcome;
+use crate::domain::plan::{ItemStep, JobStep, LaneStep, Plan};
+use crate::store::{ItemRecord, JobRecord, NewItem, StepEffects};
 
 /// The rehearsal workflow.
 #[derive(Debug, Clone)]
@@ -54,23 +55,15 @@ impl RehearsalWorkflow {
 
 #[async_trait]
 impl Workflow for RehearsalWorkflow {
-    fn plan(&self, _request: &DeprovisionRequest) -> Plan {
-        Plan {
-            job_steps: vec![
-                "resolve".into(),
-                "revoke".into(),
-                ITEMS_BARRIER.into(),
-                "finish".into(),
-            ],
-            item_steps: vec!["registry".into()],
-        }
+    fn plan(&self, request: &DeprovisionRequest) -> Plan {
+        Plan::for_request(request)
     }
 
-    async fn run_job_step(&self, job: &JobRecord, step: &str) -> StepResult {
-        self.note(&job.id, step, "-");
+    async fn run_job_step(&self, job: &JobRecord, step: JobStep) -> StepResult {
+        self.note(&job.id, step.as_str(), "-");
         tokio::time::sleep(self.step_delay).await;
         let mut effects = StepEffects::default();
-        if step == "resolve" {
+        if step == JobStep::Resolve {
             let ids: Vec<String> = match &job.request.target {
                 Target::EnrollmentGroup(g) => (0..self.group_size)
                     .map(|i| format!("{}-dev-{i:04}", g.group_id))
@@ -93,8 +86,13 @@ impl Workflow for RehearsalWorkflow {
         }
     }
 
-    async fn run_item_step(&self, job: &JobRecord, item: &ItemRecord, step: &str) -> StepResult {
-        self.note(&job.id, step, &item.registration_id);
+    async fn run_item_step(
+        &self,
+        job: &JobRecord,
+        item: &ItemRecord,
+        step: ItemStep,
+    ) -> StepResult {
+        self.note(&job.id, step.as_str(), &item.registration_id);
         tokio::time::sleep(self.step_delay).await;
         Outcome::Done.into()
     }

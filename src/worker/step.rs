@@ -4,7 +4,8 @@ use async_trait::async_trait;
 
 use crate::domain::job::DeprovisionRequest;
 use crate::domain::lane::Outcome;
-use crate::store::{ItemRecord, JobRecord, Plan, StepEffects};
+use crate::domain::plan::{ItemStep, JobStep, Plan};
+use crate::store::{ItemRecord, JobRecord, StepEffects};
 
 /// What a step returned: its outcome and its side effects on the job.
 #[derive(Debug, Clone)]
@@ -34,8 +35,9 @@ pub trait Workflow: Send + Sync + 'static {
     fn plan(&self, request: &DeprovisionRequest) -> Plan;
 
     /// Runs job step `step` (the job's `cursor` holds where a paging step stopped).
-    async fn run_job_step(&self, job: &JobRecord, step: &str) -> StepResult;
+    async fn run_job_step(&self, job: &JobRecord, step: JobStep) -> StepResult;
 
     /// Runs item step `step` of one device.
-    async fn run_item_step(&self, job: &JobRecord, item: &ItemRecord, step: &str) -> StepResult;
+    async fn run_item_step(&self, job: &JobRecord, item: &ItemRecord, step: ItemStep)
+    -> StepResult;
 }

@@ -31,10 +31,11 @@ use async_trait::async_trait;
 use crate::azure::AzureClients;
 use crate::domain::clock::SharedClock;
 use crate::domain::job::{DeprovisionRequest, Target};
-use crate::domain::lane::{ITEMS_BARRIER, Outcome, StepError};
+use crate::domain::lane::Outcome;
 use crate::domain::pacing::throttle_delay;
+use crate::domain::plan::{ItemStep, JobStep, Plan};
 use crate::store::pacing::{dps_key, hub_key};
-use crate::store::{ItemRecord, JobRecord, Pacer, PacerOptions, Plan, Store};
+use crate::store::{ItemRecord, JobRecord, Pacer, PacerOptions, Store};
 use crate::worker::{StepResult, Workflow};
 
 /// Registration states fetched per `enumerate` step run (one DPS query page).
@@ -143,45 +144,26 @@ impl AzureWorkflow {
 
 /// DPS operations a job step is expected to spend (reads, the write, its verification): what it takes
 /// from the instance's budget before it starts.
-fn job_step_cost(step: &str, target: &Target) -> f64 {
+fn job_step_cost(step: JobStep, target: &Target) -> f64 {
     match (step, target) {
-        ("resolve", Target::EnrollmentGroup(_)) => 1.0,
-        ("resolve", _) => 3.0,
+        (JobStep::Resolve, Target::EnrollmentGroup(_)) => 1.0,
+        (JobStep::Resolve, _) => 3.0,
         // GET, attestation mechanism, PUT, verifying GET.
-        ("revoke", _) => 4.0,
-        ("enumerate", _) => 1.0,
-        ("delete_registrations", _) => f64::from(CLEANUP_BATCH),
-        ("delete_group", _) => 4.0,
-        _ => 1.0,
-    }
-}
-
-/// The steps of a request (also used by previews to say what would run).
-pub fn plan_for(request: &DeprovisionRequest) -> Plan {
-    let mut job_steps: Vec<String> = vec!["resolve".into(), "revoke".into()];
-    if let Target::EnrollmentGroup(_) = request.target {
-        job_steps.push("enumerate".into());
-    }
-    job_steps.push(ITEMS_BARRIER.into());
-    if request.delete_registrations {
-        job_steps.push("delete_registrations".into());
-    }
-    if request.delete_group {
-        job_steps.push("delete_group".into());
-    }
-    Plan {
-        job_steps,
-        item_steps: vec!["registry".into()],
+        (JobStep::Revoke, _) => 4.0,
+        (JobStep::Enumerate, _) => 1.0,
+        (JobStep::DeleteRegistrations, _) => f64::from(CLEANUP_BATCH),
+        (JobStep::DeleteGroup, _) => 4.0,
+        (JobStep::Items, _) => 0.0,
     }
 }
 
 #[async_trait]
 impl Workflow for AzureWorkflow {
     fn plan(&self, request: &DeprovisionRequest) -> Plan {
-        plan_for(request)
+        Plan::for_request(request)
     }
 
-    async fn run_job_step(&self, job: &JobRecord, step: &str) -> StepResult {
+    async fn run_job_step(&self, job: &JobRecord, step: JobStep) -> StepResult {
         // Each job step spends DPS operations: what it will cost, taken before it starts.
         if let Err(delay) = self
             .pace_dps(&job.dps, job_step_cost(step, &job.request.target))
@@ -203,10 +185,14 @@ impl Workflow for AzureWorkflow {
         result
     }
 
-    async fn run_item_step(&self, job: &JobRecord, item: &ItemRecord, step: &str) -> StepResult {
+    async fn run_item_step(
+        &self,
+        job: &JobRecord,
+        item: &ItemRecord,
+        step: ItemStep,
+    ) -> StepResult {
         match step {
-            "registry" => registry::run_registry_step(self, job, item).await,
-            other => Outcome::Fail(StepError::msg(format!("unknown device step `{other}`"))).into(),
+            ItemStep::Registry => registry::run_registry_step(self, job, item).await,
         }
     }
 }

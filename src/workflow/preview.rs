@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::AzureWorkflow;
 use super::discovery::{
     NO_RECORD, item_for, linked_hubs, record_status_name, registry_ops_per_hub,
 };
 use super::steps::{attestation_name, higher_chain_groups, registration, status_name};
-use super::{AzureWorkflow, plan_for};
 use crate::azure::AzureError;
 use crate::azure::models::{AttestationType, DeviceRegistrationState, ProvisioningStatus};
 use crate::domain::job::{DeprovisionRequest, RegistryAction, RevokeAction, Sweep, Target};
-use crate::domain::lane::ITEMS_BARRIER;
+use crate::domain::plan::{JobStep, Plan};
 use crate::store::{AuditStatus, StoreError, Tombstone, TombstoneState};
 
 /// Registration records a preview reads at most for a whole group (the count is then a lower bound).
@@ -472,15 +472,11 @@ impl AzureWorkflow {
                 estimated_seconds: est,
             });
         }
-        let steps = plan_for(request)
-            .job_steps
+        let steps = Plan::for_request(request)
+            .job_steps()
             .iter()
-            .map(|s| StepPlan {
-                name: if s == ITEMS_BARRIER {
-                    "devices".into()
-                } else {
-                    s.clone()
-                },
+            .map(|&s| StepPlan {
+                name: s.public_name().into(),
                 action: describe_step(s, request),
             })
             .collect();
@@ -572,15 +568,10 @@ impl AzureWorkflow {
     /// Checks every tombstone: still there, still disabled. Records the result and logs drift.
     pub async fn audit_tombstones(&self, now: i64) -> Result<AuditReport, StoreError> {
         let mut report = AuditReport::default();
-        let mut after: Option<(String, String)> = None;
+        let mut cursor: Option<String> = None;
         loop {
-            let page = self
-                .store
-                .list_tombstones(after.as_ref().map(|(d, r)| (d.as_str(), r.as_str())), 200)
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = Some((last.dps.clone(), last.registration_id.clone()));
-            for t in &page {
+            let page = self.store.list_tombstones(cursor.as_deref(), 200).await?;
+            for t in &page.rows {
                 let (status, detail) = match self.clients.dps(&t.dps) {
                     Err(e) => (AuditStatus::Error, Some(e.message())),
                     Ok(dps) => match dps.get_enrollment(&t.registration_id).await {
@@ -643,6 +634,10 @@ impl AzureWorkflow {
                         });
                     }
                 }
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
             }
         }
         Ok(report)
@@ -814,7 +809,7 @@ fn describe_sweep(sweep: Sweep) -> &'static str {
     }
 }
 
-fn describe_step(step: &str, r: &DeprovisionRequest) -> String {
+fn describe_step(step: JobStep, r: &DeprovisionRequest) -> String {
     let registry = match r.registry {
         RegistryAction::Disable => {
             "disable each device's identity in its hub (status reason names the job; reversible)"
@@ -822,23 +817,22 @@ fn describe_step(step: &str, r: &DeprovisionRequest) -> String {
         RegistryAction::Delete => "delete each device's identity from its hub (permanent)",
     };
     match (step, &r.target) {
-        ("resolve", Target::EnrollmentGroup(_)) => "read the group and its signing certificate".into(),
-        ("resolve", Target::GroupDevice(_)) => "read the group, any individual enrollment and the device's registration state".into(),
-        ("resolve", _) => "read the enrollment and its registration state (before anything destructive)".into(),
-        ("revoke", Target::IndividualEnrollment(_)) => match r.revoke {
+        (JobStep::Resolve, Target::EnrollmentGroup(_)) => "read the group and its signing certificate".into(),
+        (JobStep::Resolve, Target::GroupDevice(_)) => "read the group, any individual enrollment and the device's registration state".into(),
+        (JobStep::Resolve, _) => "read the enrollment and its registration state (before anything destructive)".into(),
+        (JobStep::Revoke, Target::IndividualEnrollment(_)) => match r.revoke {
             RevokeAction::Disable => "disable the enrollment (full-replace PUT with If-Match, keys preserved; reversible)".into(),
             RevokeAction::Delete => "delete the enrollment (permanent)".into(),
         },
-        ("revoke", Target::EnrollmentGroup(_)) => "disable the group: its signing certificate is blocklisted".into(),
-        ("revoke", Target::GroupDevice(t)) => format!(
+        (JobStep::Revoke, Target::EnrollmentGroup(_)) => "disable the group: its signing certificate is blocklisted".into(),
+        (JobStep::Revoke, Target::GroupDevice(t)) => format!(
             "create a disabled {} individual enrollment `{}` that blocks the device; recorded as a tombstone, never deleted",
             if t.certificate_pem.is_some() { "X.509" } else { "symmetric-key" },
             t.registration_id
         ),
-        ("enumerate", _) => "list the group's registration states page by page into devices".into(),
-        (ITEMS_BARRIER, _) => format!("{registry}; {}", describe_sweep(r.sweep)),
-        ("delete_registrations", _) => "delete the devices' registration records (they count against the DPS quota)".into(),
-        ("delete_group", _) => "delete the group, last, unless an enabled group higher in its chain would re-admit its devices".into(),
-        (other, _) => other.to_string(),
+        (JobStep::Enumerate, _) => "list the group's registration states page by page into devices".into(),
+        (JobStep::Items, _) => format!("{registry}; {}", describe_sweep(r.sweep)),
+        (JobStep::DeleteRegistrations, _) => "delete the devices' registration records (they count against the DPS quota)".into(),
+        (JobStep::DeleteGroup, _) => "delete the group, last, unless an enabled group higher in its chain would re-admit its devices".into(),
     }
 }

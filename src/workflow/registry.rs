@@ -23,8 +23,6 @@ use std::time::Duration;
 
 /// Longest `statusReason` an IoT hub stores.
 const STATUS_REASON_MAX: usize = 128;
-/// Job-context key of the hubs the enrollment or group links (written by the resolve step).
-pub(super) const LINKED_HUBS: &str = "linked_hubs";
 /// Item-data key of the hubs where an earlier run of the step already cut the identity off.
 const CUT_OFF_IN: &str = "cut_off_in";
 
@@ -92,14 +90,10 @@ pub(super) async fn run_registry_step(
 /// The hubs to check for this item, from its record's hub, the job's linked hubs and the sweep.
 fn search_for(wf: &AzureWorkflow, job: &JobRecord, item: &ItemRecord) -> HubSearch {
     let configured = wf.clients.hub_hosts();
-    let linked: Vec<String> = match job.context.as_ref().and_then(|c| c[LINKED_HUBS].as_array()) {
-        Some(hubs) => hubs
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect(),
+    let linked: Vec<String> = match job.context.as_ref().map(|c| &c.linked_hubs) {
+        Some(hubs) if !hubs.is_empty() => hubs.clone(),
         // A job resolved before linked hubs were recorded: every configured hub could hold the device.
-        None => discovery::linked_hubs(None, None, &configured),
+        _ => discovery::linked_hubs(None, None, &configured),
     };
     discovery::hub_search(item.hub.as_deref(), &linked, &configured, job.request.sweep)
 }

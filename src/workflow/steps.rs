@@ -7,15 +7,16 @@ use serde_json::{Value, json};
 use super::chain::{GroupCert, enabled_ancestors};
 use super::discovery::{NO_RECORD, item_for, item_record_status, linked_hubs};
 use super::outcome::{from_azure, step_error};
-use super::registry::LINKED_HUBS;
 use super::{AzureWorkflow, CLEANUP_BATCH, ENUMERATE_PAGE};
 use crate::azure::models::{
     AttestationType, DeviceRegistrationState, EnrollmentGroup, IndividualEnrollment,
     ProvisioningStatus,
 };
 use crate::azure::{AzureError, DpsClient};
+use crate::domain::context::JobContext;
 use crate::domain::job::{GroupDeviceTarget, GroupTarget, IndividualTarget, RevokeAction, Target};
 use crate::domain::lane::{Outcome, StepError};
+use crate::domain::plan::JobStep;
 use crate::store::{JobRecord, NewEvent, NewItem, StepEffects, Tombstone, TombstoneState};
 use crate::worker::StepResult;
 
@@ -50,23 +51,25 @@ fn event(kind: &str, message: String, detail: Option<Value>) -> NewEvent {
     }
 }
 
-pub(super) async fn run_job_step(wf: &AzureWorkflow, job: &JobRecord, step: &str) -> StepResult {
+pub(super) async fn run_job_step(wf: &AzureWorkflow, job: &JobRecord, step: JobStep) -> StepResult {
     let dps = match wf.clients.dps(&job.dps) {
         Ok(d) => d,
         Err(e) => return Outcome::Fail(step_error("DPS instance", &e)).into(),
     };
     match (step, &job.request.target) {
-        ("resolve", Target::IndividualEnrollment(t)) => resolve_individual(wf, dps, job, t).await,
-        ("revoke", Target::IndividualEnrollment(t)) => revoke_individual(dps, job, t).await,
-        ("resolve", Target::EnrollmentGroup(t)) => resolve_group(wf, dps, t).await,
-        ("revoke", Target::EnrollmentGroup(t)) => disable_group(dps, t).await,
-        ("enumerate", Target::EnrollmentGroup(t)) => enumerate(dps, job, t).await,
-        ("delete_registrations", Target::EnrollmentGroup(_)) => {
+        (JobStep::Resolve, Target::IndividualEnrollment(t)) => {
+            resolve_individual(wf, dps, job, t).await
+        }
+        (JobStep::Revoke, Target::IndividualEnrollment(t)) => revoke_individual(dps, job, t).await,
+        (JobStep::Resolve, Target::EnrollmentGroup(t)) => resolve_group(wf, dps, t).await,
+        (JobStep::Revoke, Target::EnrollmentGroup(t)) => disable_group(dps, t).await,
+        (JobStep::Enumerate, Target::EnrollmentGroup(t)) => enumerate(dps, job, t).await,
+        (JobStep::DeleteRegistrations, Target::EnrollmentGroup(_)) => {
             delete_registrations(wf, dps, job).await
         }
-        ("delete_group", Target::EnrollmentGroup(t)) => delete_group(dps, job, t).await,
-        ("resolve", Target::GroupDevice(t)) => resolve_group_device(wf, dps, t).await,
-        ("revoke", Target::GroupDevice(t)) => block_group_device(wf, dps, job, t).await,
+        (JobStep::DeleteGroup, Target::EnrollmentGroup(t)) => delete_group(dps, job, t).await,
+        (JobStep::Resolve, Target::GroupDevice(t)) => resolve_group_device(wf, dps, t).await,
+        (JobStep::Revoke, Target::GroupDevice(t)) => block_group_device(wf, dps, job, t).await,
         (other, target) => fail(format!(
             "step `{other}` does not apply to a {} target",
             target.kind().as_str()
@@ -173,17 +176,18 @@ async fn resolve_individual(
         enrollment.iot_hub_host_name.as_deref(),
         &wf.clients.hub_hosts(),
     );
-    let context = json!({
-        "attestation": attestation,
-        "provisioning_status": status,
-        "assigned_hub": item.hub,
-        "device_id": item.device_id,
-        LINKED_HUBS: linked,
-    });
+    let context = JobContext {
+        attestation: Some(attestation.to_string()),
+        provisioning_status: Some(status.to_string()),
+        assigned_hub: item.hub.clone(),
+        device_id: item.device_id.clone(),
+        linked_hubs: linked,
+        ..JobContext::default()
+    };
     done_with(StepEffects {
         new_items: vec![item],
-        context: Some(context.clone()),
-        events: vec![event("resolved", message, Some(context))],
+        events: vec![event("resolved", message, Some(detail_of(&context)))],
+        context: Some(context),
         ..StepEffects::default()
     })
 }
@@ -253,7 +257,7 @@ async fn verify_enrollment_disabled(dps: &DpsClient, id: &str, kind: &str) -> St
 
 // ----- enrollment group -----
 
-fn group_context(g: &EnrollmentGroup) -> Value {
+fn group_context(g: &EnrollmentGroup) -> JobContext {
     let info = g
         .attestation
         .x509
@@ -261,12 +265,18 @@ fn group_context(g: &EnrollmentGroup) -> Value {
         .and_then(|x| x.signing_certificates.as_ref())
         .and_then(|s| s.primary.as_ref())
         .and_then(|c| c.info.as_ref());
-    json!({
-        "attestation": attestation_name(g.attestation.kind),
-        "provisioning_status": status_name(g.provisioning_status),
-        "signing_subject": info.map(|i| i.subject_name.clone()),
-        "signing_issuer": info.map(|i| i.issuer_name.clone()),
-    })
+    JobContext {
+        attestation: Some(attestation_name(g.attestation.kind).to_string()),
+        provisioning_status: Some(status_name(g.provisioning_status).to_string()),
+        signing_subject: info.map(|i| i.subject_name.clone()),
+        signing_issuer: info.map(|i| i.issuer_name.clone()),
+        ..JobContext::default()
+    }
+}
+
+/// The context as an event's detail (the timeline shows what resolve found).
+fn detail_of(context: &JobContext) -> Value {
+    serde_json::to_value(context).unwrap_or(Value::Null)
 }
 
 /// Hubs a group can assign its devices to (its `iotHubs`, else every configured hub).
@@ -285,16 +295,18 @@ async fn resolve_group(wf: &AzureWorkflow, dps: &DpsClient, t: &GroupTarget) -> 
         Err(e) if e.is_not_found() => return fail(format!("DPS has no enrollment group `{id}`")),
         Err(e) => return azure("reading the enrollment group", &e),
     };
-    let mut context = group_context(&group);
-    context[LINKED_HUBS] = json!(group_linked_hubs(wf, &group));
+    let context = JobContext {
+        linked_hubs: group_linked_hubs(wf, &group),
+        ..group_context(&group)
+    };
     let message = format!(
         "enrollment group `{id}` ({}, {})",
-        context["attestation"].as_str().unwrap_or("?"),
-        context["provisioning_status"].as_str().unwrap_or("?")
+        context.attestation.as_deref().unwrap_or("?"),
+        context.provisioning_status.as_deref().unwrap_or("?")
     );
     done_with(StepEffects {
-        context: Some(context.clone()),
-        events: vec![event("resolved", message, Some(context))],
+        events: vec![event("resolved", message, Some(detail_of(&context)))],
+        context: Some(context),
         ..StepEffects::default()
     })
 }
@@ -415,16 +427,13 @@ pub(super) async fn higher_chain_groups(
     group: &EnrollmentGroup,
 ) -> Result<Vec<String>, AzureError> {
     let ctx = group_context(group);
-    let (Some(subject), Some(issuer)) = (
-        ctx["signing_subject"].as_str(),
-        ctx["signing_issuer"].as_str(),
-    ) else {
+    let (Some(subject), Some(issuer)) = (ctx.signing_subject, ctx.signing_issuer) else {
         return Ok(Vec::new());
     };
     let me = GroupCert {
         group_id: group.enrollment_group_id.clone(),
-        subject: subject.into(),
-        issuer: issuer.into(),
+        subject,
+        issuer,
         enabled: false,
     };
     let mut all = Vec::new();
@@ -435,13 +444,11 @@ pub(super) async fn higher_chain_groups(
             .await?;
         for g in &page {
             let c = group_context(g);
-            if let (Some(s), Some(i)) =
-                (c["signing_subject"].as_str(), c["signing_issuer"].as_str())
-            {
+            if let (Some(subject), Some(issuer)) = (c.signing_subject, c.signing_issuer) {
                 all.push(GroupCert {
                     group_id: g.enrollment_group_id.clone(),
-                    subject: s.into(),
-                    issuer: i.into(),
+                    subject,
+                    issuer,
                     enabled: g.provisioning_status != Some(ProvisioningStatus::Disabled),
                 });
             }
@@ -561,20 +568,21 @@ async fn resolve_group_device(
         Err(e) => return azure("reading the registration state", &e),
     };
     let item = item_for(rid, reg.as_ref());
-    let context = json!({
-        "group_attestation": attestation_name(group.attestation.kind),
-        "block_attestation": block,
-        "already_blocked": already_blocked,
-        "assigned_hub": item.hub,
-        "device_id": item.device_id,
-        LINKED_HUBS: group_linked_hubs(wf, &group),
-    });
+    let context = JobContext {
+        group_attestation: Some(attestation_name(group.attestation.kind).to_string()),
+        block_attestation: Some(block.to_string()),
+        already_blocked: Some(already_blocked),
+        assigned_hub: item.hub.clone(),
+        device_id: item.device_id.clone(),
+        linked_hubs: group_linked_hubs(wf, &group),
+        ..JobContext::default()
+    };
     events.insert(
         0,
         event(
             "resolved",
             format!("device `{rid}` of group `{gid}`; {}", describe_item(&item)),
-            Some(context.clone()),
+            Some(detail_of(&context)),
         ),
     );
     done_with(StepEffects {
@@ -598,9 +606,8 @@ async fn block_group_device(
     let block = job
         .context
         .as_ref()
-        .and_then(|c| c["block_attestation"].as_str())
-        .unwrap_or("symmetricKey")
-        .to_string();
+        .and_then(|c| c.block_attestation.clone())
+        .unwrap_or_else(|| "symmetricKey".to_string());
     let enrollment = match blocking_enrollment(rid, t.certificate_pem.as_deref(), &block) {
         Ok(e) => e,
         Err(e) => return fail(format!("building the blocking enrollment: {e}")),

@@ -267,7 +267,7 @@ async fn retry_resumes_failed_devices_only(db: TestDb) {
     assert_eq!(wf.runs_of("revoke", None).len(), 1);
     assert_eq!(wf.runs_of("registry", Some("dev-0000")).len(), 1);
     assert_eq!(wf.runs_of("registry", Some("dev-0001")).len(), 2);
-    assert_eq!(wf.runs_of("finish", None).len(), 1);
+    assert_eq!(wf.runs_of("delete_registrations", None).len(), 1);
     assert_eq!(
         app.post(&format!("/v1/deprovisions/{id}/retry"), &json!({}))
             .await

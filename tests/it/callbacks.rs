@@ -301,7 +301,7 @@ async fn a_retried_job_reports_its_new_outcome(db: TestDb) {
         ..WebhookConfig::default()
     };
     let wf = Scripted::new(1);
-    wf.script("finish", "-", vec![Act::Fail]);
+    wf.script("delete_registrations", "-", vec![Act::Fail]);
     let app = HookApp::spawn_with(&db, config, wf).await;
     let body = generic_body("sk-cb-4", "CHG-79");
     let (_, ack) = app

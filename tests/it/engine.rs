@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use deprovisiond::domain::lane::LaneState;
+use deprovisiond::domain::plan::JobStep;
 use serde_json::Value;
 
 use crate::both_stores;
@@ -167,7 +168,7 @@ async fn shutdown_lets_short_steps_finish(db: TestDb) {
     let store = db.store().await;
     // The step finished within the grace period and was recorded; nothing new was claimed.
     let j = store.get_job(&id).await.unwrap().unwrap();
-    assert_eq!(j.current_step(), Some("items"));
+    assert_eq!(j.current_step(), Some(JobStep::Items));
     assert_eq!(j.lane_state, LaneState::WaitingItems);
     assert_eq!(store.item_counts(&id).await.unwrap().pending, 1);
 }
@@ -299,7 +300,6 @@ async fn sigkill_mid_step_reruns_that_step_at_most_once(db: TestDb) {
         "the killed step re-ran exactly once"
     );
     assert_eq!(journal_count(&journal, &id, "registry"), 1);
-    assert_eq!(journal_count(&journal, &id, "finish"), 1);
     // The timeline shows the revoke step succeeding on its second attempt (the expired lease counted).
     let events: Value = http
         .get(format!("{base}/v1/deprovisions/{id}/events"))
@@ -358,7 +358,7 @@ async fn an_item_at_a_step_its_plan_lacks_fails_instead_of_looping(db: TestDb) {
 
 async fn a_skipped_job_step_moves_the_job_on(db: TestDb) {
     let wf = Scripted::new(1);
-    wf.script("finish", "-", vec![Act::Skip]);
+    wf.script("delete_registrations", "-", vec![Act::Skip]);
     let app = TestApp::spawn(&db, wf.clone()).await;
     let job: Value = app
         .post("/v1/deprovisions", &individual("dev-0000"))

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use deprovisiond::domain::backoff::BackoffPolicy;
 use deprovisiond::domain::job::{DeprovisionRequest, JobStatus};
-use deprovisiond::domain::lane::{self, ITEMS_BARRIER, LaneState, Outcome, Position, StepError};
-use deprovisiond::store::{
-    Created, JobFilter, NewItem, NewJob, Plan, StepEffects, Store, StoreError,
-};
+use deprovisiond::domain::lane::{self, LaneState, Outcome, Position, StepError};
+use deprovisiond::domain::plan::{ItemStep, JobStep, LaneStep, Plan};
+use deprovisiond::store::{Created, JobFilter, NewItem, NewJob, StepEffects, Store, StoreError};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -40,15 +39,16 @@ both_stores!(
 );
 
 fn plan() -> Plan {
-    Plan {
-        job_steps: vec![
-            "resolve".into(),
-            "revoke".into(),
-            ITEMS_BARRIER.into(),
-            "finish".into(),
+    Plan::new(
+        vec![
+            JobStep::Resolve,
+            JobStep::Revoke,
+            JobStep::Items,
+            JobStep::DeleteRegistrations,
         ],
-        item_steps: vec!["registry".into()],
-    }
+        vec![ItemStep::Registry],
+    )
+    .unwrap()
 }
 
 fn new_job(body: serde_json::Value, key: Option<(&str, &str)>) -> NewJob {
@@ -61,7 +61,7 @@ fn new_job(body: serde_json::Value, key: Option<(&str, &str)>) -> NewJob {
     }
 }
 
-fn done(steps: &[String], index: usize, attempt: u32, now: i64) -> lane::Transition {
+fn done(steps: &[impl LaneStep], index: usize, attempt: u32, now: i64) -> lane::Transition {
     let mut rng = StdRng::seed_from_u64(1);
     lane::advance(
         steps,
@@ -182,7 +182,7 @@ async fn expired_lease_is_reclaimed_and_stale_writer_fenced(db: TestDb) {
     );
     // A wakes up: it can neither renew nor record its (stale) result.
     assert!(!s.renew_job(&a.id, a.fence, 20_000).await.unwrap());
-    let t = done(&a.plan.job_steps, 0, a.attempt, 9_100);
+    let t = done(a.plan.job_steps(), 0, a.attempt, 9_100);
     assert!(matches!(
         s.complete_job_step(&a, &t, &StepEffects::default(), 9_100)
             .await,
@@ -191,7 +191,7 @@ async fn expired_lease_is_reclaimed_and_stale_writer_fenced(db: TestDb) {
     let after = s.get_job(&job.id).await.unwrap().unwrap();
     assert_eq!((after.step_index, after.fence), (0, 2));
     // B's write goes through.
-    let t = done(&b.plan.job_steps, 0, b.attempt, 9_200);
+    let t = done(b.plan.job_steps(), 0, b.attempt, 9_200);
     s.complete_job_step(&b, &t, &StepEffects::default(), 9_200)
         .await
         .unwrap();
@@ -226,7 +226,7 @@ async fn items_wait_for_the_barrier_then_finish_the_job(db: TestDb) {
             .collect(),
         ..StepEffects::default()
     };
-    s.complete_job_step(&j, &done(&j.plan.job_steps, 0, 1, 2), &effects, 2)
+    s.complete_job_step(&j, &done(j.plan.job_steps(), 0, 1, 2), &effects, 2)
         .await
         .unwrap();
     let counts = s.item_counts(&job.id).await.unwrap();
@@ -234,10 +234,10 @@ async fn items_wait_for_the_barrier_then_finish_the_job(db: TestDb) {
     // Items are held until revoke succeeds.
     assert!(s.claim_items("w", 3, lease, 10).await.unwrap().is_empty());
     let j = s.claim_jobs("w", 3, lease, 1).await.unwrap().remove(0);
-    assert_eq!(j.current_step(), Some("revoke"));
+    assert_eq!(j.current_step(), Some(JobStep::Revoke));
     s.complete_job_step(
         &j,
-        &done(&j.plan.job_steps, 1, 1, 4),
+        &done(j.plan.job_steps(), 1, 1, 4),
         &StepEffects::default(),
         4,
     )
@@ -254,7 +254,7 @@ async fn items_wait_for_the_barrier_then_finish_the_job(db: TestDb) {
         let t = if it.registration_id == "d2" {
             let mut rng = StdRng::seed_from_u64(1);
             lane::advance(
-                &j.plan.item_steps,
+                j.plan.item_steps(),
                 Position {
                     step_index: 0,
                     attempt: 1,
@@ -265,7 +265,7 @@ async fn items_wait_for_the_barrier_then_finish_the_job(db: TestDb) {
                 &mut rng,
             )
         } else {
-            done(&j.plan.item_steps, 0, 1, 6)
+            done(j.plan.item_steps(), 0, 1, 6)
         };
         s.complete_item_step(it, &t, &StepEffects::default(), 6)
             .await
@@ -273,8 +273,8 @@ async fn items_wait_for_the_barrier_then_finish_the_job(db: TestDb) {
     }
     let failed = s.get_job(&job.id).await.unwrap().unwrap();
     assert_eq!(failed.status, JobStatus::Failed);
-    assert_eq!(failed.current_step(), Some(ITEMS_BARRIER));
-    // Retry: only the failed item runs again, then the job moves past the barrier to `finish`.
+    assert_eq!(failed.current_step(), Some(JobStep::Items));
+    // Retry: only the failed item runs again, then the job moves past the barrier to `delete_registrations`.
     let retried = s.retry_job(&job.id, 10).await.unwrap();
     assert_eq!(
         (retried.status, retried.lane_state),
@@ -289,17 +289,17 @@ async fn items_wait_for_the_barrier_then_finish_the_job(db: TestDb) {
     );
     s.complete_item_step(
         &again[0],
-        &done(&j.plan.item_steps, 0, 1, 12),
+        &done(j.plan.item_steps(), 0, 1, 12),
         &StepEffects::default(),
         12,
     )
     .await
     .unwrap();
     let j = s.claim_jobs("w", 13, lease, 1).await.unwrap().remove(0);
-    assert_eq!(j.current_step(), Some("finish"));
+    assert_eq!(j.current_step(), Some(JobStep::DeleteRegistrations));
     s.complete_job_step(
         &j,
-        &done(&j.plan.job_steps, 3, 1, 14),
+        &done(j.plan.job_steps(), 3, 1, 14),
         &StepEffects::default(),
         14,
     )
@@ -336,13 +336,13 @@ async fn concurrent_claimers_never_share_work(db: TestDb) {
             .collect(),
         ..StepEffects::default()
     };
-    s.complete_job_step(&j, &done(&j.plan.job_steps, 0, 1, 2), &effects, 2)
+    s.complete_job_step(&j, &done(j.plan.job_steps(), 0, 1, 2), &effects, 2)
         .await
         .unwrap();
     let j = s.claim_jobs("w", 3, lease, 1).await.unwrap().remove(0);
     s.complete_job_step(
         &j,
-        &done(&j.plan.job_steps, 1, 1, 4),
+        &done(j.plan.job_steps(), 1, 1, 4),
         &StepEffects::default(),
         4,
     )
@@ -432,7 +432,7 @@ async fn at_barrier(s: &Store, body: serde_json::Value, n: usize, now: i64) -> S
             .collect(),
         ..StepEffects::default()
     };
-    s.complete_job_step(&j, &done(&j.plan.job_steps, 0, 1, now), &effects, now)
+    s.complete_job_step(&j, &done(j.plan.job_steps(), 0, 1, now), &effects, now)
         .await
         .unwrap();
     let j = s
@@ -442,7 +442,7 @@ async fn at_barrier(s: &Store, body: serde_json::Value, n: usize, now: i64) -> S
         .remove(0);
     s.complete_job_step(
         &j,
-        &done(&j.plan.job_steps, 1, 1, now),
+        &done(j.plan.job_steps(), 1, 1, now),
         &StepEffects::default(),
         now,
     )
@@ -500,7 +500,7 @@ async fn raw_items(s: &Store, job: &str) -> Vec<(String, String, String)> {
     .collect()
 }
 
-fn failed_step(steps: &[String], index: usize, now: i64) -> lane::Transition {
+fn failed_step(steps: &[impl LaneStep], index: usize, now: i64) -> lane::Transition {
     let mut rng = StdRng::seed_from_u64(1);
     lane::advance(
         steps,
@@ -526,7 +526,7 @@ async fn failed_job(s: &Store, body: serde_json::Value, now: i64) -> String {
     assert_eq!(j.id, id);
     s.complete_job_step(
         &j,
-        &failed_step(&j.plan.job_steps, 0, now),
+        &failed_step(j.plan.job_steps(), 0, now),
         &StepEffects::default(),
         now,
     )
@@ -612,7 +612,7 @@ async fn a_cancel_racing_a_failure_is_either_refused_or_wins(db: TestDb) {
         let cid = id.clone();
         let cancel = tokio::spawn(async move { a.cancel_job(&cid, 2).await });
         let fail = tokio::spawn(async move {
-            let t = failed_step(&j.plan.job_steps, 0, 2);
+            let t = failed_step(j.plan.job_steps(), 0, 2);
             b.complete_job_step(&j, &t, &StepEffects::default(), 2)
                 .await
         });
@@ -768,7 +768,7 @@ async fn a_cancelled_job_inserts_no_items(db: TestDb) {
             .collect(),
         ..StepEffects::default()
     };
-    s.complete_job_step(&j, &done(&j.plan.job_steps, 0, 1, 3), &effects, 3)
+    s.complete_job_step(&j, &done(j.plan.job_steps(), 0, 1, 3), &effects, 3)
         .await
         .unwrap();
     let end = s.get_job(&id).await.unwrap().unwrap();
@@ -815,7 +815,7 @@ async fn the_sweep_skips_jobs_with_open_items(db: TestDb) {
     );
     s.settle_waiting(2).await.unwrap();
     let j = s.get_job(&idle).await.unwrap().unwrap();
-    assert_eq!(j.current_step(), Some("finish"));
+    assert_eq!(j.current_step(), Some(JobStep::DeleteRegistrations));
     assert_eq!(
         s.get_job(&busy).await.unwrap().unwrap().lane_state,
         LaneState::WaitingItems

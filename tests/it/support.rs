@@ -8,9 +8,10 @@ use deprovisiond::app::{App, AppConfig, WorkflowChoice};
 use deprovisiond::domain::backoff::BackoffPolicy;
 use deprovisiond::domain::clock::{Clock, Millis, SharedClock, SystemClock};
 use deprovisiond::domain::job::{DeprovisionRequest, Target};
-use deprovisiond::domain::lane::{ITEMS_BARRIER, Outcome, StepError};
+use deprovisiond::domain::lane::{Outcome, StepError};
+use deprovisiond::domain::plan::{ItemStep, JobStep, LaneStep, Plan};
 use deprovisiond::http::auth::{ApiKeyEntry, AuthConfig, Role, keys};
-use deprovisiond::store::{ItemRecord, JobRecord, NewItem, Plan, StepEffects, Store};
+use deprovisiond::store::{ItemRecord, JobRecord, NewItem, StepEffects, Store};
 use deprovisiond::worker::{EngineConfig, StepResult, Workflow};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,37 @@ pub fn skip(missing: &str, unchecked: &str) {
 pub struct TestDb {
     pub url: String,
     _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL server and database to drop afterwards: every empty database costs about 8 MB,
+    /// and a run creates hundreds on a disk CI shares.
+    pg: Option<(String, String)>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((server, name)) = self.pg.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime, which cannot be blocked on: a thread with its own runtime.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let admin = Store::connect(&server).await?;
+                // FORCE ends the connections the app under test may still hold.
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(admin.pool())
+                    .await?;
+                admin.close().await;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("note: could not drop a test database: {e}");
+        }
+    }
 }
 
 impl TestDb {
@@ -37,6 +69,7 @@ impl TestDb {
         TestDb {
             url,
             _dir: Some(dir),
+            pg: None,
         }
     }
 
@@ -63,6 +96,7 @@ impl TestDb {
         Some(TestDb {
             url: url.to_string(),
             _dir: None,
+            pg: Some((server, name)),
         })
     }
 
@@ -439,21 +473,22 @@ impl Scripted {
 #[async_trait]
 impl Workflow for Scripted {
     fn plan(&self, _r: &DeprovisionRequest) -> Plan {
-        Plan {
-            job_steps: vec![
-                "resolve".into(),
-                "revoke".into(),
-                ITEMS_BARRIER.into(),
-                "finish".into(),
+        Plan::new(
+            vec![
+                JobStep::Resolve,
+                JobStep::Revoke,
+                JobStep::Items,
+                JobStep::DeleteRegistrations,
             ],
-            item_steps: vec!["registry".into()],
-        }
+            vec![ItemStep::Registry],
+        )
+        .expect("a valid plan")
     }
 
-    async fn run_job_step(&self, job: &JobRecord, step: &str) -> StepResult {
-        let outcome = self.act(step, "-", job.attempt).await;
+    async fn run_job_step(&self, job: &JobRecord, step: JobStep) -> StepResult {
+        let outcome = self.act(step.as_str(), "-", job.attempt).await;
         let mut effects = StepEffects::default();
-        if step == "resolve" && outcome == Outcome::Done {
+        if step == JobStep::Resolve && outcome == Outcome::Done {
             let n = if matches!(job.request.target, Target::EnrollmentGroup(_)) {
                 self.devices
             } else {
@@ -471,8 +506,13 @@ impl Workflow for Scripted {
         StepResult { outcome, effects }
     }
 
-    async fn run_item_step(&self, _job: &JobRecord, item: &ItemRecord, step: &str) -> StepResult {
-        self.act(step, &item.registration_id, item.attempt)
+    async fn run_item_step(
+        &self,
+        _job: &JobRecord,
+        item: &ItemRecord,
+        step: ItemStep,
+    ) -> StepResult {
+        self.act(step.as_str(), &item.registration_id, item.attempt)
             .await
             .into()
     }

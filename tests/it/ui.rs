@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deprovisiond::domain::job::DeprovisionRequest;
-use deprovisiond::domain::lane::{ITEMS_BARRIER, Outcome, StepError};
-use deprovisiond::store::{ItemRecord, JobRecord, NewItem, Plan, StepEffects};
+use deprovisiond::domain::lane::{Outcome, StepError};
+use deprovisiond::domain::plan::{ItemStep, JobStep, Plan};
+use deprovisiond::store::{ItemRecord, JobRecord, NewItem, StepEffects};
 use deprovisiond::worker::{StepResult, Workflow};
 use serde_json::{Value, json};
 
@@ -42,15 +43,16 @@ struct HostileFleet;
 #[async_trait]
 impl Workflow for HostileFleet {
     fn plan(&self, _r: &DeprovisionRequest) -> Plan {
-        Plan {
-            job_steps: vec!["resolve".into(), ITEMS_BARRIER.into()],
-            item_steps: vec!["registry".into()],
-        }
+        Plan::new(
+            vec![JobStep::Resolve, JobStep::Revoke, JobStep::Items],
+            vec![ItemStep::Registry],
+        )
+        .expect("a valid plan")
     }
 
-    async fn run_job_step(&self, _job: &JobRecord, step: &str) -> StepResult {
+    async fn run_job_step(&self, _job: &JobRecord, step: JobStep) -> StepResult {
         let mut effects = StepEffects::default();
-        if step == "resolve" {
+        if step == JobStep::Resolve {
             effects.new_items = vec![
                 NewItem {
                     registration_id: HOSTILE_ID.into(),
@@ -72,7 +74,12 @@ impl Workflow for HostileFleet {
         }
     }
 
-    async fn run_item_step(&self, _job: &JobRecord, item: &ItemRecord, _step: &str) -> StepResult {
+    async fn run_item_step(
+        &self,
+        _job: &JobRecord,
+        item: &ItemRecord,
+        _step: ItemStep,
+    ) -> StepResult {
         if item.registration_id == HOSTILE_ID {
             Outcome::Fail(StepError {
                 message: HOSTILE_ERROR.into(),

@@ -1512,9 +1512,10 @@ both_stores!(
 /// that no tombstone protects (a later `revoke: delete` job could remove it and re-admit the device).
 async fn block_is_never_created_without_a_tombstone(db: TestDb) {
     use deprovisiond::domain::job::DeprovisionRequest;
+    use deprovisiond::domain::plan::Plan;
     use deprovisiond::store::{Created, NewJob};
     use deprovisiond::worker::Workflow;
-    use deprovisiond::workflow::{AzureWorkflow, plan_for};
+    use deprovisiond::workflow::AzureWorkflow;
 
     let sim = Simulator::start(SimConfig::single(DPS, &HUBS))
         .await
@@ -1535,7 +1536,7 @@ async fn block_is_never_created_without_a_tombstone(db: TestDb) {
     .unwrap();
     let new = NewJob {
         dps: DPS.into(),
-        plan: plan_for(&request),
+        plan: Plan::for_request(&request),
         request,
         idempotency: None,
     };
@@ -1548,7 +1549,9 @@ async fn block_is_never_created_without_a_tombstone(db: TestDb) {
         Arc::new(deprovisiond::domain::clock::SystemClock),
     );
     store.close().await;
-    let result = wf.run_job_step(&job, "revoke").await;
+    let result = wf
+        .run_job_step(&job, deprovisiond::domain::plan::JobStep::Revoke)
+        .await;
     assert!(
         matches!(
             result.outcome,

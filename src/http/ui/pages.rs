@@ -178,7 +178,7 @@ pub async fn job(
     let (items, next_devices) = devices_page(store, &id, filter, cursor).await?;
     let devices: Vec<DeviceView> = items
         .iter()
-        .map(|i| DeviceView::new(i, &record.plan.item_steps))
+        .map(|i| DeviceView::new(i, record.plan.item_steps()))
         .collect();
     let (hubs, hubs_complete) = hub_counts(store, &id).await?;
     let events = store

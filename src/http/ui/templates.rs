@@ -12,8 +12,8 @@ use crate::domain::job::{
     DeprovisionRequest, FieldError, JobStatus, RegistryAction, RevokeAction, Target,
 };
 use crate::domain::lane::LaneState;
+use crate::domain::settle::ItemCounts;
 use crate::http::views::{DeviceView, EventView, JobView, Progress};
-use crate::store::ItemCounts;
 use crate::workflow::preview::Preview;
 
 /// A whole page: `refresh` makes it reload itself (script, or `<noscript>` meta refresh) while work runs.
