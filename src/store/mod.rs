@@ -40,7 +40,7 @@ pub use clock::DbClock;
 pub use metrics::Gauges;
 pub use pacing::{PaceSnapshot, Pacer, PacerOptions};
 pub use page::Page;
-pub use queue::StepEffects;
+pub use queue::{ItemCompletion, StepEffects};
 pub use records::*;
 pub use tombstones::{AuditStatus, Tombstone, TombstoneState};
 pub use webhooks::DeliveryRecord;

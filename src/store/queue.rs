@@ -464,49 +464,90 @@ impl Store {
         effects: &StepEffects,
         now: Millis,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let state = if job_cancelled(&mut tx, &item.job_id).await? && !t.state.is_terminal() {
-            LaneState::Cancelled
-        } else {
-            t.state
+        let done = ItemCompletion {
+            item: item.clone(),
+            transition: t.clone(),
+            effects: effects.clone(),
+            now,
         };
-        let finished = state.is_terminal().then_some(now);
-        let data = effects
-            .item_data
-            .as_ref()
-            .map(to_json)
-            .or_else(|| item.data.as_ref().map(to_json));
-        let r = sqlx::query(
-            "UPDATE job_items SET state = $3, step_index = $4, attempt = $5, next_run_at = $6, last_error = $7, \
-             skip_reason = $8, data_json = $9, lease_owner = NULL, lease_expires_at = NULL, updated_at = $10, \
-             finished_at = $11, throttled_since = $12 WHERE id = $1 AND fence = $2 AND state = 'running'",
-        )
-        .bind(&item.id)
-        .bind(item.fence)
-        .bind(state.as_str())
-        .bind(t.step_index as i64)
-        .bind(i64::from(t.attempt))
-        .bind(t.next_run_at)
-        .bind(t.error.as_ref().map(to_json))
-        .bind(t.skip_reason.clone())
-        .bind(data)
-        .bind(now)
-        .bind(finished)
-        .bind(t.throttled_since)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() != 1 {
-            tx.rollback().await?;
-            return Err(StoreError::Fenced);
-        }
-        for e in &effects.events {
-            insert_event(&mut tx, &item.job_id, now, e).await?;
+        let mut results = self
+            .complete_item_steps(std::slice::from_ref(&done))
+            .await?;
+        // Invariant: one result per completion given.
+        results.pop().expect("one result for one completion")
+    }
+
+    /// Records the results of several item steps in one transaction (a group commit: one fsync for
+    /// all on SQLite), each fenced on its own claim, then settles each job a device of it ended in.
+    ///
+    /// The outer error means nothing was recorded; otherwise each completion has its own result, and
+    /// one whose lease a newer claim took is [`StoreError::Fenced`] without affecting the others.
+    pub async fn complete_item_steps(&self, batch: &[ItemCompletion]) -> Result<Vec<Result<()>>> {
+        let mut tx = self.pool.begin().await?;
+        let mut cancelled: HashMap<&str, bool> = HashMap::new();
+        let mut results = Vec::with_capacity(batch.len());
+        let mut to_settle: Vec<(&str, Millis)> = Vec::new();
+        for done in batch {
+            let (item, t, now) = (&done.item, &done.transition, done.now);
+            let job_cancelled = match cancelled.get(item.job_id.as_str()) {
+                Some(c) => *c,
+                None => {
+                    let c = job_cancelled(&mut tx, &item.job_id).await?;
+                    cancelled.insert(&item.job_id, c);
+                    c
+                }
+            };
+            let state = if job_cancelled && !t.state.is_terminal() {
+                LaneState::Cancelled
+            } else {
+                t.state
+            };
+            let finished = state.is_terminal().then_some(now);
+            let data = done
+                .effects
+                .item_data
+                .as_ref()
+                .map(to_json)
+                .or_else(|| item.data.as_ref().map(to_json));
+            let r = sqlx::query(
+                "UPDATE job_items SET state = $3, step_index = $4, attempt = $5, next_run_at = $6, last_error = $7, \
+                 skip_reason = $8, data_json = $9, lease_owner = NULL, lease_expires_at = NULL, updated_at = $10, \
+                 finished_at = $11, throttled_since = $12 WHERE id = $1 AND fence = $2 AND state = 'running'",
+            )
+            .bind(&item.id)
+            .bind(item.fence)
+            .bind(state.as_str())
+            .bind(t.step_index as i64)
+            .bind(i64::from(t.attempt))
+            .bind(t.next_run_at)
+            .bind(t.error.as_ref().map(to_json))
+            .bind(t.skip_reason.clone())
+            .bind(data)
+            .bind(now)
+            .bind(finished)
+            .bind(t.throttled_since)
+            .execute(&mut *tx)
+            .await?;
+            if r.rows_affected() != 1 {
+                results.push(Err(StoreError::Fenced));
+                continue;
+            }
+            for e in &done.effects.events {
+                insert_event(&mut tx, &item.job_id, now, e).await?;
+            }
+            if state.is_terminal() {
+                match to_settle.iter_mut().find(|(job, _)| *job == item.job_id) {
+                    Some((_, at)) => *at = (*at).max(now),
+                    None => to_settle.push((&item.job_id, now)),
+                }
+            }
+            results.push(Ok(()));
         }
         tx.commit().await?;
-        if state.is_terminal() {
-            self.settle(&item.job_id, now).await?;
+        for (job_id, now) in to_settle {
+            self.settle(job_id, now).await?;
         }
-        Ok(())
+        Ok(results)
     }
 }
 
@@ -521,6 +562,19 @@ pub struct StepEffects {
     pub item_data: Option<Value>,
     /// Timeline entries.
     pub events: Vec<NewEvent>,
+}
+
+/// The result of one device's step, to record.
+#[derive(Debug, Clone)]
+pub struct ItemCompletion {
+    /// The item as claimed (its fence guards the write).
+    pub item: ItemRecord,
+    /// Where its lane goes.
+    pub transition: Transition,
+    /// What else the step produced.
+    pub effects: StepEffects,
+    /// When the step ended.
+    pub now: Millis,
 }
 
 /// The two kinds of lanes share their lease columns; only the table and state column differ.

@@ -7,7 +7,9 @@ use deprovisiond::domain::backoff::BackoffPolicy;
 use deprovisiond::domain::job::{DeprovisionRequest, JobStatus};
 use deprovisiond::domain::lane::{self, LaneState, Outcome, Position, StepError};
 use deprovisiond::domain::plan::{ItemStep, JobStep, LaneStep, Plan};
-use deprovisiond::store::{Created, JobFilter, NewItem, NewJob, StepEffects, Store, StoreError};
+use deprovisiond::store::{
+    Created, ItemCompletion, JobFilter, NewEvent, NewItem, NewJob, StepEffects, Store, StoreError,
+};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -36,6 +38,7 @@ both_stores!(
     the_database_clock_corrects_a_skewed_replica,
     pool_size_statement_timeout_and_durability,
     concurrent_identical_posts_make_one_job,
+    a_batch_of_results_records_each_and_fences_only_the_stale_one,
 );
 
 fn plan() -> Plan {
@@ -964,4 +967,114 @@ async fn concurrent_identical_posts_make_one_job(db: TestDb) {
         }
     }
     assert_eq!(new, 1, "one active job per target");
+}
+
+/// The group commit: several device results in one transaction. A result whose lease a newer claim took
+/// is refused alone; the others are recorded with their events, and the job settles once all are done.
+async fn a_batch_of_results_records_each_and_fences_only_the_stale_one(db: TestDb) {
+    let s = db.store().await;
+    let lease = Duration::from_secs(1);
+    let Created::New(job) = s
+        .create_job(new_job(group("fleet"), None), 0)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let j = s.claim_jobs("w", 1, lease, 1).await.unwrap().remove(0);
+    let effects = StepEffects {
+        new_items: ["d1", "d2", "d3"]
+            .iter()
+            .map(|r| NewItem {
+                registration_id: r.to_string(),
+                device_id: Some(r.to_string()),
+                hub: Some("h".into()),
+                data: None,
+            })
+            .collect(),
+        ..StepEffects::default()
+    };
+    s.complete_job_step(&j, &done(j.plan.job_steps(), 0, 1, 2), &effects, 2)
+        .await
+        .unwrap();
+    let j = s.claim_jobs("w", 3, lease, 1).await.unwrap().remove(0);
+    s.complete_job_step(
+        &j,
+        &done(j.plan.job_steps(), 1, 1, 4),
+        &StepEffects::default(),
+        4,
+    )
+    .await
+    .unwrap();
+    let stale = s.claim_items("old", 5, lease, 10).await.unwrap();
+    assert_eq!(stale.len(), 3);
+    // d3's lease expires and another worker takes it: the old claim of d3 is stale now.
+    let d3 = stale.iter().find(|i| i.registration_id == "d3").unwrap();
+    for i in stale.iter().filter(|i| i.registration_id != "d3") {
+        assert!(s.renew_item(&i.id, i.fence, 60_000).await.unwrap());
+    }
+    let retaken = s.claim_items("new", 5 + 2_000, lease, 10).await.unwrap();
+    assert_eq!(
+        retaken.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        vec![d3.id.as_str()]
+    );
+    let result = |item: &deprovisiond::store::ItemRecord, now| ItemCompletion {
+        item: item.clone(),
+        transition: done(j.plan.item_steps(), 0, 1, now),
+        effects: StepEffects {
+            events: vec![NewEvent::new(
+                "step_succeeded",
+                format!("{} done", item.registration_id),
+            )],
+            ..StepEffects::default()
+        },
+        now,
+    };
+    let batch: Vec<ItemCompletion> = stale.iter().map(|i| result(i, 2_100)).collect();
+    let results = s.complete_item_steps(&batch).await.unwrap();
+    let by_device: Vec<(&str, bool)> = stale
+        .iter()
+        .zip(&results)
+        .map(|(i, r)| (i.registration_id.as_str(), r.is_ok()))
+        .collect();
+    for (device, ok) in &by_device {
+        assert_eq!(*ok, *device != "d3", "{by_device:?}");
+    }
+    assert!(matches!(
+        results[stale
+            .iter()
+            .position(|i| i.registration_id == "d3")
+            .unwrap()],
+        Err(StoreError::Fenced)
+    ));
+    let counts = s.item_counts(&job.id).await.unwrap();
+    assert_eq!((counts.succeeded, counts.running), (2, 1));
+    let events = s.list_events(&job.id, None, 1000).await.unwrap().rows;
+    let done_events: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == "step_succeeded")
+        .filter_map(|e| e.message.as_deref())
+        .collect();
+    assert_eq!(
+        done_events,
+        vec!["d1 done", "d2 done"],
+        "the stale result left no event"
+    );
+    assert_eq!(
+        s.get_job(&job.id).await.unwrap().unwrap().status,
+        JobStatus::Running,
+        "one device is still running"
+    );
+    // The new claim's result ends the last device, and the job moves past the barrier.
+    let last = s
+        .complete_item_steps(&[result(&retaken[0], 2_200)])
+        .await
+        .unwrap();
+    assert!(last[0].is_ok());
+    let after = s.get_job(&job.id).await.unwrap().unwrap();
+    assert_eq!(
+        (after.current_step(), after.lane_state),
+        (Some(JobStep::DeleteRegistrations), LaneState::Pending),
+        "the barrier passed"
+    );
 }
