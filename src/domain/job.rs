@@ -185,6 +185,17 @@ pub enum RegistryAction {
     Delete,
 }
 
+impl RegistryAction {
+    /// Identity-registry operations one device costs: disable = GET + PUT (verified from the PUT's
+    /// answer, which returns the stored identity); delete = one DELETE (404 counts as done).
+    pub fn ops_per_device(self) -> u64 {
+        match self {
+            RegistryAction::Disable => 2,
+            RegistryAction::Delete => 1,
+        }
+    }
+}
+
 /// Which hubs the registry step checks for each device's identity.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -317,13 +317,8 @@ async fn pacing_view(
     job: &crate::store::JobRecord,
     view: &JobView,
 ) -> Result<crate::http::views::JobPacing, ApiError> {
-    use crate::domain::job::RegistryAction;
-    use crate::domain::pacing::eta;
     use crate::http::views::{HubProgress, JobPacing};
-    let ops_per_device = match job.request.registry {
-        RegistryAction::Disable => 2.0,
-        RegistryAction::Delete => 1.0,
-    };
+    let ops_per_device = job.request.registry.ops_per_device() as f64;
     let now = state.clock.now_ms();
     let p = &view.progress;
     let done = p.registry_done + p.skipped + p.failed + p.cancelled;
@@ -336,24 +331,14 @@ async fn pacing_view(
     for (hub, c) in state.store.hub_counts(&job.id).await? {
         let finished = c.succeeded + c.skipped + c.failed + c.cancelled;
         let left = c.total - finished;
-        let (budget, snap) = match (&hub, &state.azure) {
-            (Some(h), Some(wf)) => (
-                wf.clients().hub_budget(h),
-                wf.pacer().snapshot(&crate::store::pacing::hub_key(h)),
-            ),
-            _ => (None, None),
+        let pace = match (&hub, &state.azure) {
+            (Some(h), Some(wf)) => wf.hub_eta(h, left as f64 * ops_per_device),
+            _ => None,
         };
-        let rate = snap.map(|s| s.rate).or(budget);
-        let hub_eta = match rate {
+        let (budget, rate) = (pace.map(|p| p.budget), pace.map(|p| p.rate));
+        let hub_eta = match pace {
             _ if left == 0 => Some(0.0),
-            Some(r) => Some(
-                eta(
-                    left as f64 * ops_per_device,
-                    r,
-                    snap.map_or(0.0, |s| s.tokens),
-                )
-                .as_secs_f64(),
-            ),
+            Some(p) => Some(p.eta.as_secs_f64()),
             None => None,
         };
         eta_seconds = match (eta_seconds, hub_eta) {

@@ -32,7 +32,7 @@ use crate::azure::AzureClients;
 use crate::domain::clock::SharedClock;
 use crate::domain::job::{DeprovisionRequest, Target};
 use crate::domain::lane::Outcome;
-use crate::domain::pacing::throttle_delay;
+use crate::domain::pacing::{Budget, eta, throttle_delay};
 use crate::domain::plan::{ItemStep, JobStep, Plan};
 use crate::store::pacing::{dps_key, hub_key};
 use crate::store::{ItemRecord, JobRecord, Pacer, PacerOptions, Store};
@@ -42,6 +42,17 @@ use crate::worker::{StepResult, Workflow};
 pub const ENUMERATE_PAGE: u32 = 100;
 /// Registration records deleted per `delete_registrations` step run.
 pub const CLEANUP_BATCH: u32 = 100;
+
+/// A hub's pace and the time left at it (see [`AzureWorkflow::hub_eta`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HubEta {
+    /// The hub's budget (operations per minute).
+    pub budget: f64,
+    /// The rate it is paced at now (below the budget after 429s).
+    pub rate: f64,
+    /// Time to spend the operations at that rate, after the tokens already held.
+    pub eta: Duration,
+}
 
 /// The workflow that talks to Azure.
 pub struct AzureWorkflow {
@@ -73,6 +84,25 @@ impl AzureWorkflow {
     /// The pacer (buckets per hub and DPS instance).
     pub fn pacer(&self) -> &Pacer {
         &self.pacer
+    }
+
+    /// How hub `host` is paced now and how long `ops` more registry operations take there: its bucket's
+    /// live rate and tokens when this process has used it, else its budget with a full burst. Job
+    /// progress and previews both estimate with this. `None` when the hub is not paced.
+    pub fn hub_eta(&self, host: &str, ops: f64) -> Option<HubEta> {
+        let budget = self.clients.hub_budget(host)?;
+        let (rate, tokens) = match self.pacer.snapshot(&hub_key(host)) {
+            Some(s) => (s.rate, s.tokens),
+            None => (
+                budget,
+                Budget::new(budget, self.clients.pacing().burst_secs).burst,
+            ),
+        };
+        Some(HubEta {
+            budget,
+            rate,
+            eta: eta(ops, rate, tokens),
+        })
     }
 
     /// Spends `cost` registry operations of hub `host`'s budget; `Err(wait)` when it is spent for longer

@@ -140,10 +140,12 @@ pub struct HubPlan {
     pub registry_operations: u64,
     /// Whether credentials are configured for it.
     pub credentials: bool,
-    /// Identity-registry operations per minute allowed by its tier and units, when configured.
+    /// Its pacing budget in identity-registry operations per minute (the configured override, else tier ×
+    /// units), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registry_ops_per_minute: Option<u32>,
-    /// Quota-bound time for this hub's devices (seconds).
+    /// Time the registry operations take at the hub's pace (seconds): its live rate after the tokens it
+    /// holds, as job progress estimates, else its budget after a full burst.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub estimated_seconds: Option<f64>,
 }
@@ -185,14 +187,6 @@ pub enum Refusal {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// Registry operations one device costs: disable = GET + PUT + verifying GET; delete = DELETE + verifying GET.
-fn ops_per_device(action: RegistryAction) -> u64 {
-    match action {
-        RegistryAction::Disable => 3,
-        RegistryAction::Delete => 2,
-    }
 }
 
 impl AzureWorkflow {
@@ -419,7 +413,7 @@ impl AzureWorkflow {
         let devices_found: Vec<(String, Option<DeviceRegistrationState>)> = devices_found;
         let (devices, located) = self.count_devices(&devices_found, &linked, truncated).await;
         warnings.extend(device_warnings(&devices, &devices_found, &located, &linked));
-        let per_device = ops_per_device(request.registry);
+        let per_device = request.registry.ops_per_device();
         let cost = |sweep: Sweep| {
             registry_ops_per_hub(
                 located.iter().map(|(n, f)| (n.as_deref(), f.as_deref())),
@@ -454,11 +448,9 @@ impl AzureWorkflow {
                     ),
                 ));
             }
-            let opm = self
-                .clients
-                .hub_config(&hub)
-                .and_then(|c| c.registry_ops_per_minute());
-            let est = opm.map(|o| ops as f64 * 60.0 / f64::from(o.max(1)));
+            let pace = self.hub_eta(&hub, ops as f64);
+            let opm = pace.map(|p| p.budget.round() as u32);
+            let est = pace.map(|p| p.eta.as_secs_f64());
             match est {
                 Some(s) => slowest = slowest.max(s),
                 None => all_known = false,

@@ -36,6 +36,7 @@ both_stores!(
     a_single_device_job_finishes_while_a_large_group_job_runs,
     priority_gives_a_larger_share_of_each_claim,
     a_paced_hub_is_left_unclaimed_while_other_hubs_go_on,
+    the_preview_estimates_with_the_pacing_arithmetic,
 );
 
 fn sim_config(time_scale: f64) -> SimConfig {
@@ -460,4 +461,33 @@ async fn a_paced_hub_is_left_unclaimed_while_other_hubs_go_on(db: TestDb) {
     assert_eq!(got.len(), 8);
     assert!(got.iter().all(|(i, _)| i.job_id == other));
     assert!(got.iter().all(|(i, _)| i.job_id != paced));
+}
+
+/// The preview's estimate is the progress ETA's arithmetic: the registry operations left at the hub's
+/// budget, after the burst a full bucket spends at once (3 s of budget by default).
+async fn the_preview_estimates_with_the_pacing_arithmetic(db: TestDb) {
+    let sim = sim_with(vec![group("fleet", 300, HUB)], vec![]).await;
+    let app = app_for(&db, &sim).await;
+    let r = app
+        .post("/v1/deprovisions/preview", &group_body("fleet", "disable"))
+        .await;
+    assert_eq!(r.status(), 200);
+    let preview: Value = r.json().await.unwrap();
+    let hub = &preview["hubs"][0];
+    assert_eq!(hub["hub"], HUB, "{preview:#}");
+    assert_eq!(hub["registry_operations"], 600, "GET + PUT per device");
+    let budget = 100.0 * TIME_SCALE;
+    assert_eq!(hub["registry_ops_per_minute"], budget as u64);
+    // At most a full burst (3 s of budget) is already there; the preview's own reads may have spent some.
+    let burst = budget / 60.0 * 3.0;
+    let with_full_burst = (600.0 - burst) * 60.0 / budget;
+    let without_burst = 600.0 * 60.0 / budget;
+    let estimated = hub["estimated_seconds"].as_f64().unwrap();
+    assert!(
+        (with_full_burst - 1e-6..=without_burst).contains(&estimated),
+        "{estimated} s, expected between {with_full_burst} and {without_burst}"
+    );
+    assert_eq!(preview["estimated_seconds"], hub["estimated_seconds"]);
+    app.stop().await;
+    sim.shutdown().await;
 }
