@@ -149,6 +149,42 @@ impl AzureError {
         }
     }
 
+    /// Classifies one device's entry in a bulk registry result (`errorCode` is a name there), as the
+    /// same call made for that device alone would have failed.
+    pub fn from_bulk_item(
+        code_name: &str,
+        message: Option<&str>,
+        tracking_id: Option<String>,
+    ) -> Self {
+        let (status, code) = match code_name {
+            "DeviceNotFound" => (404, Some(404_001)),
+            "PreconditionFailed" => (412, Some(412_001)),
+            "DeviceAlreadyExists" => (409, Some(409_001)),
+            "ThrottlingException" => (429, Some(429_001)),
+            "IotHubQuotaExceeded" => (403, Some(403_002)),
+            "DeviceDefinedMultipleTimes" => (400, Some(400_011)),
+            _ => (400, None),
+        };
+        let details = ErrorDetails {
+            status: Some(status),
+            error_code: code,
+            code_name: Some(code_name.to_string()),
+            tracking_id,
+            message: message.unwrap_or(code_name).to_string(),
+        };
+        match status {
+            404 => Self::NotFound(details),
+            412 => Self::PreconditionFailed(details),
+            409 => Self::Conflict(details),
+            429 => Self::Throttled {
+                retry_after: None,
+                details,
+            },
+            403 => Self::Forbidden(details),
+            _ => Self::BadRequest(details),
+        }
+    }
+
     /// Classifies a failure to get a response at all (connect, timeout, dropped connection).
     pub fn from_transport(err: &reqwest::Error) -> Self {
         let mut message = err.to_string();

@@ -15,6 +15,7 @@
 //! 412 re-reads and retries.
 
 mod admission_checks;
+mod bulk;
 mod cert_check;
 pub mod chain;
 pub mod discovery;
@@ -60,6 +61,8 @@ pub struct AzureWorkflow {
     store: Store,
     clock: SharedClock,
     pacer: Arc<Pacer>,
+    /// Device deletes waiting together for a hub, sent as bulk calls.
+    bulk_deletes: bulk::BulkDeletes,
 }
 
 impl AzureWorkflow {
@@ -78,6 +81,7 @@ impl AzureWorkflow {
             store,
             clock,
             pacer,
+            bulk_deletes: bulk::BulkDeletes::default(),
         }
     }
 

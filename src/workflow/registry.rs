@@ -260,7 +260,7 @@ async fn delete_identity(
     wf.pace_hub(host, 1.0)
         .await
         .map_err(|delay| paced(host, delay))?;
-    let how = match hub.delete_device(device_id, IfMatch::Any).await {
+    let how = match wf.bulk_deletes.delete(host, hub, device_id).await {
         Ok(()) => "the hub answered the DELETE with success",
         Err(e) if e.is_not_found() && deleted_earlier => "deleted by an earlier attempt; 404 now",
         Err(e) if e.is_not_found() => return Ok(HubAnswer::Absent),

@@ -4,6 +4,7 @@
 //! quota time faster than wall time, so a minute of S1 quota passes in a fraction of a second; no
 //! test asserts a wall-clock duration.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ both_stores!(
     priority_gives_a_larger_share_of_each_claim,
     a_paced_hub_is_left_unclaimed_while_other_hubs_go_on,
     the_preview_estimates_with_the_pacing_arithmetic,
+    deletes_waiting_together_go_out_as_one_bulk_call,
 );
 
 fn sim_config(time_scale: f64) -> SimConfig {
@@ -135,9 +137,9 @@ fn hub_calls<'a>(calls: &'a [CallRecord], hub: &str) -> Vec<&'a CallRecord> {
         .collect()
 }
 
-/// Hub calls that the hub served (a 429 costs no quota) per device.
+/// Quota operations the hub charged per device (a 429 costs none; a bulk call one per device in it).
 fn ops_per_device(calls: &[&CallRecord], devices: usize) -> f64 {
-    calls.iter().filter(|c| c.status != Some(429)).count() as f64 / devices as f64
+    calls.iter().map(|c| c.cost).sum::<f64>() / devices as f64
 }
 
 fn throttled_share(calls: &[&CallRecord]) -> f64 {
@@ -218,9 +220,14 @@ async fn delete_costs_one_operation_per_device(db: TestDb) {
     assert_eq!(job["status"], "succeeded", "{job:#}");
     let calls = sim.calls();
     let hub = hub_calls(&calls, HUB);
-    // Delete = one DELETE (If-Match "*"), 404 = done.
+    // Delete = one DELETE (If-Match "*"), 404 = done; deletes waiting together go as one bulk call.
     assert_eq!(ops_per_device(&hub, 200), 1.0);
-    assert!(hub.iter().all(|c| c.method == "DELETE"));
+    assert!(
+        hub.iter()
+            .all(|c| c.method == "DELETE" || c.operation == "BulkDevices"),
+        "{:?}",
+        hub.iter().map(|c| &c.operation).collect::<HashSet<_>>()
+    );
     assert!(throttled_share(&hub) <= 0.01);
     let h = sim.state().hub(HUB).unwrap();
     assert_eq!(h.device_count(), 0);
@@ -488,6 +495,52 @@ async fn the_preview_estimates_with_the_pacing_arithmetic(db: TestDb) {
         "{estimated} s, expected between {with_full_burst} and {without_burst}"
     );
     assert_eq!(preview["estimated_seconds"], hub["estimated_seconds"]);
+    app.stop().await;
+    sim.shutdown().await;
+}
+
+/// With 40 ms per call, deletes pile up behind the one in flight and go out together as one bulk
+/// `POST /devices`: far fewer round trips than devices, still one quota operation per device, and each
+/// device decided from its own entry of the result.
+async fn deletes_waiting_together_go_out_as_one_bulk_call(db: TestDb) {
+    let mut config = sim_config(TIME_SCALE);
+    config.chaos.latency_fixed_ms = 40;
+    let sim = Simulator::start(config).await.expect("simulator starts");
+    seed_fleet(
+        sim.state(),
+        &FleetSpec {
+            dps: Some(DPS.into()),
+            root_ca_name: None,
+            groups: vec![group("fleet", 64, HUB)],
+            individuals: vec![],
+        },
+    )
+    .expect("fleet seeds");
+    sim.handle().reset_log();
+    let app = app_for(&db, &sim).await;
+    let id = submit(&app, &group_body("fleet", "delete")).await;
+    let job = app
+        .wait_job(&id, Duration::from_secs(60), |j| {
+            j["status"] == "succeeded" || j["status"] == "failed"
+        })
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    assert_eq!(job["progress"]["registry_done"], 64);
+    let calls = sim.calls();
+    let hub = hub_calls(&calls, HUB);
+    let bulk = hub.iter().filter(|c| c.operation == "BulkDevices").count();
+    assert!(bulk > 0, "no bulk call: {} calls", hub.len());
+    assert!(
+        hub.len() <= 32,
+        "{} round trips for 64 deletes ({bulk} bulk)",
+        hub.len()
+    );
+    assert_eq!(
+        ops_per_device(&hub, 64),
+        1.0,
+        "a bulk call costs one operation per device"
+    );
+    assert_eq!(sim.state().hub(HUB).unwrap().device_count(), 0);
     app.stop().await;
     sim.shutdown().await;
 }

@@ -29,6 +29,10 @@ pub struct CallRecord {
     pub fault: Option<String>,
     /// Wall time spent, milliseconds.
     pub duration_ms: u64,
+    /// Quota operations the call was charged (a bulk call one per device, by default); 0 for a call
+    /// outside any quota bucket, throttled (429) or never answered.
+    #[serde(default)]
+    pub cost: f64,
 }
 
 /// Bounded in-memory call log.
@@ -102,6 +106,7 @@ mod tests {
             status: Some(200),
             fault: None,
             duration_ms: 0,
+            cost: 1.0,
         }
     }
 

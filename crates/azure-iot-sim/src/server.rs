@@ -380,6 +380,10 @@ pub async fn run_call_with(
         status,
         fault,
         duration_ms: started.elapsed().as_millis() as u64,
+        cost: match status {
+            Some(429) | None => 0.0,
+            Some(_) => plan.quota.as_ref().map_or(0.0, |(_, _, cost)| *cost),
+        },
     });
     // Logged before hanging so observers see the call while the client waits.
     if let Some(d) = hang {
@@ -553,6 +557,7 @@ pub fn route_error(
         status: Some(status),
         fault: None,
         duration_ms: 0,
+        cost: 0.0,
     });
     resp
 }
