@@ -4,13 +4,9 @@
 use crate::azure::quota::HubTier;
 use crate::domain::job::RegistryAction;
 
-/// Registry operations one device needs at the least: disable is a read (for the etag and the body, so the
-/// keys are not regenerated) and a write; delete is one `DELETE` with `If-Match: "*"`.
+/// Registry operations one device needs at the least (the engine's own figure).
 pub fn ops_per_device(action: RegistryAction) -> f64 {
-    match action {
-        RegistryAction::Disable => 2.0,
-        RegistryAction::Delete => 1.0,
-    }
+    action.ops_per_device() as f64
 }
 
 /// A hub's identity-registry quota as the simulator enforces it.

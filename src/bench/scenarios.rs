@@ -181,6 +181,8 @@ struct SimEnv {
 #[derive(Debug, Default)]
 struct HubStats {
     ok: u64,
+    /// Quota operations the served calls cost (a bulk call one per device in it).
+    ops: f64,
     throttled: u64,
     total: u64,
     dps: u64,
@@ -259,6 +261,7 @@ impl SimEnv {
                 s.throttled += 1;
             } else {
                 s.ok += 1;
+                s.ops += call.cost;
             }
             first = first.or(Some(call.time));
             last = Some(call.time);
@@ -641,7 +644,7 @@ async fn registry_rows(ctx: &Ctx<'_>, env: &SimEnv, full: bool) -> Vec<Row> {
 /// `devices` is how many devices the run got through: the whole group, or those done when it timed out.
 fn fill_from_stats(row: &mut Row, stats: &HubStats, devices: usize, wall: f64) {
     row.wall_s = Some(wall);
-    row.ops_per_device = (devices > 0).then(|| stats.ok as f64 / devices as f64);
+    row.ops_per_device = (devices > 0).then(|| stats.ops / devices as f64);
     row.throttled = Some(stats.throttled);
     row.throttled_share = (stats.total > 0).then(|| stats.throttled as f64 / stats.total as f64);
     row.devices_per_s = (wall > 0.0).then(|| devices as f64 / wall);
@@ -677,7 +680,7 @@ async fn service_row(
                 row.note.push_str(&format!(
                     "; combined {:.1} hub calls/s sent, {:.1} ops/s accepted beyond the burst (quota {:.1}/s); RSS per replica {}",
                     run.stats.total as f64 / run.stats.phase_s.max(1e-3),
-                    (run.stats.ok as f64 - env.quota.map_or(0.0, |q| q.burst)).max(0.0)
+                    (run.stats.ops - env.quota.map_or(0.0, |q| q.burst)).max(0.0)
                         / run.stats.phase_s.max(1e-3),
                     env.quota.map_or(f64::INFINITY, |q| q.wall_rate()),
                     run.per_replica_rss
