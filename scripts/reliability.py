@@ -259,11 +259,14 @@ def fleet(group, devices, singles=0, prefix="single"):
 
 
 def device_calls(calls):
-    """Hub registry calls per device id, in order."""
+    """Hub registry calls per device id, in order (a bulk call under each device it names)."""
     per = defaultdict(list)
     for c in calls:
         if c["path"].startswith("/devices/") and c.get("entity_id"):
             per[c["entity_id"]].append(c)
+        # A bulk POST /devices counts as a call for every device it names.
+        for dev in c.get("entity_ids") or []:
+            per[dev].append(c)
     return per
 
 

@@ -540,6 +540,15 @@ async fn deletes_waiting_together_go_out_as_one_bulk_call(db: TestDb) {
         1.0,
         "a bulk call costs one operation per device"
     );
+    // The call log names every device once: in its bulk call's `entity_ids`, or as a lone DELETE.
+    let mut named: Vec<String> = hub
+        .iter()
+        .flat_map(|c| c.entity_ids.iter().cloned().chain(c.entity_id.clone()))
+        .collect();
+    named.sort();
+    let before = named.len();
+    named.dedup();
+    assert_eq!((before, named.len()), (64, 64), "{named:?}");
     assert_eq!(sim.state().hub(HUB).unwrap().device_count(), 0);
     app.stop().await;
     sim.shutdown().await;

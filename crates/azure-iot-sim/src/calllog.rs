@@ -23,6 +23,9 @@ pub struct CallRecord {
     pub operation: String,
     /// Device / registration / group id, when the call names one.
     pub entity_id: Option<String>,
+    /// The device ids a bulk registry call names, so a log reader can attribute it to each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entity_ids: Vec<String>,
     /// HTTP status answered; none when the connection was dropped.
     pub status: Option<u16>,
     /// Injected fault, if any (`rule 3`, `random 503`, `throttled`).
@@ -103,6 +106,7 @@ mod tests {
             path: path.into(),
             operation: "GetDevice".into(),
             entity_id: None,
+            entity_ids: Vec::new(),
             status: Some(200),
             fault: None,
             duration_ms: 0,

@@ -1012,6 +1012,7 @@ pub async fn serve(
         host: GLOBAL_DEVICE_ENDPOINT.to_owned(),
         operation: op.name(),
         entity_id: Some(rid.to_owned()),
+        entity_ids: Vec::new(),
         rights: Vec::new(),
         quota,
     };

@@ -176,6 +176,7 @@ pub async fn serve(
         host: dps.host.clone(),
         operation: op.name(),
         entity_id: op.entity(),
+        entity_ids: Vec::new(),
         rights: op.rights(),
         quota: Some((
             format!("dps:{}", dps.name),

@@ -141,6 +141,10 @@ pub async fn serve(
         host: hub.host.clone(),
         operation: op.name(),
         entity_id: op.entity(),
+        entity_ids: match op {
+            HubOp::Bulk => bulk_ids(&req.body),
+            _ => Vec::new(),
+        },
         rights: op.rights(),
         quota: Some(quota),
     };
@@ -271,6 +275,18 @@ fn execute_inner(
             Ok(resp)
         }
     }
+}
+
+/// The device ids of a bulk `POST /devices` body, for the call log (unreadable bodies name none).
+fn bulk_ids(body: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<Vec<Value>>(body)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|it| it.get("id").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

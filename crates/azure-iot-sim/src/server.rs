@@ -299,6 +299,8 @@ pub struct CallPlan {
     pub operation: &'static str,
     /// Device / registration / group id, if any.
     pub entity_id: Option<String>,
+    /// The device ids a bulk registry call names (empty for other calls).
+    pub entity_ids: Vec<String>,
     /// Rights the SAS policy must grant.
     pub rights: Vec<Right>,
     /// Quota bucket, its per-minute rate and this call's cost.
@@ -377,6 +379,7 @@ pub async fn run_call_with(
         path: req.path.clone(),
         operation: plan.operation.to_string(),
         entity_id: plan.entity_id.clone(),
+        entity_ids: plan.entity_ids.clone(),
         status,
         fault,
         duration_ms: started.elapsed().as_millis() as u64,
@@ -554,6 +557,7 @@ pub fn route_error(
         path: req.path.clone(),
         operation: "Unknown".into(),
         entity_id: None,
+        entity_ids: Vec::new(),
         status: Some(status),
         fault: None,
         duration_ms: 0,
