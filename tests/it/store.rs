@@ -8,7 +8,8 @@ use deprovisiond::domain::job::{DeprovisionRequest, JobStatus};
 use deprovisiond::domain::lane::{self, LaneState, Outcome, Position, StepError};
 use deprovisiond::domain::plan::{ItemStep, JobStep, LaneStep, Plan};
 use deprovisiond::store::{
-    Created, ItemCompletion, JobFilter, NewEvent, NewItem, NewJob, StepEffects, Store, StoreError,
+    Created, ItemCompletion, JobFilter, JobRecord, NewEvent, NewItem, NewJob, StepEffects, Store,
+    StoreError,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -320,37 +321,15 @@ async fn items_wait_for_the_barrier_then_finish_the_job(db: TestDb) {
 async fn concurrent_claimers_never_share_work(db: TestDb) {
     let s = db.store().await;
     let lease = Duration::from_secs(30);
-    let Created::New(job) = s
-        .create_job(new_job(group("fleet"), None), 0)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    let j = s.claim_jobs("w", 1, lease, 1).await.unwrap().remove(0);
-    let effects = StepEffects {
-        new_items: (0..200)
-            .map(|i| NewItem {
-                registration_id: format!("d{i}"),
-                device_id: None,
-                hub: None,
-                data: None,
-            })
-            .collect(),
-        ..StepEffects::default()
-    };
-    s.complete_job_step(&j, &done(j.plan.job_steps(), 0, 1, 2), &effects, 2)
-        .await
-        .unwrap();
-    let j = s.claim_jobs("w", 3, lease, 1).await.unwrap().remove(0);
-    s.complete_job_step(
-        &j,
-        &done(j.plan.job_steps(), 1, 1, 4),
-        &StepEffects::default(),
-        4,
-    )
-    .await
-    .unwrap();
+    let devices = (0..200)
+        .map(|i| NewItem {
+            registration_id: format!("d{i}"),
+            device_id: None,
+            hub: None,
+            data: None,
+        })
+        .collect();
+    let (job, _) = group_job_at_the_barrier(&s, devices, lease).await;
     let mut tasks = Vec::new();
     for w in 0..4 {
         let s: Store = s.clone();
@@ -974,38 +953,16 @@ async fn concurrent_identical_posts_make_one_job(db: TestDb) {
 async fn a_batch_of_results_records_each_and_fences_only_the_stale_one(db: TestDb) {
     let s = db.store().await;
     let lease = Duration::from_secs(1);
-    let Created::New(job) = s
-        .create_job(new_job(group("fleet"), None), 0)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    let j = s.claim_jobs("w", 1, lease, 1).await.unwrap().remove(0);
-    let effects = StepEffects {
-        new_items: ["d1", "d2", "d3"]
-            .iter()
-            .map(|r| NewItem {
-                registration_id: r.to_string(),
-                device_id: Some(r.to_string()),
-                hub: Some("h".into()),
-                data: None,
-            })
-            .collect(),
-        ..StepEffects::default()
-    };
-    s.complete_job_step(&j, &done(j.plan.job_steps(), 0, 1, 2), &effects, 2)
-        .await
-        .unwrap();
-    let j = s.claim_jobs("w", 3, lease, 1).await.unwrap().remove(0);
-    s.complete_job_step(
-        &j,
-        &done(j.plan.job_steps(), 1, 1, 4),
-        &StepEffects::default(),
-        4,
-    )
-    .await
-    .unwrap();
+    let devices: Vec<NewItem> = ["d1", "d2", "d3"]
+        .iter()
+        .map(|r| NewItem {
+            registration_id: r.to_string(),
+            device_id: Some(r.to_string()),
+            hub: Some("h".into()),
+            data: None,
+        })
+        .collect();
+    let (job, j) = group_job_at_the_barrier(&s, devices, lease).await;
     let stale = s.claim_items("old", 5, lease, 10).await.unwrap();
     assert_eq!(stale.len(), 3);
     // d3's lease expires and another worker takes it: the old claim of d3 is stale now.
@@ -1079,4 +1036,38 @@ async fn a_batch_of_results_records_each_and_fences_only_the_stale_one(db: TestD
         (Some(JobStep::DeleteRegistrations), LaneState::Pending),
         "the barrier passed"
     );
+}
+
+/// A group job whose resolve step found `devices` and whose revoke step succeeded (at t = 2 and 4):
+/// it waits at the barrier with its devices pending. Returns the job as created and as last claimed.
+async fn group_job_at_the_barrier(
+    s: &Store,
+    devices: Vec<NewItem>,
+    lease: Duration,
+) -> (JobRecord, JobRecord) {
+    let Created::New(job) = s
+        .create_job(new_job(group("fleet"), None), 0)
+        .await
+        .unwrap()
+    else {
+        panic!("a new job")
+    };
+    let j = s.claim_jobs("w", 1, lease, 1).await.unwrap().remove(0);
+    let effects = StepEffects {
+        new_items: devices,
+        ..StepEffects::default()
+    };
+    s.complete_job_step(&j, &done(j.plan.job_steps(), 0, 1, 2), &effects, 2)
+        .await
+        .unwrap();
+    let j = s.claim_jobs("w", 3, lease, 1).await.unwrap().remove(0);
+    s.complete_job_step(
+        &j,
+        &done(j.plan.job_steps(), 1, 1, 4),
+        &StepEffects::default(),
+        4,
+    )
+    .await
+    .unwrap();
+    (job, j)
 }
