@@ -544,8 +544,13 @@ impl Store {
             results.push(Ok(()));
         }
         tx.commit().await?;
+        // The results are recorded now, whatever settling does: a failed settle is left to the
+        // periodic sweep rather than reported as a failed write (which would send the batch to be
+        // written again, one at a time, only to be fenced).
         for (job_id, now) in to_settle {
-            self.settle(job_id, now).await?;
+            if let Err(e) = self.settle(job_id, now).await {
+                tracing::warn!(job = %job_id, error = %e, "settling after device results failed; the sweep will retry");
+            }
         }
         Ok(results)
     }
