@@ -127,16 +127,14 @@ impl Store {
             &mut tx,
             id,
             now,
-            &NewEvent {
-                detail: by.map(|b| serde_json::json!({ "by": b })),
-                ..NewEvent::new(
-                    "job_cancelled",
-                    match by {
-                        Some(b) => format!("cancelled by {b} while awaiting approval"),
-                        None => "cancelled while awaiting approval".into(),
-                    },
-                )
-            },
+            &NewEvent::requested(
+                "job_cancelled",
+                match by {
+                    Some(b) => format!("cancelled by {b} while awaiting approval"),
+                    None => "cancelled while awaiting approval".into(),
+                },
+                by,
+            ),
         )
         .await?;
         tx.commit().await?;

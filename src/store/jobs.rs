@@ -255,16 +255,14 @@ impl Store {
             &mut tx,
             id,
             now,
-            &NewEvent {
-                detail: by.map(|b| serde_json::json!({ "by": b })),
-                ..NewEvent::new(
-                    "cancel_requested",
-                    match by {
-                        Some(b) => format!("cancellation requested by {b}"),
-                        None => "cancellation requested".into(),
-                    },
-                )
-            },
+            &NewEvent::requested(
+                "cancel_requested",
+                match by {
+                    Some(b) => format!("cancellation requested by {b}"),
+                    None => "cancellation requested".into(),
+                },
+                by,
+            ),
         )
         .await?;
         tx.commit().await?;
@@ -347,17 +345,15 @@ impl Store {
             &mut tx,
             id,
             now,
-            &NewEvent {
-                detail: by.map(|b| serde_json::json!({ "by": b })),
-                ..NewEvent::new(
-                    "retried",
-                    format!(
-                        "retry requested{}: job resumes at its failed step; {} failed device(s) re-queued",
-                        by.map(|b| format!(" by {b}")).unwrap_or_default(),
-                        items.rows_affected()
-                    ),
-                )
-            },
+            &NewEvent::requested(
+                "retried",
+                format!(
+                    "retry requested{}: job resumes at its failed step; {} failed device(s) re-queued",
+                    by.map(|b| format!(" by {b}")).unwrap_or_default(),
+                    items.rows_affected()
+                ),
+                by,
+            ),
         )
         .await?;
         tx.commit().await?;

@@ -185,6 +185,14 @@ impl NewEvent {
             ..Self::default()
         }
     }
+
+    /// An event a caller's request caused, naming that caller (`{"by": …}`) when known.
+    pub fn requested(kind: &str, message: impl Into<String>, by: Option<&str>) -> Self {
+        Self {
+            detail: by.map(|b| serde_json::json!({ "by": b })),
+            ..Self::new(kind, message)
+        }
+    }
 }
 
 /// A device item a step discovered.
