@@ -41,8 +41,6 @@ if [ -z "$chromium" ] || [ -z "$chromedriver" ]; then
     [ -n "$chromedriver" ] || missing "chromedriver is not installed (apt-get install chromium-driver)"
 fi
 
-[ -x "$bin" ] || missing "$bin is not built (cargo build --workspace)"
-
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" 2>/dev/null || {
         if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
@@ -57,6 +55,9 @@ if ! "$venv/bin/python" -c "import selenium" 2>/dev/null; then
     "$venv/bin/pip" install -q --disable-pip-version-check 'selenium>=4.20,<5' \
         || missing "pip could not install selenium into $venv"
 fi
+# --prepare: only install (the test command does it early, beside the build).
+[ "${1:-}" != "--prepare" ] || exit 0
+[ -x "$bin" ] || missing "$bin is not built (cargo build --workspace)"
 
 port="$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 base="http://127.0.0.1:$port"

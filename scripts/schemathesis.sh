@@ -3,6 +3,7 @@
 # and every check. Exits non-zero on server errors, response-schema violations or undocumented status codes.
 #   scripts/schemathesis.sh          a few hundred cases
 #   scripts/schemathesis.sh --long   >= 2,000 cases (for scripts/soak)
+#   scripts/schemathesis.sh --prepare   only installs schemathesis (the test command does it early)
 # Needs python3 (venv) and a built binary: CARGO_TARGET_DIR (default target)/debug/deprovisiond, or $DEPROVISIOND_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ if [[ ! -x "$VENV/bin/schemathesis" ]]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet "schemathesis==${SCHEMATHESIS_VERSION}"
 fi
+if [[ "${1:-}" == "--prepare" ]]; then exit 0; fi
 
 BIN="${DEPROVISIOND_BIN:-${CARGO_TARGET_DIR:-target}/debug/deprovisiond}"
 [[ -x "$BIN" ]] || { echo "no binary at $BIN; build it first (cargo build)" >&2; exit 2; }

@@ -46,11 +46,11 @@ cleanup() {
         rm -rf "$pg_tmp"
     fi
     [[ -z ${test_log:-} ]] || rm -f "$test_log"
-    if [[ -n ${release_pid:-} ]]; then
-        kill "$release_pid" 2>/dev/null || true
-        wait "$release_pid" 2>/dev/null || true
+    if [[ -n ${prepare_pid:-} ]]; then
+        kill "$prepare_pid" 2>/dev/null || true
+        wait "$prepare_pid" 2>/dev/null || true
     fi
-    [[ -z ${release_log:-} ]] || rm -f "$release_log"
+    [[ -z ${prepare_log:-} ]] || rm -f "$prepare_log"
     printf '%s' "$timings" >&2
     log "total $((SECONDS - start_all))s (exit $status)"
     exit "$status"
@@ -239,55 +239,69 @@ lint_container_files() {
     log "Dockerfile passes hadolint; docker-compose.yml is valid (default and demo profiles)"
 }
 
-# The production image's release build (no simulator) is the slowest compile of the run. It starts at the
-# beginning in the background at the lowest CPU priority, so it fills the cores while the run waits on pip,
-# npm, PostgreSQL and the tests' own pauses, and yields to everything else. Cargo locks each profile's
-# directory separately, so it never blocks the debug builds.
-release_log=""
-release_pid=""
-start_release_build() {
-    release_log=$(mktemp)
-    nice -n 19 cargo build --release --locked --no-default-features --bin deprovisiond \
-        >"$release_log" 2>&1 &
-    release_pid=$!
-    log "release build started in the background (pid $release_pid, lowest CPU priority)"
+# The later phases' downloads (npm packages, Python venvs, Chromium) are network-bound: they run in the
+# background while clippy and the test build use the cores. A failure here is not judged: each phase installs
+# again what is missing and reports it itself.
+prepare_log=""
+prepare_pid=""
+start_prepare() {
+    prepare_log=$(mktemp)
+    {
+        crates/azure-iot-sim/conformance/run.sh --prepare || echo "conformance packages: exit $?"
+        scripts/schemathesis.sh --prepare || echo "schemathesis: exit $?"
+        scripts/browser-test.sh --prepare || echo "browser: exit $?"
+    } >"$prepare_log" 2>&1 &
+    prepare_pid=$!
+    log "installing the later phases' packages in the background (pid $prepare_pid)"
 }
 
-wait_release_build() {
-    local status=0
-    wait "$release_pid" || status=$?
-    release_pid=""
-    if ((status != 0)); then
-        cat "$release_log" >&2
-        log "ERROR: the release build failed (its output above)"
+# Waits for the background installs before a phase that uses them.
+wait_prepare() {
+    [[ -n $prepare_pid ]] || return 0
+    wait "$prepare_pid" || log "background installs ended with $? (the phases retry them): $(tail -n 3 "$prepare_log")"
+    prepare_pid=""
+}
+
+# The production image's feature set (no simulator), built in the debug profile: after the test build it
+# recompiles only our own crate, where a release build would recompile every dependency (about 7 minutes of a
+# cold run). The Dockerfile's release build differs only in optimisation. It is copied aside, so a later
+# build with the simulator cannot replace it under the suites.
+production_bin=""
+build_production() {
+    local target=${CARGO_TARGET_DIR:-$root/target}
+    cargo build --locked --no-default-features --bin deprovisiond
+    production_bin="$target/production/deprovisiond"
+    mkdir -p "$target/production"
+    cp "$target/debug/deprovisiond" "$production_bin"
+    if "$production_bin" demo --help >/dev/null 2>&1; then
+        log "ERROR: the production build still has the demo command"
         return 1
     fi
-    tail -n 1 "$release_log" >&2
 }
 
 # The production image's build (no simulator), run the way its entrypoint and the compose file would.
 container_smoke() {
-    wait_release_build
     local target=${CARGO_TARGET_DIR:-$root/target}
-    python3 scripts/container_smoke.py --binary "$target/release/deprovisiond" \
+    python3 scripts/container_smoke.py --binary "$production_bin" \
         --sim "$target/debug/azure-iot-sim" --compose "$tools/bin/docker-compose" \
         --pg-url "$DEPROVISIOND_TEST_PG_URL"
 }
 
 phase fmt cargo fmt --all -- --check
-if [[ -n ${DEPROVISIOND_TEST_PG_URL:-} || $pg_mode == start ]]; then start_release_build; fi
+start_prepare
 phase container-lint lint_container_files
 phase no-simulator no_simulator_in_production
 phase clippy cargo clippy --workspace --all-targets --features deprovisiond/otlp -- -D warnings
 # An `if`, not `||`: set -e must stay in force inside start_pg.
 if [[ $pg_mode == start ]]; then phase postgres start_pg; fi
 phase test run_tests
+wait_prepare
 phase conformance crates/azure-iot-sim/conformance/run.sh
 # Fuzzes the API from its committed OpenAPI document against the demo (pinned, fixed seed).
 phase schemathesis scripts/schemathesis.sh
 # The dashboard in headless Chromium (installed from Debian's packages when missing and root).
 phase browser scripts/browser-test.sh
-# The crash, replica, outage and fault suites, short versions, on the same release binary. The outage suite
+# The crash, replica, outage and fault suites, short versions, on the same production binary. The outage suite
 # restarts PostgreSQL, so it needs the throwaway cluster this script started.
 reliability() {
     local target=${CARGO_TARGET_DIR:-$root/target} outage=(--pg-bin "$pg_bin" --pg-data "${pg_tmp:-}/data")
@@ -300,11 +314,12 @@ reliability() {
         echo "SKIPPED: the outage suite (it restarts PostgreSQL; a given server is not restarted)"
         suites=crash,replicas,faults outage=()
     fi
-    python3 scripts/reliability.py --size short --suite "$suites" --binary "$target/release/deprovisiond" \
+    python3 scripts/reliability.py --size short --suite "$suites" --binary "$production_bin" \
         --sim "$target/debug/azure-iot-sim" --pg-url "$DEPROVISIOND_TEST_PG_URL" "${outage[@]}"
 }
 
 if [[ -n ${DEPROVISIOND_TEST_PG_URL:-} ]]; then
+    phase production-build build_production
     phase container-smoke container_smoke
     phase reliability reliability
 elif [[ $ci == true ]]; then

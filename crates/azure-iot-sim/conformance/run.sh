@@ -33,6 +33,8 @@ elif [ -f package-lock.json ]; then
 else
     npm install --no-audit --no-fund --loglevel=error || fail "npm install failed (is the npm registry reachable?)"
 fi
+# --prepare: only install the packages (the test command does it early, beside the build).
+[ "${1:-}" != "--prepare" ] || exit 0
 
 # Honours CARGO_TARGET_DIR like cargo does.
 target=${CARGO_TARGET_DIR:-$workspace/target}
