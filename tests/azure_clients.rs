@@ -135,7 +135,8 @@ async fn dps_enrollment_full_replace_keeps_keys_and_detects_stale_etags() {
     let disabled = dps
         .set_enrollment_status("dev-1", ProvisioningStatus::Disabled)
         .await
-        .unwrap();
+        .unwrap()
+        .stored;
     assert_eq!(disabled.status(), ProvisioningStatus::Disabled);
     assert_ne!(
         disabled.etag.as_deref(),
@@ -225,7 +226,8 @@ async fn dps_x509_group_disable_echoes_certificate_info() {
     let disabled = dps
         .set_enrollment_group_status("x509-group", ProvisioningStatus::Disabled)
         .await
-        .unwrap();
+        .unwrap()
+        .stored;
     assert_eq!(disabled.status(), ProvisioningStatus::Disabled);
     assert_eq!(
         info(&disabled).info.unwrap().sha256_thumbprint,
@@ -767,7 +769,8 @@ async fn disabling_keeps_group_keys_and_enrollments_with_a_registration_state() 
     let disabled = dps
         .set_enrollment_group_status("sg", ProvisioningStatus::Disabled)
         .await
-        .unwrap();
+        .unwrap()
+        .stored;
     assert_eq!(disabled.status(), ProvisioningStatus::Disabled);
     let att = dps.enrollment_group_attestation("sg").await.unwrap();
     assert_eq!(
@@ -793,7 +796,8 @@ async fn disabling_keeps_group_keys_and_enrollments_with_a_registration_state() 
     let after = dps
         .set_enrollment_status("solo", ProvisioningStatus::Disabled)
         .await
-        .unwrap();
+        .unwrap()
+        .stored;
     assert_eq!(after.status(), ProvisioningStatus::Disabled);
     assert_eq!(
         dps.get_enrollment("solo")

@@ -205,7 +205,12 @@ async fn dps_disable_symmetric_enrollment_echoes_keys_and_everything_else() {
         .set_enrollment_status("dev-1", ProvisioningStatus::Disabled)
         .await
         .unwrap();
-    assert_eq!(out.provisioning_status, Some(ProvisioningStatus::Disabled));
+    assert_eq!(
+        out.stored.provisioning_status,
+        Some(ProvisioningStatus::Disabled)
+    );
+    assert!(out.written);
+    assert_eq!(out.calls, 3);
 
     let reqs = s.requests();
     assert_eq!(reqs.len(), 3);
@@ -231,6 +236,27 @@ async fn dps_disable_symmetric_enrollment_echoes_keys_and_everything_else() {
 }
 
 #[tokio::test]
+async fn dps_an_enrollment_already_disabled_is_not_written_again() {
+    let s = Server::start().await;
+    let mut get = symmetric_enrollment_get();
+    get["provisioningStatus"] = json!("disabled");
+    s.push(canned(200, get));
+    let out = s
+        .dps()
+        .set_enrollment_status("dev-1", ProvisioningStatus::Disabled)
+        .await
+        .unwrap();
+    assert_eq!(out.stored.status(), ProvisioningStatus::Disabled);
+    assert_eq!((out.written, out.calls), (false, 1));
+    let reqs = s.requests();
+    assert_eq!(reqs.len(), 1, "one GET: no attestation read, no PUT");
+    assert_eq!(
+        reqs[0].line(),
+        "GET /enrollments/dev-1?api-version=2021-10-01"
+    );
+}
+
+#[tokio::test]
 async fn dps_group_operations_and_if_match_on_delete() {
     let s = Server::start().await;
     let group = json!({"enrollmentGroupId": "g1", "attestation": {"type": "x509", "x509": {"signingCertificates":
@@ -248,7 +274,8 @@ async fn dps_group_operations_and_if_match_on_delete() {
         .set_enrollment_group_status("g1", ProvisioningStatus::Disabled)
         .await
         .unwrap();
-    assert_eq!(g.status(), ProvisioningStatus::Disabled);
+    assert_eq!(g.stored.status(), ProvisioningStatus::Disabled);
+    assert_eq!((g.written, g.calls), (true, 2));
     dps.delete_enrollment_group("g1", Some("E2")).await.unwrap();
     dps.delete_registration("dev 1", None).await.unwrap();
     let reqs = s.requests();

@@ -19,6 +19,17 @@ use super::transport::{Body, ClientOptions, Endpoint, paged, paging_headers};
 /// Most items DPS accepts in one bulk enrollment operation.
 pub const MAX_BULK_ENROLLMENTS: usize = 10;
 
+/// What [`DpsClient::set_enrollment_status`] did: the entity as DPS now stores it, and whether it had to write.
+#[derive(Debug, Clone)]
+pub struct StatusSet<T> {
+    /// The GET's entity when nothing was written, else the PUT's answer (DPS answers with what it stored).
+    pub stored: T,
+    /// False when the entity already had the status: no attestation read and no PUT were made.
+    pub written: bool,
+    /// DPS operations the call spent (1 to 3), for the pacing budget.
+    pub calls: u32,
+}
+
 /// Client of one DPS instance's service API. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DpsClient {
@@ -201,20 +212,36 @@ impl DpsClient {
 
     /// Sets an individual enrollment's status by full replace: GET, fetch the attestation mechanism when it
     /// holds symmetric keys (GET hides them), change only `provisioningStatus`, PUT with `If-Match: <etag>`.
-    /// Returns the service's answer; a 412 means someone else wrote in between (call again).
+    /// An enrollment that already has the status is not written again. A 412 means someone else wrote in
+    /// between (call again).
     pub async fn set_enrollment_status(
         &self,
         registration_id: &str,
         status: ProvisioningStatus,
-    ) -> Result<IndividualEnrollment, AzureError> {
+    ) -> Result<StatusSet<IndividualEnrollment>, AzureError> {
         let mut enrollment = self.get_enrollment(registration_id).await?;
+        if enrollment.provisioning_status == Some(status) {
+            return Ok(StatusSet {
+                stored: enrollment,
+                written: false,
+                calls: 1,
+            });
+        }
+        let mut calls = 2;
         if enrollment.attestation.kind == AttestationType::SymmetricKey {
             enrollment.attestation = self.enrollment_attestation(registration_id).await?;
+            calls += 1;
         }
         enrollment.provisioning_status = Some(status);
         let etag = enrollment.etag.clone();
-        self.create_or_replace_enrollment(&enrollment, etag.as_deref())
-            .await
+        let stored = self
+            .create_or_replace_enrollment(&enrollment, etag.as_deref())
+            .await?;
+        Ok(StatusSet {
+            stored,
+            written: true,
+            calls,
+        })
     }
 
     /// Sets an enrollment group's status by full replace (as [`Self::set_enrollment_status`]).
@@ -222,15 +249,30 @@ impl DpsClient {
         &self,
         group_id: &str,
         status: ProvisioningStatus,
-    ) -> Result<EnrollmentGroup, AzureError> {
+    ) -> Result<StatusSet<EnrollmentGroup>, AzureError> {
         let mut group = self.get_enrollment_group(group_id).await?;
+        if group.provisioning_status == Some(status) {
+            return Ok(StatusSet {
+                stored: group,
+                written: false,
+                calls: 1,
+            });
+        }
+        let mut calls = 2;
         if group.attestation.kind == AttestationType::SymmetricKey {
             group.attestation = self.enrollment_group_attestation(group_id).await?;
+            calls += 1;
         }
         group.provisioning_status = Some(status);
         let etag = group.etag.clone();
-        self.create_or_replace_enrollment_group(&group, etag.as_deref())
-            .await
+        let stored = self
+            .create_or_replace_enrollment_group(&group, etag.as_deref())
+            .await?;
+        Ok(StatusSet {
+            stored,
+            written: true,
+            calls,
+        })
     }
 
     /// One page of `POST /registrations/{groupId}/query`: the registration states of a group's devices and the

@@ -22,7 +22,7 @@ pub use config::{AzureConfig, ConfigError, DpsInstanceConfig, HubConfig};
 pub use quota::HubTier;
 
 pub use connection_string::{ConnectionString, ConnectionStringError};
-pub use dps::DpsClient;
+pub use dps::{DpsClient, StatusSet};
 pub use error::{AzureError, ErrorAudit, ErrorDetails};
 pub use hub::{HubClient, IfMatch};
 pub use secret::Secret;

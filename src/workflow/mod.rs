@@ -149,6 +149,16 @@ impl AzureWorkflow {
         }
     }
 
+    /// Gives back operations [`Self::pace_dps`] took for calls that were not needed.
+    pub(crate) async fn refund_dps(&self, name: &str, n: f64) {
+        if n <= 0.0 {
+            return;
+        }
+        if let Some(rate) = self.clients.dps_budget(name) {
+            self.pacer.refund(&dps_key(name), rate, n).await;
+        }
+    }
+
     /// Records a 429 from DPS instance `name`.
     pub(crate) async fn dps_throttled(
         &self,
@@ -182,8 +192,7 @@ fn job_step_cost(step: JobStep, target: &Target) -> f64 {
     match (step, target) {
         (JobStep::Resolve, Target::EnrollmentGroup(_)) => 1.0,
         (JobStep::Resolve, _) => 3.0,
-        // GET, attestation mechanism, PUT, verifying GET.
-        (JobStep::Revoke, _) => 4.0,
+        (JobStep::Revoke, _) => steps::REVOKE_CALLS,
         (JobStep::Enumerate, _) => 1.0,
         (JobStep::DeleteRegistrations, _) => f64::from(CLEANUP_BATCH),
         (JobStep::DeleteGroup, _) => 4.0,

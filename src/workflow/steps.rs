@@ -12,7 +12,7 @@ use crate::azure::models::{
     AttestationType, DeviceRegistrationState, EnrollmentGroup, IndividualEnrollment,
     ProvisioningStatus,
 };
-use crate::azure::{AzureError, DpsClient};
+use crate::azure::{AzureError, DpsClient, StatusSet};
 use crate::domain::context::JobContext;
 use crate::domain::job::{GroupDeviceTarget, GroupTarget, IndividualTarget, RevokeAction, Target};
 use crate::domain::lane::{Outcome, StepError};
@@ -60,9 +60,11 @@ pub(super) async fn run_job_step(wf: &AzureWorkflow, job: &JobRecord, step: JobS
         (JobStep::Resolve, Target::IndividualEnrollment(t)) => {
             resolve_individual(wf, dps, job, t).await
         }
-        (JobStep::Revoke, Target::IndividualEnrollment(t)) => revoke_individual(dps, job, t).await,
+        (JobStep::Revoke, Target::IndividualEnrollment(t)) => {
+            revoke_individual(wf, dps, job, t).await
+        }
         (JobStep::Resolve, Target::EnrollmentGroup(t)) => resolve_group(wf, dps, t).await,
-        (JobStep::Revoke, Target::EnrollmentGroup(t)) => disable_group(dps, t).await,
+        (JobStep::Revoke, Target::EnrollmentGroup(t)) => disable_group(wf, job, dps, t).await,
         (JobStep::Enumerate, Target::EnrollmentGroup(t)) => enumerate(dps, job, t).await,
         (JobStep::DeleteRegistrations, Target::EnrollmentGroup(_)) => {
             delete_registrations(wf, dps, job).await
@@ -192,11 +194,18 @@ async fn resolve_individual(
     })
 }
 
-async fn revoke_individual(dps: &DpsClient, job: &JobRecord, t: &IndividualTarget) -> StepResult {
+async fn revoke_individual(
+    wf: &AzureWorkflow,
+    dps: &DpsClient,
+    job: &JobRecord,
+    t: &IndividualTarget,
+) -> StepResult {
     let id = t.registration_id.as_str();
     match job.request.revoke {
-        RevokeAction::Disable => disable_enrollment(dps, id).await,
+        RevokeAction::Disable => disable_enrollment(wf, job, dps, id).await,
         RevokeAction::Delete => {
+            // DELETE and its verifying GET: two of the four operations taken.
+            wf.refund_dps(&job.dps, REVOKE_CALLS - 2.0).await;
             match dps.delete_enrollment(id, None).await {
                 Ok(()) => {}
                 // Already gone (maybe by our own earlier attempt): done.
@@ -221,19 +230,62 @@ async fn revoke_individual(dps: &DpsClient, job: &JobRecord, t: &IndividualTarge
     }
 }
 
-/// GET, full-replace PUT with `provisioningStatus: disabled` and If-Match (keys preserved), then read back.
-async fn disable_enrollment(dps: &DpsClient, id: &str) -> StepResult {
-    match dps
+/// GET, then a full-replace PUT with `provisioningStatus: disabled` and If-Match (keys preserved), verified
+/// from the PUT's answer (DPS answers with what it stored); read again only when that answer does not show it
+/// disabled. An enrollment already disabled is not written again: the GET is the verification.
+async fn disable_enrollment(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    dps: &DpsClient,
+    id: &str,
+) -> StepResult {
+    let set = match dps
         .set_enrollment_status(id, ProvisioningStatus::Disabled)
         .await
     {
-        Ok(_) => {}
+        Ok(set) => set,
         Err(e) if e.is_not_found() => {
             return fail(format!("individual enrollment `{id}` no longer exists"));
         }
+        Err(e) if e.is_precondition_failed() => return changed_meanwhile("enrollment", id),
         Err(e) => return azure("disabling the individual enrollment", &e),
+    };
+    if set.stored.provisioning_status == Some(ProvisioningStatus::Disabled) {
+        wf.refund_dps(&job.dps, REVOKE_CALLS - f64::from(set.calls))
+            .await;
+        return enrollment_disabled("enrollment_disabled", id, &set);
     }
+    wf.refund_dps(&job.dps, REVOKE_CALLS - f64::from(set.calls) - 1.0)
+        .await;
     verify_enrollment_disabled(dps, id, "enrollment_disabled").await
+}
+
+/// Operations a revoke step takes from the DPS budget before it starts: GET, attestation mechanism, PUT and a
+/// verifying GET at most. What a step did not need is given back.
+pub(super) const REVOKE_CALLS: f64 = 4.0;
+
+/// Someone else wrote the enrollment between our GET and PUT (412): read it again at once.
+fn changed_meanwhile(kind: &str, id: &str) -> StepResult {
+    retry_now(format!(
+        "{kind} `{id}` changed in DPS while being disabled (412); reading it again"
+    ))
+}
+
+/// The done step for an enrollment seen disabled, by the GET (nothing written) or in the PUT's answer.
+fn enrollment_disabled(kind: &str, id: &str, set: &StatusSet<IndividualEnrollment>) -> StepResult {
+    let how = if set.written {
+        "verified from DPS's answer"
+    } else {
+        "already disabled; not written again"
+    };
+    done_with(StepEffects {
+        events: vec![event(
+            kind,
+            format!("individual enrollment `{id}` is disabled ({how})"),
+            Some(json!({"etag": set.stored.etag, "written": set.written})),
+        )],
+        ..StepEffects::default()
+    })
 }
 
 async fn verify_enrollment_disabled(dps: &DpsClient, id: &str, kind: &str) -> StepResult {
@@ -242,8 +294,10 @@ async fn verify_enrollment_disabled(dps: &DpsClient, id: &str, kind: &str) -> St
             done_with(StepEffects {
                 events: vec![event(
                     kind,
-                    format!("individual enrollment `{id}` is disabled (verified)"),
-                    Some(json!({"etag": e.etag})),
+                    format!(
+                        "individual enrollment `{id}` is disabled (verified by reading it again)"
+                    ),
+                    Some(json!({"etag": e.etag, "written": true})),
                 )],
                 ..StepEffects::default()
             })
@@ -311,30 +365,53 @@ async fn resolve_group(wf: &AzureWorkflow, dps: &DpsClient, t: &GroupTarget) -> 
     })
 }
 
-async fn disable_group(dps: &DpsClient, t: &GroupTarget) -> StepResult {
+/// As [`disable_enrollment`], for the group: no write when it is already disabled, verified from the PUT's
+/// answer, read again only when that answer does not show it.
+async fn disable_group(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    dps: &DpsClient,
+    t: &GroupTarget,
+) -> StepResult {
     let id = t.group_id.as_str();
-    match dps
+    let set = match dps
         .set_enrollment_group_status(id, ProvisioningStatus::Disabled)
         .await
     {
-        Ok(_) => {}
+        Ok(set) => set,
         Err(e) if e.is_not_found() => {
             return fail(format!("enrollment group `{id}` no longer exists"));
         }
+        Err(e) if e.is_precondition_failed() => return changed_meanwhile("enrollment group", id),
         Err(e) => return azure("disabling the enrollment group", &e),
+    };
+    let disabled = |g: &EnrollmentGroup, how: &str| {
+        done_with(StepEffects {
+            events: vec![event(
+                "group_disabled",
+                format!(
+                    "enrollment group `{id}` is disabled ({how}): its signing certificate is blocklisted"
+                ),
+                Some(json!({"etag": g.etag, "written": set.written})),
+            )],
+            ..StepEffects::default()
+        })
+    };
+    if set.stored.provisioning_status == Some(ProvisioningStatus::Disabled) {
+        wf.refund_dps(&job.dps, REVOKE_CALLS - f64::from(set.calls))
+            .await;
+        let how = if set.written {
+            "verified from DPS's answer"
+        } else {
+            "already disabled; not written again"
+        };
+        return disabled(&set.stored, how);
     }
+    wf.refund_dps(&job.dps, REVOKE_CALLS - f64::from(set.calls) - 1.0)
+        .await;
     match dps.get_enrollment_group(id).await {
         Ok(g) if g.provisioning_status == Some(ProvisioningStatus::Disabled) => {
-            done_with(StepEffects {
-                events: vec![event(
-                    "group_disabled",
-                    format!(
-                        "enrollment group `{id}` is disabled (verified): its signing certificate is blocklisted"
-                    ),
-                    Some(json!({"etag": g.etag})),
-                )],
-                ..StepEffects::default()
-            })
+            disabled(&g, "verified by reading it again")
         }
         Ok(_) => retry_now(format!(
             "DPS accepted the update but group `{id}` is still enabled"

@@ -39,6 +39,7 @@ both_stores!(
     a_paced_hub_is_left_unclaimed_while_other_hubs_go_on,
     the_preview_estimates_with_the_pacing_arithmetic,
     deletes_waiting_together_go_out_as_one_bulk_call,
+    the_revoke_writes_once_and_never_when_already_disabled,
 );
 
 fn sim_config(time_scale: f64) -> SimConfig {
@@ -207,6 +208,66 @@ async fn group_on_a_throttled_s1_hub_stays_within_quota_at_two_ops_per_device(db
         busiest as f64 <= quota_in(window, TIME_SCALE),
         "{busiest} calls in one second, quota {}",
         quota_in(window, TIME_SCALE)
+    );
+    app.stop().await;
+    sim.shutdown().await;
+}
+
+/// DPS calls on one enrollment group, as `METHOD operation`, in order.
+fn group_calls(calls: &[CallRecord], group_id: &str) -> Vec<String> {
+    let path = format!("/enrollmentGroups/{group_id}");
+    calls
+        .iter()
+        .filter(|c| c.path.starts_with(&path))
+        .map(|c| format!("{} {}", c.method, c.operation))
+        .collect()
+}
+
+async fn the_revoke_writes_once_and_never_when_already_disabled(db: TestDb) {
+    let mut disabled = group("already", 3, HUB);
+    disabled.provisioning_status = Some("disabled".into());
+    let sim = sim_with(vec![group("fleet", 3, HUB), disabled], vec![]).await;
+    let app = app_for(&db, &sim).await;
+    let enabled_job = submit(&app, &group_body("fleet", "disable")).await;
+    let disabled_job = submit(&app, &group_body("already", "disable")).await;
+    for id in [&enabled_job, &disabled_job] {
+        let job = finished(&app, id).await;
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+    }
+    let calls = sim.calls();
+    // Resolve reads the group; revoke reads it, fetches its keys and writes it, verified from the PUT's
+    // answer: no read-back.
+    let fleet = group_calls(&calls, "fleet");
+    assert_eq!(
+        fleet[fleet.len() - 3..],
+        [
+            "GET GetEnrollmentGroup",
+            "POST GetEnrollmentGroupAttestation",
+            "PUT PutEnrollmentGroup"
+        ],
+        "one write, and no read after it: {fleet:?}"
+    );
+    assert_eq!(fleet.iter().filter(|c| c.starts_with("PUT")).count(), 1);
+    // Already disabled: the revoke's GET is the verification, nothing is written or fetched; the same
+    // reads as for the enabled group, less the read of its keys.
+    let already = group_calls(&calls, "already");
+    assert!(already.iter().all(|c| c.starts_with("GET")), "{already:?}");
+    assert_eq!(already.len(), fleet.len() - 2, "{already:?} vs {fleet:?}");
+    let events = app
+        .get_json(&format!("/v1/deprovisions/{disabled_job}/events"))
+        .await;
+    let revoke = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "group_disabled")
+        .expect("a group_disabled event");
+    assert!(
+        revoke["message"]
+            .as_str()
+            .unwrap()
+            .contains("already disabled; not written again"),
+        "{revoke:#}"
     );
     app.stop().await;
     sim.shutdown().await;

@@ -164,14 +164,22 @@ fn is_write(c: &CallRecord) -> bool {
     matches!(c.method.as_str(), "PUT" | "DELETE" | "POST") && c.status.is_some_and(|s| s < 300)
 }
 
-/// Sequence number of the successful revoke write, and of every hub write for `device`.
+/// Every hub write for `device` comes after the revoke: its successful write, or, for an enrollment already
+/// disabled (which is not written again), the revoke step's verifying read, the last read before any write.
 fn assert_revoke_before_registry(calls: &[CallRecord], revoke_path: &str, device: &str) {
-    let revoke = calls
+    let first_write = calls
         .iter()
         .filter(|c| c.path == revoke_path && is_write(c))
         .map(|c| c.seq)
-        .min()
-        .unwrap_or_else(|| panic!("no successful write to {revoke_path}"));
+        .min();
+    let revoke = first_write.unwrap_or_else(|| {
+        calls
+            .iter()
+            .filter(|c| c.path == revoke_path && c.method == "GET" && c.status == Some(200))
+            .map(|c| c.seq)
+            .max()
+            .unwrap_or_else(|| panic!("no successful write or read of {revoke_path}"))
+    });
     let hub_writes: Vec<u64> = calls
         .iter()
         .filter(|c| {
