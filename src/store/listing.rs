@@ -8,7 +8,7 @@ use super::page::{Page, decode_cursor, encode_cursor};
 use super::rows::{
     EVENT_COLUMNS, ITEM_COLUMNS, JOB_COLUMNS, event_from_row, item_from_row, job_from_row,
 };
-use super::{EventRecord, ItemRecord, JobFilter, JobRecord, Result, Store, StoreError};
+use super::{Backend, EventRecord, ItemRecord, JobFilter, JobRecord, Result, Store, StoreError};
 use crate::domain::clock::Millis;
 use crate::domain::lane::LaneState;
 use crate::domain::settle::ItemCounts;
@@ -90,6 +90,24 @@ impl Store {
         }))
     }
 
+    /// Folds a job's appended count changes into one row per hub and state (PostgreSQL appends a row per
+    /// statement that changes items; SQLite keeps one row per key already). Safe beside concurrent changes:
+    /// rows appended after this statement's snapshot are left for the next fold.
+    pub async fn fold_item_counts(&self, job_id: &str) -> Result<()> {
+        if self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        sqlx::query(
+            "WITH gone AS (DELETE FROM job_item_counts WHERE job_id = $1 RETURNING hub, state, n) \
+             INSERT INTO job_item_counts (job_id, hub, state, n) \
+             SELECT $1, hub, state, SUM(n) FROM gone GROUP BY hub, state HAVING SUM(n) <> 0",
+        )
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Whether a job cursor is well-formed (so the API can answer 400 instead of 500).
     pub fn is_valid_job_cursor(cursor: &str) -> bool {
         decode_job_cursor(cursor).is_some()
@@ -101,7 +119,8 @@ impl Store {
         Ok(all.remove(job_id).unwrap_or_default())
     }
 
-    /// Item counts of several jobs in one query (a page of the job list).
+    /// Item counts of several jobs in one query (a page of the job list), from the counts the database
+    /// keeps beside the items (migration 0014), not by counting the items.
     pub async fn item_counts_of(&self, job_ids: &[String]) -> Result<HashMap<String, ItemCounts>> {
         let mut out: HashMap<String, ItemCounts> = HashMap::new();
         if job_ids.is_empty() {
@@ -109,7 +128,8 @@ impl Store {
         }
         let placeholders: Vec<String> = (1..=job_ids.len()).map(|i| format!("${i}")).collect();
         let mut q = sqlx::query(sql!(
-            "SELECT job_id, state, COUNT(*) AS n FROM job_items WHERE job_id IN ({}) GROUP BY job_id, state",
+            "SELECT job_id, state, CAST(SUM(n) AS BIGINT) AS n FROM job_item_counts WHERE job_id IN ({}) \
+             GROUP BY job_id, state",
             placeholders.join(", ")
         ));
         for id in job_ids {
@@ -127,17 +147,19 @@ impl Store {
         Ok(out)
     }
 
-    /// A job's item counts by the hub their record names (progress per hub).
+    /// A job's item counts by the hub their record names (progress per hub), from the kept counts.
     pub async fn hub_counts(&self, job_id: &str) -> Result<Vec<(Option<String>, ItemCounts)>> {
         let rows = sqlx::query(
-            "SELECT hub, state, COUNT(*) AS n FROM job_items WHERE job_id = $1 GROUP BY hub, state",
+            "SELECT hub, state, CAST(SUM(n) AS BIGINT) AS n FROM job_item_counts WHERE job_id = $1 \
+             GROUP BY hub, state HAVING SUM(n) <> 0",
         )
         .bind(job_id)
         .fetch_all(&self.pool)
         .await?;
         let mut out: BTreeMap<Option<String>, ItemCounts> = BTreeMap::new();
         for r in rows {
-            let hub: Option<String> = r.try_get("hub")?;
+            // The counts table keeps "no hub" as '' so that it can be part of a key.
+            let hub = Some(r.try_get::<String, _>("hub")?).filter(|h| !h.is_empty());
             let state: String = r.try_get("state")?;
             let n = r.try_get::<i64, _>("n")? as u64;
             let c = out.entry(hub).or_default();

@@ -33,7 +33,7 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         let devices =
-            sqlx::query("SELECT state, COUNT(*) FROM job_items GROUP BY state ORDER BY state")
+            sqlx::query("SELECT state, CAST(SUM(n) AS BIGINT) FROM job_item_counts GROUP BY state HAVING SUM(n) <> 0 ORDER BY state")
                 .fetch_all(self.pool())
                 .await?;
         let tombstones = sqlx::query(

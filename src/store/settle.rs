@@ -38,6 +38,9 @@ impl Store {
         if !job.status.is_active() {
             return Ok(());
         }
+        // Settling follows each batch of device results: the moment to fold the count changes they
+        // appended, so reading a job's counts stays a few rows however many devices it has.
+        self.fold_item_counts(job_id).await?;
         if job.cancel_requested {
             // Work whose worker died after the cancel will never be reclaimed: end it here.
             sqlx::query(

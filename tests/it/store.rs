@@ -40,6 +40,7 @@ both_stores!(
     pool_size_statement_timeout_and_durability,
     concurrent_identical_posts_make_one_job,
     a_batch_of_results_records_each_and_fences_only_the_stale_one,
+    kept_counts_match_the_items_through_concurrent_changes,
 );
 
 fn plan() -> Plan {
@@ -1045,8 +1046,18 @@ async fn group_job_at_the_barrier(
     devices: Vec<NewItem>,
     lease: Duration,
 ) -> (JobRecord, JobRecord) {
+    group_job_at_the_barrier_of(s, "fleet", devices, lease).await
+}
+
+/// [`group_job_at_the_barrier`] for group `group_id`.
+async fn group_job_at_the_barrier_of(
+    s: &Store,
+    group_id: &str,
+    devices: Vec<NewItem>,
+    lease: Duration,
+) -> (JobRecord, JobRecord) {
     let Created::New(job) = s
-        .create_job(new_job(group("fleet"), None), 0)
+        .create_job(new_job(group(group_id), None), 0)
         .await
         .unwrap()
     else {
@@ -1070,4 +1081,144 @@ async fn group_job_at_the_barrier(
     .await
     .unwrap();
     (job, j)
+}
+
+/// The counts by state and by hub, counted from the items themselves.
+async fn counted(s: &Store, job_id: &str) -> Vec<(String, String, i64)> {
+    let rows = sqlx::query(
+        "SELECT COALESCE(hub, ''), state, COUNT(*) FROM job_items WHERE job_id = $1 GROUP BY 1, 2",
+    )
+    .bind(job_id.to_string())
+    .fetch_all(s.pool())
+    .await
+    .unwrap();
+    let mut out: Vec<(String, String, i64)> = rows
+        .iter()
+        .map(|r| {
+            use sqlx::Row;
+            (r.get(0), r.get(1), r.get(2))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The counts the store keeps (what the job view, the list and settling read), in the same shape.
+async fn kept(s: &Store, job_id: &str) -> Vec<(String, String, i64)> {
+    let mut out = Vec::new();
+    for (hub, c) in s.hub_counts(job_id).await.unwrap() {
+        let hub = hub.unwrap_or_default();
+        for (state, n) in [
+            ("waiting", c.waiting),
+            ("pending", c.pending),
+            ("running", c.running),
+            ("succeeded", c.succeeded),
+            ("skipped", c.skipped),
+            ("failed", c.failed),
+            ("cancelled", c.cancelled),
+        ] {
+            if n > 0 {
+                out.push((hub.clone(), state.to_string(), n as i64));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn kept_counts_match_the_items_through_concurrent_changes(db: TestDb) {
+    let s = db.store().await;
+    let lease = Duration::from_secs(60);
+    let devices = |prefix: &str| -> Vec<NewItem> {
+        (0..60)
+            .map(|i| NewItem {
+                registration_id: format!("{prefix}-{i}"),
+                device_id: None,
+                // Three hubs and devices whose record names none: each completion batch spans hubs.
+                hub: ["h1", "h2", "h3"].get(i % 4).map(|h| h.to_string()),
+                data: None,
+            })
+            .collect()
+    };
+    let (job, j) = group_job_at_the_barrier_of(&s, "fleet", devices("a"), lease).await;
+    assert_eq!(kept(&s, &job.id).await, counted(&s, &job.id).await);
+    // Four workers claim and finish devices at once: most succeed, every fifth fails, every seventh
+    // is handed back for a retry.
+    let work = |owner: &'static str| {
+        let s = s.clone();
+        let steps = j.plan.item_steps().to_vec();
+        async move {
+            let mut now = 10;
+            loop {
+                now += 1;
+                let claimed = s.claim_items(owner, now, lease, 5).await.unwrap();
+                if claimed.is_empty() {
+                    break;
+                }
+                let batch: Vec<ItemCompletion> = claimed
+                    .iter()
+                    .map(|item| {
+                        let n: usize = item.registration_id[2..].parse().unwrap();
+                        let outcome = if n % 5 == 0 {
+                            Outcome::Fail(StepError::msg("refused"))
+                        } else if n % 7 == 0 && item.attempt < 2 {
+                            Outcome::Retry {
+                                error: StepError::msg("busy"),
+                                retry_after: Some(Duration::ZERO),
+                            }
+                        } else {
+                            Outcome::Done
+                        };
+                        let mut rng = StdRng::seed_from_u64(n as u64);
+                        let transition = lane::advance(
+                            &steps,
+                            Position {
+                                step_index: 0,
+                                attempt: item.attempt,
+                            },
+                            outcome,
+                            now,
+                            &BackoffPolicy::default(),
+                            &mut rng,
+                        );
+                        ItemCompletion {
+                            item: item.clone(),
+                            transition,
+                            effects: StepEffects::default(),
+                            now,
+                        }
+                    })
+                    .collect();
+                for r in s.complete_item_steps(&batch).await.unwrap() {
+                    r.unwrap();
+                }
+            }
+        }
+    };
+    tokio::join!(work("w1"), work("w2"), work("w3"), work("w4"));
+    let after = counted(&s, &job.id).await;
+    assert_eq!(kept(&s, &job.id).await, after);
+    let failed: i64 = after.iter().filter(|c| c.1 == "failed").map(|c| c.2).sum();
+    assert_eq!(failed, 12, "{after:?}");
+    let counts = s.item_counts(&job.id).await.unwrap();
+    assert_eq!(
+        (counts.total, counts.failed, counts.succeeded),
+        (60, 12, 48)
+    );
+    // A cancel ends another job's pending devices in one statement.
+    let (other, _) = group_job_at_the_barrier_of(&s, "other", devices("b"), lease).await;
+    s.cancel_job(&other.id, 100).await.unwrap();
+    let cancelled = counted(&s, &other.id).await;
+    assert_eq!(kept(&s, &other.id).await, cancelled);
+    assert!(
+        cancelled.iter().all(|c| c.1 == "cancelled"),
+        "{cancelled:?}"
+    );
+    // The job list reads the same counts.
+    let both = s
+        .item_counts_of(&[job.id.clone(), other.id.clone()])
+        .await
+        .unwrap();
+    assert_eq!(both[&other.id].cancelled, 60);
+    assert_eq!(both[&job.id].failed, 12);
 }
