@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::rows::{JOB_COLUMNS, insert_event, job_from_row, to_json};
+use super::rows::{JOB_COLUMNS, insert_event, insert_events, job_from_row, to_json};
 use super::{
     Created, HELD_UNTIL, JobOrigin, JobRecord, NewEvent, NewJob, Result, Store, StoreError,
 };
@@ -184,9 +184,8 @@ impl Store {
         events: &[NewEvent],
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for e in events {
-            insert_event(&mut tx, job_id, now, e).await?;
-        }
+        let events: Vec<(Millis, &NewEvent)> = events.iter().map(|e| (now, e)).collect();
+        insert_events(&mut tx, job_id, &events).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::rows::{
-    ITEM_COLUMNS, JOB_COLUMNS, insert_event, insert_items, item_from_row, job_from_row, to_json,
+    ITEM_COLUMNS, JOB_COLUMNS, insert_events, insert_items, item_from_row, job_from_row, to_json,
 };
 use super::settle::{quarantine_item, quarantine_job, unreadable};
 use super::{ItemRecord, JobRecord, NewEvent, NewItem, Result, Store, StoreError};
@@ -448,9 +448,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        for e in &effects.events {
-            insert_event(&mut tx, &job.id, now, e).await?;
-        }
+        let events: Vec<(Millis, &NewEvent)> = effects.events.iter().map(|e| (now, e)).collect();
+        insert_events(&mut tx, &job.id, &events).await?;
         tx.commit().await?;
         self.settle(&job.id, now).await?;
         Ok(())
@@ -487,6 +486,7 @@ impl Store {
         let mut cancelled: HashMap<&str, bool> = HashMap::new();
         let mut results = Vec::with_capacity(batch.len());
         let mut to_settle: Vec<(&str, Millis)> = Vec::new();
+        let mut events: Vec<(&str, Vec<(Millis, &NewEvent)>)> = Vec::new();
         for done in batch {
             let (item, t, now) = (&done.item, &done.transition, done.now);
             let job_cancelled = match cancelled.get(item.job_id.as_str()) {
@@ -532,8 +532,11 @@ impl Store {
                 results.push(Err(StoreError::Fenced));
                 continue;
             }
-            for e in &done.effects.events {
-                insert_event(&mut tx, &item.job_id, now, e).await?;
+            // Written after the loop, one numbering and one INSERT per job of the batch.
+            let mine = done.effects.events.iter().map(|e| (now, e));
+            match events.iter_mut().find(|(job, _)| *job == item.job_id) {
+                Some((_, list)) => list.extend(mine),
+                None => events.push((&item.job_id, mine.collect())),
             }
             if state.is_terminal() {
                 match to_settle.iter_mut().find(|(job, _)| *job == item.job_id) {
@@ -542,6 +545,9 @@ impl Store {
                 }
             }
             results.push(Ok(()));
+        }
+        for (job_id, list) in &events {
+            insert_events(&mut tx, job_id, list).await?;
         }
         tx.commit().await?;
         // The results are recorded now, whatever settling does: a failed settle is left to the
