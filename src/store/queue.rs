@@ -482,6 +482,17 @@ impl Store {
     /// The outer error means nothing was recorded; otherwise each completion has its own result, and
     /// one whose lease a newer claim took is [`StoreError::Fenced`] without affecting the others.
     pub async fn complete_item_steps(&self, batch: &[ItemCompletion]) -> Result<Vec<Result<()>>> {
+        let (results, to_settle) = self.record_item_steps(batch).await?;
+        self.settle_after(&to_settle).await;
+        Ok(results)
+    }
+
+    /// [`Store::complete_item_steps`] without the settling: the results, and the jobs to settle (with the
+    /// time to settle them at) once whoever waits for the results has them.
+    pub async fn record_item_steps(
+        &self,
+        batch: &[ItemCompletion],
+    ) -> Result<(Vec<Result<()>>, Vec<(String, Millis)>)> {
         let mut tx = self.pool.begin().await?;
         let mut cancelled: HashMap<&str, bool> = HashMap::new();
         let mut results = Vec::with_capacity(batch.len());
@@ -550,15 +561,22 @@ impl Store {
             insert_events(&mut tx, job_id, list).await?;
         }
         tx.commit().await?;
-        // The results are recorded now, whatever settling does: a failed settle is left to the
-        // periodic sweep rather than reported as a failed write (which would send the batch to be
-        // written again, one at a time, only to be fenced).
-        for (job_id, now) in to_settle {
-            if let Err(e) = self.settle(job_id, now).await {
+        let to_settle = to_settle
+            .into_iter()
+            .map(|(job, at)| (job.to_string(), at))
+            .collect();
+        Ok((results, to_settle))
+    }
+
+    /// Settles the jobs [`Store::record_item_steps`] named. The results are recorded already, whatever
+    /// settling does: a failed settle is left to the periodic sweep rather than reported as a failed
+    /// write (which would send the batch to be written again, one at a time, only to be fenced).
+    pub async fn settle_after(&self, jobs: &[(String, Millis)]) {
+        for (job_id, now) in jobs {
+            if let Err(e) = self.settle(job_id, *now).await {
                 tracing::warn!(job = %job_id, error = %e, "settling after device results failed; the sweep will retry");
             }
         }
-        Ok(results)
     }
 }
 

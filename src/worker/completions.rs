@@ -51,11 +51,13 @@ async fn write_batches(store: Store, mut rx: mpsc::UnboundedReceiver<Pending>) {
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (dones, replies): (Vec<ItemCompletion>, Vec<_>) =
             batch.drain(..).map(|p| (p.done, p.reply)).unzip();
-        match store.complete_item_steps(&dones).await {
-            Ok(results) => {
+        match store.record_item_steps(&dones).await {
+            Ok((results, to_settle)) => {
+                // The devices' workers go on (their slots free up) while this writer settles.
                 for (reply, r) in replies.into_iter().zip(results) {
                     let _ = reply.send(r);
                 }
+                store.settle_after(&to_settle).await;
             }
             Err(e) => {
                 // Nothing of the batch was recorded. One at a time instead, so a result that cannot
