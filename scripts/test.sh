@@ -296,6 +296,8 @@ phase clippy cargo clippy --workspace --all-targets --features deprovisiond/otlp
 if [[ $pg_mode == start ]]; then phase postgres start_pg; fi
 phase test run_tests
 wait_prepare
+# The same packages and features as the test build, whose dependencies it then reuses.
+export CONFORMANCE_CARGO_FLAGS="--workspace --features deprovisiond/otlp"
 phase conformance crates/azure-iot-sim/conformance/run.sh
 # Fuzzes the API from its committed OpenAPI document against the demo (pinned, fixed seed).
 phase schemathesis scripts/schemathesis.sh
