@@ -38,6 +38,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod blob;
 pub mod calllog;
 pub mod cli;
 pub mod clock;
@@ -47,6 +48,7 @@ pub mod dps_service;
 pub mod errors;
 pub mod faults;
 pub mod hub;
+pub mod jobs;
 pub mod sas;
 pub mod secret;
 pub mod seed;
@@ -60,7 +62,7 @@ pub use calllog::{CallLog, CallRecord};
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::{
     BulkCost, ChaosConfig, DpsBehavior, DpsConfig, ExistingPutPolicy, HubConfig, HubTier,
-    LinkedHubConfig, PolicyConfig, SimConfig, ThrottleConfig,
+    JobsConfig, LinkedHubConfig, PolicyConfig, SimConfig, ThrottleConfig,
 };
 pub use faults::{FaultAction, FaultRule};
 pub use server::{ConnInfo, DropConnection, Endpoint, RunningSimulator, SimHandle, Simulator};
