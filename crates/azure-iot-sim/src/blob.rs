@@ -180,6 +180,21 @@ impl BlobClient {
         })
     }
 
+    /// Create Container for the container the URI names (its SAS must allow it: an account SAS
+    /// with resource type `c`); a container that exists already is fine.
+    pub async fn create_container(&self, container: &ContainerUrl) -> Result<(), BlobError> {
+        let mut url = container.blob_url("", &[("restype", "container")]);
+        // `blob_url("")` ends the path with a `/`, which would name a blob, not the container.
+        let path = url.path().trim_end_matches('/').to_string();
+        url.set_path(&path);
+        let req = self.http.put(url).header("content-length", 0);
+        match self.send("Create Container", container, "", req).await {
+            Ok(_) => Ok(()),
+            Err(BlobError::Status { status: 409, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Get Blob of `range` (inclusive byte offsets): the bytes and the blob's total size.
     /// A range starting past the end of the blob gives no bytes.
     pub async fn get_range(
