@@ -92,10 +92,13 @@ azurite_start() {
         sleep 0.2
     done
     # Stops Azurite when the shell that started it ends, whatever way it ends, without taking over
-    # that shell's own EXIT trap.
+    # that shell's own EXIT trap. The watcher ignores the interrupts a terminal or a job runner sends
+    # to the whole process group: Azurite (started in the background) ignores SIGINT too, so the
+    # watcher must outlive it to stop it.
     local parent=$$ child=$azurite_pid
     (
-        trap - EXIT INT TERM
+        trap - EXIT
+        trap '' INT HUP
         while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 1; done
         kill "$child" 2>/dev/null
     ) >/dev/null 2>&1 </dev/null &

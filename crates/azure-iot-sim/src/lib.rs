@@ -32,6 +32,9 @@
 //!   `path = v`, `path != v` or `path IN [v, ...]` (strings, numbers, booleans); else 400 ArgumentInvalid.
 //! - `/devices/query` needs ServiceConnect (README §3); DPS registration reads need
 //!   RegistrationStatusRead, deletes RegistrationStatusWrite. Rights do not imply each other.
+//! - Import/export jobs ([`jobs`]): a second job while one is active is 403 JobQuotaExceeded; an
+//!   unknown job 404 JobNotFound; cancel answers 204; import `update` of a missing device is an
+//!   error (unlike bulk); the error log is always written; throughput is a setting.
 //! - Quotas: token buckets holding a minute of quota (`burst_fraction`), refilled continuously;
 //!   bulk calls cost one op per item unless `bulk_cost = per_call`. `Retry-After` (whole seconds,
 //!   at least 1) is on by default though Azure documents none for IoT Hub.
