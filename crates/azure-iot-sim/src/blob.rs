@@ -347,6 +347,12 @@ impl BlobLines {
         }
     }
 
+    /// Reads `bytes` per Get Blob instead of [`READ_CHUNK`] (at least 1; tests cut lines across ranges).
+    pub fn with_chunk_size(mut self, bytes: u64) -> Self {
+        self.chunk = bytes.max(1);
+        self
+    }
+
     /// Bytes fetched so far and the blob's size once known (for progress).
     pub fn position(&self) -> (u64, Option<u64>) {
         (self.offset, self.total)
