@@ -294,6 +294,10 @@ phase no-simulator no_simulator_in_production
 phase clippy cargo clippy --workspace --all-targets --features deprovisiond/otlp -- -D warnings
 # An `if`, not `||`: set -e must stay in force inside start_pg.
 if [[ $pg_mode == start ]]; then phase postgres start_pg; fi
+# Azurite, the Blob service of the simulator's import/export jobs: started on a free port for the tests and
+# the conformance script (DEPROVISIOND_TEST_AZURITE_URL), stopped when this script exits.
+source scripts/azurite.sh
+phase azurite azurite_start
 phase test run_tests
 wait_prepare
 # The same packages and features as the test build, whose dependencies it then reuses.

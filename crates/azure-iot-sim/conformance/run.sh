@@ -1,8 +1,8 @@
 #!/bin/sh
 # Conformance: drives the official Azure IoT Node.js SDKs against the simulator over HTTPS.
-# Installs the npm packages, starts the simulator (examples/sim_https.rs), runs run.mjs and stops the
-# simulator. Last line: "N passed, M failed". Without Node.js it skips (exit 0), except under CI=true,
-# where a missing prerequisite fails the run.
+# Installs the npm packages, starts Azurite (scripts/azurite.sh) and the simulator
+# (examples/sim_https.rs), runs run.mjs and stops both. Last line: "N passed, M failed". Without
+# Node.js it skips (exit 0), except under CI=true, where a missing prerequisite fails the run.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -34,7 +34,16 @@ else
     npm install --no-audit --no-fund --loglevel=error || fail "npm install failed (is the npm registry reachable?)"
 fi
 # --prepare: only install the packages (the test command does it early, beside the build).
-[ "${1:-}" != "--prepare" ] || exit 0
+if [ "${1:-}" = "--prepare" ]; then
+    "$workspace/scripts/azurite.sh" --prepare
+    exit
+fi
+
+# The import/export job checks need a Blob service: run again under scripts/azurite.sh, which starts
+# Azurite, exports DEPROVISIOND_TEST_AZURITE_URL and stops it afterwards (unless one is given).
+if [ -z "${DEPROVISIOND_TEST_AZURITE_URL:-}" ] && [ -z "${CONFORMANCE_UNDER_AZURITE:-}" ]; then
+    CONFORMANCE_UNDER_AZURITE=1 exec "$workspace/scripts/azurite.sh" -- "$here/run.sh" "$@"
+fi
 
 # Honours CARGO_TARGET_DIR like cargo does.
 target=${CARGO_TARGET_DIR:-$workspace/target}

@@ -4,10 +4,11 @@
 //!
 //! Usage: `cargo run --example sim_https`
 
+use azure_iot_sim::blob::{AccountKey, BlobClient, ContainerUrl};
 use azure_iot_sim::device_api::DeviceApiConfig;
 use azure_iot_sim::tls::{GLOBAL_DEVICE_ENDPOINT, TlsSettings};
 use azure_iot_sim::x509::TestCa;
-use azure_iot_sim::{DpsConfig, HubConfig, SimConfig, Simulator, ThrottleConfig};
+use azure_iot_sim::{DpsConfig, HubConfig, JobsConfig, SimConfig, Simulator, ThrottleConfig};
 use serde_json::json;
 
 const DPS: &str = "conf-dps";
@@ -35,7 +36,14 @@ async fn main() -> anyhow::Result<()> {
         retry_after_secs: 1,
         ..DeviceApiConfig::default()
     };
+    // Import/export jobs: short enough for the script, slow enough to watch `running`.
+    config.jobs = JobsConfig {
+        devices_per_second: 2_000.0,
+        queue_seconds: 0.2,
+        ..JobsConfig::default()
+    };
     let sim = Simulator::start(config).await?;
+    let azurite = azurite_container().await?;
 
     // A small PKI for the X.509 parts of the script (Node cannot mint certificates by itself).
     let root = TestCa::root("conformance root CA")?;
@@ -69,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         "deviceApi": {"host": GLOBAL_DEVICE_ENDPOINT, "port": addr(sim.device_api_addr())},
         "caPem": sim.tls_ca_pem(),
         "pki": {"rootPem": root.cert_pem(), "intermediatePem": inter.cert_pem(), "leaves": leaves},
+        "azurite": azurite,
     });
     // One line, flushed, so the launcher can read it while the simulator keeps running.
     {
@@ -85,4 +94,31 @@ async fn main() -> anyhow::Result<()> {
     }
     sim.shutdown().await;
     Ok(())
+}
+
+/// With `DEPROVISIOND_TEST_AZURITE_URL` (scripts/azurite.sh): a fresh container for the job checks,
+/// its SAS URI as the jobs take it, and an account SAS for the script's own blob reads and writes.
+async fn azurite_container() -> anyhow::Result<serde_json::Value> {
+    let Some(url) = std::env::var("DEPROVISIOND_TEST_AZURITE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        return Ok(serde_json::Value::Null);
+    };
+    let url = url.trim_end_matches('/');
+    let key = match std::env::var("DEPROVISIOND_TEST_AZURITE_KEY") {
+        Ok(k) if !k.is_empty() => AccountKey::new(url.rsplit('/').next().unwrap_or_default(), &k)?,
+        _ => AccountKey::azurite(),
+    };
+    let expiry = chrono::Utc::now() + chrono::Duration::hours(2);
+    let name = format!("conformance-{}", std::process::id());
+    let admin_sas = key.account_sas("rwdlac", expiry);
+    BlobClient::new()?
+        .create_container(&ContainerUrl::parse(&format!("{url}/{name}?{admin_sas}"))?)
+        .await?;
+    Ok(json!({
+        "containerUrl": format!("{url}/{name}"),
+        "containerSasUri": format!("{url}/{name}?{}", key.container_sas(&name, "rwdl", expiry)),
+        "adminSas": admin_sas,
+    }))
 }

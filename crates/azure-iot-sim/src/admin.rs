@@ -14,6 +14,8 @@
 //! | GET, PUT | `/_sim/chaos` | latency and random-fault settings ([`ChaosConfig`]) |
 //! | GET, PATCH | `/_sim/throttle` | throttling settings ([`ThrottlePatch`]) |
 //! | POST | `/_sim/seed` | seeds a fleet ([`FleetSpec`](crate::seed::FleetSpec)), answers the devices and their credentials |
+//! | GET | `/_sim/jobs` | import/export job settings ([`JobsConfig`](crate::JobsConfig)) and every hub's jobs |
+//! | PATCH | `/_sim/jobs` | changes job settings (any of `devices_per_second`, `queue_seconds`, `block_size`, `history`) |
 //! | GET | `/_sim/devices/{registrationId}/credentials` | a seeded device's key, endorsement key or certificate + private key + chain, and its id scope |
 
 use http::Method;
@@ -102,6 +104,14 @@ pub fn handle(h: &SimHandle, req: &SimRequest) -> SimResponse {
         (&Method::GET, ["devices", rid, "credentials"]) => {
             crate::seed::credentials_response(h, rid)
         }
+        (&Method::GET, ["jobs"]) => errors::json_response(200, &h.0.jobs.snapshot()),
+        (&Method::PATCH, ["jobs"]) => match serde_json::from_slice::<Value>(&req.body) {
+            Ok(p) => match h.0.jobs.patch(&p) {
+                Ok(s) => json_of(200, &s),
+                Err(e) => bad(e),
+            },
+            Err(e) => bad(e),
+        },
         (&Method::GET, ["throttle"]) => json_of(200, &h.throttle_settings()),
         (&Method::PATCH, ["throttle"]) => {
             match serde_json::from_slice::<ThrottlePatch>(&req.body) {

@@ -36,6 +36,10 @@ pub struct CallRecord {
     /// outside any quota bucket, throttled (429) or never answered.
     #[serde(default)]
     pub cost: f64,
+    /// The quota bucket `cost` was charged to (`hub:<host>:registry`, `hub:<host>:query`,
+    /// `hub:<host>:jobs`, `dps:<name>`…), so a reader can tell registry operations from the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
 }
 
 /// Bounded in-memory call log.
@@ -111,6 +115,7 @@ mod tests {
             fault: None,
             duration_ms: 0,
             cost: 1.0,
+            quota: None,
         }
     }
 

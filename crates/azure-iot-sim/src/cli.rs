@@ -31,6 +31,10 @@ pub struct SimulateArgs {
     /// Server private key (PEM) for HTTPS.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Devices per second an import/export job processes, in quota time (`time_scale` applies);
+    /// 0 runs jobs as fast as the blob service allows. Overrides the configuration's `jobs`.
+    #[arg(long, value_name = "DEVICES_PER_SECOND")]
+    pub job_throughput: Option<f64>,
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<String> {
@@ -48,6 +52,12 @@ impl SimulateArgs {
         };
         if self.seed.is_some() {
             config.seed = self.seed;
+        }
+        if let Some(t) = self.job_throughput {
+            if !(t >= 0.0 && t.is_finite()) {
+                anyhow::bail!("--job-throughput must be a number ≥ 0, not {t}");
+            }
+            config.jobs.devices_per_second = t;
         }
         if self.https || self.tls_cert.is_some() {
             let mut tls = config.tls.take().unwrap_or_default();

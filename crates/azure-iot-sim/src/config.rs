@@ -33,6 +33,8 @@ pub struct SimConfig {
     pub tls: Option<super::tls::TlsSettings>,
     /// The DPS device registration API listener (`global.azure-devices-provisioning.net`).
     pub device_api: super::device_api::DeviceApiConfig,
+    /// Import/export jobs of the hubs: throughput, queueing, blob block size.
+    pub jobs: JobsConfig,
 }
 
 impl Default for SimConfig {
@@ -50,6 +52,7 @@ impl Default for SimConfig {
             time_scale: 1.0,
             tls: None,
             device_api: super::device_api::DeviceApiConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -302,11 +305,46 @@ impl HubTier {
         }
     }
 
+    /// Import/export job operations (create, get, list, cancel) per minute per unit (azure-specs
+    /// README §6: 100 on S1/S2, 5,000 on S3).
+    pub fn job_ops_per_minute_per_unit(self) -> f64 {
+        self.registry_ops_per_minute_per_unit()
+    }
+
     /// Twin queries per minute per unit (azure-specs README §6, 2019 page).
     pub fn queries_per_minute_per_unit(self) -> f64 {
         match self {
             Self::B3 | Self::S3 => 1_000.0,
             _ => 20.0,
+        }
+    }
+}
+
+/// How the hubs' import/export jobs run (`jobs` in the configuration, `PATCH /_sim/jobs` at run time).
+///
+/// Azure documents no throughput for these jobs (azure-specs README §6 has an informal ~1M devices an
+/// hour on S3), so it is a setting: a benchmark sets the figure it wants to model. Both durations are
+/// in quota time, so the simulator's `time_scale` shortens them like every quota.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobsConfig {
+    /// Devices a job reads or writes per second of quota time.
+    pub devices_per_second: f64,
+    /// Seconds of quota time a job stays `enqueued` before it runs.
+    pub queue_seconds: f64,
+    /// Size of the blocks an export uploads (Put Block), bytes; at least 1 KiB.
+    pub block_size: usize,
+    /// Finished jobs kept per hub for `GET /jobs` (the oldest are forgotten first).
+    pub history: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            devices_per_second: 300.0,
+            queue_seconds: 1.0,
+            block_size: 4 * 1024 * 1024,
+            history: 100,
         }
     }
 }

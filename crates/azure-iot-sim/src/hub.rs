@@ -1,4 +1,7 @@
-//! IoT Hub registry API (azure-specs README §5): devices, bulk, list, twin query.
+//! IoT Hub registry API (azure-specs README §5): devices, bulk, list, twin query; and the
+//! import/export jobs API (README §6, [`crate::jobs`]).
+
+use std::sync::Arc;
 
 use http::Method;
 use percent_encoding::percent_decode_str;
@@ -7,6 +10,7 @@ use serde_json::{Value, json};
 use super::config::BulkCost;
 use super::dps_service::{decode_continuation, encode_continuation};
 use super::errors::{self, Service, SimResponse};
+use super::jobs;
 use super::server::{CallPlan, DropConnection, SimHandle, SimRequest, route_error, run_call};
 use super::state::{HubInstance, HubOpError, Precondition, Right, TwinQuery};
 
@@ -28,6 +32,14 @@ pub enum HubOp {
     Bulk,
     /// POST /devices/query.
     Query,
+    /// POST /jobs/create (import/export job).
+    CreateJob,
+    /// GET /jobs.
+    ListJobs,
+    /// GET /jobs/{id}.
+    GetJob(String),
+    /// DELETE /jobs/{id}.
+    CancelJob(String),
 }
 
 impl HubOp {
@@ -39,20 +51,38 @@ impl HubOp {
             Self::ListDevices => "ListDevices",
             Self::Bulk => "BulkDevices",
             Self::Query => "QueryTwins",
+            Self::CreateJob => "CreateImportExportJob",
+            Self::ListJobs => "GetImportExportJobs",
+            Self::GetJob(_) => "GetImportExportJob",
+            Self::CancelJob(_) => "CancelImportExportJob",
         }
     }
 
     fn entity(&self) -> Option<String> {
         match self {
-            Self::GetDevice(id) | Self::PutDevice(id) | Self::DeleteDevice(id) => Some(id.clone()),
+            Self::GetDevice(id)
+            | Self::PutDevice(id)
+            | Self::DeleteDevice(id)
+            | Self::GetJob(id)
+            | Self::CancelJob(id) => Some(id.clone()),
             _ => None,
         }
     }
 
-    fn rights(&self) -> Vec<Right> {
+    /// Rights the SAS policy must grant; `body` tells an export (reads the registry) from an import.
+    fn rights(&self, body: &[u8]) -> Vec<Right> {
         match self {
-            Self::GetDevice(_) | Self::ListDevices => vec![Right::RegistryRead],
-            Self::PutDevice(_) | Self::DeleteDevice(_) | Self::Bulk => vec![Right::RegistryWrite],
+            Self::GetDevice(_) | Self::ListDevices | Self::ListJobs | Self::GetJob(_) => {
+                vec![Right::RegistryRead]
+            }
+            Self::CreateJob if jobs::requested_kind(body) == Some(jobs::JobKind::Export) => {
+                vec![Right::RegistryRead]
+            }
+            Self::PutDevice(_)
+            | Self::DeleteDevice(_)
+            | Self::Bulk
+            | Self::CreateJob
+            | Self::CancelJob(_) => vec![Right::RegistryWrite],
             // README §3: /devices/query is a twin query and needs ServiceConnect.
             Self::Query => vec![Right::ServiceConnect],
         }
@@ -78,6 +108,24 @@ pub fn route(method: &Method, path: &str) -> Result<HubOp, u16> {
                 && method == Method::POST =>
         {
             Ok(HubOp::Query)
+        }
+        [j] if j.eq_ignore_ascii_case("jobs") => match *method {
+            Method::GET => Ok(HubOp::ListJobs),
+            _ => Err(405),
+        },
+        [j, c] if j.eq_ignore_ascii_case("jobs") && c.eq_ignore_ascii_case("create") => {
+            match *method {
+                Method::POST => Ok(HubOp::CreateJob),
+                _ => Err(405),
+            }
+        }
+        [j, id] if j.eq_ignore_ascii_case("jobs") => {
+            let id = percent_decode_str(id).decode_utf8_lossy().into_owned();
+            match *method {
+                Method::GET => Ok(HubOp::GetJob(id)),
+                Method::DELETE => Ok(HubOp::CancelJob(id)),
+                _ => Err(405),
+            }
         }
         [d, id] if d.eq_ignore_ascii_case("devices") => {
             let id = percent_decode_str(id).decode_utf8_lossy().into_owned();
@@ -113,6 +161,13 @@ pub async fn serve(
             hub.tier.queries_per_minute_per_unit() * units,
             1.0,
         ),
+        // Job operations have their own throttle; the devices a job touches cost no registry
+        // operations (README §6).
+        HubOp::CreateJob | HubOp::ListJobs | HubOp::GetJob(_) | HubOp::CancelJob(_) => (
+            format!("hub:{}:jobs", hub.host),
+            hub.tier.job_ops_per_minute_per_unit() * units,
+            1.0,
+        ),
         HubOp::Bulk => {
             let n = serde_json::from_slice::<Value>(&req.body)
                 .ok()
@@ -145,7 +200,7 @@ pub async fn serve(
             HubOp::Bulk => bulk_ids(&req.body),
             _ => Vec::new(),
         },
-        rights: op.rights(),
+        rights: op.rights(&req.body),
         quota: Some(quota),
     };
     let policies = hub.policies.clone();
@@ -168,12 +223,12 @@ fn error(handle: &SimHandle, tid: &str, e: &HubOpError) -> SimResponse {
 
 fn execute(
     handle: &SimHandle,
-    hub: &HubInstance,
+    hub: &Arc<HubInstance>,
     op: &HubOp,
     req: &SimRequest,
     tid: &str,
 ) -> SimResponse {
-    match execute_inner(hub, op, req) {
+    match execute_inner(handle, hub, op, req) {
         Ok(r) => r,
         Err(e) => error(handle, tid, &e),
     }
@@ -197,8 +252,16 @@ fn parse_body(req: &SimRequest) -> Result<Value, HubOpError> {
     })
 }
 
+fn job_response(p: &jobs::JobProperties) -> SimResponse {
+    match serde_json::to_value(p) {
+        Ok(v) => errors::json_response(200, &v),
+        Err(e) => errors::json_response(500, &json!({"Message": e.to_string()})),
+    }
+}
+
 fn execute_inner(
-    hub: &HubInstance,
+    handle: &SimHandle,
+    hub: &Arc<HubInstance>,
     op: &HubOp,
     req: &SimRequest,
 ) -> Result<SimResponse, HubOpError> {
@@ -274,6 +337,24 @@ fn execute_inner(
             errors::set_header(&mut resp, "x-ms-item-type", "Twin");
             Ok(resp)
         }
+        HubOp::CreateJob => Ok(job_response(&jobs::create(handle, hub, &req.body)?)),
+        HubOp::ListJobs => {
+            let list = serde_json::to_value(handle.0.jobs.list(&hub.host))
+                .unwrap_or_else(|_| Value::Array(Vec::new()));
+            Ok(errors::json_response(200, &list))
+        }
+        HubOp::GetJob(id) => {
+            let job = handle
+                .0
+                .jobs
+                .get(&hub.host, id)
+                .ok_or_else(|| jobs::job_not_found(id))?;
+            Ok(job_response(&job.properties()))
+        }
+        HubOp::CancelJob(id) => {
+            jobs::cancel(handle, &hub.host, id)?;
+            Ok(errors::empty_response(204))
+        }
     }
 }
 
@@ -308,5 +389,17 @@ mod tests {
         );
         assert_eq!(route(&Method::PATCH, "/devices/a"), Err(405));
         assert_eq!(route(&Method::GET, "/twins/a"), Err(404));
+        assert_eq!(route(&Method::POST, "/jobs/create"), Ok(HubOp::CreateJob));
+        assert_eq!(route(&Method::GET, "/jobs/create"), Err(405));
+        assert_eq!(route(&Method::GET, "/jobs"), Ok(HubOp::ListJobs));
+        assert_eq!(
+            route(&Method::GET, "/jobs/j1"),
+            Ok(HubOp::GetJob("j1".into()))
+        );
+        assert_eq!(
+            route(&Method::DELETE, "/jobs/j1"),
+            Ok(HubOp::CancelJob("j1".into()))
+        );
+        assert_eq!(route(&Method::POST, "/jobs"), Err(405));
     }
 }

@@ -32,12 +32,16 @@
 //!   `path = v`, `path != v` or `path IN [v, ...]` (strings, numbers, booleans); else 400 ArgumentInvalid.
 //! - `/devices/query` needs ServiceConnect (README §3); DPS registration reads need
 //!   RegistrationStatusRead, deletes RegistrationStatusWrite. Rights do not imply each other.
+//! - Import/export jobs ([`jobs`]): a second job while one is active is 403 JobQuotaExceeded; an
+//!   unknown job 404 JobNotFound; cancel answers 204; import `update` of a missing device is an
+//!   error (unlike bulk); the error log is always written; throughput is a setting.
 //! - Quotas: token buckets holding a minute of quota (`burst_fraction`), refilled continuously;
 //!   bulk calls cost one op per item unless `bulk_cost = per_call`. `Retry-After` (whole seconds,
 //!   at least 1) is on by default though Azure documents none for IoT Hub.
 
 pub mod admin;
 pub mod auth;
+pub mod blob;
 pub mod calllog;
 pub mod cli;
 pub mod clock;
@@ -47,6 +51,7 @@ pub mod dps_service;
 pub mod errors;
 pub mod faults;
 pub mod hub;
+pub mod jobs;
 pub mod sas;
 pub mod secret;
 pub mod seed;
@@ -60,7 +65,7 @@ pub use calllog::{CallLog, CallRecord};
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::{
     BulkCost, ChaosConfig, DpsBehavior, DpsConfig, ExistingPutPolicy, HubConfig, HubTier,
-    LinkedHubConfig, PolicyConfig, SimConfig, ThrottleConfig,
+    JobsConfig, LinkedHubConfig, PolicyConfig, SimConfig, ThrottleConfig,
 };
 pub use faults::{FaultAction, FaultRule};
 pub use server::{ConnInfo, DropConnection, Endpoint, RunningSimulator, SimHandle, Simulator};

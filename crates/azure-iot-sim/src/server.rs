@@ -107,6 +107,8 @@ pub struct Inner {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// PEM of the CA that issued a generated server certificate (clients trust it).
     pub tls_ca_pem: Option<String>,
+    /// The hubs' import/export jobs.
+    pub jobs: super::jobs::JobsState,
 }
 
 /// A listener: what it serves and where.
@@ -145,6 +147,8 @@ impl SimHandle {
             device: super::device_api::DeviceApiState::new(config.device_api.clone()),
             tls,
             tls_ca_pem,
+            jobs: super::jobs::JobsState::new(config.jobs.clone())
+                .map_err(|e| SimError::Config(format!("blob client for jobs: {e}")))?,
         })))
     }
 
@@ -203,8 +207,9 @@ impl SimHandle {
         self.0.throttle.patch(patch)
     }
 
-    /// Empties every instance's data.
+    /// Empties every instance's data and forgets every import/export job (active ones are cancelled).
     pub fn reset_state(&self) {
+        self.0.jobs.clear();
         self.0.state.clear();
     }
 
@@ -387,6 +392,7 @@ pub async fn run_call_with(
             Some(429) | None => 0.0,
             Some(_) => plan.quota.as_ref().map_or(0.0, |(_, _, cost)| *cost),
         },
+        quota: plan.quota.as_ref().map(|(key, _, _)| key.clone()),
     });
     // Logged before hanging so observers see the call while the client waits.
     if let Some(d) = hang {
@@ -562,6 +568,7 @@ pub fn route_error(
         fault: None,
         duration_ms: 0,
         cost: 0.0,
+        quota: None,
     });
     resp
 }

@@ -255,6 +255,37 @@ async fn responses_match_the_swagger_definitions() {
         hub(Method::POST, "/devices", Some(bulk)).await,
         "hub bulk",
     ));
+    // Import/export jobs: the blob service named here does not exist, so the job ends `failed`
+    // with a failureReason, which is part of the checked shape too.
+    let job = hub(
+        Method::POST,
+        "/jobs/create",
+        Some(json!({"type": "export", "outputBlobContainerUri": "http://127.0.0.1:9/acct/c?sig=x", "excludeKeysInExport": true})),
+    )
+    .await;
+    let job_id = job["jobId"].as_str().unwrap_or_default().to_string();
+    checks.push((
+        &hub_spec,
+        def(&hub_spec, "JobProperties"),
+        job,
+        "create job",
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let ended = loop {
+        let j = hub(Method::GET, &format!("/jobs/{job_id}"), None).await;
+        if j["status"] == "failed" || std::time::Instant::now() > deadline {
+            break j;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(ended["failureReason"].is_string(), "{ended}");
+    checks.push((&hub_spec, def(&hub_spec, "JobProperties"), ended, "get job"));
+    checks.push((
+        &hub_spec,
+        &hub_spec["paths"]["/jobs"]["get"]["responses"]["200"]["schema"],
+        hub(Method::GET, "/jobs", None).await,
+        "list jobs",
+    ));
 
     let mut errors = Vec::new();
     for (spec, schema, value, what) in &checks {
@@ -292,6 +323,10 @@ fn every_dps_spec_operation_is_routed_and_hub_routes_exist_in_the_spec() {
         ("get", "/devices"),
         ("post", "/devices"),
         ("post", "/devices/query"),
+        ("post", "/jobs/create"),
+        ("get", "/jobs"),
+        ("get", "/jobs/{id}"),
+        ("delete", "/jobs/{id}"),
     ] {
         assert!(
             hub_spec["paths"][p][m].is_object(),

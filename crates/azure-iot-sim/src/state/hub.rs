@@ -621,6 +621,111 @@ impl HubInstance {
         }
     }
 
+    /// One page of the export of this hub, in device-id order after `after` (exclusive): each device
+    /// as an `ExportImportDevice` line (keys as null when `exclude_keys`), and the last id of the page.
+    pub fn export_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        exclude_keys: bool,
+    ) -> (Vec<String>, Option<String>) {
+        let data = self.data.lock();
+        let mut lines = Vec::new();
+        let mut last = None;
+        for (k, d) in super::dps::after_range(&data.devices, after).take(limit.max(1)) {
+            lines.push(export_device(d, exclude_keys).to_string());
+            last = Some(k.clone());
+        }
+        (lines, last)
+    }
+
+    /// Applies one `ExportImportDevice` of an import job, with the job semantics of each
+    /// `importMode` (absent: `createOrUpdate`), which differ from bulk `POST /devices`: `update` and
+    /// `updateIfMatchETag` of a missing device are errors (Microsoft.Azure.Devices `ImportMode` docs).
+    pub fn import_device(&self, it: &Value) -> Result<(), HubOpError> {
+        let id = it
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| HubOpError::null("The device has no id"))?;
+        validate_device_id(id)?;
+        let given = it
+            .get("importMode")
+            .and_then(Value::as_str)
+            .unwrap_or("createOrUpdate");
+        // Case-insensitive like the bulk API (the SDKs send `Update`, `Delete`, …).
+        let mode = IMPORT_MODES
+            .into_iter()
+            .find(|m| m.eq_ignore_ascii_case(given))
+            .ok_or_else(|| HubOpError::invalid(format!("importMode '{given}' is not supported")))?;
+        let etag = it
+            .get("eTag")
+            .and_then(Value::as_str)
+            .map(|e| e.trim_matches('"').to_string());
+        let mut data = self.data.lock();
+        let prev = data.devices.get(id).cloned();
+        let etag_ok = |p: &StoredDevice| {
+            etag.as_deref().is_some_and(|e| {
+                Precondition::Etag(e.to_string())
+                    .matches(p.device.get("etag").and_then(Value::as_str))
+            })
+        };
+        match mode {
+            "create"
+            | "createOrUpdate"
+            | "createOrUpdateIfMatchETag"
+            | "update"
+            | "updateIfMatchETag" => {
+                match (&prev, mode) {
+                    (Some(_), "create") => return Err(HubOpError::already_exists(id)),
+                    (None, "update" | "updateIfMatchETag") => {
+                        return Err(HubOpError::not_found(id));
+                    }
+                    (Some(p), "updateIfMatchETag" | "createOrUpdateIfMatchETag") if !etag_ok(p) => {
+                        return Err(HubOpError::precondition_failed(id));
+                    }
+                    _ => {}
+                }
+                // A full replace: no `authentication` means new keys, as Azure does (README §6).
+                self.write_device(&mut data, id, import_item_to_device(it), prev)?;
+                let d = data
+                    .devices
+                    .get_mut(id)
+                    .ok_or_else(|| HubOpError::not_found(id))?;
+                apply_twin(d, it);
+                Ok(())
+            }
+            "delete" | "deleteIfMatchETag" => {
+                let Some(p) = prev else {
+                    return Err(HubOpError::not_found(id));
+                };
+                if mode == "deleteIfMatchETag" && !etag_ok(&p) {
+                    return Err(HubOpError::precondition_failed(id));
+                }
+                data.devices.remove(id);
+                Ok(())
+            }
+            _ => {
+                // updateTwin, updateTwinIfMatchETag.
+                let d = data
+                    .devices
+                    .get_mut(id)
+                    .ok_or_else(|| HubOpError::not_found(id))?;
+                if mode == "updateTwinIfMatchETag" {
+                    let want = it
+                        .get("twinETag")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .trim_matches('"');
+                    if want != twin_etag(d.twin_version) {
+                        return Err(HubOpError::precondition_failed(id));
+                    }
+                }
+                apply_twin(d, it);
+                Ok(())
+            }
+        }
+    }
+
     /// Normalises a Device body into the stored form (full replace: omitted auth means new keys).
     fn normalize_device(
         &self,
@@ -838,6 +943,79 @@ pub fn render_twin(d: &StoredDevice) -> Value {
         "properties": {"desired": desired, "reported": reported},
         "capabilities": g("capabilities"),
     })
+}
+
+/// The import modes of an import job (azure-specs README §6).
+const IMPORT_MODES: [&str; 9] = [
+    "create",
+    "createOrUpdate",
+    "createOrUpdateIfMatchETag",
+    "delete",
+    "deleteIfMatchETag",
+    "update",
+    "updateIfMatchETag",
+    "updateTwin",
+    "updateTwinIfMatchETag",
+];
+
+/// Twin tags and desired properties an import line carries (`$`-prefixed metadata ignored).
+fn apply_twin(d: &mut StoredDevice, it: &Value) {
+    let mut changed = false;
+    if let Some(t) = it.get("tags").filter(|v| v.is_object()) {
+        d.tags = t.clone();
+        changed = true;
+    }
+    if let Some(Value::Object(p)) = it.get("properties").and_then(|p| p.get("desired")) {
+        let clean: Map<String, Value> = p
+            .iter()
+            .filter(|(k, _)| !k.starts_with('$'))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        d.desired = Value::Object(clean);
+        changed = true;
+    }
+    if changed {
+        d.twin_version += 1;
+    }
+}
+
+/// A device as one line of an export: an `ExportImportDevice` with its twin.
+fn export_device(d: &StoredDevice, exclude_keys: bool) -> Value {
+    let dev = &d.device;
+    let mut auth = dev.get("authentication").cloned().unwrap_or(Value::Null);
+    if exclude_keys && let Some(sk) = auth.get_mut("symmetricKey").filter(|v| v.is_object()) {
+        // "Keys are exported as null otherwise" (swagger, excludeKeysInExport).
+        *sk = json!({"primaryKey": null, "secondaryKey": null});
+    }
+    let mut out = Map::new();
+    out.insert(
+        "id".into(),
+        dev.get("deviceId").cloned().unwrap_or(Value::Null),
+    );
+    out.insert(
+        "eTag".into(),
+        dev.get("etag").cloned().unwrap_or(Value::Null),
+    );
+    out.insert(
+        "status".into(),
+        dev.get("status").cloned().unwrap_or(Value::Null),
+    );
+    if let Some(r) = dev.get("statusReason").filter(|v| !v.is_null()) {
+        out.insert("statusReason".into(), r.clone());
+    }
+    out.insert("authentication".into(), auth);
+    out.insert("twinETag".into(), json!(twin_etag(d.twin_version)));
+    out.insert("tags".into(), d.tags.clone());
+    out.insert(
+        "properties".into(),
+        json!({"desired": d.desired, "reported": d.reported}),
+    );
+    for k in ["capabilities", "deviceScope", "parentScopes"] {
+        if let Some(v) = dev.get(k).filter(|v| !v.is_null()) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+    Value::Object(out)
 }
 
 /// Converts a bulk `ExportImportDevice` into a Device body.
