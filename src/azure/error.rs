@@ -102,6 +102,10 @@ pub enum AzureError {
     /// 403: the policy lacks the right, or a quota is exhausted.
     #[error("forbidden ({0})")]
     Forbidden(ErrorDetails),
+    /// 403 `JobQuotaExceeded` (403003): another import/export job is active on the hub (one at a time,
+    /// azure-specs README §6). Not a permission failure: try again once that job has ended.
+    #[error("another import/export job is active on the hub ({0})")]
+    JobQuotaExceeded(ErrorDetails),
     /// 400 and other request errors the service rejected.
     #[error("bad request ({0})")]
     BadRequest(ErrorDetails),
@@ -135,6 +139,7 @@ impl AzureError {
         match status {
             400 => Self::BadRequest(details),
             401 => Self::Unauthorized(details),
+            403 if is_job_quota(&details) => Self::JobQuotaExceeded(details),
             403 => Self::Forbidden(details),
             404 => Self::NotFound(details),
             408 => Self::Transient(details),
@@ -217,6 +222,7 @@ impl AzureError {
             | Self::Transient(d)
             | Self::Unauthorized(d)
             | Self::Forbidden(d)
+            | Self::JobQuotaExceeded(d)
             | Self::BadRequest(d)
             | Self::Other(d) => Some(d),
             Self::Throttled { details, .. } => Some(details),
@@ -227,9 +233,18 @@ impl AzureError {
         }
     }
 
-    /// Worth retrying as is, after a backoff (throttled or transient).
+    /// Worth retrying as is, after a backoff (throttled, transient, or the hub's one import/export job
+    /// slot taken: that job ends by itself).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Throttled { .. } | Self::Transient(_))
+        matches!(
+            self,
+            Self::Throttled { .. } | Self::Transient(_) | Self::JobQuotaExceeded(_)
+        )
+    }
+
+    /// True when the hub refused a new import/export job because another one is active.
+    pub fn is_job_quota_exceeded(&self) -> bool {
+        matches!(self, Self::JobQuotaExceeded(_))
     }
 
     /// True for a 404.
@@ -299,6 +314,7 @@ impl AzureError {
             Self::Transient(_) => "transient",
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
+            Self::JobQuotaExceeded(_) => "job_quota_exceeded",
             Self::BadRequest(_) => "bad_request",
             Self::Other(_) => "other",
             Self::InvalidRequest(_) => "invalid_request",
@@ -330,6 +346,12 @@ fn is_certificate_error(err: &(dyn std::error::Error + 'static)) -> bool {
         };
     }
     false
+}
+
+/// The hub's one-active-job refusal: name `JobQuotaExceeded` (C# SDK `ErrorCode.cs`) or its number 403003.
+/// `IotHubQuotaExceeded` (403002, the daily message quota) stays a plain 403.
+fn is_job_quota(details: &ErrorDetails) -> bool {
+    details.code_name.as_deref() == Some("JobQuotaExceeded") || details.error_code == Some(403_003)
 }
 
 /// `Retry-After` as delta seconds (integer or decimal). HTTP-dates are not used by these services and are ignored.
@@ -592,6 +614,36 @@ mod tests {
         let e = AzureError::from_response(415, &HeaderMap::new(), b"unsupported media type");
         assert!(matches!(e, AzureError::Other(_)));
         assert_eq!(e.message(), "unsupported media type");
+    }
+
+    #[test]
+    fn job_quota_exceeded_is_its_own_retryable_class() {
+        let body = br#"{"Message":"{\"errorCode\":403003,\"trackingId\":\"t-9\",\"message\":\"Job quota has been exceeded\"}","ExceptionMessage":""}"#;
+        let e = AzureError::from_response(
+            403,
+            &headers(&[("iothub-errorcode", "JobQuotaExceeded")]),
+            body,
+        );
+        assert!(e.is_job_quota_exceeded(), "{e:?}");
+        assert!(e.is_retryable());
+        assert!(!matches!(e, AzureError::Forbidden(_)));
+        assert_eq!(e.code().as_deref(), Some("403003"));
+        assert_eq!(e.class(), "job_quota_exceeded");
+        assert_eq!(e.tracking_id(), Some("t-9"));
+        // The number alone (legacy body, no header) is enough.
+        let e = AzureError::from_response(
+            403,
+            &HeaderMap::new(),
+            br#"{"Message":"{\"errorCode\":403003}"}"#,
+        );
+        assert!(e.is_job_quota_exceeded());
+        // A permission refusal stays a permanent 403.
+        let e = AzureError::from_response(
+            403,
+            &headers(&[("iothub-errorcode", "IotHubUnauthorizedAccess")]),
+            b"",
+        );
+        assert!(matches!(e, AzureError::Forbidden(_)) && !e.is_retryable());
     }
 
     #[test]

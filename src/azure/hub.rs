@@ -157,6 +157,11 @@ impl HubClient {
         self.ep.auth()
     }
 
+    /// The endpoint, for the operations kept in sibling modules (`hub_jobs`).
+    pub(super) fn endpoint(&self) -> &Endpoint {
+        &self.ep
+    }
+
     /// `GET /devices/{deviceId}`.
     pub async fn get_device(&self, device_id: &str) -> Result<Device, AzureError> {
         self.ep

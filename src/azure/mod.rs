@@ -1,6 +1,8 @@
 //! Azure DPS and IoT Hub clients: connection strings, SAS tokens, wire models, one classified error type, and
-//! the per-instance client registry built from configuration.
+//! the per-instance client registry built from configuration; the hub's import/export jobs and the small Blob
+//! Storage client and SAS minting they need.
 pub mod auth;
+pub mod blob;
 #[cfg(test)]
 mod client_tests;
 pub mod clients;
@@ -9,10 +11,12 @@ pub mod connection_string;
 pub mod dps;
 pub mod error;
 pub mod hub;
+pub mod hub_jobs;
 pub mod models;
 pub mod quota;
 pub mod sas;
 pub mod secret;
+pub mod storage_account;
 pub mod transport;
 
 pub use crate::domain::clock::{Clock, ManualClock, SystemClock};
@@ -25,5 +29,7 @@ pub use connection_string::{ConnectionString, ConnectionStringError};
 pub use dps::{DpsClient, StatusSet};
 pub use error::{AzureError, ErrorAudit, ErrorDetails};
 pub use hub::{HubClient, IfMatch};
+pub use blob::{BlobContainerClient, BlobError, ContainerSasUrl};
 pub use secret::Secret;
+pub use storage_account::{SasPermissions, StorageAccount};
 pub use transport::ClientOptions;

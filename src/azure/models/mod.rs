@@ -6,9 +6,11 @@
 
 pub mod dps;
 pub mod hub;
+pub mod jobs;
 
 pub use dps::*;
 pub use hub::*;
+pub use jobs::*;
 
 use serde::{Deserialize, Serialize};
 
