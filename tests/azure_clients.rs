@@ -19,6 +19,10 @@ use deprovisiond::azure::{
 use futures::TryStreamExt;
 use serde_json::json;
 
+/// Import/export jobs and the blob client, against Azurite.
+#[path = "azure_clients/jobs.rs"]
+mod jobs;
+
 const DPS: &str = "demo-dps";
 const HUB: &str = "demo-hub-1.azure-devices.net";
 
