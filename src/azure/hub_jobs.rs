@@ -44,12 +44,8 @@ impl HubClient {
         blob: Option<&str>,
         exclude_keys: bool,
     ) -> Result<JobProperties, AzureError> {
-        self.create_import_export_job(&JobProperties::export(
-            output.expose(),
-            blob,
-            exclude_keys,
-        ))
-        .await
+        self.create_import_export_job(&JobProperties::export(output.expose(), blob, exclude_keys))
+            .await
     }
 
     /// Starts an import of `input_blob` (None: `devices.txt`) from `input`; refusals go to

@@ -25,11 +25,11 @@ pub use clients::AzureClients;
 pub use config::{AzureConfig, ConfigError, DpsInstanceConfig, HubConfig};
 pub use quota::HubTier;
 
+pub use blob::{BlobContainerClient, BlobError, ContainerSasUrl};
 pub use connection_string::{ConnectionString, ConnectionStringError};
 pub use dps::{DpsClient, StatusSet};
 pub use error::{AzureError, ErrorAudit, ErrorDetails};
 pub use hub::{HubClient, IfMatch};
-pub use blob::{BlobContainerClient, BlobError, ContainerSasUrl};
 pub use secret::Secret;
 pub use storage_account::{SasPermissions, StorageAccount};
 pub use transport::ClientOptions;

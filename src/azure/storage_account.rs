@@ -285,10 +285,31 @@ fn valid_container_name(name: &str) -> bool {
 /// expiry, canonicalized resource `/blob/{account}/{container}`, identifier, IP, protocol, version,
 /// resource, snapshot time, encryption scope, then the five response-header overrides (rscc, rscd,
 /// rsce, rscl, rsct) — one per line, no final newline. Unused fields stay as empty lines.
-fn service_sas_string_to_sign(sp: &str, st: &str, se: &str, account: &str, container: &str) -> String {
+fn service_sas_string_to_sign(
+    sp: &str,
+    st: &str,
+    se: &str,
+    account: &str,
+    container: &str,
+) -> String {
     let resource = format!("/blob/{account}/{container}");
     let fields: [&str; 16] = [
-        sp, st, se, &resource, "", "", "", SAS_VERSION, "c", "", "", "", "", "", "", "",
+        sp,
+        st,
+        se,
+        &resource,
+        "",
+        "",
+        "",
+        SAS_VERSION,
+        "c",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
     ];
     fields.join("\n")
 }
@@ -449,7 +470,8 @@ mod tests {
             .unwrap();
         let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
         mac.update(b"rwdl\n2030-01-01T00:00:00Z\n2030-01-02T03:04:05Z\n/blob/devstoreaccount1/jobs\n\n\n\n2021-08-06\nc\n\n\n\n\n\n\n");
-        let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
         assert_eq!(q["sig"], expected);
         assert!(!url.to_string().contains(&expected), "Display hides sig");
         assert_eq!(url.container(), "jobs");

@@ -260,7 +260,11 @@ async fn import_disables_by_etag_and_a_stale_etag_lands_in_import_errors_log() {
     let blob = BlobContainerClient::new(c.clone()).unwrap();
 
     // The snapshot: an export, read back line by line.
-    let export = env.hub().start_export(&c, Some("snapshot.txt"), false).await.unwrap();
+    let export = env
+        .hub()
+        .start_export(&c, Some("snapshot.txt"), false)
+        .await
+        .unwrap();
     let done = env.wait(export.job_id.as_deref().unwrap()).await;
     assert_eq!(done.status(), JobStatus::Completed, "{done:?}");
     let snapshot = json_lines(&blob, "snapshot.txt").await;
@@ -369,7 +373,10 @@ async fn a_second_job_is_refused_as_job_quota_exceeded_until_the_first_is_cancel
         .start_export(&out, Some("second.txt"), false)
         .await
         .unwrap();
-    env.hub().cancel_job(next.job_id.as_deref().unwrap()).await.unwrap();
+    env.hub()
+        .cancel_job(next.job_id.as_deref().unwrap())
+        .await
+        .unwrap();
 
     let e = env.hub().get_job("no-such-job").await.unwrap_err();
     assert!(e.is_not_found(), "{e:?}");
@@ -402,12 +409,18 @@ async fn an_expired_sas_fails_clearly_without_showing_its_signature() {
     // Azure answers AuthenticationFailed ("Signed expiry time … must be after …"); Azurite 3.x
     // answers AuthorizationFailure for the same expired signature.
     assert!(
-        matches!(e.code(), Some("AuthenticationFailed" | "AuthorizationFailure")),
+        matches!(
+            e.code(),
+            Some("AuthenticationFailed" | "AuthorizationFailure")
+        ),
         "{e}"
     );
     assert!(e.is_auth_failure() && !e.is_retryable());
     let text = format!("{e} {e:?} {expired} {expired:?}");
-    assert!(text.contains(&format!("{}/devices.txt", live.container())), "{text}");
+    assert!(
+        text.contains(&format!("{}/devices.txt", live.container())),
+        "{text}"
+    );
     assert!(!text.contains(&sig), "{text}");
     let e = blob.exists("devices.txt").await.unwrap_err();
     assert_eq!(e.status(), Some(403), "{e}");
@@ -426,7 +439,11 @@ async fn an_expired_sas_fails_clearly_without_showing_its_signature() {
         .exists("devices.txt")
         .await
         .unwrap_err();
-    assert_eq!((e.status(), e.code()), (Some(404), Some("ContainerNotFound")), "{e}");
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(404), Some("ContainerNotFound")),
+        "{e}"
+    );
 
     // The hub, handed the expired SAS, ends the job failed with a reason.
     let env = JobsEnv::fast().await;

@@ -168,7 +168,10 @@ impl std::fmt::Debug for JobProperties {
             .field("progress", &shown.progress)
             .field("input_blob_container_uri", &shown.input_blob_container_uri)
             .field("input_blob_name", &shown.input_blob_name)
-            .field("output_blob_container_uri", &shown.output_blob_container_uri)
+            .field(
+                "output_blob_container_uri",
+                &shown.output_blob_container_uri,
+            )
             .field("output_blob_name", &shown.output_blob_name)
             .field("exclude_keys_in_export", &shown.exclude_keys_in_export)
             .field("failure_reason", &shown.failure_reason)
@@ -273,8 +276,12 @@ mod tests {
             json!({"type": "export", "outputBlobContainerUri": "https://a/c?sig=s",
                 "excludeKeysInExport": false, "storageAuthenticationType": "keyBased"})
         );
-        let import =
-            JobProperties::import("https://a/in?sig=s", Some("disable.txt"), "https://a/out?sig=t", None);
+        let import = JobProperties::import(
+            "https://a/in?sig=s",
+            Some("disable.txt"),
+            "https://a/out?sig=t",
+            None,
+        );
         assert_eq!(
             serde_json::to_value(&import).unwrap(),
             json!({"type": "import", "inputBlobContainerUri": "https://a/in?sig=s", "inputBlobName": "disable.txt",
