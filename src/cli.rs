@@ -99,7 +99,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "DEPROVISIOND_NO_WORKER")]
     pub no_worker: bool,
     /// Steps run at the same time by this process.
-    #[arg(long, env = "DEPROVISIOND_WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, env = "DEPROVISIOND_WORKER_CONCURRENCY", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub worker_concurrency: u32,
     /// Seconds a claim stays valid without renewal; a crashed worker's work is taken over after it.
     #[arg(long, env = "DEPROVISIOND_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]

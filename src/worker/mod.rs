@@ -56,7 +56,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             worker_id: format!("worker-{}", uuid::Uuid::new_v4()),
-            concurrency: 16,
+            concurrency: 128,
             lease: Duration::from_secs(30),
             renew_every: Duration::from_secs(10),
             poll_every: Duration::from_millis(500),
