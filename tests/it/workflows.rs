@@ -183,7 +183,11 @@ fn assert_revoke_before_registry(calls: &[CallRecord], revoke_path: &str, device
     let hub_writes: Vec<u64> = calls
         .iter()
         .filter(|c| {
-            c.path == format!("/devices/{device}") && matches!(c.method.as_str(), "PUT" | "DELETE")
+            let single = c.path == format!("/devices/{device}")
+                && matches!(c.method.as_str(), "PUT" | "DELETE");
+            // Deletes waiting together go out as one bulk call naming each device.
+            let bulk = c.operation == "BulkDevices" && c.entity_ids.iter().any(|id| id == device);
+            single || bulk
         })
         .map(|c| c.seq)
         .collect();
