@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs the release binary the way the container image and docker-compose.yml would, without Docker.
+"""Runs the production binary (release in the image, its debug build in the test command) the way the container image and docker-compose.yml would, without Docker.
 
 What it takes from the two files (so a change to either is tested):
   - Dockerfile: ENTRYPOINT, CMD, ENV and the HEALTHCHECK command;
@@ -10,7 +10,7 @@ Then: the migrate command must exit 0 against a fresh PostgreSQL database; the s
 HEALTHCHECK, take a job and finish it against the simulator; the stop signal must stop it cleanly within the
 grace period. Secret paths are remapped to temporary files and the port to a free one; nothing else changes.
 
-Usage: container_smoke.py --binary target/release/deprovisiond --sim target/debug/azure-iot-sim \
+Usage: container_smoke.py --binary target/production/deprovisiond --sim target/debug/azure-iot-sim \
          --compose .tools/bin/docker-compose --pg-url postgres://postgres@127.0.0.1:5432/postgres
 Last line: "N passed, M failed".
 """
