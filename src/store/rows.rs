@@ -58,45 +58,23 @@ pub(super) async fn insert_items(
     Ok(())
 }
 
+/// Appends one event to a job's timeline (see [`insert_events`]).
 pub(super) async fn insert_event(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     job_id: &str,
     now: Millis,
     e: &NewEvent,
 ) -> Result<()> {
-    // Numbered under the job's row lock, held until commit: numbers become visible in commit order,
-    // so a reader paging by number never passes an event still to commit. (Costs: a job's event
-    // writers take turns on its row.)
-    let seq: i64 = sqlx::query_scalar(
-        "UPDATE jobs SET event_seq = event_seq + 1 WHERE id = $1 RETURNING event_seq",
-    )
-    .bind(job_id)
-    .fetch_one(&mut **tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO job_events (job_id, seq, item_id, at, kind, step, attempt, message, detail_json) \
-         VALUES ($1,$9,$2,$3,$4,$5,$6,$7,$8)",
-    )
-    .bind(job_id)
-    .bind(e.item_id.clone())
-    .bind(now)
-    .bind(&e.kind)
-    .bind(e.step.clone())
-    .bind(e.attempt.map(i64::from))
-    .bind(e.message.clone())
-    .bind(e.detail.as_ref().map(to_json))
-    .bind(seq)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    insert_events(tx, job_id, &[(now, e)]).await
 }
 
 /// Rows per multi-row event INSERT: 9 parameters each stays far below both engines' parameter limits.
 const EVENTS_PER_INSERT: usize = 100;
 
 /// Appends several events of one job, each with its own time: one numbering statement and one INSERT per
-/// hundred events, where [`insert_event`] takes two statements per event. Numbered in the order given,
-/// under the job's row lock like [`insert_event`].
+/// hundred events. Numbered under the job's row lock, held until commit: numbers become visible in commit
+/// order, so a reader paging by number never passes an event still to commit. (Costs: a job's event writers
+/// take turns on its row.)
 pub(super) async fn insert_events(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     job_id: &str,

@@ -271,13 +271,18 @@ fn changed_meanwhile(kind: &str, id: &str) -> StepResult {
     ))
 }
 
-/// The done step for an enrollment seen disabled, by the GET (nothing written) or in the PUT's answer.
-fn enrollment_disabled(kind: &str, id: &str, set: &StatusSet<IndividualEnrollment>) -> StepResult {
-    let how = if set.written {
+/// How an enrollment or group seen disabled got there, for the event.
+fn how_disabled(written: bool) -> &'static str {
+    if written {
         "verified from DPS's answer"
     } else {
         "already disabled; not written again"
-    };
+    }
+}
+
+/// The done step for an enrollment seen disabled, by the GET (nothing written) or in the PUT's answer.
+fn enrollment_disabled(kind: &str, id: &str, set: &StatusSet<IndividualEnrollment>) -> StepResult {
+    let how = how_disabled(set.written);
     done_with(StepEffects {
         events: vec![event(
             kind,
@@ -400,12 +405,7 @@ async fn disable_group(
     if set.stored.provisioning_status == Some(ProvisioningStatus::Disabled) {
         wf.refund_dps(&job.dps, REVOKE_CALLS - f64::from(set.calls))
             .await;
-        let how = if set.written {
-            "verified from DPS's answer"
-        } else {
-            "already disabled; not written again"
-        };
-        return disabled(&set.stored, how);
+        return disabled(&set.stored, how_disabled(set.written));
     }
     wf.refund_dps(&job.dps, REVOKE_CALLS - f64::from(set.calls) - 1.0)
         .await;
