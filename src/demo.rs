@@ -51,6 +51,8 @@ pub fn azure_config_for(sim: &RunningSimulator) -> anyhow::Result<AzureConfig> {
             base_url: Some(sim.hub_base_url(&hub.host).parse()?),
             tier: Some(tier_of(hub.tier)),
             units: Some(hub.units),
+            jobs_container: None,
+            jobs_devices_per_second: None,
         });
     }
     config.default_dps = config.dps.first().map(|d| d.name.clone());

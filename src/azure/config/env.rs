@@ -1,12 +1,16 @@
-//! Environment variables (`DEPROVISIOND_DPS_<NAME>_*`, `DEPROVISIOND_HUB_<LABEL>_*`, timeouts) laid over
-//! the file's entries: later sources win field by field, and an unknown variable is an error.
+//! Environment variables (`DEPROVISIOND_DPS_<NAME>_*`, `DEPROVISIOND_HUB_<LABEL>_*`,
+//! `DEPROVISIOND_STORAGE_*`, timeouts) laid over the file's entries: later sources win field by field,
+//! and an unknown variable under those prefixes is an error.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::file::{RawDps, RawFile, RawHub};
-use super::{AzureConfig, ConfigError, HubConfig, PacingConfig, normalise_name};
+use super::{
+    AzureConfig, ConfigError, DEFAULT_JOBS_POLL_INTERVAL, HubConfig, MIN_JOBS_POLL_INTERVAL,
+    PacingConfig, normalise_name,
+};
 use crate::azure::auth::DEFAULT_TOKEN_TTL;
 use crate::azure::transport::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 
@@ -20,6 +24,8 @@ const ENV_TOKEN_TTL: &str = "DEPROVISIOND_AZURE_TOKEN_TTL_SECS";
 const ENV_EXTRA_ROOTS: &str = "DEPROVISIOND_AZURE_EXTRA_ROOTS_FILE";
 const ENV_PACING_BURST: &str = "DEPROVISIOND_PACING_BURST_SECS";
 const ENV_PACING_INLINE_WAIT: &str = "DEPROVISIOND_PACING_INLINE_WAIT_MS";
+const ENV_STORAGE_PREFIX: &str = "DEPROVISIOND_STORAGE_";
+const ENV_JOBS_POLL: &str = "DEPROVISIOND_JOBS_POLL_MS";
 
 fn parse_rate(text: &str, origin: &str) -> Result<f64, ConfigError> {
     text.trim()
@@ -29,6 +35,18 @@ fn parse_rate(text: &str, origin: &str) -> Result<f64, ConfigError> {
         .ok_or_else(|| {
             ConfigError::Invalid(format!(
                 "{origin}: expected operations per minute (0 or more), got {text:?}"
+            ))
+        })
+}
+
+fn parse_devices_per_second(text: &str, origin: &str) -> Result<f64, ConfigError> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n > 0.0)
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "{origin}: expected a positive number of devices per second, got {text:?}"
             ))
         })
 }
@@ -77,6 +95,10 @@ impl AzureConfig {
             .map(|(i, h)| (h.clone(), format!("{file_origin}: hubs[{i}]")))
             .collect();
         let mut env_hubs: BTreeMap<String, RawHub> = BTreeMap::new();
+        let mut storage = file.storage.clone().unwrap_or_default();
+        let mut storage_origin = format!("{file_origin}: storage connection_string");
+        let mut storage_ttl_origin = format!("{file_origin}: storage sas_ttl_secs");
+        let (mut env_storage_cs, mut env_storage_cs_file) = (None, None);
 
         // Sorted so errors and results do not depend on HashMap order.
         let mut keys: Vec<&String> = vars.keys().collect();
@@ -135,6 +157,13 @@ impl AzureConfig {
                     "_BASE_URL" => hub.base_url = Some(value.clone()),
                     "_TIER" => hub.tier = Some(value.clone()),
                     "_OPS_PER_MINUTE" => hub.ops_per_minute = Some(parse_rate(value, key)?),
+                    "_JOBS_CONTAINER_SAS_URL" => hub.jobs_container_sas_url = Some(value.clone()),
+                    "_JOBS_CONTAINER_SAS_URL_FILE" => {
+                        hub.jobs_container_sas_url_file = Some(PathBuf::from(value))
+                    }
+                    "_JOBS_DEVICES_PER_SECOND" => {
+                        hub.jobs_devices_per_second = Some(parse_devices_per_second(value, key)?)
+                    }
                     _ => {
                         let units = value
                             .trim()
@@ -149,8 +178,30 @@ impl AzureConfig {
                         hub.units = Some(units);
                     }
                 }
+            } else if let Some(rest) = key.strip_prefix(ENV_STORAGE_PREFIX) {
+                match rest {
+                    "CONNECTION_STRING" => env_storage_cs = Some(value.clone()),
+                    "CONNECTION_STRING_FILE" => env_storage_cs_file = Some(PathBuf::from(value)),
+                    "SAS_TTL_SECS" => {
+                        storage.sas_ttl_secs = Some(parse_secs(value, key)?);
+                        storage_ttl_origin = key.clone();
+                    }
+                    _ => return Err(ConfigError::Invalid(format!("unrecognised variable {key}"))),
+                }
             }
         }
+        // Giving one form of the connection string replaces the file's (either form).
+        if env_storage_cs.is_some() || env_storage_cs_file.is_some() {
+            storage_origin = match env_storage_cs_file {
+                Some(_) if env_storage_cs.is_none() => {
+                    format!("{ENV_STORAGE_PREFIX}CONNECTION_STRING_FILE")
+                }
+                _ => format!("{ENV_STORAGE_PREFIX}CONNECTION_STRING"),
+            };
+            storage.connection_string = env_storage_cs;
+            storage.connection_string_file = env_storage_cs_file;
+        }
+        let storage = storage.finish(&storage_origin, &storage_ttl_origin)?;
         hub_raw.extend(
             env_hubs
                 .into_iter()
@@ -188,6 +239,7 @@ impl AzureConfig {
             }
             hubs.insert(hub.host_name.clone(), hub);
         }
+        check_distinct_jobs_containers(hubs.values())?;
         if let Some(v) = vars.get(ENV_PACING_BURST) {
             pacing.burst_secs = v
                 .trim()
@@ -251,6 +303,19 @@ impl AzureConfig {
             DEFAULT_REQUEST_TIMEOUT,
         )?;
         let token_ttl = secs(ENV_TOKEN_TTL, file.token_ttl_secs, DEFAULT_TOKEN_TTL)?;
+        let jobs_poll_interval = match (vars.get(ENV_JOBS_POLL), file.jobs_poll_ms) {
+            (Some(v), _) => poll_interval(
+                v.trim().parse::<u64>().ok(),
+                &format!("{v:?}"),
+                ENV_JOBS_POLL,
+            )?,
+            (None, Some(ms)) => poll_interval(
+                Some(ms),
+                &ms.to_string(),
+                &format!("{file_origin}: jobs_poll_ms"),
+            )?,
+            (None, None) => DEFAULT_JOBS_POLL_INTERVAL,
+        };
         let roots_file = vars
             .get(ENV_EXTRA_ROOTS)
             .map(PathBuf::from)
@@ -271,8 +336,46 @@ impl AzureConfig {
             token_ttl,
             extra_root_certificates_pem,
             pacing,
+            storage,
+            jobs_poll_interval,
         })
     }
+}
+
+/// A poll interval of at least [`MIN_JOBS_POLL_INTERVAL`]; `given` is what was given, as the error
+/// shows it.
+fn poll_interval(ms: Option<u64>, given: &str, origin: &str) -> Result<Duration, ConfigError> {
+    ms.map(Duration::from_millis)
+        .filter(|d| *d >= MIN_JOBS_POLL_INTERVAL)
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "{origin}: expected milliseconds (at least {}), got {given}",
+                MIN_JOBS_POLL_INTERVAL.as_millis()
+            ))
+        })
+}
+
+/// Each hub's one import job writes `importErrors.log` at its output container's root, so two hubs
+/// sharing a container would overwrite each other's logs (and read each other's snapshots).
+fn check_distinct_jobs_containers<'a>(
+    hubs: impl Iterator<Item = &'a HubConfig>,
+) -> Result<(), ConfigError> {
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for hub in hubs {
+        let Some(container) = &hub.jobs_container else {
+            continue;
+        };
+        // Without the SAS: the same container under two signatures is still one container.
+        let url = container.container_url().as_str().to_string();
+        if let Some(other) = seen.insert(url.clone(), &hub.host_name) {
+            return Err(ConfigError::Invalid(format!(
+                "hubs {other} and {} are given the same jobs container {url}: each hub's import \
+                 jobs write importErrors.log at the container's root, so each hub needs its own",
+                hub.host_name
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn check_rate(rate: f64, origin: &str) -> Result<(), ConfigError> {
@@ -293,6 +396,9 @@ const DPS_FIELDS: &[&str] = &[
     "_OPS_PER_MINUTE",
 ];
 const HUB_FIELDS: &[&str] = &[
+    "_JOBS_CONTAINER_SAS_URL_FILE",
+    "_JOBS_CONTAINER_SAS_URL",
+    "_JOBS_DEVICES_PER_SECOND",
     "_CONNECTION_STRING_FILE",
     "_CONNECTION_STRING",
     "_API_VERSION",

@@ -3,13 +3,19 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::Deserialize;
 use url::Url;
 
-use super::{ConfigError, DpsInstanceConfig, HubConfig, normalise_name};
+use super::{
+    ConfigError, DEFAULT_STORAGE_SAS_TTL, DpsInstanceConfig, HubConfig, MIN_STORAGE_SAS_TTL,
+    StorageConfig, normalise_name,
+};
+use crate::azure::blob::ContainerSasUrl;
 use crate::azure::connection_string::ConnectionString;
 use crate::azure::quota::HubTier;
+use crate::azure::storage_account::StorageAccount;
 
 /// Raw file shape; no `Debug` so connection strings cannot be printed by accident.
 #[derive(Deserialize, Default)]
@@ -28,6 +34,20 @@ pub(super) struct RawFile {
     pub(super) pacing_burst_secs: Option<f64>,
     /// Pacing: longest wait for budget a step sits out in place before it is rescheduled instead.
     pub(super) pacing_inline_wait_ms: Option<u64>,
+    /// The storage account hub import/export jobs' containers are minted from.
+    pub(super) storage: Option<RawStorage>,
+    /// How often a running hub import/export job is polled, in milliseconds.
+    pub(super) jobs_poll_ms: Option<u64>,
+}
+
+/// `"storage": {…}`: a storage connection string (or its file) and the lifetime of the SAS minted
+/// from it.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStorage {
+    pub(super) connection_string: Option<String>,
+    pub(super) connection_string_file: Option<PathBuf>,
+    pub(super) sas_ttl_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -55,6 +75,12 @@ pub(super) struct RawHub {
     pub(super) units: Option<u32>,
     /// Registry operations per minute, instead of tier x units (0: not paced).
     pub(super) ops_per_minute: Option<f64>,
+    /// SAS URL of the blob container this hub's import/export jobs use.
+    pub(super) jobs_container_sas_url: Option<String>,
+    /// File holding that SAS URL.
+    pub(super) jobs_container_sas_url_file: Option<PathBuf>,
+    /// Devices per second an import/export job of this hub is modelled to go through.
+    pub(super) jobs_devices_per_second: Option<f64>,
 }
 
 pub(super) fn read_text(path: &Path) -> Result<String, ConfigError> {
@@ -69,24 +95,42 @@ fn connection_string(
     file: Option<&Path>,
     origin: &str,
 ) -> Result<ConnectionString, ConfigError> {
-    let text = match (text, file) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::Invalid(format!(
-                "{origin}: give the connection string or its file, not both"
-            )));
-        }
-        (Some(t), None) => t.to_string(),
-        (None, Some(f)) => read_text(f)?,
-        (None, None) => {
-            return Err(ConfigError::Invalid(format!(
-                "{origin}: no connection string"
-            )));
-        }
+    let Some(text) = secret_text(text, file, origin, "the connection string")? else {
+        return Err(ConfigError::Invalid(format!(
+            "{origin}: no connection string"
+        )));
     };
-    ConnectionString::parse(text.trim()).map_err(|source| ConfigError::ConnectionString {
+    ConnectionString::parse(&text).map_err(|source| ConfigError::ConnectionString {
         origin: origin.to_string(),
         source,
     })
+}
+
+/// The text of a secret given inline or as a file (at most one of the two; `None` when neither).
+/// `what` names it in the error ("the connection string", "the jobs container SAS URL").
+pub(super) fn secret_text(
+    text: Option<&str>,
+    file: Option<&Path>,
+    origin: &str,
+    what: &str,
+) -> Result<Option<String>, ConfigError> {
+    match (text, file) {
+        (Some(_), Some(_)) => Err(ConfigError::Invalid(format!(
+            "{origin}: give {what} or its file, not both"
+        ))),
+        (Some(t), None) => Ok(Some(t.trim().to_string())),
+        (None, Some(f)) => Ok(Some(read_text(f)?.trim().to_string())),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The name of one field of an entry in errors: an environment entry (`DEPROVISIOND_HUB_1_*`) names
+/// the variable (`DEPROVISIOND_HUB_1_JOBS_DEVICES_PER_SECOND`), a file entry the JSON field.
+pub(super) fn field_origin(origin: &str, field: &str) -> String {
+    match origin.strip_suffix('*') {
+        Some(prefix) => format!("{prefix}{}", field.to_ascii_uppercase()),
+        None => format!("{origin} {field}"),
+    }
 }
 
 fn parse_base_url(text: Option<&str>, origin: &str) -> Result<Option<Url>, ConfigError> {
@@ -168,6 +212,84 @@ impl RawHub {
                 .transpose()
                 .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?,
             units: self.units,
+            jobs_container: self.jobs_container(origin)?,
+            jobs_devices_per_second: match self.jobs_devices_per_second {
+                Some(n) if n.is_finite() && n > 0.0 => Some(n),
+                Some(n) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "{}: expected a positive number of devices per second, got {n}",
+                        field_origin(origin, "jobs_devices_per_second")
+                    )));
+                }
+                None => None,
+            },
         })
+    }
+
+    /// The jobs container, parsed from the SAS URL or its file; errors name the variable or field
+    /// and never repeat the SAS.
+    fn jobs_container(&self, origin: &str) -> Result<Option<ContainerSasUrl>, ConfigError> {
+        let field = match self.jobs_container_sas_url_file {
+            Some(_) if self.jobs_container_sas_url.is_none() => "jobs_container_sas_url_file",
+            _ => "jobs_container_sas_url",
+        };
+        let Some(text) = secret_text(
+            self.jobs_container_sas_url.as_deref(),
+            self.jobs_container_sas_url_file.as_deref(),
+            origin,
+            "the jobs container SAS URL",
+        )?
+        else {
+            return Ok(None);
+        };
+        ContainerSasUrl::parse(&text)
+            .map(Some)
+            .map_err(|source| ConfigError::Blob {
+                origin: field_origin(origin, field),
+                source,
+            })
+    }
+}
+
+impl RawStorage {
+    /// The storage account and SAS lifetime; `None` when no connection string is given. `origin`
+    /// names the connection string's source, `ttl_origin` the lifetime's.
+    pub(super) fn finish(
+        &self,
+        origin: &str,
+        ttl_origin: &str,
+    ) -> Result<Option<StorageConfig>, ConfigError> {
+        let Some(text) = secret_text(
+            self.connection_string.as_deref(),
+            self.connection_string_file.as_deref(),
+            origin,
+            "the storage connection string",
+        )?
+        else {
+            if self.sas_ttl_secs.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "{ttl_origin} is set but no storage connection string is"
+                )));
+            }
+            return Ok(None);
+        };
+        let account =
+            StorageAccount::from_connection_string(&text).map_err(|source| ConfigError::Blob {
+                origin: origin.to_string(),
+                source,
+            })?;
+        let sas_ttl = match self.sas_ttl_secs {
+            None => DEFAULT_STORAGE_SAS_TTL,
+            Some(secs) if Duration::from_secs(secs) >= MIN_STORAGE_SAS_TTL => {
+                Duration::from_secs(secs)
+            }
+            Some(secs) => {
+                return Err(ConfigError::Invalid(format!(
+                    "{ttl_origin}: a hub job's SAS must live at least {} seconds, got {secs}",
+                    MIN_STORAGE_SAS_TTL.as_secs()
+                )));
+            }
+        };
+        Ok(Some(StorageConfig { account, sas_ttl }))
     }
 }

@@ -22,6 +22,9 @@
 //! | `DEPROVISIOND_HUB_<LABEL>_TIER` | `F1`, `B1`, `B2`, `B3`, `S1`, `S2` or `S3` (used to pace registry calls). |
 //! | `DEPROVISIOND_HUB_<LABEL>_UNITS` | Number of units of that tier (default 1). |
 //! | `DEPROVISIOND_HUB_<LABEL>_OPS_PER_MINUTE` | Registry operations per minute to pace that hub at, instead of tier x units (0: not paced). |
+//! | `DEPROVISIOND_HUB_<LABEL>_JOBS_CONTAINER_SAS_URL` | SAS URL of a blob container (read, write, list, delete permissions) that hub's import/export jobs use, instead of one minted from the storage account. Each hub needs its own. |
+//! | `DEPROVISIOND_HUB_<LABEL>_JOBS_CONTAINER_SAS_URL_FILE` | File holding it; use one of the two. |
+//! | `DEPROVISIOND_HUB_<LABEL>_JOBS_DEVICES_PER_SECOND` | Devices per second an import/export job of that hub is modelled to go through, for the planner (positive; default [`DEFAULT_JOBS_DEVICES_PER_SECOND`]). |
 //! | `DEPROVISIOND_DPS_<NAME>_OPS_PER_MINUTE` | Operations per minute to pace that DPS instance at (default 1,000; 0: not paced). |
 //! | `DEPROVISIOND_PACING_BURST_SECS` | Seconds of budget spent at once after an idle spell (default 3). |
 //! | `DEPROVISIOND_PACING_INLINE_WAIT_MS` | Longest wait for budget sat out in place; longer, the device is rescheduled (default 1000). |
@@ -29,10 +32,15 @@
 //! | `DEPROVISIOND_AZURE_REQUEST_TIMEOUT_SECS` | Whole-request timeout (default 60). |
 //! | `DEPROVISIOND_AZURE_TOKEN_TTL_SECS` | Lifetime of minted SAS tokens (default 3600; renewed 5 min before expiry). |
 //! | `DEPROVISIOND_AZURE_EXTRA_ROOTS_FILE` | PEM file of extra trusted root certificates (a simulator's CA). |
+//! | `DEPROVISIOND_STORAGE_CONNECTION_STRING` | Azure Storage connection string (`DefaultEndpointsProtocol=https;AccountName=…;AccountKey=…;EndpointSuffix=core.windows.net`; Azurite's with `BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1`) from which a container per deprovision job and hub is minted for hubs without their own. |
+//! | `DEPROVISIOND_STORAGE_CONNECTION_STRING_FILE` | File holding it; use one of the two. |
+//! | `DEPROVISIOND_STORAGE_SAS_TTL_SECS` | Lifetime of each SAS minted for a hub job (default 86400, at least 60). |
+//! | `DEPROVISIOND_JOBS_POLL_MS` | How often a running hub import/export job is polled (default 5000, at least 10). |
 //!
 //! `<NAME>` becomes the instance name in lower case with `_` read as `-`: `DEPROVISIOND_DPS_EU_WEST_CONNECTION_STRING`
 //! configures the instance `eu-west`. Names are matched case-insensitively. Any other variable starting with
-//! `DEPROVISIOND_DPS_` or `DEPROVISIOND_HUB_` is an error, so a typo does not go unnoticed.
+//! `DEPROVISIOND_DPS_`, `DEPROVISIOND_HUB_` or `DEPROVISIOND_STORAGE_` is an error, so a typo does not go
+//! unnoticed.
 //!
 //! ## File (`DEPROVISIOND_AZURE_CONFIG`)
 //!
@@ -45,15 +53,21 @@
 //!   ],
 //!   "hubs": [
 //!     {"connection_string_file": "/run/secrets/hub-1", "tier": "S1", "units": 2},
-//!     {"host_name": "hub-2.azure-devices.net", "connection_string": "HostName=hub-2.azure-devices.net;…", "tier": "S3"}
+//!     {"host_name": "hub-2.azure-devices.net", "connection_string": "HostName=hub-2.azure-devices.net;…", "tier": "S3",
+//!      "jobs_container_sas_url_file": "/run/secrets/hub-2-jobs-sas-url", "jobs_devices_per_second": 500}
 //!   ],
 //!   "default_dps": "eu-west",
 //!   "connect_timeout_secs": 10, "request_timeout_secs": 60, "token_ttl_secs": 3600,
-//!   "extra_roots_file": "/etc/deprovisiond/sim-ca.pem"
+//!   "extra_roots_file": "/etc/deprovisiond/sim-ca.pem",
+//!   "storage": {"connection_string_file": "/run/secrets/storage", "sas_ttl_secs": 86400},
+//!   "jobs_poll_ms": 5000
 //! }
 //! ```
-//! A hub's `host_name` is optional; when given it must equal the connection string's HostName. Relative
-//! `*_file` paths are read relative to the working directory. Secrets never appear in `Debug` output or errors.
+//! A hub's `host_name` is optional; when given it must equal the connection string's HostName. A hub's
+//! `jobs_container_sas_url` (or `jobs_container_sas_url_file`) and `jobs_devices_per_second` mean what the
+//! variables above do; `storage` holds `connection_string` or `connection_string_file` and `sas_ttl_secs`.
+//! Relative `*_file` paths are read relative to the working directory. Secrets (keys, connection strings,
+//! the `sig` of a SAS URL) never appear in `Debug` output or errors.
 
 mod env;
 mod file;
@@ -67,7 +81,9 @@ use url::Url;
 use self::env::ENV_CONFIG_FILE;
 use self::file::{RawFile, read_text};
 use super::auth::DEFAULT_TOKEN_TTL;
+use super::blob::{BlobError, ContainerSasUrl};
 use super::connection_string::{ConnectionString, ConnectionStringError};
+use super::storage_account::StorageAccount;
 use super::transport::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 pub use crate::azure::quota::HubTier;
 
@@ -98,6 +114,15 @@ pub enum ConfigError {
         /// Why it was rejected.
         source: ConnectionStringError,
     },
+    /// A storage connection string or a container SAS URL was rejected (the message never contains
+    /// the key or the signature).
+    #[error("{origin}: {source}")]
+    Blob {
+        /// Which variable or entry it came from.
+        origin: String,
+        /// Why it was rejected.
+        source: BlobError,
+    },
     /// Any other invalid setting.
     #[error("{0}")]
     Invalid(String),
@@ -117,7 +142,7 @@ pub struct DpsInstanceConfig {
 }
 
 /// Credentials of one IoT hub.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HubConfig {
     /// Host name (lower case), the key DPS registration records name in `assignedHub`.
     pub host_name: String,
@@ -131,6 +156,11 @@ pub struct HubConfig {
     pub tier: Option<HubTier>,
     /// Number of units, for pacing.
     pub units: Option<u32>,
+    /// The blob container this hub's import/export jobs use (instead of one minted from
+    /// [`AzureConfig::storage`]); `Debug` hides its signature.
+    pub jobs_container: Option<ContainerSasUrl>,
+    /// Devices per second an import/export job of this hub is modelled to go through (planner).
+    pub jobs_devices_per_second: Option<f64>,
 }
 
 impl HubConfig {
@@ -162,7 +192,38 @@ pub struct AzureConfig {
     pub extra_root_certificates_pem: Vec<Vec<u8>>,
     /// How calls are paced against each hub's and DPS instance's quota.
     pub pacing: PacingConfig,
+    /// The storage account containers for hub import/export jobs are minted from, for hubs without
+    /// their own [`HubConfig::jobs_container`].
+    pub storage: Option<StorageConfig>,
+    /// How often a running hub import/export job is polled.
+    pub jobs_poll_interval: Duration,
 }
+
+/// A storage account for hub import/export jobs: one container per deprovision job and hub is minted
+/// from it, with SAS URLs valid for `sas_ttl`. `Debug` hides the account key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// The account (name, key, blob endpoint).
+    pub account: StorageAccount,
+    /// Lifetime of each SAS minted for a hub job.
+    pub sas_ttl: Duration,
+}
+
+/// Lifetime of a SAS minted for a hub job unless configured: a day, longer than any import/export job
+/// of a million devices at the informal throughput of azure-specs README §6.
+pub const DEFAULT_STORAGE_SAS_TTL: Duration = Duration::from_secs(86_400);
+/// The shortest SAS lifetime accepted: less would expire before a hub has queued the job.
+pub const MIN_STORAGE_SAS_TTL: Duration = Duration::from_secs(60);
+/// How often a running hub import/export job is polled unless configured.
+pub const DEFAULT_JOBS_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// The shortest poll interval accepted (tests poll the simulator this fast; Azure needs no more).
+pub const MIN_JOBS_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Devices per second an import/export job is assumed to go through when the hub's
+/// `jobs_devices_per_second` is not configured. An assumption, not a documented figure: Azure documents
+/// no throughput for these jobs; this is the informal ~1M devices an hour of azure-specs README §6
+/// (1,000,000 / 3,600 ≈ 278), quoted for S3 hubs. Measure a hub and configure its own figure.
+pub const DEFAULT_JOBS_DEVICES_PER_SECOND: f64 = 278.0;
 
 /// DPS operations per minute per instance when none is configured (azure-specs README §6; older
 /// documents said 200 and 100, hence the override).
@@ -228,6 +289,8 @@ impl Default for AzureConfig {
             token_ttl: DEFAULT_TOKEN_TTL,
             extra_root_certificates_pem: Vec::new(),
             pacing: PacingConfig::default(),
+            storage: None,
+            jobs_poll_interval: DEFAULT_JOBS_POLL_INTERVAL,
         }
     }
 }
@@ -521,6 +584,350 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("base URL")
+        );
+    }
+    const AZURITE_KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    fn azurite_cs() -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
+        )
+    }
+
+    fn sas_url(container: &str, sig: &str) -> String {
+        format!(
+            "https://acct.blob.core.windows.net/{container}?sv=2021-08-06&sr=c&sp=rwdl&se=2030-01-01T00%3A00%3A00Z&sig={sig}"
+        )
+    }
+
+    #[test]
+    fn env_configures_jobs_containers_storage_and_polling() {
+        let dir = tempfile::tempdir().unwrap();
+        let sas_file = dir.path().join("hub2-jobs");
+        std::fs::write(
+            &sas_file,
+            format!("{}\n", sas_url("hub-2-jobs", "c2Vjb25k")),
+        )
+        .unwrap();
+        let storage_file = dir.path().join("storage");
+        std::fs::write(&storage_file, azurite_cs()).unwrap();
+        let vars = env(&[
+            (
+                "DEPROVISIOND_HUB_1_CONNECTION_STRING",
+                cs("hub-1.azure-devices.net", "registryReadWrite"),
+            ),
+            (
+                "DEPROVISIOND_HUB_1_JOBS_CONTAINER_SAS_URL",
+                sas_url("hub-1-jobs", "Zmlyc3Q%3D"),
+            ),
+            ("DEPROVISIOND_HUB_1_JOBS_DEVICES_PER_SECOND", "450.5".into()),
+            (
+                "DEPROVISIOND_HUB_2_CONNECTION_STRING",
+                cs("hub-2.azure-devices.net", "registryReadWrite"),
+            ),
+            (
+                "DEPROVISIOND_HUB_2_JOBS_CONTAINER_SAS_URL_FILE",
+                sas_file.display().to_string(),
+            ),
+            (
+                "DEPROVISIOND_HUB_3_CONNECTION_STRING",
+                cs("hub-3.azure-devices.net", "registryReadWrite"),
+            ),
+            (
+                "DEPROVISIOND_STORAGE_CONNECTION_STRING_FILE",
+                storage_file.display().to_string(),
+            ),
+            ("DEPROVISIOND_STORAGE_SAS_TTL_SECS", "7200".into()),
+            ("DEPROVISIOND_JOBS_POLL_MS", "250".into()),
+        ]);
+        let c = AzureConfig::from_env_map(&vars).unwrap();
+        let hub = |host: &str| c.hubs.iter().find(|h| h.host_name == host).unwrap();
+        let one = hub("hub-1.azure-devices.net");
+        assert_eq!(
+            one.jobs_container.as_ref().unwrap().container(),
+            "hub-1-jobs"
+        );
+        assert_eq!(one.jobs_devices_per_second, Some(450.5));
+        let two = hub("hub-2.azure-devices.net");
+        assert_eq!(
+            two.jobs_container.as_ref().unwrap().expose(),
+            sas_url("hub-2-jobs", "c2Vjb25k"),
+            "read from the file, trimmed"
+        );
+        assert_eq!(two.jobs_devices_per_second, None);
+        let three = hub("hub-3.azure-devices.net");
+        assert_eq!(
+            (&three.jobs_container, three.jobs_devices_per_second),
+            (&None, None)
+        );
+        let storage = c.storage.as_ref().unwrap();
+        assert_eq!(storage.account.name(), "devstoreaccount1");
+        assert_eq!(
+            storage.account.blob_endpoint().as_str(),
+            "http://127.0.0.1:10000/devstoreaccount1"
+        );
+        assert_eq!(storage.sas_ttl, Duration::from_secs(7200));
+        assert_eq!(c.jobs_poll_interval, Duration::from_millis(250));
+        let shown = format!("{c:?}");
+        for secret in ["Zmlyc3Q", "c2Vjb25k", "Eby8vdM02", KEY] {
+            assert!(!shown.contains(secret), "Debug shows {secret}: {shown}");
+        }
+        assert!(
+            shown.contains("hub-1-jobs"),
+            "the container itself is shown"
+        );
+
+        let defaults = AzureConfig::from_env_map(&env(&[(
+            "DEPROVISIOND_STORAGE_CONNECTION_STRING",
+            azurite_cs(),
+        )]))
+        .unwrap();
+        assert_eq!(defaults.storage.unwrap().sas_ttl, DEFAULT_STORAGE_SAS_TTL);
+        assert_eq!(defaults.jobs_poll_interval, Duration::from_secs(5));
+        let none = AzureConfig::from_env_map(&HashMap::new()).unwrap();
+        assert!(none.storage.is_none());
+        assert_eq!(none.jobs_poll_interval, DEFAULT_JOBS_POLL_INTERVAL);
+    }
+
+    #[test]
+    fn jobs_and_storage_errors_name_the_variable_and_hide_secrets() {
+        let hub = |extra: &[(&str, String)]| {
+            let mut pairs = vec![(
+                "DEPROVISIOND_HUB_1_CONNECTION_STRING",
+                cs("hub-1.azure-devices.net", "p"),
+            )];
+            pairs.extend(extra.iter().cloned());
+            AzureConfig::from_env_map(&env(&pairs))
+                .unwrap_err()
+                .to_string()
+        };
+        // A SAS URL without a container, and one without its sig: named, never echoed.
+        let err = hub(&[(
+            "DEPROVISIOND_HUB_1_JOBS_CONTAINER_SAS_URL",
+            "https://acct.blob.core.windows.net/?sv=1&sig=dG9wc2VjcmV0".into(),
+        )]);
+        assert!(
+            err.starts_with(
+                "DEPROVISIOND_HUB_1_JOBS_CONTAINER_SAS_URL: invalid blob container URL"
+            ) && !err.contains("dG9wc2VjcmV0"),
+            "{err}"
+        );
+        let err = hub(&[(
+            "DEPROVISIOND_HUB_1_JOBS_CONTAINER_SAS_URL",
+            "https://acct.blob.core.windows.net/jobs".into(),
+        )]);
+        assert!(err.contains("carries no SAS query"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let bad_file = dir.path().join("sas");
+        std::fs::write(&bad_file, "ftp://acct/jobs?sig=dG9wc2VjcmV0").unwrap();
+        let err = hub(&[(
+            "DEPROVISIOND_HUB_1_JOBS_CONTAINER_SAS_URL_FILE",
+            bad_file.display().to_string(),
+        )]);
+        assert!(
+            err.starts_with("DEPROVISIOND_HUB_1_JOBS_CONTAINER_SAS_URL_FILE: ")
+                && !err.contains("dG9wc2VjcmV0"),
+            "{err}"
+        );
+        let err = hub(&[
+            (
+                "DEPROVISIOND_HUB_1_JOBS_CONTAINER_SAS_URL",
+                sas_url("jobs", "a"),
+            ),
+            (
+                "DEPROVISIOND_HUB_1_JOBS_CONTAINER_SAS_URL_FILE",
+                bad_file.display().to_string(),
+            ),
+        ]);
+        assert!(err.contains("not both"), "{err}");
+        for bad in ["0", "-3", "fast", "NaN", "inf"] {
+            let err = hub(&[("DEPROVISIOND_HUB_1_JOBS_DEVICES_PER_SECOND", bad.into())]);
+            assert!(
+                err.starts_with("DEPROVISIOND_HUB_1_JOBS_DEVICES_PER_SECOND: expected a positive"),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(
+            hub(&[("DEPROVISIOND_HUB_1_JOBS_CONTAINER", "x".into())]),
+            "unrecognised variable DEPROVISIOND_HUB_1_JOBS_CONTAINER"
+        );
+
+        // Two hubs, one container (under two signatures): refused.
+        let shared = env(&[
+            (
+                "DEPROVISIOND_HUB_A_CONNECTION_STRING",
+                cs("hub-a.azure-devices.net", "p"),
+            ),
+            (
+                "DEPROVISIOND_HUB_A_JOBS_CONTAINER_SAS_URL",
+                sas_url("jobs", "b25l"),
+            ),
+            (
+                "DEPROVISIOND_HUB_B_CONNECTION_STRING",
+                cs("hub-b.azure-devices.net", "p"),
+            ),
+            (
+                "DEPROVISIOND_HUB_B_JOBS_CONTAINER_SAS_URL",
+                sas_url("jobs", "dHdv"),
+            ),
+        ]);
+        let err = AzureConfig::from_env_map(&shared).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "hubs hub-a.azure-devices.net and hub-b.azure-devices.net are given the same jobs container https://acct.blob.core.windows.net/jobs"
+            ) && err.contains("importErrors.log")
+                && !err.contains("b25l")
+                && !err.contains("dHdv"),
+            "{err}"
+        );
+
+        let storage = |pairs: &[(&str, String)]| {
+            AzureConfig::from_env_map(&env(pairs))
+                .unwrap_err()
+                .to_string()
+        };
+        let err = storage(&[(
+            "DEPROVISIOND_STORAGE_CONNECTION_STRING",
+            "AccountName=acct;AccountKey=not base64 at all!".into(),
+        )]);
+        assert_eq!(
+            err,
+            "DEPROVISIOND_STORAGE_CONNECTION_STRING: invalid storage connection string: AccountKey is not valid base64"
+        );
+        let err = storage(&[(
+            "DEPROVISIOND_STORAGE_CONNECTION_STRING",
+            format!("AccountName=acct;AccountKey={AZURITE_KEY};AccountName=b"),
+        )]);
+        assert!(!err.contains("Eby8vdM02"), "{err}");
+        let err = storage(&[
+            ("DEPROVISIOND_STORAGE_CONNECTION_STRING", azurite_cs()),
+            (
+                "DEPROVISIOND_STORAGE_CONNECTION_STRING_FILE",
+                "/nonexistent".into(),
+            ),
+        ]);
+        assert!(err.contains("not both"), "{err}");
+        assert_eq!(
+            storage(&[("DEPROVISIOND_STORAGE_KEY", "x".into())]),
+            "unrecognised variable DEPROVISIOND_STORAGE_KEY"
+        );
+        let err = storage(&[
+            ("DEPROVISIOND_STORAGE_CONNECTION_STRING", azurite_cs()),
+            ("DEPROVISIOND_STORAGE_SAS_TTL_SECS", "30".into()),
+        ]);
+        assert!(
+            err.starts_with(
+                "DEPROVISIOND_STORAGE_SAS_TTL_SECS: a hub job's SAS must live at least 60 seconds"
+            ),
+            "{err}"
+        );
+        assert!(
+            storage(&[("DEPROVISIOND_STORAGE_SAS_TTL_SECS", "0".into())])
+                .contains("expected a positive number of seconds")
+        );
+        assert_eq!(
+            storage(&[("DEPROVISIOND_STORAGE_SAS_TTL_SECS", "600".into())]),
+            "DEPROVISIOND_STORAGE_SAS_TTL_SECS is set but no storage connection string is"
+        );
+        for bad in ["9", "soon", "-1"] {
+            let err = storage(&[("DEPROVISIOND_JOBS_POLL_MS", bad.into())]);
+            assert_eq!(
+                err,
+                format!(
+                    "DEPROVISIOND_JOBS_POLL_MS: expected milliseconds (at least 10), got {bad:?}"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn file_configures_jobs_storage_and_env_overrides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("azure.json");
+        let sas_file = dir.path().join("hub-1-jobs");
+        std::fs::write(&sas_file, sas_url("hub-1-jobs", "ZmlsZQ")).unwrap();
+        let json = serde_json::json!({
+            "hubs": [{"connection_string": cs("hub-1.azure-devices.net", "registryReadWrite"),
+                      "jobs_container_sas_url_file": sas_file, "jobs_devices_per_second": 120},
+                     {"connection_string": cs("hub-2.azure-devices.net", "registryReadWrite"),
+                      "jobs_container_sas_url": sas_url("hub-2-jobs", "aW5saW5l")}],
+            "storage": {"connection_string": azurite_cs(), "sas_ttl_secs": 3600},
+            "jobs_poll_ms": 1000
+        });
+        std::fs::write(&path, json.to_string()).unwrap();
+        let c = AzureConfig::from_file(&path).unwrap();
+        assert_eq!(
+            c.hubs[0].jobs_container.as_ref().unwrap().container(),
+            "hub-1-jobs"
+        );
+        assert_eq!(c.hubs[0].jobs_devices_per_second, Some(120.0));
+        assert_eq!(
+            c.hubs[1].jobs_container.as_ref().unwrap().container(),
+            "hub-2-jobs"
+        );
+        let storage = c.storage.as_ref().unwrap();
+        assert_eq!(storage.sas_ttl, Duration::from_secs(3600));
+        assert_eq!(c.jobs_poll_interval, Duration::from_secs(1));
+        assert!(!format!("{c:?}").contains("aW5saW5l"));
+
+        // The environment's connection string replaces the file's; the file's lifetime stays.
+        let vars = env(&[
+            ("DEPROVISIOND_AZURE_CONFIG", path.display().to_string()),
+            (
+                "DEPROVISIOND_STORAGE_CONNECTION_STRING",
+                format!(
+                    "DefaultEndpointsProtocol=https;AccountName=fleetjobs;AccountKey={AZURITE_KEY}"
+                ),
+            ),
+            ("DEPROVISIOND_JOBS_POLL_MS", "10".into()),
+        ]);
+        let c = AzureConfig::from_env_map(&vars).unwrap();
+        let storage = c.storage.as_ref().unwrap();
+        assert_eq!(storage.account.name(), "fleetjobs");
+        assert_eq!(storage.sas_ttl, Duration::from_secs(3600));
+        assert_eq!(c.jobs_poll_interval, Duration::from_millis(10));
+    }
+
+    #[test]
+    fn file_jobs_storage_errors() {
+        let err = |json: serde_json::Value| {
+            AzureConfig::from_json_str(&json.to_string())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(
+            serde_json::json!({"hubs": [{"connection_string": cs("h", "p"),
+            "jobs_devices_per_second": 0}]}),
+        );
+        assert_eq!(
+            e,
+            "<inline>: hubs[0] jobs_devices_per_second: expected a positive number of devices per second, got 0"
+        );
+        let e = err(
+            serde_json::json!({"hubs": [{"connection_string": cs("h", "p"),
+            "jobs_container_sas_url": "https://acct.blob.core.windows.net/jobs?sp=r&sig="}]}),
+        );
+        assert!(
+            e.starts_with("<inline>: hubs[0] jobs_container_sas_url: invalid blob container URL"),
+            "{e}"
+        );
+        let e = err(serde_json::json!({"storage": {"connection_string": azurite_cs(), "ttl": 5}}));
+        assert!(e.contains("unknown field `ttl`"), "{e}");
+        let e = err(serde_json::json!({"storage": {"connection_string": "AccountName=a"}}));
+        assert_eq!(
+            e,
+            "<inline>: storage connection_string: invalid storage connection string: no AccountKey"
+        );
+        let e = err(serde_json::json!({"storage": {"sas_ttl_secs": 600}}));
+        assert_eq!(
+            e,
+            "<inline>: storage sas_ttl_secs is set but no storage connection string is"
+        );
+        let e = err(serde_json::json!({"jobs_poll_ms": 1}));
+        assert_eq!(
+            e,
+            "<inline>: jobs_poll_ms: expected milliseconds (at least 10), got 1"
         );
     }
 }
