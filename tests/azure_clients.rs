@@ -23,6 +23,10 @@ use serde_json::json;
 #[path = "azure_clients/jobs.rs"]
 mod jobs;
 
+/// Where each hub's job blobs go (its own container or one minted from the account), against Azurite.
+#[path = "azure_clients/jobs_storage.rs"]
+mod jobs_storage;
+
 const DPS: &str = "demo-dps";
 const HUB: &str = "demo-hub-1.azure-devices.net";
 

@@ -1,15 +1,19 @@
 //! The registry of clients built from the configuration: one per DPS instance and per hub, sharing one
-//! HTTP connection pool.
+//! HTTP connection pool; and where each hub's import/export jobs keep their blobs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use url::Url;
 
-use super::config::{AzureConfig, HubConfig, PacingConfig, normalise_name};
+use super::config::{
+    AzureConfig, DEFAULT_JOBS_DEVICES_PER_SECOND, HubConfig, PacingConfig, normalise_name,
+};
 use super::dps::DpsClient;
 use super::error::AzureError;
 use super::hub::HubClient;
+use super::jobs_storage::JobsStorage;
 use super::transport::{ClientOptions, build_http_client};
 use crate::domain::clock::{Clock, SystemClock};
 
@@ -25,6 +29,13 @@ struct ClientsInner {
     default_dps: Option<String>,
     hubs: BTreeMap<String, (HubClient, HubConfig)>,
     pacing: PacingConfig,
+    /// The connection pool every client shares (the blob clients of hub jobs too).
+    http: reqwest::Client,
+    /// Hubs configured with their own jobs container, by host name.
+    hub_jobs_storage: BTreeMap<String, JobsStorage>,
+    /// The storage account for every other hub.
+    account_jobs_storage: Option<JobsStorage>,
+    jobs_poll_interval: Duration,
 }
 
 impl AzureClients {
@@ -57,11 +68,20 @@ impl AzureClients {
             dps.insert(normalise_name(&d.name), client);
         }
         let mut hubs = BTreeMap::new();
+        let mut hub_jobs_storage = BTreeMap::new();
         for h in &config.hubs {
             let client =
                 HubClient::new(&h.connection_string, options(&h.api_version, &h.base_url))?;
-            hubs.insert(h.host_name.to_ascii_lowercase(), (client, h.clone()));
+            let host = h.host_name.to_ascii_lowercase();
+            if let Some(container) = &h.jobs_container {
+                hub_jobs_storage.insert(host.clone(), JobsStorage::Container(container.clone()));
+            }
+            hubs.insert(host, (client, h.clone()));
         }
+        let account_jobs_storage = config.storage.as_ref().map(|s| JobsStorage::Account {
+            account: s.account.clone(),
+            sas_ttl: s.sas_ttl,
+        });
         let default_dps = match &config.default_dps {
             Some(name) => Some(normalise_name(name)),
             None if dps.len() == 1 => dps.keys().next().cloned(),
@@ -73,8 +93,41 @@ impl AzureClients {
                 default_dps,
                 hubs,
                 pacing: config.pacing.clone(),
+                http,
+                hub_jobs_storage,
+                account_jobs_storage,
+                jobs_poll_interval: config.jobs_poll_interval,
             }),
         })
+    }
+
+    /// The HTTP client every Azure client shares (timeouts and trusted roots of the configuration);
+    /// hand it to the blob clients of hub jobs.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    /// Where hub `host`'s import/export blobs go: its own container when configured, else the storage
+    /// account, else `None` (import/export jobs are not possible for that hub).
+    pub fn jobs_storage(&self, host: &str) -> Option<&JobsStorage> {
+        self.inner
+            .hub_jobs_storage
+            .get(&host.trim().to_ascii_lowercase())
+            .or(self.inner.account_jobs_storage.as_ref())
+    }
+
+    /// Devices per second an import/export job of hub `host` is modelled to go through: its
+    /// configured figure, else [`DEFAULT_JOBS_DEVICES_PER_SECOND`] (an assumption: Azure documents
+    /// none).
+    pub fn jobs_devices_per_second(&self, host: &str) -> f64 {
+        self.hub_config(host)
+            .and_then(|h| h.jobs_devices_per_second)
+            .unwrap_or(DEFAULT_JOBS_DEVICES_PER_SECOND)
+    }
+
+    /// How often a running hub import/export job is polled.
+    pub fn jobs_poll_interval(&self) -> Duration {
+        self.inner.jobs_poll_interval
     }
 
     /// The client of the DPS instance `name` (case-insensitive).
@@ -230,5 +283,66 @@ mod tests {
             "no default among two"
         );
         assert_eq!(clients.dps_names(), vec!["a", "b"]);
+    }
+    #[test]
+    fn jobs_storage_per_hub_then_account() {
+        let sas =
+            "https://acct.blob.core.windows.net/hub-1-jobs?sv=2021-08-06&sr=c&sp=rwdl&sig=c2ln";
+        let hubs = [
+            (
+                "DEPROVISIOND_HUB_1_CONNECTION_STRING",
+                cs("hub-1.azure-devices.net", "p"),
+            ),
+            ("DEPROVISIOND_HUB_1_JOBS_CONTAINER_SAS_URL", sas.to_string()),
+            ("DEPROVISIOND_HUB_1_JOBS_DEVICES_PER_SECOND", "50".into()),
+            (
+                "DEPROVISIOND_HUB_2_CONNECTION_STRING",
+                cs("hub-2.azure-devices.net", "p"),
+            ),
+        ];
+        let clients = AzureClients::new(&AzureConfig::from_env_map(&env(&hubs)).unwrap()).unwrap();
+        assert!(matches!(
+            clients.jobs_storage("HUB-1.azure-devices.net"),
+            Some(JobsStorage::Container(c)) if c.expose() == sas
+        ));
+        assert_eq!(
+            clients.jobs_storage("hub-2.azure-devices.net"),
+            None,
+            "no container and no account"
+        );
+        assert_eq!(
+            clients.jobs_devices_per_second("hub-1.azure-devices.net"),
+            50.0
+        );
+        assert_eq!(
+            clients.jobs_devices_per_second("hub-2.azure-devices.net"),
+            DEFAULT_JOBS_DEVICES_PER_SECOND
+        );
+        assert_eq!(clients.jobs_poll_interval(), Duration::from_secs(5));
+
+        let mut with_account = env(&hubs);
+        with_account.insert(
+            "DEPROVISIOND_STORAGE_CONNECTION_STRING".into(),
+            "UseDevelopmentStorage=true".into(),
+        );
+        with_account.insert("DEPROVISIOND_STORAGE_SAS_TTL_SECS".into(), "600".into());
+        with_account.insert("DEPROVISIOND_JOBS_POLL_MS".into(), "20".into());
+        let clients =
+            AzureClients::new(&AzureConfig::from_env_map(&with_account).unwrap()).unwrap();
+        assert!(
+            matches!(
+                clients.jobs_storage("hub-1.azure-devices.net"),
+                Some(JobsStorage::Container(_))
+            ),
+            "the hub's own container comes first"
+        );
+        match clients.jobs_storage("hub-2.azure-devices.net") {
+            Some(JobsStorage::Account { account, sas_ttl }) => {
+                assert_eq!(account.name(), "devstoreaccount1");
+                assert_eq!(*sas_ttl, Duration::from_secs(600));
+            }
+            other => panic!("expected the account, got {other:?}"),
+        }
+        assert_eq!(clients.jobs_poll_interval(), Duration::from_millis(20));
     }
 }

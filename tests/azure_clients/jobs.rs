@@ -34,7 +34,7 @@ fn skip(missing: &str, unchecked: &str) {
 }
 
 /// The Azurite the environment names, seen as a storage account.
-fn azurite() -> Option<StorageAccount> {
+pub(super) fn azurite() -> Option<StorageAccount> {
     let Some(url) = std::env::var("DEPROVISIOND_TEST_AZURITE_URL")
         .ok()
         .filter(|u| !u.is_empty())
@@ -68,7 +68,7 @@ static CONTAINERS: AtomicU32 = AtomicU32::new(0);
 
 /// A new container, created with an account SAS minted from the key; answers a read-write container
 /// SAS URL for it, as the service hands the hub.
-async fn new_container(account: &StorageAccount) -> ContainerSasUrl {
+pub(super) async fn new_container(account: &StorageAccount) -> ContainerSasUrl {
     let name = format!(
         "dj-{}-{}",
         std::process::id(),
