@@ -1,5 +1,5 @@
-//! IoT Hub registry API (azure-specs README §5): devices, bulk, list, twin query; and the
-//! import/export jobs API (README §6, [`crate::jobs`]).
+//! IoT Hub registry API (azure-specs README §5): devices, bulk, list, twin query, device statistics;
+//! and the import/export jobs API (README §6, [`crate::jobs`]).
 
 use std::sync::Arc;
 
@@ -32,6 +32,10 @@ pub enum HubOp {
     Bulk,
     /// POST /devices/query.
     Query,
+    /// GET /statistics/devices (`Statistics_GetDeviceStatistics`): counts of device identities
+    /// (`RegistryStatistics`; modules are not counted). Needs RegistryRead. Spends no registry
+    /// quota: Azure does not document whether it does, and the simulator chooses "not counted".
+    DeviceStatistics,
     /// POST /jobs/create (import/export job).
     CreateJob,
     /// GET /jobs.
@@ -51,6 +55,7 @@ impl HubOp {
             Self::ListDevices => "ListDevices",
             Self::Bulk => "BulkDevices",
             Self::Query => "QueryTwins",
+            Self::DeviceStatistics => "GetDeviceStatistics",
             Self::CreateJob => "CreateImportExportJob",
             Self::ListJobs => "GetImportExportJobs",
             Self::GetJob(_) => "GetImportExportJob",
@@ -72,9 +77,11 @@ impl HubOp {
     /// Rights the SAS policy must grant; `body` tells an export (reads the registry) from an import.
     fn rights(&self, body: &[u8]) -> Vec<Right> {
         match self {
-            Self::GetDevice(_) | Self::ListDevices | Self::ListJobs | Self::GetJob(_) => {
-                vec![Right::RegistryRead]
-            }
+            Self::GetDevice(_)
+            | Self::ListDevices
+            | Self::DeviceStatistics
+            | Self::ListJobs
+            | Self::GetJob(_) => vec![Right::RegistryRead],
             Self::CreateJob if jobs::requested_kind(body) == Some(jobs::JobKind::Export) => {
                 vec![Right::RegistryRead]
             }
@@ -108,6 +115,12 @@ pub fn route(method: &Method, path: &str) -> Result<HubOp, u16> {
                 && method == Method::POST =>
         {
             Ok(HubOp::Query)
+        }
+        [s, d] if s.eq_ignore_ascii_case("statistics") && d.eq_ignore_ascii_case("devices") => {
+            match *method {
+                Method::GET => Ok(HubOp::DeviceStatistics),
+                _ => Err(405),
+            }
         }
         [j] if j.eq_ignore_ascii_case("jobs") => match *method {
             Method::GET => Ok(HubOp::ListJobs),
@@ -156,18 +169,21 @@ pub async fn serve(
     let settings = handle.0.throttle.settings();
     let units = f64::from(hub.units);
     let quota = match &op {
-        HubOp::Query => (
+        HubOp::Query => Some((
             format!("hub:{}:query", hub.host),
             hub.tier.queries_per_minute_per_unit() * units,
             1.0,
-        ),
+        )),
         // Job operations have their own throttle; the devices a job touches cost no registry
         // operations (README §6).
-        HubOp::CreateJob | HubOp::ListJobs | HubOp::GetJob(_) | HubOp::CancelJob(_) => (
+        HubOp::CreateJob | HubOp::ListJobs | HubOp::GetJob(_) | HubOp::CancelJob(_) => Some((
             format!("hub:{}:jobs", hub.host),
             hub.tier.job_ops_per_minute_per_unit() * units,
             1.0,
-        ),
+        )),
+        // Azure does not document whether the statistics call spends the registry quota; the
+        // simulator chooses not counted (no bucket), so a planner's count costs no device step.
+        HubOp::DeviceStatistics => None,
         HubOp::Bulk => {
             let n = serde_json::from_slice::<Value>(&req.body)
                 .ok()
@@ -178,17 +194,17 @@ pub async fn serve(
             } else {
                 1.0
             };
-            (
+            Some((
                 format!("hub:{}:registry", hub.host),
                 hub.tier.registry_ops_per_minute_per_unit() * units,
                 cost,
-            )
+            ))
         }
-        _ => (
+        _ => Some((
             format!("hub:{}:registry", hub.host),
             hub.tier.registry_ops_per_minute_per_unit() * units,
             1.0,
-        ),
+        )),
     };
     let plan = CallPlan {
         service: Service::Hub,
@@ -201,7 +217,7 @@ pub async fn serve(
             _ => Vec::new(),
         },
         rights: op.rights(&req.body),
-        quota: Some(quota),
+        quota,
     };
     let policies = hub.policies.clone();
     run_call(handle, plan, req, &policies, |tid| {
@@ -337,6 +353,17 @@ fn execute_inner(
             errors::set_header(&mut resp, "x-ms-item-type", "Twin");
             Ok(resp)
         }
+        HubOp::DeviceStatistics => {
+            let stats = hub.device_statistics();
+            Ok(errors::json_response(
+                200,
+                &json!({
+                    "totalDeviceCount": stats.total,
+                    "enabledDeviceCount": stats.enabled,
+                    "disabledDeviceCount": stats.disabled,
+                }),
+            ))
+        }
         HubOp::CreateJob => Ok(job_response(&jobs::create(handle, hub, &req.body)?)),
         HubOp::ListJobs => {
             let list = serde_json::to_value(handle.0.jobs.list(&hub.host))
@@ -401,5 +428,11 @@ mod tests {
             Ok(HubOp::CancelJob("j1".into()))
         );
         assert_eq!(route(&Method::POST, "/jobs"), Err(405));
+        assert_eq!(
+            route(&Method::GET, "/statistics/devices"),
+            Ok(HubOp::DeviceStatistics)
+        );
+        assert_eq!(route(&Method::POST, "/statistics/devices"), Err(405));
+        assert_eq!(route(&Method::GET, "/statistics/service"), Err(404));
     }
 }

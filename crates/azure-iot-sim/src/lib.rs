@@ -32,6 +32,9 @@
 //!   `path = v`, `path != v` or `path IN [v, ...]` (strings, numbers, booleans); else 400 ArgumentInvalid.
 //! - `/devices/query` needs ServiceConnect (README §3); DPS registration reads need
 //!   RegistrationStatusRead, deletes RegistrationStatusWrite. Rights do not imply each other.
+//! - `GET /statistics/devices` counts device identities only (`totalDeviceCount`,
+//!   `enabledDeviceCount`, `disabledDeviceCount`), needs RegistryRead and is not counted against any
+//!   quota: Azure does not document whether it spends registry operations.
 //! - Import/export jobs ([`jobs`]): a second job while one is active is 403 JobQuotaExceeded; an
 //!   unknown job 404 JobNotFound; cancel answers 204; import `update` of a missing device is an
 //!   error (unlike bulk); the error log is always written; throughput is a setting.

@@ -835,6 +835,106 @@ async fn hub_bulk_and_twin_query_paging() {
 }
 
 #[tokio::test]
+async fn hub_device_statistics_count_devices_by_status_and_spend_no_quota() {
+    let env = Env::default().await;
+    let (s, _, empty) = env.hub(Method::GET, "/statistics/devices", None, &[]).await;
+    assert_eq!(s, 200, "{empty}");
+    assert_eq!(
+        empty,
+        json!({"totalDeviceCount": 0, "enabledDeviceCount": 0, "disabledDeviceCount": 0})
+    );
+    for id in ["dev-1", "dev-2", "dev-3"] {
+        let (s, _, _) = env
+            .hub(
+                Method::PUT,
+                &format!("/devices/{id}"),
+                Some(json!({"deviceId": id})),
+                &[],
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    let (s, _, _) = env
+        .hub(
+            Method::PUT,
+            "/devices/dev-2",
+            Some(json!({"deviceId": "dev-2", "status": "disabled"})),
+            &[("if-match", "\"*\"")],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, h, stats) = env.hub(Method::GET, "/statistics/devices", None, &[]).await;
+    assert_eq!(s, 200);
+    assert!(
+        h["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    assert_eq!(
+        stats,
+        json!({"totalDeviceCount": 3, "enabledDeviceCount": 2, "disabledDeviceCount": 1})
+    );
+
+    // The registry routes' authentication: RegistryRead is needed, ServiceConnect is not enough.
+    let url = format!(
+        "{}/statistics/devices?api-version={API_HUB}",
+        env.sim.hub_base_url(HUB)
+    );
+    let with = |token: Option<String>| {
+        let mut rb = env.http.get(&url);
+        if let Some(t) = token {
+            rb = rb.header("authorization", t);
+        }
+        async move { rb.send().await.unwrap().status() }
+    };
+    assert_eq!(with(None).await, 401);
+    assert_eq!(with(Some(env.hub_token("service"))).await, 401);
+    assert_eq!(with(Some(env.hub_token("registryRead"))).await, 200);
+    let (s, _, _) = env
+        .hub(Method::POST, "/statistics/devices", Some(json!({})), &[])
+        .await;
+    assert_eq!(s, 405);
+
+    let calls: Vec<_> = env
+        .sim
+        .calls()
+        .into_iter()
+        .filter(|c| c.operation == "GetDeviceStatistics" && c.status == Some(200))
+        .collect();
+    assert_eq!(calls.len(), 3);
+    assert!(
+        calls.iter().all(|c| c.cost == 0.0 && c.quota.is_none()),
+        "not counted against any quota: {calls:?}"
+    );
+    env.sim.shutdown().await;
+
+    // With the registry quota spent, the counts still come.
+    let clock = FakeClock::new(chrono::Utc::now());
+    let mut cfg = SimConfig::single(DPS, &[HUB]);
+    cfg.throttle = ThrottleConfig::default();
+    let sim = Simulator::start_with_clock(cfg, Arc::new(clock))
+        .await
+        .unwrap();
+    let env = Env {
+        sim,
+        http: reqwest::Client::new(),
+    };
+    for _ in 0..100 {
+        env.hub(Method::GET, "/devices/none", None, &[]).await;
+    }
+    assert_eq!(
+        env.hub(Method::GET, "/devices/none", None, &[]).await.0,
+        429
+    );
+    for _ in 0..3 {
+        let (s, _, stats) = env.hub(Method::GET, "/statistics/devices", None, &[]).await;
+        assert_eq!(s, 200, "{stats}");
+    }
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn auth_refuses_bad_signature_expiry_scope_and_missing_rights() {
     let env = Env::default().await;
     let h = env.sim.state().hub(HUB).unwrap();

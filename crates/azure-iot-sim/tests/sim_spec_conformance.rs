@@ -255,6 +255,12 @@ async fn responses_match_the_swagger_definitions() {
         hub(Method::POST, "/devices", Some(bulk)).await,
         "hub bulk",
     ));
+    checks.push((
+        &hub_spec,
+        def(&hub_spec, "RegistryStatistics"),
+        hub(Method::GET, "/statistics/devices", None).await,
+        "device statistics",
+    ));
     // Import/export jobs: the blob service named here does not exist, so the job ends `failed`
     // with a failureReason, which is part of the checked shape too.
     let job = hub(
@@ -327,6 +333,7 @@ fn every_dps_spec_operation_is_routed_and_hub_routes_exist_in_the_spec() {
         ("get", "/jobs"),
         ("get", "/jobs/{id}"),
         ("delete", "/jobs/{id}"),
+        ("get", "/statistics/devices"),
     ] {
         assert!(
             hub_spec["paths"][p][m].is_object(),

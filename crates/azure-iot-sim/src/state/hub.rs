@@ -267,6 +267,17 @@ pub struct HubInstance {
     clock: Arc<dyn Clock>,
 }
 
+/// Device counts of a hub's identity registry (the swagger's `RegistryStatistics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceStatistics {
+    /// Every device identity.
+    pub total: u64,
+    /// Those with status `enabled`.
+    pub enabled: u64,
+    /// Those with status `disabled`.
+    pub disabled: u64,
+}
+
 /// The outcome of one bulk item.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BulkItemError {
@@ -328,6 +339,23 @@ impl HubInstance {
     /// Number of devices.
     pub fn device_count(&self) -> usize {
         self.data.lock().devices.len()
+    }
+
+    /// `GET /statistics/devices`: device identities in all, enabled and disabled (the simulator
+    /// keeps no module identities, so none are counted; Azure's counts are of devices too).
+    pub fn device_statistics(&self) -> DeviceStatistics {
+        let data = self.data.lock();
+        let disabled = data
+            .devices
+            .values()
+            .filter(|d| d.device.get("status").and_then(Value::as_str) == Some("disabled"))
+            .count() as u64;
+        let total = data.devices.len() as u64;
+        DeviceStatistics {
+            total,
+            enabled: total - disabled,
+            disabled,
+        }
     }
 
     /// `PUT /devices/{id}`: no If-Match creates (409 if present); `*` or an etag replaces (404 if absent).

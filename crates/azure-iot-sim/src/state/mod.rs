@@ -19,7 +19,7 @@ pub use dps::{
     DpsInstance, DpsOpError, EnrollmentKind, LinkedHub, Page, StoredRegistration, validate_id,
 };
 pub use hub::{
-    BulkItemError, HubInstance, HubOpError, StoredDevice, TwinQuery, render_twin,
+    BulkItemError, DeviceStatistics, HubInstance, HubOpError, StoredDevice, TwinQuery, render_twin,
     validate_device_id,
 };
 
