@@ -466,6 +466,57 @@ async fn hub_device_disable_is_a_full_replace_with_quoted_etag() {
 }
 
 #[tokio::test]
+async fn hub_device_statistics_count_identities_by_status() {
+    let env = Env::start(default_sim()).await;
+    let hub = env.hub();
+    assert_eq!(
+        hub.device_statistics().await.unwrap(),
+        RegistryStatistics::default(),
+        "an empty hub"
+    );
+    for i in 0..4 {
+        let d: Device = serde_json::from_value(json!({"deviceId": format!("s-{i}")})).unwrap();
+        hub.create_device(&d).await.unwrap();
+    }
+    hub.set_device_status("s-2", DeviceStatus::Disabled, Some("counted"))
+        .await
+        .unwrap();
+    let stats = hub.device_statistics().await.unwrap();
+    assert_eq!(
+        stats,
+        RegistryStatistics {
+            total_device_count: 4,
+            enabled_device_count: 3,
+            disabled_device_count: 1,
+        }
+    );
+    let call = env
+        .sim
+        .calls()
+        .into_iter()
+        .rfind(|c| c.operation == "GetDeviceStatistics")
+        .unwrap();
+    assert_eq!(
+        (call.path.as_str(), call.status),
+        ("/statistics/devices", Some(200))
+    );
+
+    // A policy without RegistryRead is refused, classified as for any registry call.
+    let service = env.sim.hub_connection_string(HUB, "service").unwrap();
+    let options = ClientOptions {
+        base_url: Some(env.sim.hub_base_url(HUB).parse().unwrap()),
+        ..ClientOptions::default()
+    };
+    let e = HubClient::new(&ConnectionString::parse(&service).unwrap(), options)
+        .unwrap()
+        .device_statistics()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AzureError::Unauthorized(_)), "{e:?}");
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn hub_bulk_and_twin_query_paging() {
     let env = Env::start(default_sim()).await;
     let hub = env.hub();

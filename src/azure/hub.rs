@@ -10,7 +10,7 @@ use super::connection_string::ConnectionString;
 use super::error::{AzureError, ErrorDetails};
 use super::models::{
     BulkRegistryOperationResult, Device, DeviceRegistryOperationError, DeviceStatus,
-    ExportImportDevice, QuerySpecification, Twin,
+    ExportImportDevice, QuerySpecification, RegistryStatistics, Twin,
 };
 use super::transport::{Body, ClientOptions, Endpoint, paged, paging_headers};
 
@@ -276,6 +276,22 @@ impl HubClient {
             &r.headers,
             &r.body,
         ))
+    }
+
+    /// `GET /statistics/devices` (`Statistics_GetDeviceStatistics`): how many device identities the
+    /// hub holds, enabled and disabled; what the planner weighs before exporting the whole registry.
+    /// Azure does not document whether it spends a registry operation (the simulator counts it
+    /// against no quota); a caller pacing conservatively counts it as one.
+    pub async fn device_statistics(&self) -> Result<RegistryStatistics, AzureError> {
+        self.ep
+            .send(
+                Method::GET,
+                &["statistics", "devices"],
+                HeaderMap::new(),
+                Body::None,
+            )
+            .await?
+            .json()
     }
 
     /// One page of the twin query `POST /devices/query`.

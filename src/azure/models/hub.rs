@@ -311,6 +311,21 @@ pub struct DeviceRegistryOperationWarning {
     pub warning_status: Option<String>,
 }
 
+/// `GET /statistics/devices` (`RegistryStatistics`): device counts of the hub's identity registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryStatistics {
+    /// Every device identity registered in the hub.
+    #[serde(default)]
+    pub total_device_count: i64,
+    /// Those currently enabled.
+    #[serde(default)]
+    pub enabled_device_count: i64,
+    /// Those currently disabled.
+    #[serde(default)]
+    pub disabled_device_count: i64,
+}
+
 /// A device twin, as returned by `POST /devices/query`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -385,6 +400,26 @@ mod tests {
         assert!(
             !format!("{d:?}").contains("cHJpbWFyeQ=="),
             "keys hidden from Debug"
+        );
+    }
+
+    #[test]
+    fn registry_statistics_wire_names() {
+        let wire = json!({"totalDeviceCount": 1_000_000_i64, "enabledDeviceCount": 999_990, "disabledDeviceCount": 10});
+        let s: RegistryStatistics = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(
+            (
+                s.total_device_count,
+                s.enabled_device_count,
+                s.disabled_device_count
+            ),
+            (1_000_000, 999_990, 10)
+        );
+        assert_eq!(serde_json::to_value(&s).unwrap(), wire);
+        assert_eq!(
+            serde_json::from_value::<RegistryStatistics>(json!({})).unwrap(),
+            RegistryStatistics::default(),
+            "every field is optional in the swagger"
         );
     }
 
