@@ -1,6 +1,7 @@
 //! `deprovisiond demo`: the service, an embedded SQLite database and a seeded simulator in one process.
 //! Also the wiring that points the Azure clients at a running simulator (used by the tests too).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use crate::app::{App, AppConfig, WorkflowChoice};
 use crate::azure::{
     AzureClients, AzureConfig, ConnectionString, DpsInstanceConfig, HubConfig as AzureHubConfig,
-    HubTier as AzureHubTier,
+    HubTier as AzureHubTier, StorageConfig,
 };
 use crate::domain::clock::SystemClock;
 use crate::worker::EngineConfig;
@@ -82,6 +83,19 @@ pub fn azure_config_for(sim: &RunningSimulator) -> anyhow::Result<AzureConfig> {
         );
     }
     Ok(config)
+}
+
+/// The storage account for hub import/export jobs that `vars` name with
+/// `DEPROVISIOND_STORAGE_CONNECTION_STRING` (or `_FILE`) and `DEPROVISIOND_STORAGE_SAS_TTL_SECS`, read
+/// and checked as the service reads them; `None` when no connection string is set (empty counts as
+/// unset, as a compose file may leave it).
+pub fn storage_from_env(vars: &HashMap<String, String>) -> anyhow::Result<Option<StorageConfig>> {
+    let storage: HashMap<String, String> = vars
+        .iter()
+        .filter(|(k, v)| k.starts_with("DEPROVISIOND_STORAGE_") && !v.trim().is_empty())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok(AzureConfig::from_env_map(&storage)?.storage)
 }
 
 fn tier_of(t: HubTier) -> AzureHubTier {
@@ -164,7 +178,14 @@ pub async fn run(
             credentials.display()
         )
     })?;
-    let clients = AzureClients::new(&azure_config_for(&sim)?)?;
+    let mut azure = azure_config_for(&sim)?;
+    // Hub import/export jobs need blob storage: Azurite's connection string in docker-compose.yml.
+    azure.storage = storage_from_env(&std::env::vars().collect())?;
+    let storage = azure
+        .storage
+        .as_ref()
+        .map(|s| s.account.blob_endpoint().to_string());
+    let clients = AzureClients::new(&azure)?;
     let config = AppConfig {
         database_url: db,
         listen,
@@ -185,7 +206,15 @@ pub async fn run(
     )
     .await?;
     let addr = app.local_addr();
-    print_banner(addr, &sim, &fleet, dir.path(), &credentials, &api_key);
+    print_banner(
+        addr,
+        &sim,
+        &fleet,
+        dir.path(),
+        &credentials,
+        &api_key,
+        storage.as_deref(),
+    );
     app.run_until_stopped(crate::cli::shutdown_signal()).await?;
     sim.shutdown().await;
     Ok(())
@@ -198,6 +227,7 @@ fn print_banner(
     dir: &Path,
     credentials: &Path,
     api_key: &str,
+    storage: Option<&str>,
 ) {
     let api = format!("http://{addr}");
     let auth = format!("-H 'authorization: Bearer {api_key}'");
@@ -211,6 +241,14 @@ fn print_banner(
         "  database    {} (SQLite, deleted on exit)",
         dir.join("demo.db").display()
     );
+    match storage {
+        Some(endpoint) => println!(
+            "  storage     {endpoint} (a blob container per hub import/export job, from DEPROVISIOND_STORAGE_CONNECTION_STRING)"
+        ),
+        None => println!(
+            "  storage     none (set DEPROVISIOND_STORAGE_CONNECTION_STRING for hub import/export jobs)"
+        ),
+    }
     println!();
     println!("Simulated Azure (same wire format as the real services; admin API under /_sim/):");
     println!(
@@ -284,4 +322,59 @@ fn print_banner(
     );
     println!();
     println!("Press Ctrl-C to stop.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AZURITE: &str = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://azurite:10000/devstoreaccount1;";
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn storage_from_env_passes_the_connection_string_through() {
+        let storage = storage_from_env(&vars(&[
+            ("DEPROVISIOND_STORAGE_CONNECTION_STRING", AZURITE),
+            ("DEPROVISIOND_STORAGE_SAS_TTL_SECS", "3600"),
+            // Other variables are the service's business, not the demo's Azure config.
+            ("DEPROVISIOND_HUB_X_TIER", "S9"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            storage.account.blob_endpoint().as_str(),
+            "http://azurite:10000/devstoreaccount1"
+        );
+        assert_eq!(storage.sas_ttl, std::time::Duration::from_secs(3600));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("storage");
+        std::fs::write(&file, AZURITE).unwrap();
+        let from_file = storage_from_env(&vars(&[(
+            "DEPROVISIOND_STORAGE_CONNECTION_STRING_FILE",
+            file.to_str().unwrap(),
+        )]))
+        .unwrap();
+        assert_eq!(from_file.unwrap().account.name(), "devstoreaccount1");
+
+        assert!(storage_from_env(&HashMap::new()).unwrap().is_none());
+        assert!(
+            storage_from_env(&vars(&[("DEPROVISIOND_STORAGE_CONNECTION_STRING", " ")]))
+                .unwrap()
+                .is_none(),
+            "empty is unset"
+        );
+        let e = storage_from_env(&vars(&[(
+            "DEPROVISIOND_STORAGE_CONNECTION_STRING",
+            "AccountName=devstoreaccount1",
+        )]))
+        .unwrap_err();
+        assert!(e.to_string().contains("no AccountKey"), "{e}");
+    }
 }
