@@ -246,7 +246,7 @@ impl RawHub {
             .map(Some)
             .map_err(|source| ConfigError::Blob {
                 origin: field_origin(origin, field),
-                source,
+                source: Box::new(source),
             })
     }
 }
@@ -276,7 +276,7 @@ impl RawStorage {
         let account =
             StorageAccount::from_connection_string(&text).map_err(|source| ConfigError::Blob {
                 origin: origin.to_string(),
-                source,
+                source: Box::new(source),
             })?;
         let sas_ttl = match self.sas_ttl_secs {
             None => DEFAULT_STORAGE_SAS_TTL,

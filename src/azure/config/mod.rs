@@ -120,8 +120,8 @@ pub enum ConfigError {
     Blob {
         /// Which variable or entry it came from.
         origin: String,
-        /// Why it was rejected.
-        source: BlobError,
+        /// Why it was rejected (boxed: a blob error is large, and config errors are rare).
+        source: Box<BlobError>,
     },
     /// Any other invalid setting.
     #[error("{0}")]
