@@ -436,6 +436,25 @@ impl BlobContainerClient {
         }
     }
 
+    /// Deletes `blob` (Delete Blob); `false` when there was none.
+    pub async fn delete(&self, blob: &str) -> Result<bool, BlobError> {
+        let r = self
+            .send(
+                "Delete Blob",
+                blob,
+                Method::DELETE,
+                &[],
+                HeaderMap::new(),
+                None,
+            )
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() && e.code() != Some("ContainerNotFound") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A writer of `blob` in blocks of [`DEFAULT_BLOCK_SIZE`]; nothing changes until
     /// [`BlobWriter::finish`].
     pub fn writer(&self, blob: &str) -> BlobWriter {

@@ -14,6 +14,9 @@ use super::hub::HubClient;
 use super::models::JobProperties;
 use super::transport::Body;
 
+/// The blob an import job writes its per-device refusals to, at the output container's root.
+pub const IMPORT_ERRORS_BLOB: &str = "importErrors.log";
+
 impl HubClient {
     /// `POST /jobs/create`: starts an import or export job; the hub answers with the job (`enqueued`).
     pub async fn create_import_export_job(

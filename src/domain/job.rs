@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ids::{DpsName, GroupId, RegistrationId};
+pub use super::registry_path::RegistryPath;
 
 /// Maximum size of the free-text reason, in bytes.
 pub const MAX_REASON_TEXT_BYTES: usize = 1024;
@@ -324,6 +325,27 @@ pub struct DeprovisionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "https://hooks.example.com/deprovisiond")]
     pub callback_url: Option<String>,
+    /// Enrollment groups only: how device identities are written in each hub (default `auto`: per hub, the
+    /// faster of device by device at the registry quota and import/export jobs through blob storage, as the
+    /// preview estimates them).
+    #[serde(default, skip_serializing_if = "RegistryPath::is_auto")]
+    pub registry_path: RegistryPath,
+    /// Set by the service on an undo job (`POST /v1/deprovisions/{id}/undo`): the job it undoes. A request
+    /// that sets it is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub undo: Option<UndoOf>,
+}
+
+/// What an undo job undoes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UndoOf {
+    /// The deprovision job whose hub changes are reverted.
+    pub job_id: String,
+    /// Whether the DPS revocation is reverted too (the enrollment or group enabled again).
+    #[serde(default)]
+    pub restore_dps: bool,
 }
 
 /// A request's priority among concurrent jobs.
@@ -472,6 +494,18 @@ impl DeprovisionRequest {
                     "applies only to an enrollment_group target",
                 ));
             }
+            if !self.registry_path.is_auto() {
+                errors.push(FieldError::new(
+                    "registry_path",
+                    "applies only to an enrollment_group target (one device is always written directly)",
+                ));
+            }
+        }
+        if self.undo.is_some() {
+            errors.push(FieldError::new(
+                "undo",
+                "is set by the service on undo jobs; ask POST /v1/deprovisions/{id}/undo",
+            ));
         }
         let has_leaf = matches!(
             &self.target,

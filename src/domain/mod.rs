@@ -8,4 +8,5 @@ pub mod job;
 pub mod lane;
 pub mod pacing;
 pub mod plan;
+pub mod registry_path;
 pub mod settle;

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::job::{DeprovisionRequest, Target};
+use super::job::{DeprovisionRequest, RegistryPath, Target};
 
 /// A step of a lane: a job's own, or a device item's.
 pub trait LaneStep: Copy + fmt::Debug {
@@ -28,23 +28,33 @@ pub enum JobStep {
     Revoke,
     /// List a group's registration records, page by page, into device items.
     Enumerate,
+    /// Per hub, choose device by device or import jobs; run the import jobs (snapshot export, import,
+    /// verification export) for the hubs that take them. The devices they verified need no item step.
+    ImportJobs,
+    /// Undo jobs: select the devices the undone job changed, as this job's items.
+    SelectUndo,
     /// The barrier: the job waits here while its device items run.
     Items,
     /// Delete the DPS registration records of the devices handled.
     DeleteRegistrations,
     /// Delete the (already disabled) enrollment group itself.
     DeleteGroup,
+    /// Undo jobs, when asked: enable the undone job's enrollment or group at DPS again, last.
+    RestoreDps,
 }
 
 impl JobStep {
     /// Every job step, in the order a plan may hold them.
-    pub const ALL: [JobStep; 6] = [
+    pub const ALL: [JobStep; 9] = [
         JobStep::Resolve,
         JobStep::Revoke,
         JobStep::Enumerate,
+        JobStep::ImportJobs,
+        JobStep::SelectUndo,
         JobStep::Items,
         JobStep::DeleteRegistrations,
         JobStep::DeleteGroup,
+        JobStep::RestoreDps,
     ];
 
     /// Parses a stored name.
@@ -67,9 +77,12 @@ impl LaneStep for JobStep {
             JobStep::Resolve => "resolve",
             JobStep::Revoke => "revoke",
             JobStep::Enumerate => "enumerate",
+            JobStep::ImportJobs => "import_jobs",
+            JobStep::SelectUndo => "select_undo",
             JobStep::Items => "items",
             JobStep::DeleteRegistrations => "delete_registrations",
             JobStep::DeleteGroup => "delete_group",
+            JobStep::RestoreDps => "restore_dps",
         }
     }
 
@@ -84,12 +97,15 @@ impl LaneStep for JobStep {
 pub enum ItemStep {
     /// Disable or delete the device's identity in its hub, and verify it.
     Registry,
+    /// Undo jobs: enable the identity again (or re-create it from the snapshot), and verify it.
+    Restore,
 }
 
 impl LaneStep for ItemStep {
     fn as_str(self) -> &'static str {
         match self {
             ItemStep::Registry => "registry",
+            ItemStep::Restore => "restore",
         }
     }
 
@@ -113,9 +129,15 @@ impl fmt::Display for ItemStep {
 /// Why a list of steps is not a plan.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    /// Every job cuts its target off at DPS.
-    #[error("a plan needs the revoke step")]
+    /// Every deprovision job cuts its target off at DPS; an undo job selects what it undoes instead.
+    #[error("a plan needs the revoke step, or an undo plan its select_undo step")]
     NoRevoke,
+    /// A plan either deprovisions or undoes.
+    #[error("a plan has the revoke step or the select_undo step, not both")]
+    RevokeAndUndo,
+    /// Import jobs write identities: only after the revoke step, and before the devices' own steps.
+    #[error("the import_jobs step belongs after the revoke step and before the items barrier")]
+    ImportJobsMisplaced,
     /// Devices must not be touched in their hub while DPS can still hand them a new assignment.
     #[error("the items barrier comes before the revoke step")]
     BarrierBeforeRevoke,
@@ -159,11 +181,19 @@ impl Plan {
                 return Err(PlanError::Repeated(*step));
             }
         }
-        let revoke = job_steps
-            .iter()
-            .position(|s| *s == JobStep::Revoke)
-            .ok_or(PlanError::NoRevoke)?;
-        match job_steps.iter().position(|s| s.is_barrier()) {
+        let position = |step: JobStep| job_steps.iter().position(|s| *s == step);
+        let revoke = match (position(JobStep::Revoke), position(JobStep::SelectUndo)) {
+            (Some(_), Some(_)) => return Err(PlanError::RevokeAndUndo),
+            (Some(r), None) | (None, Some(r)) => r,
+            (None, None) => return Err(PlanError::NoRevoke),
+        };
+        let barrier = job_steps.iter().position(|s| s.is_barrier());
+        if let Some(import) = position(JobStep::ImportJobs)
+            && (import < revoke || barrier.is_some_and(|b| b < import))
+        {
+            return Err(PlanError::ImportJobsMisplaced);
+        }
+        match barrier {
             Some(barrier) if barrier < revoke => return Err(PlanError::BarrierBeforeRevoke),
             Some(_) if item_steps.is_empty() => return Err(PlanError::BarrierWithoutItemSteps),
             None if !item_steps.is_empty() => return Err(PlanError::BarrierWithoutItemSteps),
@@ -177,9 +207,15 @@ impl Plan {
 
     /// The steps the Azure workflow runs for a request (previews show the same list).
     pub fn for_request(request: &DeprovisionRequest) -> Self {
+        if let Some(undo) = &request.undo {
+            return Self::for_undo(request, undo.restore_dps);
+        }
         let mut job_steps = vec![JobStep::Resolve, JobStep::Revoke];
         if let Target::EnrollmentGroup(_) = request.target {
             job_steps.push(JobStep::Enumerate);
+            if request.registry_path != RegistryPath::PerDevice {
+                job_steps.push(JobStep::ImportJobs);
+            }
         }
         job_steps.push(JobStep::Items);
         if request.delete_registrations {
@@ -191,6 +227,26 @@ impl Plan {
         // Invariant: resolve, revoke, an optional enumerate, the barrier, then the clean-ups, each
         // once, with the one item step: the shape `new` accepts.
         Self::new(job_steps, vec![ItemStep::Registry]).expect("the request plan has a valid shape")
+    }
+
+    /// An undo job's steps: select the devices, import jobs for a group's large hubs, each device restored,
+    /// then DPS when asked.
+    fn for_undo(request: &DeprovisionRequest, restore_dps: bool) -> Self {
+        let mut job_steps = vec![JobStep::SelectUndo];
+        if let Target::EnrollmentGroup(_) = request.target {
+            job_steps.push(JobStep::ImportJobs);
+        }
+        job_steps.push(JobStep::Items);
+        if restore_dps {
+            job_steps.push(JobStep::RestoreDps);
+        }
+        // Invariant: select_undo, then the optional import jobs, the barrier and the DPS step, each once.
+        Self::new(job_steps, vec![ItemStep::Restore]).expect("the undo plan has a valid shape")
+    }
+
+    /// Whether this plan undoes another job.
+    pub fn is_undo(&self) -> bool {
+        self.job_steps.contains(&JobStep::SelectUndo)
     }
 
     /// The job lane's steps, in order.
@@ -250,6 +306,49 @@ mod tests {
         assert!(err.contains("before the revoke step"), "{err}");
         let unknown = r#"{"job_steps":["revoke","reboot"],"item_steps":[]}"#;
         assert!(serde_json::from_str::<Plan>(unknown).is_err());
+    }
+
+    #[test]
+    fn import_jobs_sit_between_the_revoke_and_the_barrier() {
+        assert_eq!(
+            Plan::new(
+                vec![Resolve, ImportJobs, Revoke, Items],
+                vec![ItemStep::Registry]
+            ),
+            Err(PlanError::ImportJobsMisplaced)
+        );
+        assert_eq!(
+            Plan::new(
+                vec![Resolve, Revoke, Items, ImportJobs],
+                vec![ItemStep::Registry]
+            ),
+            Err(PlanError::ImportJobsMisplaced)
+        );
+        assert!(
+            Plan::new(
+                vec![Resolve, Revoke, Enumerate, ImportJobs, Items],
+                vec![ItemStep::Registry]
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_undo_plan_selects_instead_of_revoking() {
+        let undo = Plan::new(
+            vec![SelectUndo, ImportJobs, Items, RestoreDps],
+            vec![ItemStep::Restore],
+        )
+        .unwrap();
+        assert!(undo.is_undo());
+        assert_eq!(
+            Plan::new(vec![Revoke, SelectUndo, Items], vec![ItemStep::Restore]),
+            Err(PlanError::RevokeAndUndo)
+        );
+        assert_eq!(
+            Plan::new(vec![Items, SelectUndo], vec![ItemStep::Restore]),
+            Err(PlanError::BarrierBeforeRevoke)
+        );
     }
 
     #[test]

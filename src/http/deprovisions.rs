@@ -16,7 +16,9 @@ use super::views::{
     DevicePage, DeviceView, EventPage, EventView, JobPage, JobView, ListJobsQuery, PageQuery,
 };
 use super::{AppState, PROBLEM};
-use crate::domain::job::{DeprovisionRequest, FieldError, Target};
+use crate::domain::job::{
+    DeprovisionRequest, FieldError, JobStatus, RegistryPath, RevokeAction, Target, UndoOf,
+};
 use crate::store::{Created, Decision, JobFilter, JobOrigin, NewJob, Store};
 use crate::workflow::preview::{Preview, Refusal};
 
@@ -30,6 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_events))
         .routes(routes!(cancel_deprovision))
         .routes(routes!(retry_deprovision))
+        .routes(routes!(undo_deprovision))
         .routes(routes!(approve_deprovision))
         .routes(routes!(reject_deprovision))
 }
@@ -304,6 +307,7 @@ pub async fn get_deprovision(
         .await?
         .ok_or_else(|| not_found(&id))?;
     let mut view = job_view(&state.store, &job).await?;
+    view.undo_jobs = state.store.undo_jobs_of(&job.id).await?;
     if view.progress.total > 0 {
         view.pacing = Some(pacing_view(&state, &job, &view).await?);
     }
@@ -596,6 +600,137 @@ pub async fn retry_deprovision(
         .await?;
     state.waker.wake();
     Ok(ApiJson(job_view(&state.store, &job).await?))
+}
+
+/// What an undo reverts.
+#[derive(Debug, Clone, Default, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UndoRequest {
+    /// Also enable the undone job's enrollment or group at DPS again (default: DPS stays revoked).
+    #[serde(default)]
+    pub restore_dps: bool,
+    /// Enrollment groups: how identities are enabled again or re-created (default `auto`).
+    #[serde(default)]
+    pub registry_path: RegistryPath,
+}
+
+/// Undo a finished job's hub changes, as a job of its own linked to it (admins only).
+///
+/// Devices the job disabled are enabled again, if its status reason is still on them; devices it deleted are
+/// re-created from its snapshot, with their keys, where it ran import jobs (identities deleted device by device
+/// left no snapshot and fail, saying so). Devices it found already disabled stay disabled. DPS stays revoked
+/// unless `restore_dps` is true.
+#[utoipa::path(
+    post,
+    path = "/v1/deprovisions/{id}/undo",
+    tag = "deprovisions",
+    params(("id" = uuid::Uuid, Path, description = "Id of the job to undo (a UUID)")),
+    request_body = UndoRequest,
+    responses(
+        (status = 202, description = "The undo job, queued; `undo_of` names the job it undoes", body = JobView),
+        (status = 400, description = "Not a job id, or not a JSON body", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "Undo needs the admin role", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such job", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "The job has not finished, is itself an undo, or another job is active for the target", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "`restore_dps` or `registry_path` does not apply to this job", body = Problem, content_type = PROBLEM),
+    )
+)]
+pub async fn undo_deprovision(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<UndoRequest>,
+) -> Result<Response, ApiError> {
+    principal.require(Role::Admin, "undoing a job")?;
+    let id = parse_job_id(&id)?;
+    let job = state
+        .store
+        .get_job(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    if job.request.undo.is_some() {
+        return Err(ApiError::Conflict {
+            slug: "undo-of-undo",
+            detail: format!("job {id} is itself an undo; deprovision the target again instead"),
+        });
+    }
+    if !matches!(
+        job.status,
+        JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+    ) {
+        return Err(ApiError::Conflict {
+            slug: "job-not-finished",
+            detail: format!(
+                "job {id} is {}; undo it once it has finished (or cancel it first)",
+                job.status.as_str()
+            ),
+        });
+    }
+    let mut errors = Vec::new();
+    if body.restore_dps {
+        match (&job.request.target, job.request.revoke) {
+            (Target::GroupDevice(_), _) => errors.push(FieldError::new(
+                "restore_dps",
+                "a group device is blocked by a disabled individual enrollment, which is never removed",
+            )),
+            (Target::IndividualEnrollment(_), RevokeAction::Delete) => errors.push(FieldError::new(
+                "restore_dps",
+                "the job deleted the individual enrollment; create it again at DPS by hand",
+            )),
+            _ => {}
+        }
+    }
+    let is_group = matches!(job.request.target, Target::EnrollmentGroup(_));
+    if !body.registry_path.is_auto() && !is_group {
+        errors.push(FieldError::new(
+            "registry_path",
+            "applies only to an enrollment_group target",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let request = DeprovisionRequest {
+        undo: Some(UndoOf {
+            job_id: job.id.clone(),
+            restore_dps: body.restore_dps,
+        }),
+        registry_path: body.registry_path,
+        delete_registrations: false,
+        delete_group: false,
+        force: false,
+        dry_run: false,
+        callback_url: None,
+        requested_by: None,
+        ..job.request.clone()
+    };
+    let plan = state.workflow.plan(&request);
+    let created = state
+        .store
+        .create_job_as(
+            NewJob {
+                dps: job.dps.clone(),
+                request,
+                plan,
+                idempotency: None,
+            },
+            &JobOrigin {
+                requester: Some(principal.label()),
+                hold: None,
+            },
+            state.clock.now_ms(),
+        )
+        .await?;
+    let view = match created {
+        Created::New(j) | Created::Replayed(j) => job_view(&state.store, &j).await?,
+    };
+    state.waker.wake();
+    let location = format!("/v1/deprovisions/{}", view.id);
+    let mut resp = (StatusCode::ACCEPTED, ApiJson(view)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
 }
 
 /// Serde-level and rule-level checks, plus the leaf certificate's CN.

@@ -5,7 +5,9 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::domain::clock::to_rfc3339;
-use crate::domain::job::{JobStatus, Reason, RegistryAction, RevokeAction, Sweep, Target, Ticket};
+use crate::domain::job::{
+    JobStatus, Reason, RegistryAction, RegistryPath, RevokeAction, Sweep, Target, Ticket, UndoOf,
+};
 use crate::domain::lane::{LaneState, StepError};
 use crate::domain::plan::{ItemStep, LaneStep};
 use crate::domain::settle::ItemCounts;
@@ -36,6 +38,15 @@ pub struct JobView {
     pub delete_group: bool,
     /// Whether the group delete overrides the higher-chain check.
     pub force: bool,
+    /// How hub identities are written: `auto` (per hub, the faster path), `per_device` or `import_job`.
+    #[serde(default, skip_serializing_if = "RegistryPath::is_auto")]
+    pub registry_path: RegistryPath,
+    /// On an undo job: the job it undoes, and whether DPS is restored too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo_of: Option<UndoOf>,
+    /// Undo jobs of this job, oldest first (on the single-job read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub undo_jobs: Vec<String>,
     /// Why.
     pub reason: Reason,
     /// Source ticket.
@@ -205,6 +216,9 @@ impl JobView {
             delete_registrations: r.delete_registrations,
             delete_group: r.delete_group,
             force: r.force,
+            registry_path: r.registry_path,
+            undo_of: r.undo.clone(),
+            undo_jobs: Vec::new(),
             reason: r.reason.clone(),
             ticket: r.ticket.clone(),
             requested_by: job.requested_by.clone().or_else(|| r.requested_by.clone()),
@@ -266,6 +280,9 @@ pub struct DeviceView {
     /// Why it was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skip_reason: Option<String>,
+    /// The hub import job that wrote and verified this device (absent: its own step did, or does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub_job: Option<String>,
     /// Last change.
     pub updated_at: String,
     /// When it reached its final state.
@@ -290,6 +307,10 @@ impl DeviceView {
             attempt: item.attempt,
             last_error: item.last_error.clone(),
             skip_reason: item.skip_reason.clone(),
+            hub_job: item
+                .hub_job
+                .clone()
+                .filter(|_| item.state == LaneState::Succeeded),
             updated_at: to_rfc3339(item.updated_at),
             finished_at: item.finished_at.map(to_rfc3339),
         }

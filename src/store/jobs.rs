@@ -51,8 +51,8 @@ impl Store {
             "INSERT INTO jobs (id, dps, target_kind, target_id, target_key, request_json, requested_by, reason_code, \
              reason_text, ticket_system, ticket_key, ticket_url, idempotency_key, request_hash, status, active_key, \
              plan_json, step_index, lane_state, next_run_at, created_at, updated_at, approval_rule, approval_expires_at, \
-             priority) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$21,$22,$23,$24)",
+             priority, undo_of) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$21,$22,$23,$24,$25)",
         )
         .bind(&id)
         .bind(&new.dps)
@@ -78,6 +78,7 @@ impl Store {
         .bind(origin.hold.as_ref().map(|(rule, _)| rule.clone()))
         .bind(origin.hold.as_ref().map(|(_, until)| *until))
         .bind(req.priority.rank())
+        .bind(req.undo.as_ref().map(|u| u.job_id.clone()))
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -108,7 +109,11 @@ impl Store {
             &NewEvent {
                 kind: "created".into(),
                 message: Some(format!(
-                    "{} {} requested ({}){}{}",
+                    "{}{} {} requested ({}){}{}",
+                    match &req.undo {
+                        Some(u) => format!("undo of job {}: ", u.job_id),
+                        None => String::new(),
+                    },
                     req.target.kind().as_str(),
                     req.target.id(),
                     req.reason.code.as_str(),

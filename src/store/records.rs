@@ -134,6 +134,10 @@ pub struct ItemRecord {
     pub finished_at: Option<Millis>,
     /// Since when the device has been throttled (429) without a break.
     pub throttled_since: Option<Millis>,
+    /// The hub import job that wrote or verified this device (`None`: its own registry step does).
+    pub hub_job: Option<String>,
+    /// Whether this job changed the identity (`Some(false)`: it was already disabled or gone).
+    pub changed: Option<bool>,
 }
 
 /// One entry of a job's timeline.

@@ -19,7 +19,7 @@ pub(super) const JOB_COLUMNS: &str = "id, dps, request_json, status, plan_json, 
 /// The columns of a device item row.
 pub(super) const ITEM_COLUMNS: &str = "id, job_id, seq, registration_id, device_id, hub, data_json, step_index, state, attempt, \
     fence, next_run_at, lease_owner, lease_expires_at, last_error, skip_reason, created_at, updated_at, finished_at, \
-    throttled_since";
+    throttled_since, hub_job, changed";
 
 /// The columns of a timeline event row.
 pub(super) const EVENT_COLUMNS: &str =
@@ -209,6 +209,8 @@ pub(super) fn item_from_row(row: &AnyRow) -> Result<ItemRecord> {
         updated_at: row.try_get("updated_at")?,
         finished_at: row.try_get("finished_at")?,
         throttled_since: row.try_get("throttled_since")?,
+        hub_job: row.try_get("hub_job")?,
+        changed: row.try_get::<Option<i64>, _>("changed")?.map(|c| c != 0),
     })
 }
 

@@ -19,10 +19,12 @@ mod bulk;
 mod cert_check;
 pub mod chain;
 pub mod discovery;
+mod import_jobs;
 mod outcome;
 pub mod preview;
 mod registry;
 mod steps;
+mod undo;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,7 +198,9 @@ fn job_step_cost(step: JobStep, target: &Target) -> f64 {
         (JobStep::Enumerate, _) => 1.0,
         (JobStep::DeleteRegistrations, _) => f64::from(CLEANUP_BATCH),
         (JobStep::DeleteGroup, _) => 4.0,
-        (JobStep::Items, _) => 0.0,
+        (JobStep::RestoreDps, _) => steps::REVOKE_CALLS,
+        // Hub jobs and the undone job's devices: no DPS call.
+        (JobStep::Items | JobStep::ImportJobs | JobStep::SelectUndo, _) => 0.0,
     }
 }
 
@@ -236,6 +240,7 @@ impl Workflow for AzureWorkflow {
     ) -> StepResult {
         match step {
             ItemStep::Registry => registry::run_registry_step(self, job, item).await,
+            ItemStep::Restore => undo::restore(self, job, item).await,
         }
     }
 }

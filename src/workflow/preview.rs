@@ -15,6 +15,7 @@ use crate::azure::AzureError;
 use crate::azure::models::{AttestationType, DeviceRegistrationState, ProvisioningStatus};
 use crate::domain::job::{DeprovisionRequest, RegistryAction, RevokeAction, Sweep, Target};
 use crate::domain::plan::{JobStep, Plan};
+use crate::domain::registry_path::{HubRoute, RouteChoice};
 use crate::store::{AuditStatus, StoreError, Tombstone, TombstoneState};
 
 /// Registration records a preview reads at most for a whole group (the count is then a lower bound).
@@ -148,6 +149,10 @@ pub struct HubPlan {
     /// holds, as job progress estimates, else its budget after a full burst.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub estimated_seconds: Option<f64>,
+    /// Enrollment groups: both paths' estimates for this hub and the one the job would take (device by device,
+    /// or import/export jobs through blob storage); `estimated_seconds` is the chosen path's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_path: Option<RouteChoice>,
 }
 
 /// One step of the plan.
@@ -450,7 +455,16 @@ impl AzureWorkflow {
             }
             let pace = self.hub_eta(&hub, ops as f64);
             let opm = pace.map(|p| p.budget.round() as u32);
-            let est = pace.map(|p| p.eta.as_secs_f64());
+            let path = match request.target {
+                Target::EnrollmentGroup(_) => {
+                    super::import_jobs::preview_route(self, request, &hub, n).await
+                }
+                _ => None,
+            };
+            let est = match &path {
+                Some(c) if c.route == HubRoute::ImportJob => c.import_job_secs,
+                _ => pace.map(|p| p.eta.as_secs_f64()),
+            };
             match est {
                 Some(s) => slowest = slowest.max(s),
                 None => all_known = false,
@@ -462,6 +476,7 @@ impl AzureWorkflow {
                 credentials,
                 registry_ops_per_minute: opm,
                 estimated_seconds: est,
+                registry_path: path,
             });
         }
         let steps = Plan::for_request(request)
@@ -826,5 +841,8 @@ fn describe_step(step: JobStep, r: &DeprovisionRequest) -> String {
         (JobStep::Items, _) => format!("{registry}; {}", describe_sweep(r.sweep)),
         (JobStep::DeleteRegistrations, _) => "delete the devices' registration records (they count against the DPS quota)".into(),
         (JobStep::DeleteGroup, _) => "delete the group, last, unless an enabled group higher in its chain would re-admit its devices".into(),
+        (JobStep::ImportJobs, _) => "per hub, the faster path by the quota arithmetic (see each hub's registry_path): for hubs that take import jobs, a snapshot export, one import job and a verification export; their devices are then done".into(),
+        (JobStep::SelectUndo, _) => "select the undone job's devices that it changed".into(),
+        (JobStep::RestoreDps, _) => "enable the enrollment or group at DPS again".into(),
     }
 }

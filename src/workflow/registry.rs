@@ -24,12 +24,15 @@ use std::time::Duration;
 /// Longest `statusReason` an IoT hub stores.
 const STATUS_REASON_MAX: usize = 128;
 /// Item-data key of the hubs where an earlier run of the step already cut the identity off.
-const CUT_OFF_IN: &str = "cut_off_in";
+pub(super) const CUT_OFF_IN: &str = "cut_off_in";
+/// Item-data key of the hubs where this job itself made the change (not found already disabled).
+pub(super) const CHANGED_IN: &str = "changed_in";
 
 /// What one hub said about the device.
 enum HubAnswer {
-    /// The identity is disabled or deleted there (verified); the event says which.
-    CutOff(NewEvent),
+    /// The identity is disabled or deleted there (verified); the event says which, and whether this job
+    /// made the change (an undo reverts only those).
+    CutOff(NewEvent, bool),
     /// No identity with that device id there.
     Absent,
 }
@@ -39,6 +42,7 @@ enum HubAnswer {
 struct SearchReport {
     checked: Vec<String>,
     cut_off: Vec<String>,
+    changed: Vec<String>,
     no_credentials: Vec<String>,
     events: Vec<NewEvent>,
 }
@@ -55,7 +59,11 @@ pub(super) async fn run_registry_step(
         .unwrap_or_else(|| item.registration_id.clone());
     let search = search_for(wf, job, item);
     let earlier = earlier_cut_offs(item.data.as_ref());
-    let mut report = SearchReport::default();
+    // Hubs an earlier run already changed stay changed (a retry finds them disabled or gone).
+    let mut report = SearchReport {
+        changed: hubs_in(item.data.as_ref(), CHANGED_IN),
+        ..SearchReport::default()
+    };
     if let Err(stop) = check_hubs(
         wf,
         job,
@@ -99,7 +107,12 @@ fn search_for(wf: &AzureWorkflow, job: &JobRecord, item: &ItemRecord) -> HubSear
 }
 
 fn earlier_cut_offs(data: Option<&Value>) -> Vec<String> {
-    data.and_then(|d| d[CUT_OFF_IN].as_array())
+    hubs_in(data, CUT_OFF_IN)
+}
+
+/// The hubs an item-data list names.
+pub(super) fn hubs_in(data: Option<&Value>, key: &str) -> Vec<String> {
+    data.and_then(|d| d[key].as_array())
         .map(|a| {
             a.iter()
                 .filter_map(Value::as_str)
@@ -135,8 +148,11 @@ async fn check_hubs(
             }
         };
         report.checked.push(host.clone());
-        if let HubAnswer::CutOff(event) = answer {
+        if let HubAnswer::CutOff(event, changed) = answer {
             report.cut_off.push(host.clone());
+            if changed && !report.changed.contains(host) {
+                report.changed.push(host.clone());
+            }
             report.events.push(event);
         }
     }
@@ -175,21 +191,28 @@ async fn disable_identity(
             .await);
         }
     };
-    let disabled = |d: &crate::azure::models::Device, how: &str| {
-        HubAnswer::CutOff(item_event(
-            item,
-            "device_disabled",
-            format!(
-                "{}: device `{device_id}` disabled in hub {host} ({how})",
-                item.registration_id
+    let disabled = |d: &crate::azure::models::Device, how: &str, changed: bool| {
+        HubAnswer::CutOff(
+            item_event(
+                item,
+                "device_disabled",
+                format!(
+                    "{}: device `{device_id}` disabled in hub {host} ({how})",
+                    item.registration_id
+                ),
+                Some(json!({"hub": host, "etag": d.etag, "status_reason": d.status_reason})),
             ),
-            Some(json!({"hub": host, "etag": d.etag, "status_reason": d.status_reason})),
-        ))
+            changed,
+        )
     };
     if current.status == Some(DeviceStatus::Disabled) {
         // Nothing to change: no write, and the read just made is the verification.
         wf.refund_hub(host, 1.0).await;
-        return Ok(disabled(&current, "already disabled; not written again"));
+        return Ok(disabled(
+            &current,
+            "already disabled; not written again",
+            false,
+        ));
     }
     let reason = status_reason(job);
     let updated = set_status(&current, DeviceStatus::Disabled, Some(&reason))
@@ -199,7 +222,7 @@ async fn disable_identity(
         .await
     {
         Ok(stored) if stored.status == Some(DeviceStatus::Disabled) => {
-            Ok(disabled(&stored, "verified from the hub's answer"))
+            Ok(disabled(&stored, "verified from the hub's answer", true))
         }
         Ok(_) => verify_disabled(wf, hub, host, device_id, &disabled).await,
         Err(e) if e.is_precondition_failed() => Err(retry_now(format!(
@@ -223,14 +246,14 @@ async fn verify_disabled(
     hub: &HubClient,
     host: &str,
     device_id: &str,
-    disabled: &(dyn Fn(&crate::azure::models::Device, &str) -> HubAnswer + Sync),
+    disabled: &(dyn Fn(&crate::azure::models::Device, &str, bool) -> HubAnswer + Sync),
 ) -> Result<HubAnswer, StepResult> {
     wf.pace_hub(host, 1.0)
         .await
         .map_err(|delay| paced(host, delay))?;
     match hub.get_device(device_id).await {
         Ok(d) if d.status == Some(DeviceStatus::Disabled) => {
-            Ok(disabled(&d, "verified by reading it again"))
+            Ok(disabled(&d, "verified by reading it again", true))
         }
         Ok(_) => Err(retry_now(format!(
             "hub {host} accepted the update but `{device_id}` is still enabled"
@@ -274,15 +297,18 @@ async fn delete_identity(
             .await);
         }
     };
-    Ok(HubAnswer::CutOff(item_event(
-        item,
-        "device_deleted",
-        format!(
-            "{}: device `{device_id}` deleted from hub {host} ({how})",
-            item.registration_id
+    Ok(HubAnswer::CutOff(
+        item_event(
+            item,
+            "device_deleted",
+            format!(
+                "{}: device `{device_id}` deleted from hub {host} ({how})",
+                item.registration_id
+            ),
+            Some(json!({"hub": host})),
         ),
-        Some(json!({"hub": host})),
-    )))
+        true,
+    ))
 }
 
 /// The step's outcome for an Azure failure in hub `host`: a 429 slows the hub's bucket down and
@@ -329,13 +355,23 @@ fn conclude(item: &ItemRecord, device_id: &str, report: SearchReport) -> StepRes
         return StepResult {
             outcome: Outcome::Fail(StepError::msg(message)),
             effects: StepEffects {
-                item_data: Some(item_data(item, &report.checked, &report.cut_off)),
+                item_data: Some(item_data(
+                    item,
+                    &report.checked,
+                    &report.cut_off,
+                    &report.changed,
+                )),
                 events,
                 ..StepEffects::default()
             },
         };
     }
-    let data = Some(item_data(item, &report.checked, &report.cut_off));
+    let data = Some(item_data(
+        item,
+        &report.checked,
+        &report.cut_off,
+        &report.changed,
+    ));
     if report.cut_off.is_empty() {
         return StepResult {
             outcome: Outcome::Skipped(format!(
@@ -385,18 +421,24 @@ fn with_progress(mut stop: StepResult, item: &ItemRecord, report: SearchReport) 
             cut_off.push(h);
         }
     }
-    stop.effects.item_data = Some(item_data(item, &report.checked, &cut_off));
+    stop.effects.item_data = Some(item_data(item, &report.checked, &cut_off, &report.changed));
     stop.effects.events.extend(report.events);
     stop
 }
 
-fn item_data(item: &ItemRecord, checked: &[String], cut_off: &[String]) -> Value {
+fn item_data(
+    item: &ItemRecord,
+    checked: &[String],
+    cut_off: &[String],
+    changed: &[String],
+) -> Value {
     let mut data = match item.data.clone() {
         Some(Value::Object(m)) => m,
         _ => serde_json::Map::new(),
     };
     data.insert("hubs_checked".into(), json!(checked));
     data.insert(CUT_OFF_IN.into(), json!(cut_off));
+    data.insert(CHANGED_IN.into(), json!(changed));
     Value::Object(data)
 }
 
@@ -445,7 +487,7 @@ fn retry_now(msg: impl Into<String>) -> StepResult {
 }
 
 /// `deprovisiond <job id>: <reason code>`, at most 128 characters.
-fn status_reason(job: &JobRecord) -> String {
+pub(super) fn status_reason(job: &JobRecord) -> String {
     let mut s = format!(
         "deprovisiond job {}: {}",
         job.id,

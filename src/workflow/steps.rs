@@ -57,6 +57,9 @@ pub(super) async fn run_job_step(wf: &AzureWorkflow, job: &JobRecord, step: JobS
         Err(e) => return Outcome::Fail(step_error("DPS instance", &e)).into(),
     };
     match (step, &job.request.target) {
+        (JobStep::ImportJobs, _) => super::import_jobs::run(wf, job).await,
+        (JobStep::SelectUndo, _) => super::undo::select(wf, job).await,
+        (JobStep::RestoreDps, _) => super::undo::restore_dps(dps, job).await,
         (JobStep::Resolve, Target::IndividualEnrollment(t)) => {
             resolve_individual(wf, dps, job, t).await
         }

@@ -8,6 +8,7 @@ mod callbacks;
 mod client;
 mod engine;
 mod hostile;
+mod import_jobs;
 mod metrics;
 mod openapi;
 mod pacing;

@@ -419,6 +419,7 @@ async fn group_disable_with_cleanup_and_group_delete(db: TestDb) {
             "resolve",
             "revoke",
             "enumerate",
+            "import_jobs",
             "devices",
             "delete_registrations",
             "delete_group"

@@ -369,7 +369,9 @@ pub fn required_role(method: &Method, template: &str) -> Option<Role> {
     let admin = template == "/v1/tombstones/audit"
         || template.starts_with("/v1/keys")
         || (template.starts_with("/v1/deprovisions/")
-            && (template.ends_with("/approve") || template.ends_with("/reject")));
+            && (template.ends_with("/approve")
+                || template.ends_with("/reject")
+                || template.ends_with("/undo")));
     if admin {
         return Some(Role::Admin);
     }

@@ -1,0 +1,1044 @@
+//! The `import_jobs` step: per hub, the quota arithmetic ([`crate::domain::registry_path`]) picks device by
+//! device or import jobs; the hubs that take import jobs then run, one hub job at a time per step run:
+//!
+//! 1. **Snapshot**: an export of the hub's identities with their keys (`{job}/snapshot.txt`), kept for an
+//!    undo. For an undo of a delete, the undone job's snapshot is the source instead.
+//! 2. **Import**: the job's devices are selected from it a batch of lines at a time (never the fleet in
+//!    memory), marked, and written to `{job}/import.txt`: `updateIfMatchETag` with `status: disabled`, the
+//!    status reason and the exported authentication (so no keys change), or `deleteIfMatchETag`; an undo
+//!    writes `updateIfMatchETag` with `status: enabled`, or `create` from the snapshot.
+//! 3. **Errors**: each device in `importErrors.log` goes back to its own registry step (an ETag that changed
+//!    since the export among them), with an event saying why.
+//! 4. **Verification**: a second export; a device counts done only when it shows the change (disabled, gone,
+//!    enabled, present). The rest fall back to their own step, which verifies device by device.
+//!
+//! A hub job refused because another import/export job runs on the hub waits for it (polling), with an
+//! event. A hub job that fails, an expired SAS or a blob that cannot be written ends the path for that hub:
+//! its devices fall back to their own steps, so the job still finishes, only slower.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::AzureWorkflow;
+use super::outcome::from_azure;
+use crate::azure::blob::{BlobContainerClient, BlobError};
+use crate::azure::models::{ImportErrorLine, JobProperties, JobStatus};
+use crate::azure::{AzureError, HubClient};
+use crate::domain::job::RegistryAction;
+use crate::domain::lane::{Outcome, StepError};
+use crate::domain::registry_path::{HubFacts, HubRoute, RegistryPath, choose};
+use crate::store::{DEVICE_BATCH, ItemRecord, JobRecord, NewEvent, StepEffects};
+use crate::worker::StepResult;
+
+/// What an import writes, by job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Change {
+    /// Deprovision: `status: disabled`.
+    Disable,
+    /// Deprovision: the identity deleted.
+    Delete,
+    /// Undo of a disable: `status: enabled`.
+    Enable,
+    /// Undo of a delete: the identity created again from the snapshot, keys included.
+    Recreate,
+}
+
+impl Change {
+    /// The change a job makes.
+    pub(super) fn of(job: &JobRecord) -> Self {
+        Self::of_request(&job.request)
+    }
+
+    /// The change a request asks for.
+    pub(super) fn of_request(request: &crate::domain::job::DeprovisionRequest) -> Self {
+        match (request.undo.is_some(), request.registry) {
+            (false, RegistryAction::Disable) => Change::Disable,
+            (false, RegistryAction::Delete) => Change::Delete,
+            (true, RegistryAction::Disable) => Change::Enable,
+            (true, RegistryAction::Delete) => Change::Recreate,
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Change::Disable => "disabled",
+            Change::Delete => "deleted",
+            Change::Enable => "enabled again",
+            Change::Recreate => "re-created",
+        }
+    }
+
+    /// Whether an exported line (`None`: the device is not in the export) shows the change made.
+    fn shows(self, line: Option<&Value>) -> bool {
+        let status = line.and_then(|l| l["status"].as_str());
+        match self {
+            // Gone counts: nothing left to cut off.
+            Change::Disable => line.is_none() || status == Some("disabled"),
+            Change::Delete => line.is_none(),
+            Change::Enable => status == Some("enabled"),
+            Change::Recreate => line.is_some(),
+        }
+    }
+}
+
+/// Blob names within the hub's container: the job's own prefix, so jobs sharing a container never meet.
+pub(super) fn snapshot_blob(job_id: &str) -> String {
+    format!("{job_id}/snapshot.txt")
+}
+fn blob(job_id: &str, name: &str) -> String {
+    format!("{job_id}/{name}")
+}
+
+/// The step's progress, kept as the job's cursor between runs.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Progress {
+    hubs: Vec<HubRun>,
+}
+
+/// One hub on the job path.
+#[derive(Debug, Serialize, Deserialize)]
+struct HubRun {
+    hub: String,
+    /// Marks the devices this run selected (and, once verified, `{run}:verified`).
+    run: String,
+    phase: Phase,
+    /// Set once the wait for another job on the hub has been recorded (one event, not one per poll).
+    #[serde(default)]
+    waiting_noted: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+enum Phase {
+    /// Start the export that is read for the devices' lines.
+    Source,
+    /// That export runs (`hub_job`).
+    Exporting {
+        hub_job: String,
+    },
+    /// The devices are selected and the import blob written (`written` lines): start the import.
+    Selected {
+        written: u64,
+    },
+    /// The import runs.
+    Importing {
+        hub_job: String,
+        written: u64,
+    },
+    /// The import ended and its error log was read: start the verification export.
+    Imported {
+        import: String,
+    },
+    /// The verification export runs.
+    Verifying {
+        import: String,
+        hub_job: String,
+    },
+    Done,
+}
+
+/// What advancing one hub gave.
+enum Advance {
+    /// The phase moved: keep the new cursor and run again at once.
+    Moved(Vec<NewEvent>),
+    /// A hub job is running (or another job holds the hub): look again after this long.
+    Wait(Duration, Vec<NewEvent>),
+    /// A transient failure: the step retries.
+    Retry(StepResult),
+}
+
+fn event(kind: &str, message: String, detail: Value) -> NewEvent {
+    NewEvent {
+        detail: Some(detail),
+        ..NewEvent::new(kind, message)
+    }
+}
+
+fn retry(msg: String) -> Advance {
+    Advance::Retry(
+        Outcome::Retry {
+            error: StepError::msg(msg),
+            retry_after: None,
+        }
+        .into(),
+    )
+}
+
+/// Runs the `import_jobs` step once: the first run plans (one event with both estimates per hub), each
+/// later run moves one hub along.
+pub(super) async fn run(wf: &AzureWorkflow, job: &JobRecord) -> StepResult {
+    let Some(text) = job.cursor.as_deref() else {
+        return match plan(wf, job).await {
+            Ok((progress, planned)) if progress.hubs.is_empty() => done(vec![planned]),
+            Ok((progress, planned)) => keep(&progress, vec![planned]),
+            Err(stop) => stop,
+        };
+    };
+    let mut progress = match serde_json::from_str::<Progress>(text) {
+        Ok(p) => p,
+        Err(e) => {
+            return Outcome::Fail(StepError::msg(format!(
+                "the import_jobs step's stored progress is unreadable: {e}"
+            )))
+            .into();
+        }
+    };
+    let Some(run) = progress
+        .hubs
+        .iter_mut()
+        .find(|h| !matches!(h.phase, Phase::Done))
+    else {
+        return done(Vec::new());
+    };
+    match advance(wf, job, run).await {
+        Advance::Moved(events) if progress.hubs.iter().all(|h| matches!(h.phase, Phase::Done)) => {
+            done(events)
+        }
+        Advance::Moved(events) => keep(&progress, events),
+        // The wait was just noted: the cursor must say so, so run again (that run waits).
+        Advance::Wait(_, events) if !events.is_empty() => keep(&progress, events),
+        Advance::Wait(delay, _) => Outcome::Paced { hub: None, delay }.into(),
+        Advance::Retry(r) => r,
+    }
+}
+
+fn done(events: Vec<NewEvent>) -> StepResult {
+    StepResult {
+        outcome: Outcome::Done,
+        effects: StepEffects {
+            events,
+            ..StepEffects::default()
+        },
+    }
+}
+
+fn keep(progress: &Progress, events: Vec<NewEvent>) -> StepResult {
+    // Invariant: the progress is plain strings and numbers, which always serialise.
+    let cursor = serde_json::to_string(progress).expect("the progress serialises");
+    StepResult {
+        outcome: Outcome::Continue { cursor },
+        effects: StepEffects {
+            events,
+            ..StepEffects::default()
+        },
+    }
+}
+
+fn retry_result(msg: String) -> StepResult {
+    Outcome::Retry {
+        error: StepError::msg(msg),
+        retry_after: None,
+    }
+    .into()
+}
+
+/// Facts and choice per hub holding waiting devices; the hubs that take import jobs become the progress.
+async fn plan(wf: &AzureWorkflow, job: &JobRecord) -> Result<(Progress, NewEvent), StepResult> {
+    let by_hub = wf
+        .store
+        .waiting_by_hub(&job.id)
+        .await
+        .map_err(|e| retry_result(format!("reading the job's devices by hub: {e}")))?;
+    let change = Change::of(job);
+    let mut hubs = Vec::new();
+    let mut choices = Vec::new();
+    let mut lines = Vec::new();
+    for (host, devices) in by_hub {
+        let facts = hub_facts(wf, job.request.registry_path, &host, devices, change).await?;
+        let mut choice = choose(&facts, job.request.registry_path);
+        if change == Change::Recreate {
+            // Only the undone job's snapshot holds the deleted identities' keys.
+            choice = recreate_choice(wf, job, &host, choice).await?;
+        }
+        lines.push(format!(
+            "{host}: {} ({})",
+            route_name(choice.route),
+            choice.why
+        ));
+        choices.push(
+            json!({"hub": host, "devices": devices, "hub_devices": facts.hub_devices,
+            "route": choice.route, "per_device_secs": choice.per_device_secs,
+            "import_job_secs": choice.import_job_secs, "why": choice.why}),
+        );
+        if choice.route == HubRoute::ImportJob {
+            hubs.push(HubRun {
+                hub: host,
+                run: uuid::Uuid::now_v7().to_string(),
+                phase: Phase::Source,
+                waiting_noted: false,
+            });
+        }
+    }
+    let message = if lines.is_empty() {
+        "no devices with a known hub: each device's own step looks for it".to_string()
+    } else {
+        format!("registry path per hub: {}", lines.join("; "))
+    };
+    Ok((
+        Progress { hubs },
+        event("registry_path_planned", message, json!({"hubs": choices})),
+    ))
+}
+
+fn route_name(r: HubRoute) -> &'static str {
+    match r {
+        HubRoute::PerDevice => "device by device",
+        HubRoute::ImportJob => "import jobs",
+    }
+}
+
+/// An undo of a delete takes import jobs exactly where the undone job left a snapshot.
+async fn recreate_choice(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    host: &str,
+    mut choice: crate::domain::registry_path::RouteChoice,
+) -> Result<crate::domain::registry_path::RouteChoice, StepResult> {
+    let source = source_job(job);
+    let Some(container) = container(wf, source, host).await.ok() else {
+        return Ok(choice);
+    };
+    match container.exists(&snapshot_blob(source)).await {
+        Ok(true) => {
+            choice.route = HubRoute::ImportJob;
+            choice.why = format!("re-created from job {source}'s snapshot, with their keys");
+        }
+        Ok(false) => {
+            choice.route = HubRoute::PerDevice;
+            choice.why = format!(
+                "job {source} left no snapshot in this hub's storage: deleted identities cannot be re-created with their keys"
+            );
+        }
+        Err(e) if e.is_retryable() => {
+            return Err(retry_result(format!(
+                "looking for job {source}'s snapshot: {e}"
+            )));
+        }
+        Err(e) => {
+            choice.route = HubRoute::PerDevice;
+            choice.why = format!("job {source}'s snapshot cannot be read: {e}");
+        }
+    }
+    Ok(choice)
+}
+
+/// What the planner needs for one hub. The identity count costs one statistics read, made only when the
+/// hub has storage (without it the choice is made already).
+async fn hub_facts(
+    wf: &AzureWorkflow,
+    registry_path: RegistryPath,
+    host: &str,
+    devices: u64,
+    change: Change,
+) -> Result<HubFacts, StepResult> {
+    let hub = wf.clients.hub(host).ok();
+    let storage = hub.is_some() && wf.clients.jobs_storage(host).is_some();
+    let mut hub_devices = devices;
+    if let Some(hub) = hub.filter(|_| storage && registry_path != RegistryPath::PerDevice) {
+        match hub.device_statistics().await {
+            Ok(s) => hub_devices = hub_devices.max(s.total_device_count.max(0) as u64),
+            Err(e) if e.is_retryable() => {
+                return Err(from_azure(&format!("reading hub {host}'s identity count"), &e).into());
+            }
+            // Without the count the exports are estimated at the job's own devices.
+            Err(_) => {}
+        }
+    }
+    Ok(HubFacts {
+        devices,
+        hub_devices,
+        ops_per_device: match change {
+            Change::Disable | Change::Enable => 2.0,
+            Change::Delete | Change::Recreate => 1.0,
+        },
+        budget_per_minute: wf.clients.hub_budget(host),
+        jobs_devices_per_second: storage.then(|| wf.clients.jobs_devices_per_second(host)),
+        job_overhead: wf.clients.jobs_poll_interval(),
+        deletes: change == Change::Delete,
+    })
+}
+
+/// The preview's choice for a hub: the same arithmetic as the job's plan, with the identity count read
+/// when the hub has storage (`None` when even that read fails transiently: the preview shows no choice).
+pub(super) async fn preview_route(
+    wf: &AzureWorkflow,
+    request: &crate::domain::job::DeprovisionRequest,
+    host: &str,
+    devices: u64,
+) -> Option<crate::domain::registry_path::RouteChoice> {
+    let facts = hub_facts(
+        wf,
+        request.registry_path,
+        host,
+        devices,
+        Change::of_request(request),
+    )
+    .await
+    .ok()?;
+    Some(choose(&facts, request.registry_path))
+}
+
+/// The job whose container and snapshot an undo works in: the undone job's (an undo's blobs sit beside
+/// the snapshot they read).
+pub(super) fn source_job(job: &JobRecord) -> &str {
+    job.request
+        .undo
+        .as_ref()
+        .map_or(job.id.as_str(), |u| u.job_id.as_str())
+}
+
+/// The hub's blob container for `job_id`'s blobs.
+pub(super) async fn container(
+    wf: &AzureWorkflow,
+    job_id: &str,
+    host: &str,
+) -> Result<BlobContainerClient, BlobError> {
+    let storage = wf
+        .clients
+        .jobs_storage(host)
+        .ok_or_else(|| BlobError::Setup(format!("no blob storage is configured for hub {host}")))?;
+    storage
+        .container(job_id, host, wf.clock.now_ms() / 1000, wf.clients.http())
+        .await
+}
+
+/// Moves one hub along by one phase.
+async fn advance(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun) -> Advance {
+    let host = run.hub.clone();
+    let Ok(hub) = wf.clients.hub(&host) else {
+        return fall_back(
+            wf,
+            job,
+            run,
+            "no credentials are configured for the hub any more",
+        )
+        .await;
+    };
+    let source = source_job(job).to_string();
+    let container = match container(wf, &source, &host).await {
+        Ok(c) => c,
+        Err(e) if e.is_retryable() => {
+            return retry(format!("opening hub {host}'s blob container: {e}"));
+        }
+        Err(e) => {
+            return fall_back(
+                wf,
+                job,
+                run,
+                &format!("its blob container cannot be used: {e}"),
+            )
+            .await;
+        }
+    };
+    let change = Change::of(job);
+    match run.phase.clone() {
+        Phase::Source if change == Change::Recreate => {
+            // The undone job's snapshot is the source: no export to wait for.
+            select(wf, job, run, &container, &snapshot_blob(&source), None).await
+        }
+        Phase::Source => {
+            let name = if job.request.undo.is_some() {
+                blob(&job.id, "current.txt")
+            } else {
+                snapshot_blob(&job.id)
+            };
+            start(
+                wf,
+                job,
+                run,
+                "export",
+                hub.start_export(container.container(), Some(&name), false)
+                    .await,
+                |hub_job| Phase::Exporting { hub_job },
+                json!({"blob": name, "container": describe(wf, &source, &host)}),
+            )
+            .await
+        }
+        Phase::Exporting { hub_job } => match poll(hub, &hub_job).await {
+            Polled::Running => Advance::Wait(wf.clients.jobs_poll_interval(), Vec::new()),
+            Polled::Failed(why) => {
+                fall_back(wf, job, run, &format!("its export job {hub_job} {why}")).await
+            }
+            Polled::Error(r) => Advance::Retry(r),
+            Polled::Completed => {
+                let name = if job.request.undo.is_some() {
+                    blob(&job.id, "current.txt")
+                } else {
+                    snapshot_blob(&job.id)
+                };
+                select(wf, job, run, &container, &name, Some(hub_job)).await
+            }
+        },
+        Phase::Selected { written } => {
+            let name = blob(&job.id, "import.txt");
+            let c = container.container();
+            start(
+                wf,
+                job,
+                run,
+                "import",
+                hub.start_import(c, Some(&name), c).await,
+                |hub_job| Phase::Importing { hub_job, written },
+                json!({"blob": name, "devices": written}),
+            )
+            .await
+        }
+        Phase::Imported { import } => {
+            let name = blob(&job.id, "verify.txt");
+            start(
+                wf,
+                job,
+                run,
+                "export",
+                hub.start_export(container.container(), Some(&name), true)
+                    .await,
+                |hub_job| Phase::Verifying { import, hub_job },
+                json!({"blob": name, "purpose": "verification"}),
+            )
+            .await
+        }
+        Phase::Importing { hub_job, written } => match poll(hub, &hub_job).await {
+            Polled::Running => Advance::Wait(wf.clients.jobs_poll_interval(), Vec::new()),
+            Polled::Failed(why) => {
+                fall_back(wf, job, run, &format!("its import job {hub_job} {why}")).await
+            }
+            Polled::Error(r) => Advance::Retry(r),
+            Polled::Completed => imported(wf, job, run, &container, hub_job, written).await,
+        },
+        Phase::Verifying { import, hub_job } => match poll(hub, &hub_job).await {
+            Polled::Running => Advance::Wait(wf.clients.jobs_poll_interval(), Vec::new()),
+            Polled::Failed(why) => fall_back(
+                wf,
+                job,
+                run,
+                &format!(
+                    "its verification export {hub_job} {why}; each device is verified on its own"
+                ),
+            )
+            .await,
+            Polled::Error(r) => Advance::Retry(r),
+            Polled::Completed => verified(wf, job, run, &container, &import, &hub_job).await,
+        },
+        Phase::Done => Advance::Moved(Vec::new()),
+    }
+}
+
+fn describe(wf: &AzureWorkflow, job_id: &str, host: &str) -> String {
+    wf.clients
+        .jobs_storage(host)
+        .map(|s| s.describe(job_id, host))
+        .unwrap_or_default()
+}
+
+/// What a hub job's status read said.
+enum Polled {
+    Running,
+    Completed,
+    /// Failed or cancelled, in words (the failure reason, which never carries a SAS).
+    Failed(String),
+    Error(StepResult),
+}
+
+async fn poll(hub: &HubClient, hub_job: &str) -> Polled {
+    match hub.get_job(hub_job).await {
+        Ok(j) if j.status().is_active() => Polled::Running,
+        Ok(j) if j.status() == JobStatus::Completed => Polled::Completed,
+        Ok(j) => Polled::Failed(format!(
+            "ended {}{}",
+            serde_json::to_value(j.status())
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            j.failure_reason
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        )),
+        Err(e) if e.is_not_found() => Polled::Failed("is no longer known to the hub".into()),
+        Err(e) => Polled::Error(from_azure(&format!("reading hub job {hub_job}"), &e).into()),
+    }
+}
+
+/// Starts a hub job; a hub busy with another import/export job is waited for.
+#[allow(clippy::too_many_arguments)]
+async fn start(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    run: &mut HubRun,
+    kind: &str,
+    created: Result<JobProperties, AzureError>,
+    next: impl FnOnce(String) -> Phase,
+    detail: Value,
+) -> Advance {
+    let host = run.hub.clone();
+    match created {
+        Ok(j) => {
+            let Some(id) = j.job_id.clone() else {
+                return fall_back(
+                    wf,
+                    job,
+                    run,
+                    &format!("the hub answered its {kind} job without a jobId"),
+                )
+                .await;
+            };
+            run.phase = next(id.clone());
+            run.waiting_noted = false;
+            let mut d = detail;
+            d["hub"] = json!(host);
+            d["hub_job"] = json!(id);
+            d["type"] = json!(kind);
+            Advance::Moved(vec![event(
+                "hub_job_started",
+                format!("hub {host}: {kind} job {id} started"),
+                d,
+            )])
+        }
+        Err(e) if e.is_job_quota_exceeded() => {
+            let wait = wf.clients.jobs_poll_interval();
+            if run.waiting_noted {
+                return Advance::Wait(wait, Vec::new());
+            }
+            run.waiting_noted = true;
+            Advance::Wait(
+                wait,
+                vec![event(
+                    "hub_busy",
+                    format!(
+                        "hub {host} is running another import/export job (one at a time per hub): this job's {kind} waits for it, looking every {} s",
+                        wait.as_secs_f64()
+                    ),
+                    json!({"hub": host, "type": kind}),
+                )],
+            )
+        }
+        Err(e) if e.is_retryable() => {
+            Advance::Retry(from_azure(&format!("starting the {kind} job in {host}"), &e).into())
+        }
+        Err(e) => {
+            fall_back(
+                wf,
+                job,
+                run,
+                &format!("the hub refused its {kind} job: {e}"),
+            )
+            .await
+        }
+    }
+}
+
+/// Lines of an export or error log, a batch at a time.
+async fn next_batch(
+    reader: &mut crate::azure::blob::BlobLines,
+    batch: &mut Vec<Value>,
+) -> Result<bool, BlobError> {
+    batch.clear();
+    while batch.len() < DEVICE_BATCH {
+        match reader.next_line().await? {
+            None => return Ok(!batch.is_empty()),
+            Some(line) if line.trim().is_empty() => {}
+            // A line that is not JSON names no device of ours: skipped (the verification catches anything).
+            Some(line) => {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    batch.push(v);
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// The job's waiting devices among a batch of lines (keyed by `key`), as (line, item).
+async fn match_items<'a>(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    hub: &str,
+    batch: &'a [Value],
+    key: &str,
+) -> Result<Vec<(&'a Value, ItemRecord)>, String> {
+    let ids: Vec<&str> = batch.iter().filter_map(|v| v[key].as_str()).collect();
+    let items = wf
+        .store
+        .items_by_device(&job.id, hub, "waiting", &ids)
+        .await
+        .map_err(|e| format!("looking the devices up: {e}"))?;
+    let mut by_id: std::collections::HashMap<String, ItemRecord> = items
+        .into_iter()
+        .filter_map(|it| Some((it.device_id.clone()?, it)))
+        .collect();
+    Ok(batch
+        .iter()
+        .filter_map(|v| Some((v, by_id.remove(v[key].as_str()?)?)))
+        .collect())
+}
+
+/// The identity fields an import line carries over from an export (no twin: the import changes the
+/// identity only).
+const IDENTITY_FIELDS: [&str; 5] = [
+    "id",
+    "eTag",
+    "authentication",
+    "capabilities",
+    "deviceScope",
+];
+
+/// The import line for an exported identity, or `None` when it needs no write (`Some(false)` below).
+fn import_line(change: Change, line: &Value, reason: &str, source: &str) -> Option<Value> {
+    let keep = |extra: &[(&str, Value)]| {
+        let mut out = serde_json::Map::new();
+        for f in IDENTITY_FIELDS {
+            if let Some(v) = line.get(f).filter(|v| !v.is_null()) {
+                out.insert(f.to_string(), v.clone());
+            }
+        }
+        if let Some(p) = line.get("parentScopes").filter(|v| !v.is_null()) {
+            out.insert("parentScopes".into(), p.clone());
+        }
+        for (k, v) in extra {
+            out.insert(k.to_string(), v.clone());
+        }
+        Value::Object(out)
+    };
+    let status = line["status"].as_str();
+    match change {
+        Change::Disable if status == Some("disabled") => None,
+        Change::Disable => Some(keep(&[
+            ("importMode", json!("updateIfMatchETag")),
+            ("status", json!("disabled")),
+            ("statusReason", json!(reason)),
+        ])),
+        Change::Delete => {
+            Some(json!({"id": line["id"], "eTag": line["eTag"], "importMode": "deleteIfMatchETag"}))
+        }
+        Change::Enable if status == Some("disabled") && disabled_by(line, source) => Some(keep(&[
+            ("importMode", json!("updateIfMatchETag")),
+            ("status", json!("enabled")),
+            ("statusReason", Value::Null),
+        ])),
+        Change::Enable => None,
+        Change::Recreate => {
+            // The whole snapshot line, twin included, without the ETags a create must not carry.
+            let mut out = line.clone();
+            if let Some(o) = out.as_object_mut() {
+                o.remove("eTag");
+                o.remove("twinETag");
+                o.insert("importMode".into(), json!("create"));
+            }
+            Some(out)
+        }
+    }
+}
+
+/// Whether an identity's status reason says job `source` disabled it (an undo re-enables only those).
+pub(super) fn disabled_by(line: &Value, source: &str) -> bool {
+    line["statusReason"]
+        .as_str()
+        .is_some_and(|r| r.starts_with(&format!("deprovisiond job {source}")))
+}
+
+/// Reads the source export, marks the job's devices in it and writes the import blob.
+async fn select(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    run: &mut HubRun,
+    container: &BlobContainerClient,
+    source_blob: &str,
+    export_job: Option<String>,
+) -> Advance {
+    let host = run.hub.clone();
+    let change = Change::of(job);
+    let reason = super::registry::status_reason(job);
+    let undone = source_job(job).to_string();
+    let import_name = blob(&job.id, "import.txt");
+    let mut reader = container.reader(source_blob);
+    let mut writer = container.writer(&import_name);
+    let mut batch = Vec::with_capacity(DEVICE_BATCH);
+    let (mut written, mut unchanged, mut left) = (0u64, 0u64, 0u64);
+    loop {
+        match next_batch(&mut reader, &mut batch).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                return blob_failure(wf, job, run, &format!("reading {source_blob}"), e).await;
+            }
+        }
+        let matched = match match_items(wf, job, &host, &batch, "id").await {
+            Ok(m) => m,
+            Err(e) => return retry(e),
+        };
+        let (mut write_ids, mut same_ids) = (Vec::new(), Vec::new());
+        for (line, item) in &matched {
+            match import_line(change, line, &reason, &undone) {
+                Some(out) => {
+                    if let Err(e) = writer.write_line(&out.to_string()).await {
+                        return blob_failure(wf, job, run, &format!("writing {import_name}"), e)
+                            .await;
+                    }
+                    write_ids.push(item.id.as_str());
+                }
+                // Disabled by someone else since: its own step says so, device by device.
+                None if change == Change::Enable && line["status"].as_str() == Some("disabled") => {
+                    left += 1
+                }
+                None => same_ids.push(item.id.as_str()),
+            }
+        }
+        let now = wf.clock.now_ms();
+        if let Err(e) = wf.store.mark_hub_job(&write_ids, &run.run, true, now).await {
+            return retry(format!("marking the devices: {e}"));
+        }
+        if let Err(e) = wf.store.mark_hub_job(&same_ids, &run.run, false, now).await {
+            return retry(format!("marking the devices: {e}"));
+        }
+        written += write_ids.len() as u64;
+        unchanged += same_ids.len() as u64;
+    }
+    if let Err(e) = writer.finish().await {
+        return blob_failure(wf, job, run, &format!("writing {import_name}"), e).await;
+    }
+    let detail = json!({"hub": host, "source": source_blob, "export_job": export_job, "import_blob": import_name,
+        "written": written, "unchanged": unchanged, "left_to_own_step": left});
+    let mut events = vec![event(
+        "import_blob_written",
+        format!(
+            "hub {host}: {written} device(s) to be {} written to {import_name}; {unchanged} already so; read from {source_blob}",
+            change.verb()
+        ),
+        detail,
+    )];
+    if written == 0 {
+        // Nothing to import: the export just read is the verification of the devices already so.
+        let mark = export_job.unwrap_or_else(|| run.run.clone());
+        match finish(wf, job, run, &run.run.clone(), &mark).await {
+            Ok(e) => events.push(e),
+            Err(e) => return retry(e),
+        }
+        run.phase = Phase::Done;
+        return Advance::Moved(events);
+    }
+    run.phase = Phase::Selected { written };
+    Advance::Moved(events)
+}
+
+/// Reads the import's error log: each refused device goes back to its own step, with an event saying why.
+async fn imported(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    run: &mut HubRun,
+    container: &BlobContainerClient,
+    import: String,
+    written: u64,
+) -> Advance {
+    let host = run.hub.clone();
+    let log = crate::azure::hub_jobs::IMPORT_ERRORS_BLOB;
+    let mut reader = container.reader(log);
+    let mut batch = Vec::with_capacity(DEVICE_BATCH);
+    let (mut refused, mut etag_changed) = (0u64, 0u64);
+    let mut events = Vec::new();
+    loop {
+        match next_batch(&mut reader, &mut batch).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            // No log: nothing was refused.
+            Err(e) if e.is_not_found() => break,
+            Err(e) => return blob_failure(wf, job, run, &format!("reading {log}"), e).await,
+        }
+        let matched = match match_items(wf, job, &host, &batch, "deviceId").await {
+            Ok(m) => m,
+            Err(e) => return retry(e),
+        };
+        let mut ids = Vec::new();
+        for (line, item) in matched
+            .iter()
+            .filter(|(_, it)| it.hub_job.as_deref() == Some(run.run.as_str()))
+        {
+            let err: ImportErrorLine = serde_json::from_value((*line).clone()).unwrap_or_default();
+            let why = if err.is_etag_mismatch() {
+                etag_changed += 1;
+                "its identity changed since the export (ETag)".to_string()
+            } else {
+                format!(
+                    "the import refused it ({} {})",
+                    err.code().map(|c| c.to_string()).unwrap_or_default(),
+                    err.error_status.clone().unwrap_or_default()
+                )
+            };
+            ids.push(item.id.as_str());
+            if events.len() < MAX_DEVICE_EVENTS {
+                events.push(NewEvent {
+                    item_id: Some(item.id.clone()),
+                    ..event(
+                        "import_refused",
+                        format!("{}: {why}; it is written on its own instead", item.registration_id),
+                        json!({"hub": host, "hub_job": import, "error_code": err.error_code, "error_status": err.error_status}),
+                    )
+                });
+            }
+        }
+        refused += ids.len() as u64;
+        if let Err(e) = wf.store.unmark_hub_job(&ids, wf.clock.now_ms()).await {
+            return retry(format!("returning refused devices to their own step: {e}"));
+        }
+    }
+    events.insert(
+        0,
+        event(
+            "hub_job_imported",
+            format!(
+                "hub {host}: import job {import} ended; {} of {written} device(s) refused ({etag_changed} changed since the export), the rest to verify",
+                refused
+            ),
+            json!({"hub": host, "hub_job": import, "written": written, "refused": refused, "etag_changed": etag_changed, "error_log": log}),
+        ),
+    );
+    run.phase = Phase::Imported { import };
+    Advance::Moved(events)
+}
+
+/// Per-device events one hub run records at most (a million refusals are counted, not listed).
+const MAX_DEVICE_EVENTS: usize = 1_000;
+
+/// Reads the verification export: the devices that show the change are done; the others fall back.
+async fn verified(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    run: &mut HubRun,
+    container: &BlobContainerClient,
+    import: &str,
+    export: &str,
+) -> Advance {
+    let host = run.hub.clone();
+    let change = Change::of(job);
+    let name = blob(&job.id, "verify.txt");
+    let ok_mark = format!("{}:verified", run.run);
+    let mut reader = container.reader(&name);
+    let mut batch = Vec::with_capacity(DEVICE_BATCH);
+    let mut not_shown = 0u64;
+    loop {
+        match next_batch(&mut reader, &mut batch).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return blob_failure(wf, job, run, &format!("reading {name}"), e).await,
+        }
+        let matched = match match_items(wf, job, &host, &batch, "id").await {
+            Ok(m) => m,
+            Err(e) => return retry(e),
+        };
+        let (mut good, mut bad) = (Vec::new(), Vec::new());
+        for (line, item) in matched
+            .iter()
+            .filter(|(_, it)| it.hub_job.as_deref() == Some(run.run.as_str()))
+        {
+            if change.shows(Some(line)) {
+                good.push(item.id.as_str());
+            } else {
+                bad.push(item.id.as_str());
+            }
+        }
+        not_shown += bad.len() as u64;
+        let now = wf.clock.now_ms();
+        if let Err(e) = wf.store.relabel_hub_job(&good, &ok_mark, now).await {
+            return retry(format!("recording verified devices: {e}"));
+        }
+        if let Err(e) = wf.store.unmark_hub_job(&bad, now).await {
+            return retry(format!(
+                "returning unverified devices to their own step: {e}"
+            ));
+        }
+    }
+    // Devices the export did not list: gone, which is the change for a disable or delete, not for an undo.
+    let to = change.shows(None).then_some(ok_mark.as_str());
+    let missing = match wf
+        .store
+        .move_hub_job(&job.id, &host, &run.run, to, wf.clock.now_ms())
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => return retry(format!("settling the devices the export did not list: {e}")),
+    };
+    let mut events = vec![event(
+        "hub_job_verification_read",
+        format!(
+            "hub {host}: verification export {export} read; {not_shown} device(s) not yet {} and {} not listed{} go device by device",
+            change.verb(),
+            missing,
+            if to.is_some() { " (gone: done)" } else { "" },
+        ),
+        json!({"hub": host, "hub_job": export, "not_shown": not_shown, "not_listed": missing}),
+    )];
+    match finish(wf, job, run, &ok_mark, import).await {
+        Ok(e) => events.push(e),
+        Err(e) => return retry(e),
+    }
+    run.phase = Phase::Done;
+    Advance::Moved(events)
+}
+
+/// Finishes the devices marked `mark` as done by hub job `hub_job`.
+async fn finish(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    run: &HubRun,
+    mark: &str,
+    hub_job: &str,
+) -> Result<NewEvent, String> {
+    let steps = job.plan.item_steps().len();
+    let n = wf
+        .store
+        .finish_hub_job(&job.id, &run.hub, mark, hub_job, steps, wf.clock.now_ms())
+        .await
+        .map_err(|e| format!("finishing the verified devices: {e}"))?;
+    Ok(event(
+        "hub_job_verified",
+        format!(
+            "hub {}: {n} device(s) {} and verified through hub job {hub_job}",
+            run.hub,
+            Change::of(job).verb()
+        ),
+        json!({"hub": run.hub, "hub_job": hub_job, "devices": n}),
+    ))
+}
+
+/// A blob that cannot be read or written: a transient error retries; anything else (an expired SAS, a
+/// missing container, a blob that refuses writes) ends the path for this hub.
+async fn blob_failure(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    run: &mut HubRun,
+    doing: &str,
+    e: BlobError,
+) -> Advance {
+    if e.is_retryable() {
+        return retry(format!("{doing}: {e}"));
+    }
+    let hint = if e.is_auth_failure() {
+        " (is the SAS expired, or missing a permission?)"
+    } else {
+        ""
+    };
+    fall_back(wf, job, run, &format!("{doing} failed: {e}{hint}")).await
+}
+
+/// Ends the job path for this hub: every device it marked goes back to its own step.
+async fn fall_back(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun, why: &str) -> Advance {
+    let host = run.hub.clone();
+    let now = wf.clock.now_ms();
+    let mut n = 0;
+    for mark in [run.run.clone(), format!("{}:verified", run.run)] {
+        match wf
+            .store
+            .move_hub_job(&job.id, &host, &mark, None, now)
+            .await
+        {
+            Ok(m) => n += m,
+            Err(e) => return retry(format!("returning the devices to their own step: {e}")),
+        }
+    }
+    run.phase = Phase::Done;
+    Advance::Moved(vec![event(
+        "hub_job_fallback",
+        format!("hub {host}: {why}; its devices are handled device by device instead"),
+        json!({"hub": host, "run": run.run, "devices_marked": n, "why": why}),
+    )])
+}
