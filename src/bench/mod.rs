@@ -52,6 +52,9 @@ pub enum Scenario {
     Intake,
     /// Peak RSS of the service during one large (`--rss-devices`) unthrottled group job.
     Rss,
+    /// S1 × 1, time-scaled: a large (`--import-devices`) group through hub import/export jobs and Azurite,
+    /// against the modelled job time and the per-device bound.
+    Import,
 }
 
 impl Scenario {
@@ -64,6 +67,7 @@ impl Scenario {
             Self::Replicas => "replicas",
             Self::Intake => "intake",
             Self::Rss => "rss",
+            Self::Import => "import",
         }
     }
 }
@@ -108,6 +112,17 @@ pub struct BenchArgs {
     /// Devices in the group of the rss scenario.
     #[arg(long, default_value_t = 100_000)]
     pub rss_devices: usize,
+    /// Devices of the import scenario's group (the sizes: 100,000 and 1,000,000).
+    #[arg(long, default_value_t = 100_000)]
+    pub import_devices: usize,
+    /// Storage connection string for the import scenario (Azurite's: `scripts/azurite.sh -- deprovisiond bench …`
+    /// exports it).
+    #[arg(
+        long,
+        env = "DEPROVISIOND_TEST_AZURITE_CONNECTION_STRING",
+        hide_env_values = true
+    )]
+    pub storage_connection_string: Option<String>,
     /// Registry actions of s1, s3 and unthrottled (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [ActionArg::Disable, ActionArg::Delete])]
     pub actions: Vec<ActionArg>,

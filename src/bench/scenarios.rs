@@ -28,6 +28,10 @@ const DEVICE_PREFIX: &str = "dev-";
 /// Units the service is told the hub has when the simulator enforces no quota: so much quota that pacing,
 /// where the service does it, cannot be what limits the run.
 const UNLIMITED_UNITS: u32 = 1_000;
+/// Devices an import or export job of the simulated hub handles per second of quota time, and the seconds
+/// it waits in the hub's queue first (the service is told the same rate, time-scaled).
+const JOBS_DEVICES_PER_SECOND: f64 = 300.0;
+const JOBS_QUEUE_SECS: f64 = 1.0;
 /// How often a running job is looked at.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -109,6 +113,7 @@ fn preset(s: Scenario, args: &BenchArgs, tier: Option<HubTier>) -> Preset {
             false,
             args.rss_devices,
         ),
+        Scenario::Import => (HubTier::S1, 1, 0, 60.0, true, args.import_devices),
     };
     Preset {
         scenario: s,
@@ -199,6 +204,8 @@ impl SimEnv {
         config.chaos.latency_fixed_ms = preset.latency_ms;
         config.time_scale = preset.time_scale;
         config.seed = Some(9);
+        config.jobs.devices_per_second = JOBS_DEVICES_PER_SECOND;
+        config.jobs.queue_seconds = JOBS_QUEUE_SECS;
         // Room for every call of the largest row: a read and a write per device, retries, DPS pages.
         config.call_log_capacity = preset.devices.saturating_mul(6).max(100_000);
         let quota = preset.throttled.then(|| {
@@ -520,6 +527,7 @@ pub async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
             Scenario::Replicas,
             Scenario::Intake,
             Scenario::Rss,
+            Scenario::Import,
         ]
     } else {
         args.scenario.clone()
@@ -539,6 +547,7 @@ pub async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
                 registry_rows(&ctx, &env, true).await
             }
             Scenario::Rss => registry_rows(&ctx, &env, false).await,
+            Scenario::Import => import_rows(&ctx, &env).await,
             Scenario::Replicas => vec![replicas_row(&ctx, &env).await],
             Scenario::Intake => intake_rows(&ctx, &env).await,
         };
@@ -666,7 +675,17 @@ async fn service_row(
     };
     let mut row = Row::not_run(scenario, store.name(), &runner, action_name(action), "");
     row.devices = env.preset.devices;
-    match run_service_job(ctx, env, store, action, replicas).await {
+    match run_service_job(
+        ctx,
+        env,
+        store,
+        action,
+        replicas,
+        &ctx.args.service_env,
+        false,
+    )
+    .await
+    {
         Ok(run) => {
             row.outcome = run.outcome;
             let through = run.done_when_timed_out.unwrap_or(env.preset.devices);
@@ -704,6 +723,8 @@ struct ServiceRun {
     stats: HubStats,
     peak_rss: Option<u64>,
     per_replica_rss: Vec<Option<u64>>,
+    /// The job's timeline, when asked for (few events: the import path's).
+    events: Vec<Value>,
 }
 
 async fn run_service_job(
@@ -712,6 +733,8 @@ async fn run_service_job(
     store: StoreKind,
     action: RegistryAction,
     replicas: usize,
+    service_env: &[(String, String)],
+    want_events: bool,
 ) -> Result<ServiceRun, BenchError> {
     let label = format!(
         "{}-{}-{}",
@@ -721,7 +744,7 @@ async fn run_service_job(
     );
     env.fresh_fleet(env.preset.devices)?;
     let db = ctx.new_db(store, &label).await?;
-    let azure = env.azure_env(&ctx.args.service_env)?;
+    let azure = env.azure_env(service_env)?;
     let mut services = Vec::new();
     let mut started = Ok(());
     // One after the other: the first migrates the database before the second looks at it.
@@ -747,12 +770,16 @@ async fn run_service_job(
         Ok(()) => drive_job(ctx, env, &services[0].base, action).await,
         Err(e) => Err(e),
     };
+    let events = match (&result, want_events) {
+        (Ok((_, _, _, _, id)), true) => timeline(ctx, &services[0].base, id).await,
+        _ => Vec::new(),
+    };
     let mut per_replica_rss = Vec::new();
     for s in services {
         per_replica_rss.push(s.stop().await);
     }
     ctx.drop_db(db);
-    let (outcome, done_when_timed_out, wall, stats) = result?;
+    let (outcome, done_when_timed_out, wall, stats, _) = result?;
     Ok(ServiceRun {
         outcome,
         done_when_timed_out,
@@ -760,16 +787,18 @@ async fn run_service_job(
         stats,
         peak_rss: per_replica_rss.iter().flatten().copied().max(),
         per_replica_rss,
+        events,
     })
 }
 
-/// Submits the group job, waits for its end; answers the outcome, the wall time and the call-log counts.
+/// Submits the group job, waits for its end; answers the outcome, the wall time, the call-log counts and the
+/// job's id.
 async fn drive_job(
     ctx: &Ctx<'_>,
     env: &SimEnv,
     base: &str,
     action: RegistryAction,
-) -> Result<(String, Option<usize>, f64, HubStats), BenchError> {
+) -> Result<(String, Option<usize>, f64, HubStats, String), BenchError> {
     env.refill();
     let mark = env.mark();
     let body = json!({
@@ -822,7 +851,7 @@ async fn drive_job(
         }
     };
     let wall = start.elapsed().as_secs_f64();
-    Ok((outcome, timed_out_at, wall, env.stats(mark)))
+    Ok((outcome, timed_out_at, wall, env.stats(mark), id))
 }
 
 async fn naive_row(ctx: &Ctx<'_>, env: &SimEnv, action: RegistryAction) -> Row {
@@ -1111,4 +1140,173 @@ async fn bare_insert(
             axum::Json(json!({"error": e.to_string()})),
         ),
     }
+}
+
+/// A job's whole timeline (the import path writes a few dozen events, not one per device).
+async fn timeline(ctx: &Ctx<'_>, base: &str, id: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let mut url = format!("{base}/v1/deprovisions/{id}/events?limit=200");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let Ok(r) = ctx.http.get(url).send().await else {
+            break;
+        };
+        let page: Value = r.json().await.unwrap_or(Value::Null);
+        if let Some(items) = page["items"].as_array() {
+            out.extend(items.iter().cloned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    out
+}
+
+/// Seconds between the first event of `first` kind and the last of `last` kind.
+fn span(events: &[Value], first: &str, last: &str) -> Option<f64> {
+    let at = |e: &Value| {
+        e["at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    let a = events.iter().find(|e| e["kind"] == first).and_then(at)?;
+    let b = events
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == last)
+        .and_then(at)?;
+    Some((b - a).num_milliseconds() as f64 / 1000.0)
+}
+
+/// The import scenario: per action and store, the group job through the service with blob storage (the
+/// planner picks import jobs on S1); beside it the modelled job time (snapshot export + import +
+/// verification export at the simulated throughput, with the hub's queue) and the per-device lower bound.
+async fn import_rows(ctx: &Ctx<'_>, env: &SimEnv) -> Vec<Row> {
+    let scenario = env.preset.scenario.name();
+    let devices = env.preset.devices;
+    let Some(storage) = ctx
+        .args
+        .storage_connection_string
+        .clone()
+        .filter(|s| !s.is_empty())
+    else {
+        return vec![Row::not_run(
+            scenario,
+            "-",
+            "service",
+            "-",
+            "no storage connection string: run it under scripts/azurite.sh, or pass --storage-connection-string",
+        )];
+    };
+    let scale = env.preset.time_scale.max(1e-9);
+    let rate = JOBS_DEVICES_PER_SECOND * scale;
+    let mut service_env = vec![
+        (
+            "DEPROVISIOND_STORAGE_CONNECTION_STRING".to_string(),
+            storage,
+        ),
+        (
+            "DEPROVISIOND_HUB_BENCH_JOBS_DEVICES_PER_SECOND".to_string(),
+            format!("{rate}"),
+        ),
+        ("DEPROVISIOND_JOBS_POLL_MS".to_string(), "100".to_string()),
+    ];
+    service_env.extend(ctx.args.service_env.iter().cloned());
+    let mut rows = Vec::new();
+    for action in ctx.args.actions.iter().map(|a| action_of(*a)) {
+        let n = devices as f64;
+        let after = if action == RegistryAction::Delete {
+            0.0
+        } else {
+            n
+        };
+        let modelled = (n + n + after) / rate + 3.0 * JOBS_QUEUE_SECS / scale;
+        let bound = cost::lower_bound_secs(env.quota, action, devices);
+        for store in &ctx.args.stores {
+            let mut row = Row::not_run(scenario, store.name(), "service", action_name(action), "");
+            row.devices = devices;
+            if let Some(why) = ctx.store_available(*store) {
+                row.outcome = format!("not run: {why}");
+                rows.push(row);
+                continue;
+            }
+            match run_service_job(ctx, env, *store, action, 1, &service_env, true).await {
+                Ok(run) => {
+                    row.outcome = run.outcome.clone();
+                    fill_from_stats(&mut row, &run.stats, devices, run.wall);
+                    row.peak_rss_mib = run.peak_rss.map(|b| b as f64 / (1024.0 * 1024.0));
+                    row.lower_bound_s = bound;
+                    row.ratio_to_bound = bound.filter(|b| *b > 0.0).map(|b| run.wall / b);
+                    let path = span(&run.events, "hub_job_started", "hub_job_verified");
+                    let verified: u64 = run
+                        .events
+                        .iter()
+                        .filter(|e| e["kind"] == "hub_job_verified")
+                        .filter_map(|e| e["detail"]["devices"].as_u64())
+                        .sum();
+                    let fallbacks = run
+                        .events
+                        .iter()
+                        .filter(|e| e["kind"] == "hub_job_fallback")
+                        .count();
+                    let hub = env.sim.state().hub(HUB);
+                    let left = hub.map_or(0, |h| match action {
+                        RegistryAction::Disable => h
+                            .list_devices(None)
+                            .iter()
+                            .filter(|d| d["status"] != "disabled")
+                            .count(),
+                        RegistryAction::Delete => h.device_count(),
+                    });
+                    row.note = format!(
+                        "hub path {} vs modelled {modelled:.1} s ({}); {verified} verified by export, {left} not {} in the hub, {fallbacks} fallback(s); {} hub calls; per-device bound {} at Azure's own pace",
+                        path.map_or("?".into(), |p| format!("{p:.1} s")),
+                        path.map_or("?".into(), |p| format!("{:.2} ×", p / modelled)),
+                        action_name(action),
+                        run.stats.total,
+                        bound.map_or("?".into(), |b| crate::domain::registry_path::words(
+                            Duration::from_secs_f64(b * scale)
+                        )),
+                    );
+                }
+                Err(e) => row.outcome = format!("not run: {e}"),
+            }
+            rows.push(row);
+        }
+        rows.push(Row {
+            scenario: scenario.into(),
+            store: "-".into(),
+            runner: "modelled jobs".into(),
+            action: action_name(action).into(),
+            devices,
+            outcome: "computed".into(),
+            wall_s: Some(modelled),
+            devices_per_s: Some(n / modelled),
+            note: format!(
+                "(export {n} + import {n} + verification export {after}) / {rate} devices/s + 3 queue waits"
+            ),
+            ..Row::default()
+        });
+        if let Some(b) = bound {
+            rows.push(Row {
+                scenario: scenario.into(),
+                store: "-".into(),
+                runner: "lower bound".into(),
+                action: action_name(action).into(),
+                devices,
+                outcome: "computed".into(),
+                wall_s: Some(b),
+                lower_bound_s: Some(b),
+                ops_per_device: Some(cost::ops_per_device(action)),
+                devices_per_s: (b > 0.0).then(|| n / b),
+                note: "device by device: (operations − burst) / rate".into(),
+                ..Row::default()
+            });
+        }
+    }
+    rows
 }

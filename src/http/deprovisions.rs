@@ -612,6 +612,9 @@ pub struct UndoRequest {
     /// Enrollment groups: how identities are enabled again or re-created (default `auto`).
     #[serde(default)]
     pub registry_path: RegistryPath,
+    /// Undo even though a later job on the same target exists (whose devices the undo may enable again).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Undo a finished job's hub changes, as a job of its own linked to it (admins only).
@@ -631,7 +634,7 @@ pub struct UndoRequest {
         (status = 400, description = "Not a job id, or not a JSON body", body = Problem, content_type = PROBLEM),
         (status = 403, description = "Undo needs the admin role", body = Problem, content_type = PROBLEM),
         (status = 404, description = "No such job", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "The job has not finished, is itself an undo, or another job is active for the target", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "The job has not finished, is itself an undo, a later job on the same target exists (ask again with `force`), or another job is active for the target", body = Problem, content_type = PROBLEM),
         (status = 422, description = "`restore_dps` or `registry_path` does not apply to this job", body = Problem, content_type = PROBLEM),
     )
 )]
@@ -663,6 +666,17 @@ pub async fn undo_deprovision(
             detail: format!(
                 "job {id} is {}; undo it once it has finished (or cancel it first)",
                 job.status.as_str()
+            ),
+        });
+    }
+    if !body.force
+        && let Some(later) = state.store.later_job_on_target(&job.id).await?
+    {
+        return Err(ApiError::Conflict {
+            slug: "later-job-on-target",
+            detail: format!(
+                "job {later} on the same target came after job {id}; undoing {id} could enable devices {later} meant to \
+                 keep disabled. Undo {later} first, or ask again with \"force\": true"
             ),
         });
     }

@@ -131,19 +131,6 @@ impl Store {
         Ok(r.rows_affected())
     }
 
-    /// Items of the job on `hub` marked `hub_job` and still waiting.
-    pub async fn count_hub_job(&self, job_id: &str, hub: &str, hub_job: &str) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM job_items WHERE job_id = $1 AND hub = $2 AND hub_job = $3 AND state = 'waiting'",
-        )
-        .bind(job_id)
-        .bind(hub)
-        .bind(hub_job)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n as u64)
-    }
-
     /// Finishes every waiting item of the job on `hub` marked `verified`: their device steps are done, and
     /// they keep `hub_job` (the import job that wrote them) as their mark. Returns how many.
     pub async fn finish_hub_job(
@@ -185,6 +172,24 @@ impl Store {
             .collect())
     }
 
+    /// A job on the same target created after `job_id`, other than its undos: undoing `job_id` would revert
+    /// devices that job meant to keep changed.
+    pub async fn later_job_on_target(&self, job_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT later.id FROM jobs later JOIN jobs j ON j.id = $1 \
+             WHERE later.dps = j.dps AND later.target_key = j.target_key AND later.created_at > j.created_at \
+             AND later.id <> j.id AND (later.undo_of IS NULL OR later.undo_of <> j.id) \
+             ORDER BY later.created_at LIMIT 1",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get::<String, _>("id")?),
+            None => None,
+        })
+    }
+
     /// The undo jobs of job `job_id`, oldest first.
     pub async fn undo_jobs_of(&self, job_id: &str) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT id FROM jobs WHERE undo_of = $1 ORDER BY created_at, id")
@@ -196,7 +201,8 @@ impl Store {
             .collect()
     }
 
-    /// A page of the job's finished items that it changed (cursor = last seq), for an undo to select.
+    /// A page of the job's finished items (cursor = last seq), for an undo to pick those the job changed:
+    /// whatever their end, since a hub job may have changed devices of a job that was then cancelled.
     pub async fn changed_items(
         &self,
         job_id: &str,
@@ -204,7 +210,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<ItemRecord>> {
         let rows = sqlx::query(sql!(
-            "SELECT {ITEM_COLUMNS} FROM job_items WHERE job_id = $1 AND seq > $2 AND state = 'succeeded' \
+            "SELECT {ITEM_COLUMNS} FROM job_items WHERE job_id = $1 AND seq > $2 AND state IN ('succeeded', 'failed', 'cancelled') \
              ORDER BY seq LIMIT $3"
         ))
         .bind(job_id)

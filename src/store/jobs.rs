@@ -337,12 +337,21 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
+        // A job that failed before its items barrier (e.g. in import_jobs) resumes there: its devices wait
+        // for the barrier again, keeping the marks its hub jobs put on them.
+        let before_barrier = job
+            .plan
+            .job_steps()
+            .iter()
+            .position(|s| *s == JobStep::Items)
+            .is_some_and(|barrier| job.step_index < barrier);
         let items = sqlx::query(
-            "UPDATE job_items SET state = 'pending', attempt = 0, next_run_at = $2, finished_at = NULL, updated_at = $2 \
+            "UPDATE job_items SET state = $3, attempt = 0, next_run_at = $2, finished_at = NULL, updated_at = $2 \
              WHERE job_id = $1 AND state = 'failed'",
         )
         .bind(id)
         .bind(now)
+        .bind(if before_barrier { "waiting" } else { "pending" })
         .execute(&mut *tx)
         .await?;
         insert_event(

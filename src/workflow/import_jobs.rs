@@ -23,9 +23,9 @@ use serde_json::{Value, json};
 
 use super::AzureWorkflow;
 use super::outcome::from_azure;
+use crate::azure::HubClient;
 use crate::azure::blob::{BlobContainerClient, BlobError};
-use crate::azure::models::{ImportErrorLine, JobProperties, JobStatus};
-use crate::azure::{AzureError, HubClient};
+use crate::azure::models::{ImportErrorLine, JobProperties, JobStatus, JobType};
 use crate::domain::job::RegistryAction;
 use crate::domain::lane::{Outcome, StepError};
 use crate::domain::registry_path::{HubFacts, HubRoute, RegistryPath, choose};
@@ -83,13 +83,18 @@ impl Change {
     }
 }
 
-/// Blob names within the hub's container: the job's own prefix, so jobs sharing a container never meet.
-pub(super) fn snapshot_blob(job_id: &str) -> String {
-    format!("{job_id}/snapshot.txt")
+/// Blob names within the hub's container: the job's and the hub's own prefix, so jobs and hubs sharing a
+/// container never meet.
+pub(super) fn snapshot_blob(job_id: &str, host: &str) -> String {
+    blob(job_id, host, "snapshot.txt")
 }
-fn blob(job_id: &str, name: &str) -> String {
-    format!("{job_id}/{name}")
+fn blob(job_id: &str, host: &str, name: &str) -> String {
+    format!("{job_id}/{host}/{name}")
 }
+
+/// How long a hub busy with someone else's import/export job is waited for before its devices go device by
+/// device: a stuck job elsewhere must not hold this one for ever.
+const BUSY_PATIENCE_MS: i64 = 3_600_000;
 
 /// The step's progress, kept as the job's cursor between runs.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -104,9 +109,10 @@ struct HubRun {
     /// Marks the devices this run selected (and, once verified, `{run}:verified`).
     run: String,
     phase: Phase,
-    /// Set once the wait for another job on the hub has been recorded (one event, not one per poll).
+    /// Since when the hub has refused this run's hub job because another one runs (one event, not one
+    /// per poll; the patience counts from here).
     #[serde(default)]
-    waiting_noted: bool,
+    busy_since: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,22 +191,29 @@ pub(super) async fn run(wf: &AzureWorkflow, job: &JobRecord) -> StepResult {
             .into();
         }
     };
-    let Some(run) = progress
-        .hubs
-        .iter_mut()
-        .find(|h| !matches!(h.phase, Phase::Done))
-    else {
-        return done(Vec::new());
-    };
-    match advance(wf, job, run).await {
-        Advance::Moved(events) if progress.hubs.iter().all(|h| matches!(h.phase, Phase::Done)) => {
-            done(events)
+    // Each hub's jobs run in the hub at once; a run looks at the hubs in turn and stops at the first that
+    // moves (so a retry never throws away another hub's progress). Waits change nothing but the first
+    // busy note, which comes with an event and is kept like a move.
+    let mut wait: Option<Duration> = None;
+    for i in 0..progress.hubs.len() {
+        if matches!(progress.hubs[i].phase, Phase::Done) {
+            continue;
         }
-        Advance::Moved(events) => keep(&progress, events),
-        // The wait was just noted: the cursor must say so, so run again (that run waits).
-        Advance::Wait(_, events) if !events.is_empty() => keep(&progress, events),
-        Advance::Wait(delay, _) => Outcome::Paced { hub: None, delay }.into(),
-        Advance::Retry(r) => r,
+        match advance(wf, job, &mut progress.hubs[i]).await {
+            Advance::Moved(events)
+                if progress.hubs.iter().all(|h| matches!(h.phase, Phase::Done)) =>
+            {
+                return done(events);
+            }
+            Advance::Moved(events) => return keep(&progress, events),
+            Advance::Wait(_, events) if !events.is_empty() => return keep(&progress, events),
+            Advance::Wait(delay, _) => wait = Some(wait.map_or(delay, |w| w.min(delay))),
+            Advance::Retry(r) => return r,
+        }
+    }
+    match wait {
+        Some(delay) => Outcome::Paced { hub: None, delay }.into(),
+        None => done(Vec::new()),
     }
 }
 
@@ -247,7 +260,7 @@ async fn plan(wf: &AzureWorkflow, job: &JobRecord) -> Result<(Progress, NewEvent
     let mut lines = Vec::new();
     for (host, devices) in by_hub {
         let facts = hub_facts(wf, job.request.registry_path, &host, devices, change).await?;
-        let mut choice = choose(&facts, job.request.registry_path);
+        let mut choice = sweep_rule(&job.request, choose(&facts, job.request.registry_path));
         if change == Change::Recreate {
             // Only the undone job's snapshot holds the deleted identities' keys.
             choice = recreate_choice(wf, job, &host, choice).await?;
@@ -267,7 +280,7 @@ async fn plan(wf: &AzureWorkflow, job: &JobRecord) -> Result<(Progress, NewEvent
                 hub: host,
                 run: uuid::Uuid::now_v7().to_string(),
                 phase: Phase::Source,
-                waiting_noted: false,
+                busy_since: None,
             });
         }
     }
@@ -297,10 +310,16 @@ async fn recreate_choice(
     mut choice: crate::domain::registry_path::RouteChoice,
 ) -> Result<crate::domain::registry_path::RouteChoice, StepResult> {
     let source = source_job(job);
-    let Some(container) = container(wf, source, host).await.ok() else {
-        return Ok(choice);
+    let container = match container(wf, source, host).await {
+        Ok(c) => c,
+        Err(e) if e.is_retryable() => {
+            return Err(retry_result(format!(
+                "opening hub {host}'s blob container: {e}"
+            )));
+        }
+        Err(_) => return Ok(choice),
     };
-    match container.exists(&snapshot_blob(source)).await {
+    match container.exists(&snapshot_blob(source, host)).await {
         Ok(true) => {
             choice.route = HubRoute::ImportJob;
             choice.why = format!("re-created from job {source}'s snapshot, with their keys");
@@ -377,7 +396,20 @@ pub(super) async fn preview_route(
     )
     .await
     .ok()?;
-    Some(choose(&facts, request.registry_path))
+    Some(sweep_rule(request, choose(&facts, request.registry_path)))
+}
+
+/// A sweep of every hub checks each device in hubs the import does not cover: such a job goes device by
+/// device, so no device counts done before every hub it could be in answered.
+fn sweep_rule(
+    request: &crate::domain::job::DeprovisionRequest,
+    mut choice: crate::domain::registry_path::RouteChoice,
+) -> crate::domain::registry_path::RouteChoice {
+    if request.sweep == crate::domain::job::Sweep::AllHubs && choice.route == HubRoute::ImportJob {
+        choice.route = HubRoute::PerDevice;
+        choice.why = "sweep all_hubs checks every hub for each device: device by device".into();
+    }
+    choice
 }
 
 /// The job whose container and snapshot an undo works in: the undone job's (an undo's blobs sit beside
@@ -436,23 +468,23 @@ async fn advance(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun) -> Advan
     match run.phase.clone() {
         Phase::Source if change == Change::Recreate => {
             // The undone job's snapshot is the source: no export to wait for.
-            select(wf, job, run, &container, &snapshot_blob(&source), None).await
+            let snapshot = snapshot_blob(&source, &host);
+            select(wf, job, run, &container, &snapshot, None).await
         }
         Phase::Source => {
-            let name = if job.request.undo.is_some() {
-                blob(&job.id, "current.txt")
-            } else {
-                snapshot_blob(&job.id)
-            };
+            // The full export (every identity of the hub, keys included) lives only until the selection
+            // has read it: the snapshot kept holds the job's devices' lines alone.
+            let name = blob(&job.id, &host, "export.txt");
+            let props = JobProperties::export(container.container().expose(), Some(&name), false);
+            let detail = json!({"blob": name, "container": describe(wf, &source, &host)});
             start(
                 wf,
                 job,
                 run,
-                "export",
-                hub.start_export(container.container(), Some(&name), false)
-                    .await,
+                hub,
+                props,
                 |hub_job| Phase::Exporting { hub_job },
-                json!({"blob": name, "container": describe(wf, &source, &host)}),
+                detail,
             )
             .await
         }
@@ -463,41 +495,25 @@ async fn advance(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun) -> Advan
             }
             Polled::Error(r) => Advance::Retry(r),
             Polled::Completed => {
-                let name = if job.request.undo.is_some() {
-                    blob(&job.id, "current.txt")
-                } else {
-                    snapshot_blob(&job.id)
-                };
+                let name = blob(&job.id, &host, "export.txt");
                 select(wf, job, run, &container, &name, Some(hub_job)).await
             }
         },
         Phase::Selected { written } => {
-            let name = blob(&job.id, "import.txt");
-            let c = container.container();
-            start(
-                wf,
-                job,
-                run,
-                "import",
-                hub.start_import(c, Some(&name), c).await,
-                |hub_job| Phase::Importing { hub_job, written },
-                json!({"blob": name, "devices": written}),
-            )
-            .await
+            let name = blob(&job.id, &host, "import.txt");
+            let c = container.container().expose();
+            let errors = errors_blob(&job.id, &host);
+            let props = JobProperties::import(c.clone(), Some(&name), c, Some(&errors));
+            let detail = json!({"blob": name, "devices": written});
+            let next = |hub_job| Phase::Importing { hub_job, written };
+            start(wf, job, run, hub, props, next, detail).await
         }
         Phase::Imported { import } => {
-            let name = blob(&job.id, "verify.txt");
-            start(
-                wf,
-                job,
-                run,
-                "export",
-                hub.start_export(container.container(), Some(&name), true)
-                    .await,
-                |hub_job| Phase::Verifying { import, hub_job },
-                json!({"blob": name, "purpose": "verification"}),
-            )
-            .await
+            let name = blob(&job.id, &host, "verify.txt");
+            let props = JobProperties::export(container.container().expose(), Some(&name), true);
+            let detail = json!({"blob": name, "purpose": "verification"});
+            let next = |hub_job| Phase::Verifying { import, hub_job };
+            start(wf, job, run, hub, props, next, detail).await
         }
         Phase::Importing { hub_job, written } => match poll(hub, &hub_job).await {
             Polled::Running => Advance::Wait(wf.clients.jobs_poll_interval(), Vec::new()),
@@ -560,18 +576,54 @@ async fn poll(hub: &HubClient, hub_job: &str) -> Polled {
     }
 }
 
-/// Starts a hub job; a hub busy with another import/export job is waited for.
-#[allow(clippy::too_many_arguments)]
+/// The blob an import writes its refusals to (the simulator honours `outputBlobName`; where a hub writes
+/// `importErrors.log` at the container's root instead, that one is read).
+fn errors_blob(job_id: &str, host: &str) -> String {
+    blob(job_id, host, "importErrors.log")
+}
+
+/// The blob a hub job reads (import) or writes (export): what tells this run's jobs apart.
+fn job_blob(j: &JobProperties) -> Option<&str> {
+    match j.kind {
+        Some(JobType::Import) => j.input_blob_name.as_deref(),
+        _ => j.output_blob_name.as_deref(),
+    }
+}
+
+/// Starts a hub job, or adopts the one an earlier attempt started (a crash between the create and the
+/// cursor's write must not start a second). A hub busy with another import/export job is waited for, up
+/// to [`BUSY_PATIENCE_MS`].
 async fn start(
     wf: &AzureWorkflow,
     job: &JobRecord,
     run: &mut HubRun,
-    kind: &str,
-    created: Result<JobProperties, AzureError>,
+    hub: &HubClient,
+    props: JobProperties,
     next: impl FnOnce(String) -> Phase,
     detail: Value,
 ) -> Advance {
     let host = run.hub.clone();
+    let kind = match props.kind {
+        Some(JobType::Import) => "import",
+        _ => "export",
+    };
+    // Blob names carry the job and the hub, so a job of this hub naming this blob is this run's.
+    let adopted = match hub.list_jobs().await {
+        Ok(jobs) => jobs
+            .into_iter()
+            .filter(|j| {
+                j.kind == props.kind && job_blob(j).is_some() && job_blob(j) == job_blob(&props)
+            })
+            .next_back(),
+        Err(e) if e.is_retryable() => {
+            return Advance::Retry(from_azure(&format!("listing the jobs of {host}"), &e).into());
+        }
+        Err(_) => None,
+    };
+    let created = match adopted {
+        Some(j) => Ok(j),
+        None => hub.create_import_export_job(&props).await,
+    };
     match created {
         Ok(j) => {
             let Some(id) = j.job_id.clone() else {
@@ -584,7 +636,7 @@ async fn start(
                 .await;
             };
             run.phase = next(id.clone());
-            run.waiting_noted = false;
+            run.busy_since = None;
             let mut d = detail;
             d["hub"] = json!(host);
             d["hub_job"] = json!(id);
@@ -597,21 +649,28 @@ async fn start(
         }
         Err(e) if e.is_job_quota_exceeded() => {
             let wait = wf.clients.jobs_poll_interval();
-            if run.waiting_noted {
-                return Advance::Wait(wait, Vec::new());
+            let now = wf.clock.now_ms();
+            match run.busy_since {
+                Some(since) if now - since > BUSY_PATIENCE_MS => {
+                    let why = format!(
+                        "the hub has been running another import/export job for over {} min",
+                        BUSY_PATIENCE_MS / 60_000
+                    );
+                    fall_back(wf, job, run, &why).await
+                }
+                Some(_) => Advance::Wait(wait, Vec::new()),
+                None => {
+                    run.busy_since = Some(now);
+                    let message = format!(
+                        "hub {host} is running another import/export job (one at a time per hub): this job's {kind} \
+                         waits for it, looking every {} s, for up to {} min",
+                        wait.as_secs_f64(),
+                        BUSY_PATIENCE_MS / 60_000
+                    );
+                    let busy = event("hub_busy", message, json!({"hub": host, "type": kind}));
+                    Advance::Wait(wait, vec![busy])
+                }
             }
-            run.waiting_noted = true;
-            Advance::Wait(
-                wait,
-                vec![event(
-                    "hub_busy",
-                    format!(
-                        "hub {host} is running another import/export job (one at a time per hub): this job's {kind} waits for it, looking every {} s",
-                        wait.as_secs_f64()
-                    ),
-                    json!({"hub": host, "type": kind}),
-                )],
-            )
         }
         Err(e) if e.is_retryable() => {
             Advance::Retry(from_azure(&format!("starting the {kind} job in {host}"), &e).into())
@@ -629,24 +688,33 @@ async fn start(
 }
 
 /// Lines of an export or error log, a batch at a time.
+/// Lines that are not JSON are counted in `dropped`: they name no device that could be matched, so a
+/// verification that met any does not count unlisted devices as gone.
 async fn next_batch(
     reader: &mut crate::azure::blob::BlobLines,
     batch: &mut Vec<Value>,
+    dropped: &mut u64,
 ) -> Result<bool, BlobError> {
     batch.clear();
     while batch.len() < DEVICE_BATCH {
         match reader.next_line().await? {
             None => return Ok(!batch.is_empty()),
             Some(line) if line.trim().is_empty() => {}
-            // A line that is not JSON names no device of ours: skipped (the verification catches anything).
-            Some(line) => {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    batch.push(v);
-                }
-            }
+            Some(line) => match serde_json::from_str::<Value>(&line) {
+                Ok(v) => batch.push(v),
+                Err(_) => *dropped += 1,
+            },
         }
     }
     Ok(true)
+}
+
+/// Deletes a blob that has served its purpose (an export holding every identity's keys, an import blob);
+/// a failure only leaves it behind.
+async fn delete_blob(container: &BlobContainerClient, name: &str) {
+    if let Err(e) = container.delete(name).await {
+        tracing::warn!(blob = %name, error = %e, "could not delete a hub job blob; it stays in the container");
+    }
 }
 
 /// The job's waiting devices among a batch of lines (keyed by `key`), as (line, item).
@@ -750,13 +818,17 @@ async fn select(
     let change = Change::of(job);
     let reason = super::registry::status_reason(job);
     let undone = source_job(job).to_string();
-    let import_name = blob(&job.id, "import.txt");
+    let import_name = blob(&job.id, &host, "import.txt");
     let mut reader = container.reader(source_blob);
     let mut writer = container.writer(&import_name);
+    // A deprovision keeps the lines of its own devices as the snapshot an undo re-creates them from.
+    let snapshot_name = snapshot_blob(&job.id, &host);
+    let mut snapshot = (job.request.undo.is_none()).then(|| container.writer(&snapshot_name));
     let mut batch = Vec::with_capacity(DEVICE_BATCH);
+    let mut dropped = 0u64;
     let (mut written, mut unchanged, mut left) = (0u64, 0u64, 0u64);
     loop {
-        match next_batch(&mut reader, &mut batch).await {
+        match next_batch(&mut reader, &mut batch, &mut dropped).await {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => {
@@ -769,6 +841,19 @@ async fn select(
         };
         let (mut write_ids, mut same_ids) = (Vec::new(), Vec::new());
         for (line, item) in &matched {
+            if let Some(w) = snapshot.as_mut()
+                && let Err(e) = w.write_line(&line.to_string()).await
+            {
+                return blob_failure(wf, job, run, &format!("writing {snapshot_name}"), e).await;
+            }
+            // Only identities the undone job's import deleted come back from its snapshot: a device
+            // deleted on its own step may have changed after the snapshot was taken.
+            if change == Change::Recreate
+                && item.data.as_ref().is_none_or(|d| d["via_import"] != true)
+            {
+                left += 1;
+                continue;
+            }
             match import_line(change, line, &reason, &undone) {
                 Some(out) => {
                     if let Err(e) = writer.write_line(&out.to_string()).await {
@@ -797,8 +882,17 @@ async fn select(
     if let Err(e) = writer.finish().await {
         return blob_failure(wf, job, run, &format!("writing {import_name}"), e).await;
     }
+    if let Some(w) = snapshot
+        && let Err(e) = w.finish().await
+    {
+        return blob_failure(wf, job, run, &format!("writing {snapshot_name}"), e).await;
+    }
+    if export_job.is_some() {
+        delete_blob(container, source_blob).await;
+    }
     let detail = json!({"hub": host, "source": source_blob, "export_job": export_job, "import_blob": import_name,
-        "written": written, "unchanged": unchanged, "left_to_own_step": left});
+        "snapshot": (job.request.undo.is_none()).then_some(&snapshot_name),
+        "written": written, "unchanged": unchanged, "left_to_own_step": left, "unreadable_lines": dropped});
     let mut events = vec![event(
         "import_blob_written",
         format!(
@@ -831,13 +925,19 @@ async fn imported(
     written: u64,
 ) -> Advance {
     let host = run.hub.clone();
-    let log = crate::azure::hub_jobs::IMPORT_ERRORS_BLOB;
-    let mut reader = container.reader(log);
+    let named = errors_blob(&job.id, &host);
+    let log = match container.exists(&named).await {
+        Ok(true) => named,
+        Ok(false) => crate::azure::hub_jobs::IMPORT_ERRORS_BLOB.to_string(),
+        Err(e) => return blob_failure(wf, job, run, &format!("looking for {named}"), e).await,
+    };
+    let mut reader = container.reader(&log);
     let mut batch = Vec::with_capacity(DEVICE_BATCH);
+    let mut dropped = 0u64;
     let (mut refused, mut etag_changed) = (0u64, 0u64);
     let mut events = Vec::new();
     loop {
-        match next_batch(&mut reader, &mut batch).await {
+        match next_batch(&mut reader, &mut batch, &mut dropped).await {
             Ok(true) => {}
             Ok(false) => break,
             // No log: nothing was refused.
@@ -892,6 +992,8 @@ async fn imported(
             json!({"hub": host, "hub_job": import, "written": written, "refused": refused, "etag_changed": etag_changed, "error_log": log}),
         ),
     );
+    // The import blob carries the devices' keys: it goes once the import is over.
+    delete_blob(container, &blob(&job.id, &host, "import.txt")).await;
     run.phase = Phase::Imported { import };
     Advance::Moved(events)
 }
@@ -910,13 +1012,14 @@ async fn verified(
 ) -> Advance {
     let host = run.hub.clone();
     let change = Change::of(job);
-    let name = blob(&job.id, "verify.txt");
+    let name = blob(&job.id, &host, "verify.txt");
     let ok_mark = format!("{}:verified", run.run);
     let mut reader = container.reader(&name);
     let mut batch = Vec::with_capacity(DEVICE_BATCH);
+    let mut dropped = 0u64;
     let mut not_shown = 0u64;
     loop {
-        match next_batch(&mut reader, &mut batch).await {
+        match next_batch(&mut reader, &mut batch, &mut dropped).await {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => return blob_failure(wf, job, run, &format!("reading {name}"), e).await,
@@ -948,7 +1051,8 @@ async fn verified(
         }
     }
     // Devices the export did not list: gone, which is the change for a disable or delete, not for an undo.
-    let to = change.shows(None).then_some(ok_mark.as_str());
+    // An unreadable line could have been any device: then nobody unlisted counts as gone.
+    let to = (change.shows(None) && dropped == 0).then_some(ok_mark.as_str());
     let missing = match wf
         .store
         .move_hub_job(&job.id, &host, &run.run, to, wf.clock.now_ms())
@@ -965,8 +1069,9 @@ async fn verified(
             missing,
             if to.is_some() { " (gone: done)" } else { "" },
         ),
-        json!({"hub": host, "hub_job": export, "not_shown": not_shown, "not_listed": missing}),
+        json!({"hub": host, "hub_job": export, "not_shown": not_shown, "not_listed": missing, "unreadable_lines": dropped}),
     )];
+    delete_blob(container, &name).await;
     match finish(wf, job, run, &ok_mark, import).await {
         Ok(e) => events.push(e),
         Err(e) => return retry(e),

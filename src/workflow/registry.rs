@@ -208,10 +208,15 @@ async fn disable_identity(
     if current.status == Some(DeviceStatus::Disabled) {
         // Nothing to change: no write, and the read just made is the verification.
         wf.refund_hub(host, 1.0).await;
+        // Disabled with this job's own reason: an earlier attempt (or an import of this job) wrote it.
+        let ours = current
+            .status_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with(&format!("deprovisiond job {}", job.id)));
         return Ok(disabled(
             &current,
             "already disabled; not written again",
-            false,
+            ours,
         ));
     }
     let reason = status_reason(job);

@@ -77,7 +77,8 @@ pub(super) async fn select(wf: &AzureWorkflow, job: &JobRecord) -> StepResult {
                         .unwrap_or_else(|| it.registration_id.clone()),
                 ),
                 hub: Some(hub),
-                data: Some(json!({"undo_of_item": it.id})),
+                // Whether the undone job's import handled it: only those come back from its snapshot.
+                data: Some(json!({"undo_of_item": it.id, "via_import": it.hub_job.is_some()})),
             })
         })
         .collect();
@@ -157,12 +158,13 @@ pub(super) async fn restore(wf: &AzureWorkflow, job: &JobRecord, item: &ItemReco
             )
         }
         (Change::Recreate, None) => fail(format!(
-            "device `{device_id}` was deleted from hub {host} and cannot be re-created with its keys here: {}",
+            "device `{device_id}` was deleted from hub {host} on its own step, so no import of its snapshot line \
+             can be trusted to hold its current keys; re-create it by hand: {}",
             match wf.clients.jobs_storage(&host) {
                 Some(s) => format!(
                     "look for its line in {} blob {}",
                     s.describe(source_job(job), &host),
-                    snapshot_blob(source_job(job))
+                    snapshot_blob(source_job(job), &host)
                 ),
                 None =>
                     "the undone job ran without blob storage for this hub, so it took no snapshot"

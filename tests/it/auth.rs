@@ -31,6 +31,7 @@ fn expected_role(method: &str, path: &str) -> Option<&'static str> {
             "post",
             "/v1/deprovisions/{id}/approve"
             | "/v1/deprovisions/{id}/reject"
+            | "/v1/deprovisions/{id}/undo"
             | "/v1/tombstones/audit",
         ) => Some("admin"),
         ("get", _) => Some("reader"),

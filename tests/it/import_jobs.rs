@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use azure_iot_sim::seed::{Attestation, FleetSpec, GroupSpec, seed_fleet};
-use azure_iot_sim::{CallRecord, RunningSimulator, SimConfig, Simulator};
+use azure_iot_sim::{CallRecord, FaultRule, RunningSimulator, SimConfig, Simulator};
 use chrono::Utc;
 use deprovisiond::app::WorkflowChoice;
 use deprovisiond::azure::config::StorageConfig;
@@ -31,6 +31,7 @@ both_stores!(
     a_container_that_cannot_be_written_falls_back_to_per_device,
     a_delete_by_import_is_undone_from_the_snapshot_with_the_keys,
     a_disable_is_undone_device_by_device_and_dps_only_when_asked,
+    a_job_that_failed_during_its_hub_jobs_resumes_there_on_retry,
 );
 
 fn storage() -> Option<StorageAccount> {
@@ -180,11 +181,53 @@ async fn a_large_group_on_s1_takes_import_jobs_and_every_device_is_verified(db: 
     assert_eq!(
         started,
         vec![
-            format!("{id}/snapshot.txt"),
-            format!("{id}/import.txt"),
-            format!("{id}/verify.txt")
+            format!("{id}/{HUB}/export.txt"),
+            format!("{id}/{HUB}/import.txt"),
+            format!("{id}/{HUB}/verify.txt")
         ],
-        "snapshot, import, verification"
+        "snapshot export, import, verification export"
+    );
+    // What stays is the snapshot of the job's own devices; the blobs holding the whole hub's keys are gone.
+    let clients = AzureClients::new(&config(&sim, &account)).unwrap();
+    let container = clients
+        .jobs_storage(HUB)
+        .unwrap()
+        .container(&id, HUB, Utc::now().timestamp(), clients.http())
+        .await
+        .unwrap();
+    for gone in ["export.txt", "import.txt", "verify.txt"] {
+        assert!(
+            !container
+                .exists(&format!("{id}/{HUB}/{gone}"))
+                .await
+                .unwrap(),
+            "{gone}"
+        );
+    }
+    let mut snapshot = container.reader(&format!("{id}/{HUB}/snapshot.txt"));
+    let mut lines = 0;
+    while let Some(line) = snapshot.next_line().await.unwrap() {
+        let d: Value = serde_json::from_str(&line).unwrap();
+        assert!(d["id"].as_str().unwrap().starts_with("fleet"), "{d}");
+        assert!(d["authentication"]["symmetricKey"]["primaryKey"].is_string());
+        lines += 1;
+    }
+    assert_eq!(
+        lines, 300,
+        "the snapshot holds the job's devices, keys included"
+    );
+    // A sweep of every hub checks hubs an import does not cover: device by device.
+    let mut sweep = group_body("fleet", "disable");
+    sweep["sweep"] = json!("all_hubs");
+    let preview: Value = app
+        .post("/v1/deprovisions/preview", &sweep)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        preview["hubs"][0]["registry_path"]["route"], "per_device",
+        "{preview:#}"
     );
     let verified = kinds(&events, "hub_job_verified");
     assert_eq!(verified[0]["detail"]["devices"], 300, "{verified:?}");
@@ -336,15 +379,18 @@ async fn a_failed_import_job_falls_back_to_per_device(db: TestDb) {
         "reason": {"code": "compromised"}, "registry_path": "import_job"});
     let id = submit(&app, &body).await;
     // While the import waits in the hub's queue, its input blob disappears: the import job fails.
-    let started = loop {
-        let events = app.events(&id).await;
-        if let Some(e) = events.iter().find(|e| {
-            e["kind"] == "hub_job_started" && e["detail"]["blob"] == format!("{id}/import.txt")
-        }) {
-            break e.clone();
+    let import_blob = format!("{id}/{HUB}/import.txt");
+    let mut started = None;
+    for _ in 0..3_000 {
+        started = app.events(&id).await.into_iter().find(|e| {
+            e["kind"] == "hub_job_started" && e["detail"]["blob"] == import_blob.as_str()
+        });
+        if started.is_some() {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    }
+    let started = started.unwrap_or_else(|| panic!("the import of job {id} never started"));
     let clients = AzureClients::new(&config).unwrap();
     let container = clients
         .jobs_storage(HUB)
@@ -352,7 +398,10 @@ async fn a_failed_import_job_falls_back_to_per_device(db: TestDb) {
         .container(&id, HUB, Utc::now().timestamp(), clients.http())
         .await
         .unwrap();
-    container.delete(&format!("{id}/import.txt")).await.unwrap();
+    assert!(
+        container.delete(&import_blob).await.unwrap(),
+        "the import blob was there"
+    );
     let job = finished(&app, &id).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     let events = app.events(&id).await;
@@ -533,10 +582,26 @@ async fn a_disable_is_undone_device_by_device_and_dps_only_when_asked(db: TestDb
         "reason": {"code": "compromised"}, "registry_path": "per_device"});
     let id = submit(&app, &body).await;
     assert_eq!(finished(&app, &id).await["status"], "succeeded");
+    // A later job on the same target: undoing the first could enable what the later one meant to keep
+    // disabled, so that needs `force`.
+    let later = submit(&app, &body).await;
+    assert_eq!(finished(&app, &later).await["status"], "succeeded");
     let r = app
         .post(
             &format!("/v1/deprovisions/{id}/undo"),
             &json!({"restore_dps": true}),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+    let problem: Value = r.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains(&later),
+        "{problem}"
+    );
+    let r = app
+        .post(
+            &format!("/v1/deprovisions/{id}/undo"),
+            &json!({"restore_dps": true, "force": true}),
         )
         .await;
     assert_eq!(r.status(), 202);
@@ -561,6 +626,54 @@ async fn a_disable_is_undone_device_by_device_and_dps_only_when_asked(db: TestDb
         group["provisioningStatus"], "enabled",
         "restored when asked"
     );
+    app.stop().await;
+    sim.shutdown().await;
+}
+
+async fn a_job_that_failed_during_its_hub_jobs_resumes_there_on_retry(db: TestDb) {
+    let Some(account) = storage() else { return };
+    let sim = sim(vec![group("fleet", 25)], 0.5).await;
+    // Every status read of a hub job fails: the step runs out of attempts and the job fails.
+    let fault: FaultRule = serde_json::from_value(
+        json!({"method": "GET", "path": "/jobs/*", "times": null, "action": {"type": "status", "status": 500}}),
+    )
+    .unwrap();
+    sim.add_fault(fault);
+    let app = app(&db, &config(&sim, &account)).await;
+    let body = json!({"target": {"kind": "enrollment_group", "group_id": "fleet"},
+        "reason": {"code": "compromised"}, "registry_path": "import_job"});
+    let id = submit(&app, &body).await;
+    let job = finished(&app, &id).await;
+    let jobs_calls: Vec<String> = sim
+        .calls()
+        .iter()
+        .filter(|c| c.path.starts_with("/jobs"))
+        .map(|c| format!("{} {} {:?}", c.method, c.path, c.status))
+        .collect();
+    assert_eq!(job["status"], "failed", "{jobs_calls:#?}");
+    // Its devices still wait for the barrier: none ran on its own.
+    assert_eq!(job["progress"]["pending"], 25, "{:#}", job["progress"]);
+    sim.handle().clear_faults();
+    let r = app
+        .post(&format!("/v1/deprovisions/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let job = app
+        .wait_job(&id, Duration::from_secs(120), |j| {
+            j["status"] == "succeeded" || j["status"] == "failed"
+        })
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let events = app.events(&id).await;
+    // The devices waited at the barrier again, so the hub jobs (resumed, not started anew) finished them.
+    assert_eq!(
+        kinds(&events, "hub_job_verified")[0]["detail"]["devices"],
+        25,
+        "{events:#?}"
+    );
+    assert_eq!(kinds(&events, "hub_job_fallback").len(), 0);
+    assert_eq!(registry_calls(&sim.calls()), 0, "no device went on its own");
+    assert!(hub_devices(&sim).iter().all(|d| d["status"] == "disabled"));
     app.stop().await;
     sim.shutdown().await;
 }
