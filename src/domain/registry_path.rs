@@ -136,8 +136,8 @@ pub fn choose(f: &HubFacts, requested: RegistryPath) -> RouteChoice {
     };
     RouteChoice {
         route,
-        per_device_secs: per_device.map(|d| round_secs(d)),
-        import_job_secs: import_job.map(|d| round_secs(d)),
+        per_device_secs: per_device.map(round_secs),
+        import_job_secs: import_job.map(round_secs),
         why,
     }
 }

@@ -152,7 +152,7 @@ enum Advance {
     /// A hub job is running (or another job holds the hub): look again after this long.
     Wait(Duration, Vec<NewEvent>),
     /// A transient failure: the step retries.
-    Retry(StepResult),
+    Retry(Box<StepResult>),
 }
 
 fn event(kind: &str, message: String, detail: Value) -> NewEvent {
@@ -163,13 +163,7 @@ fn event(kind: &str, message: String, detail: Value) -> NewEvent {
 }
 
 fn retry(msg: String) -> Advance {
-    Advance::Retry(
-        Outcome::Retry {
-            error: StepError::msg(msg),
-            retry_after: None,
-        }
-        .into(),
-    )
+    Advance::Retry(Box::new(retry_result(msg)))
 }
 
 /// Runs the `import_jobs` step once: the first run plans (one event with both estimates per hub), each
@@ -208,7 +202,7 @@ pub(super) async fn run(wf: &AzureWorkflow, job: &JobRecord) -> StepResult {
             Advance::Moved(events) => return keep(&progress, events),
             Advance::Wait(_, events) if !events.is_empty() => return keep(&progress, events),
             Advance::Wait(delay, _) => wait = Some(wait.map_or(delay, |w| w.min(delay))),
-            Advance::Retry(r) => return r,
+            Advance::Retry(r) => return *r,
         }
     }
     match wait {
@@ -554,7 +548,7 @@ enum Polled {
     Completed,
     /// Failed or cancelled, in words (the failure reason, which never carries a SAS).
     Failed(String),
-    Error(StepResult),
+    Error(Box<StepResult>),
 }
 
 async fn poll(hub: &HubClient, hub_job: &str) -> Polled {
@@ -572,7 +566,9 @@ async fn poll(hub: &HubClient, hub_job: &str) -> Polled {
                 .unwrap_or_default()
         )),
         Err(e) if e.is_not_found() => Polled::Failed("is no longer known to the hub".into()),
-        Err(e) => Polled::Error(from_azure(&format!("reading hub job {hub_job}"), &e).into()),
+        Err(e) => Polled::Error(Box::new(
+            from_azure(&format!("reading hub job {hub_job}"), &e).into(),
+        )),
     }
 }
 
@@ -609,14 +605,13 @@ async fn start(
     };
     // Blob names carry the job and the hub, so a job of this hub naming this blob is this run's.
     let adopted = match hub.list_jobs().await {
-        Ok(jobs) => jobs
-            .into_iter()
-            .filter(|j| {
-                j.kind == props.kind && job_blob(j).is_some() && job_blob(j) == job_blob(&props)
-            })
-            .next_back(),
+        Ok(jobs) => jobs.into_iter().rfind(|j| {
+            j.kind == props.kind && job_blob(j).is_some() && job_blob(j) == job_blob(&props)
+        }),
         Err(e) if e.is_retryable() => {
-            return Advance::Retry(from_azure(&format!("listing the jobs of {host}"), &e).into());
+            return Advance::Retry(Box::new(
+                from_azure(&format!("listing the jobs of {host}"), &e).into(),
+            ));
         }
         Err(_) => None,
     };
@@ -672,9 +667,9 @@ async fn start(
                 }
             }
         }
-        Err(e) if e.is_retryable() => {
-            Advance::Retry(from_azure(&format!("starting the {kind} job in {host}"), &e).into())
-        }
+        Err(e) if e.is_retryable() => Advance::Retry(Box::new(
+            from_azure(&format!("starting the {kind} job in {host}"), &e).into(),
+        )),
         Err(e) => {
             fall_back(
                 wf,
