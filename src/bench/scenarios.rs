@@ -1182,6 +1182,39 @@ fn span(events: &[Value], first: &str, last: &str) -> Option<f64> {
     Some((b - a).num_milliseconds() as f64 / 1000.0)
 }
 
+/// "export + selection a s, import b s, verification c s" from the hub-job events of one hub.
+fn phase_spans(events: &[Value]) -> String {
+    let at = |e: &Value| {
+        e["at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    let started: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "hub_job_started")
+        .filter_map(at)
+        .collect();
+    let ends: Vec<_> = [
+        "import_blob_written",
+        "hub_job_imported",
+        "hub_job_verified",
+    ]
+    .iter()
+    .map(|k| events.iter().find(|e| e["kind"] == *k).and_then(at))
+    .collect();
+    let names = ["export + selection", "import + error log", "verification"];
+    let mut parts = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        if let (Some(a), Some(Some(b))) = (started.get(i), ends.get(i)) {
+            parts.push(format!(
+                "{name} {:.1} s",
+                (*b - *a).num_milliseconds() as f64 / 1000.0
+            ));
+        }
+    }
+    parts.join(", ")
+}
+
 /// The import scenario: per action and store, the group job through the service with blob storage (the
 /// planner picks import jobs on S1); beside it the modelled job time (snapshot export + import +
 /// verification export at the simulated throughput, with the hub's queue) and the per-device lower bound.
@@ -1262,8 +1295,12 @@ async fn import_rows(ctx: &Ctx<'_>, env: &SimEnv) -> Vec<Row> {
                             .count(),
                         RegistryAction::Delete => h.device_count(),
                     });
+                    // Where the hub path's time went: each hub job from its start to the event that
+                    // ends its phase (the selection and the reads of the error log and the
+                    // verification export included).
+                    let phases = phase_spans(&run.events);
                     row.note = format!(
-                        "hub path {} vs modelled {modelled:.1} s ({}); {verified} verified by export, {left} not {} in the hub, {fallbacks} fallback(s); {} hub calls; per-device bound {} at Azure's own pace",
+                        "hub path {} vs modelled {modelled:.1} s ({}; {phases}); {verified} verified by export, {left} not {} in the hub, {fallbacks} fallback(s); {} hub calls; per-device bound {} at Azure's own pace",
                         path.map_or("?".into(), |p| format!("{p:.1} s")),
                         path.map_or("?".into(), |p| format!("{:.2} ×", p / modelled)),
                         action_name(action),

@@ -360,7 +360,11 @@ async fn a_hub_running_another_job_is_waited_for(db: TestDb) {
     let job = finished(&app, &id).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     let events = app.events(&id).await;
-    assert_eq!(kinds(&events, "hub_busy").len(), 1, "noted once, not per poll");
+    assert_eq!(
+        kinds(&events, "hub_busy").len(),
+        1,
+        "noted once, not per poll"
+    );
     assert_eq!(
         kinds(&events, "hub_job_verified")[0]["detail"]["devices"],
         30
