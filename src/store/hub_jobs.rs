@@ -10,6 +10,9 @@ use crate::domain::clock::Millis;
 /// Device ids per lookup or update: far below both engines' parameter limits.
 pub const DEVICE_BATCH: usize = 500;
 
+// The batch statements below look rows up by id and check `(state || '')`: an expression no index serves, so
+// neither SQLite nor PostgreSQL answers them by scanning every waiting item through the state index.
+
 /// `$first, $first+1, …` for `n` parameters.
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
@@ -31,19 +34,24 @@ impl Store {
         if device_ids.is_empty() {
             return Ok(Vec::new());
         }
+        // No state in the WHERE: with it, SQLite's planner may take the (job_id, state) index and scan the
+        // job's every item per batch (quadratic in the job's size); the state is checked here instead.
         let text = sql!(
-            "SELECT {ITEM_COLUMNS} FROM job_items WHERE job_id = $1 AND hub = $2 AND state = $3 AND device_id IN ({})",
-            placeholders(4, device_ids.len())
+            "SELECT {ITEM_COLUMNS} FROM job_items WHERE job_id = $1 AND hub = $2 AND device_id IN ({})",
+            placeholders(3, device_ids.len())
         );
-        let mut q = sqlx::query(text).bind(job_id).bind(hub).bind(state);
+        let mut q = sqlx::query(text).bind(job_id).bind(hub);
         for id in device_ids {
             q = q.bind(*id);
         }
-        q.fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(item_from_row)
-            .collect()
+        let mut items = Vec::with_capacity(device_ids.len());
+        for row in q.fetch_all(&self.pool).await? {
+            let item = item_from_row(&row)?;
+            if item.state.as_str() == state {
+                items.push(item);
+            }
+        }
+        Ok(items)
     }
 
     /// Marks waiting items (by id) as handled by hub job run `hub_job`, recording whether the job changes
@@ -64,7 +72,7 @@ impl Store {
         let mut total = 0;
         for chunk in item_ids.chunks(DEVICE_BATCH) {
             let text = sql!(
-                "UPDATE job_items SET hub_job = $1, updated_at = $2 WHERE state = 'waiting' AND id IN ({})",
+                "UPDATE job_items SET hub_job = $1, updated_at = $2 WHERE id IN ({}) AND (state || '') = 'waiting'",
                 placeholders(3, chunk.len())
             );
             let mut q = sqlx::query(text).bind(to).bind(now);
@@ -92,7 +100,7 @@ impl Store {
         for chunk in item_ids.chunks(DEVICE_BATCH) {
             let text = sql!(
                 "UPDATE job_items SET hub_job = $1, changed = $2, updated_at = $3 \
-                 WHERE state = 'waiting' AND id IN ({})",
+                 WHERE id IN ({}) AND (state || '') = 'waiting'",
                 placeholders(4, chunk.len())
             );
             let mut q = sqlx::query(text)
