@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::auth::{AuthError, Principal, Role};
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::extract::{ApiJson, ApiJsonOrDefault, ApiPath, ApiQuery};
 use super::views::{
     DevicePage, DeviceView, EventPage, EventView, JobPage, JobView, ListJobsQuery, PageQuery,
 };
@@ -628,13 +628,14 @@ pub struct UndoRequest {
     path = "/v1/deprovisions/{id}/undo",
     tag = "deprovisions",
     params(("id" = uuid::Uuid, Path, description = "Id of the job to undo (a UUID)")),
-    request_body = UndoRequest,
+    request_body(content = Option<UndoRequest>, description = "Optional: no body means every default"),
     responses(
         (status = 202, description = "The undo job, queued; `undo_of` names the job it undoes", body = JobView),
         (status = 400, description = "Not a job id, or not a JSON body", body = Problem, content_type = PROBLEM),
         (status = 403, description = "Undo needs the admin role", body = Problem, content_type = PROBLEM),
         (status = 404, description = "No such job", body = Problem, content_type = PROBLEM),
         (status = 409, description = "The job has not finished, is itself an undo, a later job on the same target exists (ask again with `force`), or another job is active for the target", body = Problem, content_type = PROBLEM),
+        (status = 415, description = "A body that is not JSON (no body at all means the defaults)", body = Problem, content_type = PROBLEM),
         (status = 422, description = "`restore_dps` or `registry_path` does not apply to this job", body = Problem, content_type = PROBLEM),
     )
 )]
@@ -642,7 +643,7 @@ pub async fn undo_deprovision(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<String>,
-    ApiJson(body): ApiJson<UndoRequest>,
+    ApiJsonOrDefault(body): ApiJsonOrDefault<UndoRequest>,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Admin, "undoing a job")?;
     let id = parse_job_id(&id)?;

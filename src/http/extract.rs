@@ -72,6 +72,33 @@ where
     }
 }
 
+/// [`ApiJson`] for a body whose every field has a default: a request without a body (no `Content-Type`, no
+/// bytes) stands for the defaults; any body must be JSON.
+#[derive(Debug)]
+pub struct ApiJsonOrDefault<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJsonOrDefault<T>
+where
+    T: serde::de::DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let headers = req.headers();
+        let no_type = headers.get(axum::http::header::CONTENT_TYPE).is_none();
+        let empty = headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0");
+        if no_type && empty && headers.get(axum::http::header::TRANSFER_ENCODING).is_none() {
+            return Ok(Self(T::default()));
+        }
+        ApiJson::from_request(req, state)
+            .await
+            .map(|ApiJson(t)| Self(t))
+    }
+}
+
 /// `application/json` or any `+json` type, parameters ignored (what `axum::Json` accepts).
 fn is_json(headers: &axum::http::HeaderMap) -> bool {
     let Some(ct) = headers

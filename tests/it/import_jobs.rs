@@ -533,9 +533,13 @@ async fn a_delete_by_import_is_undone_from_the_snapshot_with_the_keys(db: TestDb
         .post(&format!("/v1/deprovisions/{id}/undo"), &json!({"bogus": 1}))
         .await;
     assert_eq!(r.status(), 422);
+    // No body at all means the defaults.
     let r = app
-        .post(&format!("/v1/deprovisions/{id}/undo"), &json!({}))
-        .await;
+        .http
+        .post(app.url(&format!("/v1/deprovisions/{id}/undo")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let undo: Value = r.json().await.unwrap();
     let undo_id = undo["id"].as_str().unwrap().to_string();
