@@ -124,12 +124,7 @@ pub async fn create_deprovision(
                     .register_callback(&view.id, "http", &url, "api", state.clock.now_ms())
                     .await?;
             }
-            let location = format!("/v1/deprovisions/{}", view.id);
-            let mut resp = (StatusCode::ACCEPTED, ApiJson(view)).into_response();
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            resp
+            accepted(view)
         }
     })
 }
@@ -740,12 +735,17 @@ pub async fn undo_deprovision(
         Created::New(j) | Created::Replayed(j) => job_view(&state.store, &j).await?,
     };
     state.waker.wake();
+    Ok(accepted(view))
+}
+
+/// `202 Accepted` with the new job and its `Location`.
+fn accepted(view: JobView) -> Response {
     let location = format!("/v1/deprovisions/{}", view.id);
     let mut resp = (StatusCode::ACCEPTED, ApiJson(view)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    Ok(resp)
+    resp
 }
 
 /// Serde-level and rule-level checks, plus the leaf certificate's CN.
