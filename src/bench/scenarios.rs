@@ -610,20 +610,13 @@ async fn registry_rows(ctx: &Ctx<'_>, env: &SimEnv, full: bool) -> Vec<Row> {
             group.push(naive_row(ctx, env, action).await);
         }
         if let Some(b) = bound {
-            group.push(Row {
-                scenario: scenario.into(),
-                store: "-".into(),
-                runner: "lower bound".into(),
-                action: action_name(action).into(),
+            group.push(bound_row(
+                scenario,
+                action,
                 devices,
-                outcome: "computed".into(),
-                wall_s: Some(b),
-                lower_bound_s: Some(b),
-                ops_per_device: Some(cost::ops_per_device(action)),
-                devices_per_s: (b > 0.0).then(|| devices as f64 / b),
-                note: "(operations − burst) / rate".into(),
-                ..Row::default()
-            });
+                b,
+                "(operations − burst) / rate",
+            ));
         }
         let naive_wall = group
             .iter()
@@ -648,6 +641,30 @@ async fn registry_rows(ctx: &Ctx<'_>, env: &SimEnv, full: bool) -> Vec<Row> {
         rows.extend(group);
     }
     rows
+}
+
+/// The quota's lower bound for `devices` devices as a table row.
+fn bound_row(
+    scenario: &str,
+    action: RegistryAction,
+    devices: usize,
+    bound: f64,
+    note: &str,
+) -> Row {
+    Row {
+        scenario: scenario.into(),
+        store: "-".into(),
+        runner: "lower bound".into(),
+        action: action_name(action).into(),
+        devices,
+        outcome: "computed".into(),
+        wall_s: Some(bound),
+        lower_bound_s: Some(bound),
+        ops_per_device: Some(cost::ops_per_device(action)),
+        devices_per_s: (bound > 0.0).then(|| devices as f64 / bound),
+        note: note.into(),
+        ..Row::default()
+    }
 }
 
 /// `devices` is how many devices the run got through: the whole group, or those done when it timed out.
@@ -1329,20 +1346,8 @@ async fn import_rows(ctx: &Ctx<'_>, env: &SimEnv) -> Vec<Row> {
             ..Row::default()
         });
         if let Some(b) = bound {
-            rows.push(Row {
-                scenario: scenario.into(),
-                store: "-".into(),
-                runner: "lower bound".into(),
-                action: action_name(action).into(),
-                devices,
-                outcome: "computed".into(),
-                wall_s: Some(b),
-                lower_bound_s: Some(b),
-                ops_per_device: Some(cost::ops_per_device(action)),
-                devices_per_s: (b > 0.0).then(|| n / b),
-                note: "device by device: (operations − burst) / rate".into(),
-                ..Row::default()
-            });
+            let note = "device by device: (operations − burst) / rate";
+            rows.push(bound_row(scenario, action, devices, b, note));
         }
     }
     rows

@@ -442,6 +442,17 @@ async fn advance(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun) -> Advan
         )
         .await;
     };
+    // A hub job still running needs no blob: its status is read before the container is opened (which, for a
+    // minted container, mints a SAS and asks the Blob service to create it), so polls cost one GET each.
+    let mut polled = match &run.phase {
+        Phase::Exporting { hub_job }
+        | Phase::Importing { hub_job, .. }
+        | Phase::Verifying { hub_job, .. } => Some(poll(hub, hub_job).await),
+        _ => None,
+    };
+    if matches!(polled, Some(Polled::Running)) {
+        return Advance::Wait(wf.clients.jobs_poll_interval(), Vec::new());
+    }
     let source = source_job(job).to_string();
     let container = match container(wf, &source, &host).await {
         Ok(c) => c,
@@ -482,7 +493,7 @@ async fn advance(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun) -> Advan
             )
             .await
         }
-        Phase::Exporting { hub_job } => match poll(hub, &hub_job).await {
+        Phase::Exporting { hub_job } => match polled.take().unwrap_or(Polled::Running) {
             Polled::Running => Advance::Wait(wf.clients.jobs_poll_interval(), Vec::new()),
             Polled::Failed(why) => {
                 fall_back(wf, job, run, &format!("its export job {hub_job} {why}")).await
@@ -509,7 +520,7 @@ async fn advance(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun) -> Advan
             let next = |hub_job| Phase::Verifying { import, hub_job };
             start(wf, job, run, hub, props, next, detail).await
         }
-        Phase::Importing { hub_job, written } => match poll(hub, &hub_job).await {
+        Phase::Importing { hub_job, written } => match polled.take().unwrap_or(Polled::Running) {
             Polled::Running => Advance::Wait(wf.clients.jobs_poll_interval(), Vec::new()),
             Polled::Failed(why) => {
                 fall_back(wf, job, run, &format!("its import job {hub_job} {why}")).await
@@ -517,7 +528,7 @@ async fn advance(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun) -> Advan
             Polled::Error(r) => Advance::Retry(r),
             Polled::Completed => imported(wf, job, run, &container, hub_job, written).await,
         },
-        Phase::Verifying { import, hub_job } => match poll(hub, &hub_job).await {
+        Phase::Verifying { import, hub_job } => match polled.take().unwrap_or(Polled::Running) {
             Polled::Running => Advance::Wait(wf.clients.jobs_poll_interval(), Vec::new()),
             Polled::Failed(why) => fall_back(
                 wf,
