@@ -9,6 +9,7 @@
 //! (Put Block List); [`BlobLines`] reads ranges (Get Blob with `x-ms-range`, each after the first
 //! conditioned on the first one's ETag) and yields lines.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, BoxStream, Stream, StreamExt};
 use http::{HeaderMap, Method, StatusCode};
+use tokio::task::JoinHandle;
 use url::Url;
 
 use super::secret::Secret;
@@ -35,6 +37,15 @@ pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_BLOCKS: usize = 50_000;
 /// Whole-request timeout of one blob call (one block or one range, not one blob).
 pub const DEFAULT_BLOB_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Blocks one [`BlobWriter`] has on their way to the service while the caller goes on writing: the
+/// caller's work and the uploads overlap, and memory stays at a few blocks.
+pub const BLOCKS_IN_FLIGHT: usize = 2;
+
+/// Times one blob call is sent before a missing answer (no connection, a reset, a timeout) is an error.
+pub const TRANSPORT_ATTEMPTS: u32 = 3;
+
+/// One ranged Get Blob's answer: the bytes, the blob's size and its ETag.
+type Range = (Bytes, Option<u64>, Option<String>);
 
 /// A failed blob operation: which one, on which blob, and what the Blob service answered.
 /// Never holds the SAS.
@@ -159,6 +170,26 @@ pub fn redact_sas(url: &str) -> String {
         .collect();
     parsed.query_pairs_mut().clear().extend_pairs(pairs);
     parsed.into()
+}
+
+/// `text` with the value of every `sig=` in it replaced by `***`: for messages that may quote a SAS URL
+/// somewhere inside (a hub job's failure reason is the hub's words, not ours).
+pub fn redact_sas_in_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.to_ascii_lowercase().find("sig=") {
+        let value = at + "sig=".len();
+        out.push_str(&rest[..value]);
+        let end = rest[value..]
+            .find(|c: char| c == '&' || c.is_whitespace() || "()<>\"',;".contains(c))
+            .map_or(rest.len(), |i| value + i);
+        if end > value {
+            out.push_str("***");
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A blob container addressed by a SAS URL. `Debug` and `Display` redact the signature.
@@ -344,23 +375,39 @@ impl BlobContainerClient {
         body: Option<Bytes>,
     ) -> Result<reqwest::Response, BlobError> {
         let url = self.container.request_url(blob, extra_query)?;
-        let mut request = self
-            .http
-            .request(method, url)
-            .headers(headers)
-            .header("x-ms-version", BLOB_SERVICE_VERSION);
-        if let Some(body) = body {
-            // The Blob service answers 411 to a PUT without Content-Length, which the HTTP client
-            // leaves out for an empty body (an empty importErrors.log, an empty import).
-            request = request
-                .header(http::header::CONTENT_LENGTH, body.len())
-                .body(body);
-        }
-        let response = request.send().await.map_err(|e| BlobError::Transport {
-            operation,
-            blob: self.container.label(blob),
-            message: error_chain(&e.without_url()),
-        })?;
+        // Every call of this client is idempotent (ranged reads, blocks by id, whole-blob puts, deletes), so
+        // one that got no answer is sent again before it fails: a pooled connection the service closed
+        // while idle is reset when reused, and the step retrying would start its whole blob over.
+        let mut attempt = 1;
+        let response = loop {
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone())
+                .header("x-ms-version", BLOB_SERVICE_VERSION);
+            if let Some(body) = &body {
+                // The Blob service answers 411 to a PUT without Content-Length, which the HTTP client
+                // leaves out for an empty body (an empty importErrors.log, an empty import).
+                request = request
+                    .header(http::header::CONTENT_LENGTH, body.len())
+                    .body(body.clone());
+            }
+            match request.send().await {
+                Ok(response) => break response,
+                Err(e) if attempt < TRANSPORT_ATTEMPTS => {
+                    tracing::debug!(operation, blob, attempt, error = %error_chain(&e.without_url()), "blob call got no answer; sending it again");
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(BlobError::Transport {
+                        operation,
+                        blob: self.container.label(blob),
+                        message: error_chain(&e.without_url()),
+                    });
+                }
+            }
+        };
         let status = response.status();
         tracing::debug!(
             container = %self.container.container_url(),
@@ -464,6 +511,7 @@ impl BlobContainerClient {
             block_size: DEFAULT_BLOCK_SIZE,
             buf: BytesMut::new(),
             block_ids: Vec::new(),
+            in_flight: VecDeque::new(),
             lines: 0,
             bytes: 0,
         }
@@ -494,6 +542,7 @@ impl BlobContainerClient {
             etag: None,
             buf: BytesMut::new(),
             eof: false,
+            ahead: None,
         }
     }
 
@@ -510,7 +559,7 @@ impl BlobContainerClient {
         start: u64,
         len: u64,
         if_match: Option<&str>,
-    ) -> Result<(Bytes, Option<u64>, Option<String>), BlobError> {
+    ) -> Result<Range, BlobError> {
         let mut headers = HeaderMap::new();
         let range = format!("bytes={start}-{}", start + len.max(1) - 1);
         headers.insert(
@@ -565,8 +614,9 @@ impl BlobContainerClient {
 
 /// Uploads one blob line by line: buffered up to the block size, each full block staged with Put
 /// Block, [`BlobWriter::finish`] commits them with Put Block List (a blob smaller than one block goes
-/// up in one Put Blob). Until `finish` the blob is unchanged; a writer dropped unfinished leaves only
-/// uncommitted blocks, which the service discards.
+/// up in one Put Blob). Up to [`BLOCKS_IN_FLIGHT`] blocks upload in the background while lines are
+/// written; a failed one is reported by a later write or by `finish`. Until `finish` the blob is
+/// unchanged; a writer dropped unfinished leaves only uncommitted blocks, which the service discards.
 #[derive(Debug)]
 pub struct BlobWriter {
     client: BlobContainerClient,
@@ -574,8 +624,32 @@ pub struct BlobWriter {
     block_size: usize,
     buf: BytesMut,
     block_ids: Vec<String>,
+    in_flight: VecDeque<JoinHandle<Result<(), BlobError>>>,
     lines: u64,
     bytes: u64,
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        for upload in &self.in_flight {
+            upload.abort();
+        }
+    }
+}
+
+/// A background request's error, or its task's end (a panic or an abort) as a transport failure.
+fn joined<T>(
+    r: Result<Result<T, BlobError>, tokio::task::JoinError>,
+    operation: &'static str,
+    blob: impl FnOnce() -> String,
+) -> Result<T, BlobError> {
+    r.unwrap_or_else(|e| {
+        Err(BlobError::Transport {
+            operation,
+            blob: blob(),
+            message: format!("the request's task ended: {e}"),
+        })
+    })
 }
 
 impl BlobWriter {
@@ -615,20 +689,38 @@ impl BlobWriter {
                 ),
             });
         }
-        // The ids of one blob's blocks must all have the same length before base64.
+        while self.in_flight.len() >= BLOCKS_IN_FLIGHT {
+            self.settle_oldest().await?;
+        }
+        // The ids of one blob's blocks must all have the same length before base64; the list committed
+        // is in the order blocks were cut, whatever order their uploads end in.
         let id = B64.encode(format!("deprovisiond-{:010}", self.block_ids.len()));
-        self.client
-            .send(
-                "Put Block",
-                &self.blob,
-                Method::PUT,
-                &[("comp", "block"), ("blockid", &id)],
-                HeaderMap::new(),
-                Some(block),
-            )
-            .await?;
-        self.block_ids.push(id);
+        self.block_ids.push(id.clone());
+        let (client, blob) = (self.client.clone(), self.blob.clone());
+        self.in_flight.push_back(tokio::spawn(async move {
+            client
+                .send(
+                    "Put Block",
+                    &blob,
+                    Method::PUT,
+                    &[("comp", "block"), ("blockid", &id)],
+                    HeaderMap::new(),
+                    Some(block),
+                )
+                .await
+                .map(drop)
+        }));
         Ok(())
+    }
+
+    /// Waits for the oldest block upload still under way.
+    async fn settle_oldest(&mut self) -> Result<(), BlobError> {
+        let Some(upload) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        joined(upload.await, "Put Block", || {
+            self.client.container.label(&self.blob)
+        })
     }
 
     /// Commits everything written; an empty blob when nothing was.
@@ -656,6 +748,9 @@ impl BlobWriter {
             if !self.buf.is_empty() {
                 let rest = self.buf.split().freeze();
                 self.stage(rest).await?;
+            }
+            while !self.in_flight.is_empty() {
+                self.settle_oldest().await?;
             }
             let mut xml = String::from(r#"<?xml version="1.0" encoding="utf-8"?><BlockList>"#);
             for id in &self.block_ids {
@@ -689,9 +784,10 @@ impl BlobWriter {
     }
 }
 
-/// Reads one blob line by line, one ranged Get Blob at a time, so memory stays at one range plus one
-/// line. Lines come without their `\n` / `\r\n`; invalid UTF-8 is replaced, not fatal (the caller
-/// parses each line and reports the bad one).
+/// Reads one blob line by line in ranged Get Blobs, the next range asked for while the caller works
+/// through the current one, so memory stays at two ranges plus one line. Lines come without their
+/// `\n` / `\r\n`; invalid UTF-8 is replaced, not fatal (the caller parses each line and reports the bad
+/// one).
 #[derive(Debug)]
 pub struct BlobLines {
     client: BlobContainerClient,
@@ -702,6 +798,16 @@ pub struct BlobLines {
     etag: Option<String>,
     buf: BytesMut,
     eof: bool,
+    /// The next range, already asked for.
+    ahead: Option<JoinHandle<Result<Range, BlobError>>>,
+}
+
+impl Drop for BlobLines {
+    fn drop(&mut self) {
+        if let Some(read) = &self.ahead {
+            read.abort();
+        }
+    }
 }
 
 impl BlobLines {
@@ -736,10 +842,16 @@ impl BlobLines {
                 let line = self.buf.split();
                 return Ok(Some(line_text(&line)));
             }
-            let (bytes, size, etag) = self
-                .client
-                .get_range(&self.blob, self.offset, self.range, self.etag.as_deref())
-                .await?;
+            let (bytes, size, etag) = match self.ahead.take() {
+                Some(read) => joined(read.await, "Get Blob", || {
+                    self.client.container.label(&self.blob)
+                })?,
+                None => {
+                    self.client
+                        .get_range(&self.blob, self.offset, self.range, self.etag.as_deref())
+                        .await?
+                }
+            };
             if self.etag.is_none() {
                 self.etag = etag;
             }
@@ -749,7 +861,21 @@ impl BlobLines {
                 self.eof = true;
             }
             self.buf.extend_from_slice(&bytes);
+            self.read_ahead();
         }
+    }
+
+    /// Asks for the range after the bytes received, unless the blob ended. Only once the first answer
+    /// gave the ETag: every later range is pinned to that version of the blob.
+    fn read_ahead(&mut self) {
+        if self.eof || self.ahead.is_some() || self.etag.is_none() {
+            return;
+        }
+        let (client, blob, etag) = (self.client.clone(), self.blob.clone(), self.etag.clone());
+        let (start, len) = (self.offset, self.range);
+        self.ahead = Some(tokio::spawn(async move {
+            client.get_range(&blob, start, len, etag.as_deref()).await
+        }));
     }
 
     /// The remaining lines as a stream.
@@ -796,6 +922,21 @@ mod tests {
     use super::*;
 
     const AZURE: &str = "https://acct.blob.core.windows.net/jobs?sv=2021-08-06&sr=c&sp=rwl&se=2030-01-01T00%3A00%3A00Z&sig=abc%2Bdef%3D";
+
+    #[test]
+    fn a_sas_quoted_in_a_message_is_redacted_wherever_it_stands() {
+        let text = format!(
+            "Cannot read blob (url ({AZURE})): reset; again SIG=xyz&sp=r and sig= at the end sig=q"
+        );
+        let red = redact_sas_in_text(&text);
+        assert!(!red.contains("abc%2Bdef"), "{red}");
+        assert!(!red.contains("xyz") && !red.ends_with("sig=q"), "{red}");
+        assert!(
+            red.contains("sig=***)): reset; again SIG=***&sp=r and sig= at the end sig=***"),
+            "{red}"
+        );
+        assert_eq!(redact_sas_in_text("no secret here"), "no secret here");
+    }
 
     #[test]
     fn sas_url_is_parsed_and_its_signature_hidden() {

@@ -1232,6 +1232,48 @@ fn phase_spans(events: &[Value]) -> String {
     parts.join(", ")
 }
 
+/// "selection: waiting for lines a s, database b s, blob writes c s; verification: …" from the `spent` the
+/// two passes over an export record in their events.
+fn pass_spans(events: &[Value]) -> String {
+    let secs = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0) as f64 / 1000.0;
+    [
+        ("selection", "import_blob_written"),
+        ("verification", "hub_job_verification_read"),
+    ]
+    .iter()
+    .filter_map(|(name, kind)| {
+        let spent = &events.iter().find(|e| e["kind"] == *kind)?["detail"]["spent"];
+        Some(format!(
+            "{name}: waiting for lines {:.1} s, database {:.1} s, blob writes {:.1} s",
+            secs(spent, "reading_ms"),
+            secs(spent, "database_ms"),
+            secs(spent, "writing_ms")
+        ))
+    })
+    .collect::<Vec<_>>()
+    .join("; ")
+}
+
+/// "hub jobs ran a + b + c = t s" from the simulator's own record of the run's jobs (creation to end, the
+/// queue included): what the hub path took beyond it is the service's own reading, writing and bookkeeping.
+fn hub_job_seconds(jobs: &[azure_iot_sim::jobs::JobProperties]) -> String {
+    let at = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    let secs: Vec<f64> = jobs
+        .iter()
+        .filter_map(|j| Some((at(&j.end_time_utc)? - at(&j.start_time_utc)?).num_milliseconds()))
+        .map(|ms| ms as f64 / 1000.0)
+        .collect();
+    let parts: Vec<String> = secs.iter().map(|s| format!("{s:.1}")).collect();
+    format!(
+        "hub jobs ran {} = {:.1} s",
+        parts.join(" + "),
+        secs.iter().sum::<f64>()
+    )
+}
+
 /// The import scenario: per action and store, the group job through the service with blob storage (the
 /// planner picks import jobs on S1); beside it the modelled job time (snapshot export + import +
 /// verification export at the simulated throughput, with the hub's queue) and the per-device lower bound.
@@ -1316,8 +1358,10 @@ async fn import_rows(ctx: &Ctx<'_>, env: &SimEnv) -> Vec<Row> {
                     // ends its phase (the selection and the reads of the error log and the
                     // verification export included).
                     let phases = phase_spans(&run.events);
+                    let jobs_ran = hub_job_seconds(&env.sim.handle().0.jobs.list(HUB));
+                    let passes = pass_spans(&run.events);
                     row.note = format!(
-                        "hub path {} vs modelled {modelled:.1} s ({}; {phases}); {verified} verified by export, {left} not {} in the hub, {fallbacks} fallback(s); {} hub calls; per-device bound {} at Azure's own pace",
+                        "hub path {} vs modelled {modelled:.1} s ({}; {phases}; {jobs_ran}; {passes}); {verified} verified by export, {left} not {} in the hub, {fallbacks} fallback(s); {} hub calls; per-device bound {} at Azure's own pace",
                         path.map_or("?".into(), |p| format!("{p:.1} s")),
                         path.map_or("?".into(), |p| format!("{:.2} ×", p / modelled)),
                         action_name(action),

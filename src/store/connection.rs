@@ -146,6 +146,24 @@ impl Store {
         Ok(sqlx::query_scalar(sql).fetch_one(&self.pool).await?)
     }
 
+    /// The strings of the JSON array bound as parameter `$n`, as a subquery for `IN`: one parameter
+    /// carries a batch of thousands (no engine's parameter limit applies, and binding one text is cheap).
+    pub(super) fn text_list(&self, n: usize) -> String {
+        match self.backend {
+            Backend::Postgres => format!("(SELECT jsonb_array_elements_text(${n}::jsonb))"),
+            Backend::Sqlite => format!("(SELECT value FROM json_each(${n}))"),
+        }
+    }
+
+    /// An aggregate joining `expr` of every row into one text, one per line: a batch lookup answers one
+    /// row instead of thousands (each row costs more than its bytes on the way out of the driver).
+    pub(super) fn lines_of(&self, expr: &str) -> String {
+        match self.backend {
+            Backend::Postgres => format!("string_agg({expr}, E'\\n')"),
+            Backend::Sqlite => format!("group_concat({expr}, char(10))"),
+        }
+    }
+
     pub(super) fn lock_clause(&self) -> &'static str {
         match self.backend {
             // Replicas skip rows another replica is claiming instead of waiting for it.

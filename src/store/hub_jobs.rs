@@ -1,118 +1,199 @@
 //! Devices handled by a hub's import job: found by device id a batch of export lines at a time, marked
 //! with the import job that writes them, unmarked when they fall back to their own registry step, and
-//! finished together once the verification export showed them disabled or gone.
+//! finished once the verification export showed them disabled or gone.
+//!
+//! A batch of device ids travels as one parameter, a JSON array of strings ([`Store::text_list`]): binding
+//! thousands of parameters one by one costs more than the statement itself.
+
+use std::collections::HashSet;
 
 use sqlx::Row;
 
-use super::{ItemRecord, Result, Store, rows::ITEM_COLUMNS, rows::item_from_row};
+use super::{
+    HubItem, ItemRecord, Result, Store,
+    rows::{ITEM_COLUMNS, item_from_row, opt_json},
+};
 use crate::domain::clock::Millis;
 
-/// Device ids per lookup or update: far below both engines' parameter limits.
-pub const DEVICE_BATCH: usize = 500;
+/// Device ids per lookup or update.
+pub const DEVICE_BATCH: usize = 2_000;
 
-// The batch statements below look rows up by id and check `(state || '')`: an expression no index serves, so
-// neither SQLite nor PostgreSQL answers them by scanning every waiting item through the state index.
+// The batch statements below check `(state || '')`: an expression no index serves, so neither SQLite nor
+// PostgreSQL answers them by scanning every waiting item through a state index instead of the
+// (job_id, hub, device_id) one.
 
-/// `$first, $first+1, …` for `n` parameters.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(",")
+fn json_list(device_ids: &[&str]) -> String {
+    // Invariant: a list of strings always serialises.
+    serde_json::to_string(device_ids).expect("strings serialise")
 }
 
 impl Store {
-    /// The job's items on `hub` whose device ids are among `device_ids` (at most [`DEVICE_BATCH`]) and
-    /// that are still in `state`.
-    pub async fn items_by_device(
+    /// The job's waiting items on `hub` whose device ids are among `device_ids`: only what a hub job's
+    /// bookkeeping needs of them.
+    pub async fn waiting_on_hub(
         &self,
         job_id: &str,
         hub: &str,
-        state: &str,
         device_ids: &[&str],
-    ) -> Result<Vec<ItemRecord>> {
+    ) -> Result<Vec<HubItem>> {
         if device_ids.is_empty() {
             return Ok(Vec::new());
         }
-        // No state in the WHERE: with it, SQLite's planner may take the (job_id, state) index and scan the
-        // job's every item per batch (quadratic in the job's size); the state is checked here instead.
         let text = sql!(
-            "SELECT {ITEM_COLUMNS} FROM job_items WHERE job_id = $1 AND hub = $2 AND device_id IN ({})",
-            placeholders(3, device_ids.len())
+            "SELECT id, device_id, registration_id, hub_job, data_json FROM job_items \
+             WHERE job_id = $1 AND hub = $2 AND device_id IN {} AND (state || '') = 'waiting'",
+            self.text_list(3)
         );
-        let mut q = sqlx::query(text).bind(job_id).bind(hub);
-        for id in device_ids {
-            q = q.bind(*id);
-        }
-        let mut items = Vec::with_capacity(device_ids.len());
-        for row in q.fetch_all(&self.pool).await? {
-            let item = item_from_row(&row)?;
-            if item.state.as_str() == state {
-                items.push(item);
-            }
-        }
-        Ok(items)
+        sqlx::query(text)
+            .bind(job_id)
+            .bind(hub)
+            .bind(json_list(device_ids))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(HubItem {
+                    id: row.try_get("id")?,
+                    device_id: row.try_get("device_id")?,
+                    registration_id: row.try_get("registration_id")?,
+                    hub_job: row.try_get("hub_job")?,
+                    data: opt_json(row, "data_json")?,
+                })
+            })
+            .collect()
     }
 
-    /// Marks waiting items (by id) as handled by hub job run `hub_job`, recording whether the job changes
-    /// them. Returns how many rows changed.
-    pub async fn mark_hub_job(
+    /// Which of `device_ids` are waiting items of the job on `hub`: one row back, whatever the batch's
+    /// size (device ids hold no line break).
+    pub async fn waiting_devices(
         &self,
-        item_ids: &[&str],
+        job_id: &str,
+        hub: &str,
+        device_ids: &[&str],
+    ) -> Result<HashSet<String>> {
+        if device_ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let text = sql!(
+            "SELECT {} AS ids FROM job_items \
+             WHERE job_id = $1 AND hub = $2 AND device_id IN {} AND (state || '') = 'waiting'",
+            self.lines_of("device_id"),
+            self.text_list(3)
+        );
+        let joined: Option<String> = sqlx::query(text)
+            .bind(job_id)
+            .bind(hub)
+            .bind(json_list(device_ids))
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("ids")?;
+        Ok(joined
+            .as_deref()
+            .unwrap_or_default()
+            .split('\n')
+            .filter(|id| !id.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Marks the job's waiting items on `hub` whose device ids are among `device_ids` as handled by hub job
+    /// run `hub_job`, recording whether the job changes them. Returns how many.
+    pub async fn mark_hub_devices(
+        &self,
+        job_id: &str,
+        hub: &str,
         hub_job: &str,
         changed: bool,
+        device_ids: &[&str],
         now: Millis,
     ) -> Result<u64> {
-        self.set_hub_job(item_ids, Some(hub_job), Some(changed), now)
-            .await
-    }
-
-    /// Moves waiting items (by id) to mark `to`, keeping whether the job changed them.
-    pub async fn relabel_hub_job(&self, item_ids: &[&str], to: &str, now: Millis) -> Result<u64> {
-        let mut total = 0;
-        for chunk in item_ids.chunks(DEVICE_BATCH) {
-            let text = sql!(
-                "UPDATE job_items SET hub_job = $1, updated_at = $2 WHERE id IN ({}) AND (state || '') = 'waiting'",
-                placeholders(3, chunk.len())
-            );
-            let mut q = sqlx::query(text).bind(to).bind(now);
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            total += q.execute(&self.pool).await?.rows_affected();
+        if device_ids.is_empty() {
+            return Ok(0);
         }
-        Ok(total)
+        let text = sql!(
+            "UPDATE job_items SET hub_job = $3, changed = $4, updated_at = $5 \
+             WHERE job_id = $1 AND hub = $2 AND device_id IN {} AND (state || '') = 'waiting'",
+            self.text_list(6)
+        );
+        let r = sqlx::query(text)
+            .bind(job_id)
+            .bind(hub)
+            .bind(hub_job)
+            .bind(i64::from(changed))
+            .bind(now)
+            .bind(json_list(device_ids))
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
     }
 
-    /// Gives waiting items (by id) back to their own registry step: their hub job did not settle them.
-    pub async fn unmark_hub_job(&self, item_ids: &[&str], now: Millis) -> Result<u64> {
-        self.set_hub_job(item_ids, None, None, now).await
-    }
-
-    async fn set_hub_job(
+    /// Moves the job's waiting items on `hub` marked `from` whose device ids are among `device_ids` to mark
+    /// `to` (`None`: back to their own registry step, their `changed` forgotten). Returns how many.
+    pub async fn move_hub_devices(
         &self,
-        item_ids: &[&str],
-        hub_job: Option<&str>,
-        changed: Option<bool>,
+        job_id: &str,
+        hub: &str,
+        from: &str,
+        to: Option<&str>,
+        device_ids: &[&str],
         now: Millis,
     ) -> Result<u64> {
-        let mut total = 0;
-        for chunk in item_ids.chunks(DEVICE_BATCH) {
-            let text = sql!(
-                "UPDATE job_items SET hub_job = $1, changed = $2, updated_at = $3 \
-                 WHERE id IN ({}) AND (state || '') = 'waiting'",
-                placeholders(4, chunk.len())
-            );
-            let mut q = sqlx::query(text)
-                .bind(hub_job.map(str::to_string))
-                .bind(changed.map(i64::from))
-                .bind(now);
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            total += q.execute(&self.pool).await?.rows_affected();
+        if device_ids.is_empty() {
+            return Ok(0);
         }
-        Ok(total)
+        let text = sql!(
+            "UPDATE job_items SET hub_job = $4, changed = CASE WHEN $4 IS NULL THEN NULL ELSE changed END, \
+             updated_at = $5 WHERE job_id = $1 AND hub = $2 AND device_id IN {} AND hub_job = $3 \
+             AND (state || '') = 'waiting'",
+            self.text_list(6)
+        );
+        let r = sqlx::query(text)
+            .bind(job_id)
+            .bind(hub)
+            .bind(from)
+            .bind(to.map(str::to_string))
+            .bind(now)
+            .bind(json_list(device_ids))
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Finishes the job's waiting items on `hub` marked `from` whose device ids are among `device_ids`: their
+    /// device steps are done, and they keep `hub_job` (the import job that wrote them) as their mark.
+    /// Returns how many. (PostgreSQL's kept counts grow a row per statement: [`Store::fold_item_counts`]
+    /// once the batches are over.)
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_hub_devices(
+        &self,
+        job_id: &str,
+        hub: &str,
+        from: &str,
+        hub_job: &str,
+        step_count: usize,
+        device_ids: &[&str],
+        now: Millis,
+    ) -> Result<u64> {
+        if device_ids.is_empty() {
+            return Ok(0);
+        }
+        let text = sql!(
+            "UPDATE job_items SET state = 'succeeded', hub_job = $4, step_index = $5, attempt = 0, \
+             next_run_at = $6, updated_at = $6, finished_at = $6 \
+             WHERE job_id = $1 AND hub = $2 AND device_id IN {} AND hub_job = $3 AND (state || '') = 'waiting'",
+            self.text_list(7)
+        );
+        let r = sqlx::query(text)
+            .bind(job_id)
+            .bind(hub)
+            .bind(from)
+            .bind(hub_job)
+            .bind(step_count as i64)
+            .bind(now)
+            .bind(json_list(device_ids))
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
     }
 
     /// Moves every waiting item of the job on `hub` marked `from` to mark `to` (`None`: back to its own

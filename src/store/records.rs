@@ -91,6 +91,21 @@ impl JobRecord {
     }
 }
 
+/// What a hub job's bookkeeping reads of a waiting item: found by device id in an export or error log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubItem {
+    /// Item id.
+    pub id: String,
+    /// Device id in the hub.
+    pub device_id: String,
+    /// DPS registration id (what events name).
+    pub registration_id: String,
+    /// The hub job run that handles it, if any.
+    pub hub_job: Option<String>,
+    /// Workflow data for the item.
+    pub data: Option<Value>,
+}
+
 /// A stored device item.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ItemRecord {

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 use super::AzureWorkflow;
 use super::outcome::from_azure;
@@ -29,7 +30,7 @@ use crate::azure::models::{ImportErrorLine, JobProperties, JobStatus, JobType};
 use crate::domain::job::RegistryAction;
 use crate::domain::lane::{Outcome, StepError};
 use crate::domain::registry_path::{HubFacts, HubRoute, RegistryPath, choose};
-use crate::store::{DEVICE_BATCH, ItemRecord, JobRecord, NewEvent, StepEffects};
+use crate::store::{DEVICE_BATCH, HubItem, JobRecord, NewEvent, StepEffects};
 use crate::worker::StepResult;
 
 /// What an import writes, by job.
@@ -693,26 +694,98 @@ async fn start(
     }
 }
 
-/// Lines of an export or error log, a batch at a time.
-/// Lines that are not JSON are counted in `dropped`: they name no device that could be matched, so a
-/// verification that met any does not count unlisted devices as gone.
-async fn next_batch(
-    reader: &mut crate::azure::blob::BlobLines,
-    batch: &mut Vec<Value>,
-    dropped: &mut u64,
-) -> Result<bool, BlobError> {
-    batch.clear();
-    while batch.len() < DEVICE_BATCH {
-        match reader.next_line().await? {
-            None => return Ok(!batch.is_empty()),
-            Some(line) if line.trim().is_empty() => {}
-            Some(line) => match serde_json::from_str::<Value>(&line) {
-                Ok(v) => batch.push(v),
-                Err(_) => *dropped += 1,
-            },
-        }
+/// Lines of an export or error log, read and parsed a batch at a time by a task of its own that stays up
+/// to two batches ahead, so the Blob service's answers and the parsing overlap the caller's database work.
+/// Lines that are not JSON are counted in [`LineBatch::dropped`]: they name no device that could be
+/// matched, so a verification that met any does not count unlisted devices as gone.
+struct LineBatches {
+    batches: mpsc::Receiver<Result<LineBatch, BlobError>>,
+    reading: tokio::task::JoinHandle<()>,
+}
+
+/// Where a pass over a blob spent its wall time, for its event: waiting for lines (the Blob service and the
+/// parsing), in the database, and handing lines to the blob writers (their uploads, when two are under way).
+#[derive(Default)]
+struct Spent {
+    reading: Duration,
+    database: Duration,
+    writing: Duration,
+}
+
+impl Spent {
+    /// Runs `f`, adding its time to `bucket`.
+    async fn add<T>(bucket: &mut Duration, f: impl std::future::Future<Output = T>) -> T {
+        let start = std::time::Instant::now();
+        let out = f.await;
+        *bucket += start.elapsed();
+        out
     }
-    Ok(true)
+
+    fn json(&self) -> Value {
+        json!({"reading_ms": self.reading.as_millis() as u64, "database_ms": self.database.as_millis() as u64,
+            "writing_ms": self.writing.as_millis() as u64})
+    }
+}
+
+/// A line of a blob as read, and parsed.
+type Line = (String, Value);
+
+/// One batch of [`LineBatches`].
+#[derive(Default)]
+struct LineBatch {
+    /// Each line as read (a snapshot keeps it so) and parsed.
+    lines: Vec<Line>,
+    /// Lines that are not JSON.
+    dropped: u64,
+}
+
+impl LineBatches {
+    fn new(mut reader: crate::azure::blob::BlobLines) -> Self {
+        let (tx, batches) = mpsc::channel(2);
+        let reading = tokio::spawn(async move {
+            loop {
+                let mut batch = LineBatch::default();
+                let more = loop {
+                    match reader.next_line().await {
+                        Ok(None) => break false,
+                        Ok(Some(line)) if line.trim().is_empty() => {}
+                        Ok(Some(line)) => match serde_json::from_str::<Value>(&line) {
+                            Ok(v) => batch.lines.push((line, v)),
+                            Err(_) => batch.dropped += 1,
+                        },
+                        Err(e) => {
+                            // The reader is gone with the caller when the send fails: nothing to tell.
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                    if batch.lines.len() >= DEVICE_BATCH {
+                        break true;
+                    }
+                };
+                if (!batch.lines.is_empty() || batch.dropped > 0)
+                    && tx.send(Ok(batch)).await.is_err()
+                {
+                    return;
+                }
+                if !more {
+                    return;
+                }
+            }
+        });
+        Self { batches, reading }
+    }
+
+    /// The next batch; `None` after the last.
+    async fn next(&mut self) -> Option<Result<LineBatch, BlobError>> {
+        self.batches.recv().await
+    }
+}
+
+impl Drop for LineBatches {
+    fn drop(&mut self) {
+        self.reading.abort();
+    }
 }
 
 /// Deletes a blob that has served its purpose (an export holding every identity's keys, an import blob);
@@ -728,22 +801,43 @@ async fn match_items<'a>(
     wf: &AzureWorkflow,
     job: &JobRecord,
     hub: &str,
-    batch: &'a [Value],
+    batch: &'a [Line],
     key: &str,
-) -> Result<Vec<(&'a Value, ItemRecord)>, String> {
-    let ids: Vec<&str> = batch.iter().filter_map(|v| v[key].as_str()).collect();
+) -> Result<Vec<(&'a Line, HubItem)>, String> {
+    let ids: Vec<&str> = batch.iter().filter_map(|(_, v)| v[key].as_str()).collect();
     let items = wf
         .store
-        .items_by_device(&job.id, hub, "waiting", &ids)
+        .waiting_on_hub(&job.id, hub, &ids)
         .await
         .map_err(|e| format!("looking the devices up: {e}"))?;
-    let mut by_id: std::collections::HashMap<String, ItemRecord> = items
+    let mut by_id: std::collections::HashMap<String, HubItem> = items
         .into_iter()
-        .filter_map(|it| Some((it.device_id.clone()?, it)))
+        .map(|it| (it.device_id.clone(), it))
         .collect();
     Ok(batch
         .iter()
-        .filter_map(|v| Some((v, by_id.remove(v[key].as_str()?)?)))
+        .filter_map(|l| Some((l, by_id.remove(l.1[key].as_str()?)?)))
+        .collect())
+}
+
+/// The lines of a batch (keyed by `key`) that name waiting devices of the job on `hub`, found by one lookup
+/// that answers a single row.
+async fn matching_lines<'a>(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    hub: &str,
+    batch: &'a [Line],
+    key: &str,
+) -> Result<Vec<&'a Line>, String> {
+    let ids: Vec<&str> = batch.iter().filter_map(|(_, v)| v[key].as_str()).collect();
+    let mut waiting = wf
+        .store
+        .waiting_devices(&job.id, hub, &ids)
+        .await
+        .map_err(|e| format!("looking the devices up: {e}"))?;
+    Ok(batch
+        .iter()
+        .filter(|l| l.1[key].as_str().is_some_and(|id| waiting.remove(id)))
         .collect())
 }
 
@@ -825,61 +919,88 @@ async fn select(
     let reason = super::registry::status_reason(job);
     let undone = source_job(job).to_string();
     let import_name = blob(&job.id, &host, "import.txt");
-    let mut reader = container.reader(source_blob);
+    let mut batches = LineBatches::new(container.reader(source_blob));
     let mut writer = container.writer(&import_name);
     // A deprovision keeps the lines of its own devices as the snapshot an undo re-creates them from.
     let snapshot_name = snapshot_blob(&job.id, &host);
     let mut snapshot = (job.request.undo.is_none()).then(|| container.writer(&snapshot_name));
-    let mut batch = Vec::with_capacity(DEVICE_BATCH);
     let mut dropped = 0u64;
     let (mut written, mut unchanged, mut left) = (0u64, 0u64, 0u64);
-    loop {
-        match next_batch(&mut reader, &mut batch, &mut dropped).await {
-            Ok(true) => {}
-            Ok(false) => break,
+    let mut spent = Spent::default();
+    while let Some(batch) = Spent::add(&mut spent.reading, batches.next()).await {
+        let batch = match batch {
+            Ok(b) => b,
             Err(e) => {
                 return blob_failure(wf, job, run, &format!("reading {source_blob}"), e).await;
             }
-        }
-        let matched = match match_items(wf, job, &host, &batch, "id").await {
+        };
+        dropped += batch.dropped;
+        // A re-creation reads each item's data; everything else needs only to know which lines are the job's.
+        let matched: Result<Vec<(&Line, Option<HubItem>)>, String> =
+            Spent::add(&mut spent.database, async {
+                if change == Change::Recreate {
+                    let m = match_items(wf, job, &host, &batch.lines, "id").await?;
+                    Ok(m.into_iter().map(|(l, it)| (l, Some(it))).collect())
+                } else {
+                    let m = matching_lines(wf, job, &host, &batch.lines, "id").await?;
+                    Ok(m.into_iter().map(|l| (l, None)).collect())
+                }
+            })
+            .await;
+        let matched = match matched {
             Ok(m) => m,
             Err(e) => return retry(e),
         };
         let (mut write_ids, mut same_ids) = (Vec::new(), Vec::new());
-        for (line, item) in &matched {
+        for ((raw, line), item) in &matched {
+            let Some(device_id) = line["id"].as_str() else {
+                continue;
+            };
             if let Some(w) = snapshot.as_mut()
-                && let Err(e) = w.write_line(&line.to_string()).await
+                && let Err(e) = Spent::add(&mut spent.writing, w.write_line(raw)).await
             {
                 return blob_failure(wf, job, run, &format!("writing {snapshot_name}"), e).await;
             }
             // Only identities the undone job's import deleted come back from its snapshot: a device
             // deleted on its own step may have changed after the snapshot was taken.
             if change == Change::Recreate
-                && item.data.as_ref().is_none_or(|d| d["via_import"] != true)
+                && item
+                    .as_ref()
+                    .and_then(|it| it.data.as_ref())
+                    .is_none_or(|d| d["via_import"] != true)
             {
                 left += 1;
                 continue;
             }
             match import_line(change, line, &reason, &undone) {
                 Some(out) => {
-                    if let Err(e) = writer.write_line(&out.to_string()).await {
+                    if let Err(e) =
+                        Spent::add(&mut spent.writing, writer.write_line(&out.to_string())).await
+                    {
                         return blob_failure(wf, job, run, &format!("writing {import_name}"), e)
                             .await;
                     }
-                    write_ids.push(item.id.as_str());
+                    write_ids.push(device_id);
                 }
                 // Disabled by someone else since: its own step says so, device by device.
                 None if change == Change::Enable && line["status"].as_str() == Some("disabled") => {
                     left += 1
                 }
-                None => same_ids.push(item.id.as_str()),
+                None => same_ids.push(device_id),
             }
         }
         let now = wf.clock.now_ms();
-        if let Err(e) = wf.store.mark_hub_job(&write_ids, &run.run, true, now).await {
-            return retry(format!("marking the devices: {e}"));
-        }
-        if let Err(e) = wf.store.mark_hub_job(&same_ids, &run.run, false, now).await {
+        let store = &wf.store;
+        let marked = Spent::add(&mut spent.database, async {
+            store
+                .mark_hub_devices(&job.id, &host, &run.run, true, &write_ids, now)
+                .await?;
+            store
+                .mark_hub_devices(&job.id, &host, &run.run, false, &same_ids, now)
+                .await
+        })
+        .await;
+        if let Err(e) = marked {
             return retry(format!("marking the devices: {e}"));
         }
         written += write_ids.len() as u64;
@@ -898,7 +1019,8 @@ async fn select(
     }
     let detail = json!({"hub": host, "source": source_blob, "export_job": export_job, "import_blob": import_name,
         "snapshot": (job.request.undo.is_none()).then_some(&snapshot_name),
-        "written": written, "unchanged": unchanged, "left_to_own_step": left, "unreadable_lines": dropped});
+        "written": written, "unchanged": unchanged, "left_to_own_step": left, "unreadable_lines": dropped,
+        "spent": spent.json()});
     let mut events = vec![event(
         "import_blob_written",
         format!(
@@ -910,7 +1032,7 @@ async fn select(
     if written == 0 {
         // Nothing to import: the export just read is the verification of the devices already so.
         let mark = export_job.unwrap_or_else(|| run.run.clone());
-        match finish(wf, job, run, &run.run.clone(), &mark).await {
+        match finish(wf, job, run, &run.run.clone(), &mark, 0).await {
             Ok(e) => events.push(e),
             Err(e) => return retry(e),
         }
@@ -937,29 +1059,26 @@ async fn imported(
         Ok(false) => crate::azure::hub_jobs::IMPORT_ERRORS_BLOB.to_string(),
         Err(e) => return blob_failure(wf, job, run, &format!("looking for {named}"), e).await,
     };
-    let mut reader = container.reader(&log);
-    let mut batch = Vec::with_capacity(DEVICE_BATCH);
-    let mut dropped = 0u64;
+    let mut batches = LineBatches::new(container.reader(&log));
     let (mut refused, mut etag_changed) = (0u64, 0u64);
     let mut events = Vec::new();
-    loop {
-        match next_batch(&mut reader, &mut batch, &mut dropped).await {
-            Ok(true) => {}
-            Ok(false) => break,
+    while let Some(batch) = batches.next().await {
+        let batch = match batch {
+            Ok(b) => b,
             // No log: nothing was refused.
             Err(e) if e.is_not_found() => break,
             Err(e) => return blob_failure(wf, job, run, &format!("reading {log}"), e).await,
-        }
-        let matched = match match_items(wf, job, &host, &batch, "deviceId").await {
+        };
+        let matched = match match_items(wf, job, &host, &batch.lines, "deviceId").await {
             Ok(m) => m,
             Err(e) => return retry(e),
         };
         let mut ids = Vec::new();
-        for (line, item) in matched
+        for ((_, line), item) in matched
             .iter()
             .filter(|(_, it)| it.hub_job.as_deref() == Some(run.run.as_str()))
         {
-            let err: ImportErrorLine = serde_json::from_value((*line).clone()).unwrap_or_default();
+            let err: ImportErrorLine = serde_json::from_value(line.clone()).unwrap_or_default();
             let why = if err.is_etag_mismatch() {
                 etag_changed += 1;
                 "its identity changed since the export (ETag)".to_string()
@@ -970,7 +1089,7 @@ async fn imported(
                     err.error_status.clone().unwrap_or_default()
                 )
             };
-            ids.push(item.id.as_str());
+            ids.push(item.device_id.as_str());
             if events.len() < MAX_DEVICE_EVENTS {
                 events.push(NewEvent {
                     item_id: Some(item.id.clone()),
@@ -983,7 +1102,11 @@ async fn imported(
             }
         }
         refused += ids.len() as u64;
-        if let Err(e) = wf.store.unmark_hub_job(&ids, wf.clock.now_ms()).await {
+        let unmarked = wf
+            .store
+            .move_hub_devices(&job.id, &host, &run.run, None, &ids, wf.clock.now_ms())
+            .await;
+        if let Err(e) = unmarked {
             return retry(format!("returning refused devices to their own step: {e}"));
         }
     }
@@ -1020,40 +1143,51 @@ async fn verified(
     let change = Change::of(job);
     let name = blob(&job.id, &host, "verify.txt");
     let ok_mark = format!("{}:verified", run.run);
-    let mut reader = container.reader(&name);
-    let mut batch = Vec::with_capacity(DEVICE_BATCH);
+    let mut batches = LineBatches::new(container.reader(&name));
     let mut dropped = 0u64;
-    let mut not_shown = 0u64;
-    loop {
-        match next_batch(&mut reader, &mut batch, &mut dropped).await {
-            Ok(true) => {}
-            Ok(false) => break,
+    let (mut not_shown, mut shown) = (0u64, 0u64);
+    let steps = job.plan.item_steps().len();
+    let mut spent = Spent::default();
+    while let Some(batch) = Spent::add(&mut spent.reading, batches.next()).await {
+        let batch = match batch {
+            Ok(b) => b,
             Err(e) => return blob_failure(wf, job, run, &format!("reading {name}"), e).await,
-        }
-        let matched = match match_items(wf, job, &host, &batch, "id").await {
-            Ok(m) => m,
-            Err(e) => return retry(e),
         };
+        dropped += batch.dropped;
+        // No lookup: the statements themselves pick the job's devices this run marked, by device id. A device
+        // the export shows changed is done at once.
         let (mut good, mut bad) = (Vec::new(), Vec::new());
-        for (line, item) in matched
-            .iter()
-            .filter(|(_, it)| it.hub_job.as_deref() == Some(run.run.as_str()))
-        {
+        for (_, line) in &batch.lines {
+            let Some(id) = line["id"].as_str() else {
+                continue;
+            };
             if change.shows(Some(line)) {
-                good.push(item.id.as_str());
+                good.push(id);
             } else {
-                bad.push(item.id.as_str());
+                bad.push(id);
             }
         }
-        not_shown += bad.len() as u64;
         let now = wf.clock.now_ms();
-        if let Err(e) = wf.store.relabel_hub_job(&good, &ok_mark, now).await {
-            return retry(format!("recording verified devices: {e}"));
+        let store = &wf.store;
+        let finished = Spent::add(
+            &mut spent.database,
+            store.finish_hub_devices(&job.id, &host, &run.run, import, steps, &good, now),
+        );
+        match finished.await {
+            Ok(n) => shown += n,
+            Err(e) => return retry(format!("finishing the verified devices: {e}")),
         }
-        if let Err(e) = wf.store.unmark_hub_job(&bad, now).await {
-            return retry(format!(
-                "returning unverified devices to their own step: {e}"
-            ));
+        let moved = Spent::add(
+            &mut spent.database,
+            store.move_hub_devices(&job.id, &host, &run.run, None, &bad, now),
+        );
+        match moved.await {
+            Ok(n) => not_shown += n,
+            Err(e) => {
+                return retry(format!(
+                    "returning unverified devices to their own step: {e}"
+                ));
+            }
         }
     }
     // Devices the export did not list: gone, which is the change for a disable or delete, not for an undo.
@@ -1075,10 +1209,11 @@ async fn verified(
             missing,
             if to.is_some() { " (gone: done)" } else { "" },
         ),
-        json!({"hub": host, "hub_job": export, "not_shown": not_shown, "not_listed": missing, "unreadable_lines": dropped}),
+        json!({"hub": host, "hub_job": export, "not_shown": not_shown, "not_listed": missing, "unreadable_lines": dropped,
+            "spent": spent.json()}),
     )];
     delete_blob(container, &name).await;
-    match finish(wf, job, run, &ok_mark, import).await {
+    match finish(wf, job, run, &ok_mark, import, shown).await {
         Ok(e) => events.push(e),
         Err(e) => return retry(e),
     }
@@ -1086,20 +1221,22 @@ async fn verified(
     Advance::Moved(events)
 }
 
-/// Finishes the devices marked `mark` as done by hub job `hub_job`.
+/// Finishes the devices marked `mark` as done by hub job `hub_job`; the event counts `finished_before` too
+/// (those a pass over the verification export finished batch by batch).
 async fn finish(
     wf: &AzureWorkflow,
     job: &JobRecord,
     run: &HubRun,
     mark: &str,
     hub_job: &str,
+    finished_before: u64,
 ) -> Result<NewEvent, String> {
     let steps = job.plan.item_steps().len();
-    let n = wf
-        .store
-        .finish_hub_job(&job.id, &run.hub, mark, hub_job, steps, wf.clock.now_ms())
-        .await
-        .map_err(|e| format!("finishing the verified devices: {e}"))?;
+    let n = finished_before
+        + wf.store
+            .finish_hub_job(&job.id, &run.hub, mark, hub_job, steps, wf.clock.now_ms())
+            .await
+            .map_err(|e| format!("finishing the verified devices: {e}"))?;
     Ok(event(
         "hub_job_verified",
         format!(
@@ -1133,6 +1270,8 @@ async fn blob_failure(
 
 /// Ends the job path for this hub: every device it marked goes back to its own step.
 async fn fall_back(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun, why: &str) -> Advance {
+    // The reason may quote the hub's own words (a job's failure reason), which could hold a SAS URL.
+    let why = &crate::azure::blob::redact_sas_in_text(why);
     let host = run.hub.clone();
     let now = wf.clock.now_ms();
     let mut n = 0;

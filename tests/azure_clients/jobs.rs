@@ -207,6 +207,73 @@ async fn blob_lines_go_up_in_blocks_and_come_back_range_by_range() {
 }
 
 #[tokio::test]
+async fn a_block_refused_while_later_lines_are_written_fails_the_blob() {
+    let Some(account) = azurite() else { return };
+    let writable = new_container(&account).await;
+    let name = writable.container().to_string();
+    let expiry = Utc::now() + chrono::Duration::hours(1);
+    let read_only = account
+        .container_sas_url(&name, SasPermissions::READ, None, expiry)
+        .unwrap();
+    let blob = BlobContainerClient::new(read_only).unwrap();
+    // Blocks go up in the background: the refusal of one comes back from a later write or from the commit,
+    // never lost.
+    let mut writer = blob.writer("devices.txt").with_block_size(64 * 1024);
+    let mut failed = None;
+    for i in 0..3000 {
+        let line = json!({"id": format!("dev-{i:05}"), "pad": "x".repeat(40)}).to_string();
+        if let Err(e) = writer.write_line(&line).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    let e = match failed {
+        Some(e) => e,
+        None => writer.finish().await.unwrap_err(),
+    };
+    assert_eq!(e.status(), Some(403), "{e}");
+    assert!(e.is_auth_failure(), "{e}");
+    assert!(!blob.exists("devices.txt").await.unwrap());
+}
+
+#[tokio::test]
+async fn a_blob_rewritten_while_its_ranges_are_read_ahead_fails_the_read() {
+    let Some(account) = azurite() else { return };
+    let blob = BlobContainerClient::new(new_container(&account).await).unwrap();
+    let lines = |tag: &str| -> Vec<String> {
+        (0..2000)
+            .map(|i| json!({"id": format!("dev-{i:05}"), "v": tag}).to_string())
+            .collect()
+    };
+    blob.put_lines("devices.txt", stream::iter(lines("first")))
+        .await
+        .unwrap();
+    let mut reader = blob.reader("devices.txt").with_range_size(1000);
+    let first = reader.next_line().await.unwrap().unwrap();
+    assert!(first.contains("first"), "{first}");
+    blob.put_lines("devices.txt", stream::iter(lines("second")))
+        .await
+        .unwrap();
+    // A range or two may already have come from the first version; every later one is pinned to its ETag.
+    let mut read = vec![first];
+    let e = loop {
+        match reader.next_line().await {
+            Ok(Some(l)) => read.push(l),
+            Ok(None) => panic!(
+                "read {} lines of a rewritten blob without an error",
+                read.len()
+            ),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.status(), Some(412), "{e}");
+    assert!(
+        read.iter().all(|l| l.contains("first")),
+        "no line of the second version"
+    );
+}
+
+#[tokio::test]
 async fn export_job_writes_devices_txt_that_the_blob_client_reads() {
     let Some(account) = azurite() else { return };
     let env = JobsEnv::fast().await;

@@ -41,6 +41,7 @@ both_stores!(
     concurrent_identical_posts_make_one_job,
     a_batch_of_results_records_each_and_fences_only_the_stale_one,
     kept_counts_match_the_items_through_concurrent_changes,
+    hub_job_batches_find_mark_move_and_finish_devices_by_id,
 );
 
 fn plan() -> Plan {
@@ -1221,4 +1222,178 @@ async fn kept_counts_match_the_items_through_concurrent_changes(db: TestDb) {
         .unwrap();
     assert_eq!(both[&other.id].cancelled, 60);
     assert_eq!(both[&job.id].failed, 12);
+}
+
+/// The statements a hub job's passes over an export run, a batch of device ids (one JSON parameter, far more
+/// than either engine's parameter limit would allow one by one) at a time.
+async fn hub_job_batches_find_mark_move_and_finish_devices_by_id(db: TestDb) {
+    use sqlx::Row;
+    let s = db.store().await;
+    let Created::New(job) = s
+        .create_job(new_job(group("fleet"), None), 0)
+        .await
+        .unwrap()
+    else {
+        panic!("a new job")
+    };
+    let j = s
+        .claim_jobs("w", 1, Duration::from_secs(30), 1)
+        .await
+        .unwrap()
+        .remove(0);
+    // 4,000 devices on h1, 500 on h2; one id needs escaping in JSON.
+    let device = |i: usize| {
+        if i == 7 {
+            "dev-\"q'uote\\".to_string()
+        } else {
+            format!("dev-{i:05}")
+        }
+    };
+    let items = (0..4500)
+        .map(|i| NewItem {
+            registration_id: format!("reg-{i}"),
+            device_id: Some(device(i)),
+            hub: Some(if i < 4000 { "h1" } else { "h2" }.into()),
+            data: None,
+        })
+        .collect();
+    let effects = StepEffects {
+        new_items: items,
+        ..StepEffects::default()
+    };
+    s.complete_job_step(&j, &done(j.plan.job_steps(), 0, 1, 2), &effects, 2)
+        .await
+        .unwrap();
+
+    // A batch of 3,000 ids: 2,000 on h1, 500 on h2, 500 unknown.
+    let ids: Vec<String> = (2000..4500)
+        .map(device)
+        .chain((0..500).map(|i| format!("nobody-{i}")))
+        .collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let found = s.waiting_devices(&job.id, "h1", &ids).await.unwrap();
+    assert_eq!(found.len(), 2000);
+    assert!(
+        found
+            .iter()
+            .all(|d| d.as_str() >= "dev-02000" && d.as_str() < "dev-04000")
+    );
+    assert!(
+        s.waiting_devices(&job.id, "h1", &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let quoted = device(7);
+    let one = s
+        .waiting_on_hub(&job.id, "h1", &[quoted.as_str()])
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(
+        (one[0].device_id.as_str(), one[0].registration_id.as_str()),
+        (quoted.as_str(), "reg-7")
+    );
+    assert_eq!(one[0].hub_job, None);
+
+    // Marks: 1,500 changed, 500 already so; h2's devices are never touched by h1's run.
+    let h1: Vec<String> = (0..4000).map(device).collect();
+    let h1: Vec<&str> = h1.iter().map(String::as_str).collect();
+    let h2: Vec<String> = (4000..4500).map(device).collect();
+    let h2: Vec<&str> = h2.iter().map(String::as_str).collect();
+    assert_eq!(
+        s.mark_hub_devices(&job.id, "h1", "run", true, &h1[..1500], 5)
+            .await
+            .unwrap(),
+        1500
+    );
+    assert_eq!(
+        s.mark_hub_devices(&job.id, "h1", "run", false, &h1[1500..2000], 5)
+            .await
+            .unwrap(),
+        500
+    );
+    assert_eq!(
+        s.mark_hub_devices(&job.id, "h1", "run", true, &h2, 5)
+            .await
+            .unwrap(),
+        0
+    );
+    let rows = sqlx::query(
+        "SELECT COALESCE(hub_job, ''), COALESCE(changed, -1), COUNT(*) FROM job_items WHERE job_id = $1 GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind(job.id.clone())
+    .fetch_all(s.pool())
+    .await
+    .unwrap();
+    let got: Vec<(String, i64, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("".into(), -1, 2500),
+            ("run".into(), 0, 500),
+            ("run".into(), 1, 1500)
+        ]
+    );
+
+    // Back to their own step (only those the run marked), then finished by device id.
+    assert_eq!(
+        s.move_hub_devices(&job.id, "h1", "run", None, &h1[1990..2010], 6)
+            .await
+            .unwrap(),
+        10
+    );
+    assert_eq!(
+        s.move_hub_devices(&job.id, "h1", "other", None, &h1[..100], 6)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.finish_hub_devices(&job.id, "h1", "run", "import-1", 1, &h1[..1200], 7)
+            .await
+            .unwrap(),
+        1200
+    );
+    assert_eq!(
+        s.finish_hub_devices(&job.id, "h1", "run", "import-1", 1, &h1[..1200], 8)
+            .await
+            .unwrap(),
+        0,
+        "once"
+    );
+    // The rest of the run as the verification's end does it.
+    assert_eq!(
+        s.finish_hub_job(&job.id, "h1", "run", "import-1", 1, 9)
+            .await
+            .unwrap(),
+        790
+    );
+    assert_eq!(kept(&s, &job.id).await, counted(&s, &job.id).await);
+    assert_eq!(
+        counted(&s, &job.id).await,
+        [
+            ("h1".into(), "succeeded".into(), 1990),
+            ("h1".into(), "waiting".into(), 2010),
+            ("h2".into(), "waiting".into(), 500),
+        ]
+    );
+    let marks: Vec<(String, i64)> = sqlx::query(
+        "SELECT COALESCE(hub_job, ''), COUNT(*) FROM job_items WHERE job_id = $1 AND state = 'succeeded' GROUP BY 1",
+    )
+    .bind(job.id.clone())
+    .fetch_all(s.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    assert_eq!(
+        marks,
+        [("import-1".into(), 1990)],
+        "finished devices keep the import job as their mark"
+    );
 }

@@ -121,6 +121,9 @@ impl ContainerUrl {
     }
 }
 
+/// Times one blob call is sent before a missing answer fails the job.
+const TRANSPORT_ATTEMPTS: u32 = 3;
+
 /// A Blob service client (one connection pool for every job of a simulator).
 #[derive(Debug, Clone)]
 pub struct BlobClient {
@@ -144,16 +147,33 @@ impl BlobClient {
         blob: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, BlobError> {
-        let resp = req
-            .header("x-ms-version", BLOB_API_VERSION)
-            .header("x-ms-date", http_date(Utc::now()))
-            .send()
-            .await
-            .map_err(|e| BlobError::Transport {
-                operation,
-                blob: container.display(blob),
-                message: error_chain(&e),
-            })?;
+        let req = req.header("x-ms-version", BLOB_API_VERSION);
+        // Every call here is idempotent (ranged reads, blocks by id, whole-blob puts), so a request that got
+        // no answer is sent again, as a hub's job engine would: a connection the Blob service closed while
+        // idle (Azurite's Node.js server after 5 s) is reset when reused.
+        let mut attempt = 1;
+        let resp = loop {
+            let this = req
+                .try_clone()
+                .expect("blob request bodies are bytes, which clone")
+                .header("x-ms-date", http_date(Utc::now()));
+            match this.send().await {
+                Ok(resp) => break resp,
+                Err(e) if attempt < TRANSPORT_ATTEMPTS => {
+                    tracing::debug!(operation, error = %error_chain(&e.without_url()), attempt, "blob call got no answer; again");
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt as u64)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(BlobError::Transport {
+                        operation,
+                        blob: container.display(blob),
+                        // Without the URL: it carries the SAS.
+                        message: error_chain(&e.without_url()),
+                    });
+                }
+            }
+        };
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -220,7 +240,7 @@ impl BlobClient {
                 let body = resp.bytes().await.map_err(|e| BlobError::Transport {
                     operation: "Get Blob",
                     blob: container.display(blob),
-                    message: error_chain(&e),
+                    message: error_chain(&e.without_url()),
                 })?;
                 Ok((body, total))
             }
