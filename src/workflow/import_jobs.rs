@@ -696,8 +696,8 @@ async fn start(
 
 /// Lines of an export or error log, read and parsed a batch at a time by a task of its own that stays up
 /// to two batches ahead, so the Blob service's answers and the parsing overlap the caller's database work.
-/// Lines that are not JSON are counted in [`LineBatch::dropped`]: they name no device that could be
-/// matched, so a verification that met any does not count unlisted devices as gone.
+/// Lines that are not JSON objects are counted in [`LineBatch::dropped`]: they name no device that could
+/// be matched, so a verification that met any does not count unlisted devices as gone.
 struct LineBatches {
     batches: mpsc::Receiver<Result<LineBatch, BlobError>>,
     reading: tokio::task::JoinHandle<()>,
@@ -727,8 +727,39 @@ impl Spent {
     }
 }
 
-/// A line of a blob as read, and parsed.
+/// A line of a blob as read, and the few fields the passes decide by ([`LineHead`]).
 type Line = (String, Value);
+
+/// What a pass reads of each line to decide (the device, its status): parsed alone, so a batch holds its
+/// lines' text and these few fields, not every identity's keys and twin as JSON values. A line that is
+/// needed whole (an import line is built from it) is parsed again on its own.
+#[derive(Deserialize)]
+struct LineHead {
+    id: Option<Value>,
+    #[serde(rename = "deviceId")]
+    device_id: Option<Value>,
+    status: Option<Value>,
+    #[serde(rename = "statusReason")]
+    status_reason: Option<Value>,
+}
+
+impl LineHead {
+    fn parse(line: &str) -> Option<Value> {
+        let head: Self = serde_json::from_str(line).ok()?;
+        let mut out = serde_json::Map::new();
+        for (k, v) in [
+            ("id", head.id),
+            ("deviceId", head.device_id),
+            ("status", head.status),
+            ("statusReason", head.status_reason),
+        ] {
+            if let Some(v) = v {
+                out.insert(k.to_string(), v);
+            }
+        }
+        Some(Value::Object(out))
+    }
+}
 
 /// One batch of [`LineBatches`].
 #[derive(Default)]
@@ -749,9 +780,9 @@ impl LineBatches {
                     match reader.next_line().await {
                         Ok(None) => break false,
                         Ok(Some(line)) if line.trim().is_empty() => {}
-                        Ok(Some(line)) => match serde_json::from_str::<Value>(&line) {
-                            Ok(v) => batch.lines.push((line, v)),
-                            Err(_) => batch.dropped += 1,
+                        Ok(Some(line)) => match LineHead::parse(&line) {
+                            Some(v) => batch.lines.push((line, v)),
+                            None => batch.dropped += 1,
                         },
                         Err(e) => {
                             // The reader is gone with the caller when the send fails: nothing to tell.
@@ -972,7 +1003,11 @@ async fn select(
                 left += 1;
                 continue;
             }
-            match import_line(change, line, &reason, &undone) {
+            // The whole line, parsed again (batches keep only its head): an import line copies its identity.
+            let Ok(whole) = serde_json::from_str::<Value>(raw) else {
+                continue;
+            };
+            match import_line(change, &whole, &reason, &undone) {
                 Some(out) => {
                     if let Err(e) =
                         Spent::add(&mut spent.writing, writer.write_line(&out.to_string())).await
@@ -1074,11 +1109,11 @@ async fn imported(
             Err(e) => return retry(e),
         };
         let mut ids = Vec::new();
-        for ((_, line), item) in matched
+        for ((raw, _), item) in matched
             .iter()
             .filter(|(_, it)| it.hub_job.as_deref() == Some(run.run.as_str()))
         {
-            let err: ImportErrorLine = serde_json::from_value(line.clone()).unwrap_or_default();
+            let err: ImportErrorLine = serde_json::from_str(raw).unwrap_or_default();
             let why = if err.is_etag_mismatch() {
                 etag_changed += 1;
                 "its identity changed since the export (ETag)".to_string()
