@@ -107,7 +107,8 @@ struct Progress {
 #[derive(Debug, Serialize, Deserialize)]
 struct HubRun {
     hub: String,
-    /// Marks the devices this run selected (and, once verified, `{run}:verified`).
+    /// Marks the devices this run selected until they are verified (an earlier version relabelled them
+    /// `{run}:verified` first).
     run: String,
     phase: Phase,
     /// Since when the hub has refused this run's hub job because another one runs (one event, not one
@@ -1068,7 +1069,7 @@ async fn select(
         // Nothing to import: the export just read is the verification of the devices already so.
         let mark = export_job.unwrap_or_else(|| run.run.clone());
         match finish(wf, job, run, &run.run.clone(), &mark, 0).await {
-            Ok(e) => events.push(e),
+            Ok((_, e)) => events.push(e),
             Err(e) => return retry(e),
         }
         run.phase = Phase::Done;
@@ -1177,7 +1178,6 @@ async fn verified(
     let host = run.hub.clone();
     let change = Change::of(job);
     let name = blob(&job.id, &host, "verify.txt");
-    let ok_mark = format!("{}:verified", run.run);
     let mut batches = LineBatches::new(container.reader(&name));
     let mut dropped = 0u64;
     let (mut not_shown, mut shown) = (0u64, 0u64);
@@ -1227,31 +1227,55 @@ async fn verified(
     }
     // Devices the export did not list: gone, which is the change for a disable or delete, not for an undo.
     // An unreadable line could have been any device: then nobody unlisted counts as gone.
-    let to = (change.shows(None) && dropped == 0).then_some(ok_mark.as_str());
-    let missing = match wf
-        .store
-        .move_hub_job(&job.id, &host, &run.run, to, wf.clock.now_ms())
-        .await
-    {
-        Ok(n) => n,
-        Err(e) => return retry(format!("settling the devices the export did not list: {e}")),
+    // What is still marked is what the export did not list: done straight from the mark when gone counts,
+    // else back to its own step first (and the finish below finds nothing).
+    let gone_done = change.shows(None) && dropped == 0;
+    let unlisted_back = if gone_done {
+        0
+    } else {
+        match wf
+            .store
+            .move_hub_job(&job.id, &host, &run.run, None, wf.clock.now_ms())
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                return retry(format!("settling the devices the export did not list: {e}"));
+            }
+        }
     };
-    let mut events = vec![event(
-        "hub_job_verification_read",
-        format!(
-            "hub {host}: verification export {export} read; {not_shown} device(s) not yet {} and {} not listed{} go device by device",
-            change.verb(),
-            missing,
-            if to.is_some() { " (gone: done)" } else { "" },
-        ),
-        json!({"hub": host, "hub_job": export, "not_shown": not_shown, "not_listed": missing, "unreadable_lines": dropped,
-            "spent": spent.json()}),
-    )];
-    delete_blob(container, &name).await;
-    match finish(wf, job, run, &ok_mark, import, shown).await {
-        Ok(e) => events.push(e),
+    // Devices an earlier version relabelled `{run}:verified` before finishing them all at the end.
+    let relabelled = match finish(wf, job, run, &format!("{}:verified", run.run), import, 0).await {
+        Ok((n, _)) => n,
         Err(e) => return retry(e),
-    }
+    };
+    let (verified, verified_event) =
+        match finish(wf, job, run, &run.run, import, shown + relabelled).await {
+            Ok(done) => done,
+            Err(e) => return retry(e),
+        };
+    let verified = verified - relabelled;
+    let missing = unlisted_back + (verified - shown);
+    let events = vec![
+        event(
+            "hub_job_verification_read",
+            format!(
+                "hub {host}: verification export {export} read; {not_shown} device(s) not yet {} and {} not listed{}",
+                change.verb(),
+                missing,
+                if gone_done {
+                    " (gone: done); the rest go device by device"
+                } else {
+                    "; they go device by device"
+                },
+            ),
+            json!({"hub": host, "hub_job": export, "not_shown": not_shown, "not_listed": missing, "unreadable_lines": dropped,
+                "spent": spent.json()}),
+        ),
+        verified_event,
+    ];
+    // Only once every device is settled: a retry before this reads the export again.
+    delete_blob(container, &name).await;
     run.phase = Phase::Done;
     Advance::Moved(events)
 }
@@ -1265,14 +1289,14 @@ async fn finish(
     mark: &str,
     hub_job: &str,
     finished_before: u64,
-) -> Result<NewEvent, String> {
+) -> Result<(u64, NewEvent), String> {
     let steps = job.plan.item_steps().len();
     let n = finished_before
         + wf.store
             .finish_hub_job(&job.id, &run.hub, mark, hub_job, steps, wf.clock.now_ms())
             .await
             .map_err(|e| format!("finishing the verified devices: {e}"))?;
-    Ok(event(
+    let e = event(
         "hub_job_verified",
         format!(
             "hub {}: {n} device(s) {} and verified through hub job {hub_job}",
@@ -1280,7 +1304,8 @@ async fn finish(
             Change::of(job).verb()
         ),
         json!({"hub": run.hub, "hub_job": hub_job, "devices": n}),
-    ))
+    );
+    Ok((n, e))
 }
 
 /// A blob that cannot be read or written: a transient error retries; anything else (an expired SAS, a
