@@ -22,6 +22,9 @@ pub const DEVICE_BATCH: usize = 2_000;
 // PostgreSQL answers them by scanning every waiting item through a state index instead of the
 // (job_id, hub, device_id) one.
 
+/// A statement on `job_items` with its parameters bound so far.
+type Update<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
 fn json_list(device_ids: &[&str]) -> String {
     // Invariant: a list of strings always serialises.
     serde_json::to_string(device_ids).expect("strings serialise")
@@ -96,6 +99,29 @@ impl Store {
             .collect())
     }
 
+    /// Runs `UPDATE job_items SET {set}` on the job's waiting items on `hub` among `device_ids`, with `and`
+    /// added to the condition. `bind` binds `$1` (the job), `$2` (the hub) and the caller's values; the
+    /// device list, bound last, is `$list`. Returns how many rows changed.
+    async fn update_devices<'q>(
+        &self,
+        set: &str,
+        and: &str,
+        list: usize,
+        device_ids: &[&str],
+        bind: impl FnOnce(Update<'q>) -> Update<'q>,
+    ) -> Result<u64> {
+        if device_ids.is_empty() {
+            return Ok(0);
+        }
+        let text = sql!(
+            "UPDATE job_items SET {set} WHERE job_id = $1 AND hub = $2 AND device_id IN {} {and} \
+             AND (state || '') = 'waiting'",
+            self.text_list(list)
+        );
+        let q = bind(sqlx::query(text)).bind(json_list(device_ids));
+        Ok(q.execute(&self.pool).await?.rows_affected())
+    }
+
     /// Marks the job's waiting items on `hub` whose device ids are among `device_ids` as handled by hub job
     /// run `hub_job`, recording whether the job changes them. Returns how many.
     pub async fn mark_hub_devices(
@@ -107,24 +133,15 @@ impl Store {
         device_ids: &[&str],
         now: Millis,
     ) -> Result<u64> {
-        if device_ids.is_empty() {
-            return Ok(0);
-        }
-        let text = sql!(
-            "UPDATE job_items SET hub_job = $3, changed = $4, updated_at = $5 \
-             WHERE job_id = $1 AND hub = $2 AND device_id IN {} AND (state || '') = 'waiting'",
-            self.text_list(6)
-        );
-        let r = sqlx::query(text)
-            .bind(job_id)
-            .bind(hub)
-            .bind(hub_job)
-            .bind(i64::from(changed))
-            .bind(now)
-            .bind(json_list(device_ids))
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected())
+        let set = "hub_job = $3, changed = $4, updated_at = $5";
+        self.update_devices(set, "", 6, device_ids, |q| {
+            q.bind(job_id.to_string())
+                .bind(hub.to_string())
+                .bind(hub_job.to_string())
+                .bind(i64::from(changed))
+                .bind(now)
+        })
+        .await
     }
 
     /// Moves the job's waiting items on `hub` marked `from` whose device ids are among `device_ids` to mark
@@ -138,25 +155,15 @@ impl Store {
         device_ids: &[&str],
         now: Millis,
     ) -> Result<u64> {
-        if device_ids.is_empty() {
-            return Ok(0);
-        }
-        let text = sql!(
-            "UPDATE job_items SET hub_job = $4, changed = CASE WHEN $4 IS NULL THEN NULL ELSE changed END, \
-             updated_at = $5 WHERE job_id = $1 AND hub = $2 AND device_id IN {} AND hub_job = $3 \
-             AND (state || '') = 'waiting'",
-            self.text_list(6)
-        );
-        let r = sqlx::query(text)
-            .bind(job_id)
-            .bind(hub)
-            .bind(from)
-            .bind(to.map(str::to_string))
-            .bind(now)
-            .bind(json_list(device_ids))
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected())
+        let set = "hub_job = $4, changed = CASE WHEN $4 IS NULL THEN NULL ELSE changed END, updated_at = $5";
+        self.update_devices(set, "AND hub_job = $3", 6, device_ids, |q| {
+            q.bind(job_id.to_string())
+                .bind(hub.to_string())
+                .bind(from.to_string())
+                .bind(to.map(str::to_string))
+                .bind(now)
+        })
+        .await
     }
 
     /// Finishes the job's waiting items on `hub` marked `from` whose device ids are among `device_ids`: their
@@ -174,26 +181,17 @@ impl Store {
         device_ids: &[&str],
         now: Millis,
     ) -> Result<u64> {
-        if device_ids.is_empty() {
-            return Ok(0);
-        }
-        let text = sql!(
-            "UPDATE job_items SET state = 'succeeded', hub_job = $4, step_index = $5, attempt = 0, \
-             next_run_at = $6, updated_at = $6, finished_at = $6 \
-             WHERE job_id = $1 AND hub = $2 AND device_id IN {} AND hub_job = $3 AND (state || '') = 'waiting'",
-            self.text_list(7)
-        );
-        let r = sqlx::query(text)
-            .bind(job_id)
-            .bind(hub)
-            .bind(from)
-            .bind(hub_job)
-            .bind(step_count as i64)
-            .bind(now)
-            .bind(json_list(device_ids))
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected())
+        let set = "state = 'succeeded', hub_job = $4, step_index = $5, attempt = 0, next_run_at = $6, \
+                   updated_at = $6, finished_at = $6";
+        self.update_devices(set, "AND hub_job = $3", 7, device_ids, |q| {
+            q.bind(job_id.to_string())
+                .bind(hub.to_string())
+                .bind(from.to_string())
+                .bind(hub_job.to_string())
+                .bind(step_count as i64)
+                .bind(now)
+        })
+        .await
     }
 
     /// Moves every waiting item of the job on `hub` marked `from` to mark `to` (`None`: back to its own
