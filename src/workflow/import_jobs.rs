@@ -767,7 +767,7 @@ impl LineHead {
 struct LineBatch {
     /// Each line as read (a snapshot keeps it so) and parsed.
     lines: Vec<Line>,
-    /// Lines that are not JSON.
+    /// Lines that are not JSON objects.
     dropped: u64,
 }
 
@@ -828,6 +828,11 @@ async fn delete_blob(container: &BlobContainerClient, name: &str) {
     }
 }
 
+/// The device ids a batch of lines names under `key`.
+fn device_ids<'a>(batch: &'a [Line], key: &str) -> Vec<&'a str> {
+    batch.iter().filter_map(|(_, v)| v[key].as_str()).collect()
+}
+
 /// The job's waiting devices among a batch of lines (keyed by `key`), as (line, item).
 async fn match_items<'a>(
     wf: &AzureWorkflow,
@@ -836,10 +841,9 @@ async fn match_items<'a>(
     batch: &'a [Line],
     key: &str,
 ) -> Result<Vec<(&'a Line, HubItem)>, String> {
-    let ids: Vec<&str> = batch.iter().filter_map(|(_, v)| v[key].as_str()).collect();
     let items = wf
         .store
-        .waiting_on_hub(&job.id, hub, &ids)
+        .waiting_on_hub(&job.id, hub, &device_ids(batch, key))
         .await
         .map_err(|e| format!("looking the devices up: {e}"))?;
     let mut by_id: std::collections::HashMap<String, HubItem> = items
@@ -861,10 +865,9 @@ async fn matching_lines<'a>(
     batch: &'a [Line],
     key: &str,
 ) -> Result<Vec<&'a Line>, String> {
-    let ids: Vec<&str> = batch.iter().filter_map(|(_, v)| v[key].as_str()).collect();
     let mut waiting = wf
         .store
-        .waiting_devices(&job.id, hub, &ids)
+        .waiting_devices(&job.id, hub, &device_ids(batch, key))
         .await
         .map_err(|e| format!("looking the devices up: {e}"))?;
     Ok(batch
