@@ -164,6 +164,16 @@ impl Store {
         }
     }
 
+    /// How many batch updates of one pass are worth having under way at once: two on PostgreSQL (100,000
+    /// finishes in batches of 2,000 took 3.4 s one at a time, 1.5 s two at a time and 1.9 s three at a
+    /// time on this project's 2-core machine), one on SQLite, which has a single writer.
+    pub fn batch_writers(&self) -> usize {
+        match self.backend {
+            Backend::Postgres => 2,
+            Backend::Sqlite => 1,
+        }
+    }
+
     pub(super) fn lock_clause(&self) -> &'static str {
         match self.backend {
             // Replicas skip rows another replica is claiming instead of waiting for it.

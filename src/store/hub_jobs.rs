@@ -18,9 +18,9 @@ use crate::domain::clock::Millis;
 /// Device ids per lookup or update.
 pub const DEVICE_BATCH: usize = 2_000;
 
-// The batch statements below check `(state || '')`: an expression no index serves, so neither SQLite nor
-// PostgreSQL answers them by scanning every waiting item through a state index instead of the
-// (job_id, hub, device_id) one.
+// The batch statements below say `finished_at IS NULL`, the condition of the (job_id, hub, device_id) index,
+// and check `(state || '')`: an expression no index serves, so neither SQLite nor PostgreSQL answers them
+// by scanning every waiting item through a state index instead (migration 0016).
 
 /// A statement on `job_items` with its parameters bound so far.
 type Update<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
@@ -44,7 +44,7 @@ impl Store {
         }
         let text = sql!(
             "SELECT id, device_id, registration_id, hub_job, data_json FROM job_items \
-             WHERE job_id = $1 AND hub = $2 AND device_id IN {} AND (state || '') = 'waiting'",
+             WHERE job_id = $1 AND hub = $2 AND device_id IN {} AND finished_at IS NULL AND (state || '') = 'waiting'",
             self.text_list(3)
         );
         sqlx::query(text)
@@ -79,7 +79,7 @@ impl Store {
         }
         let text = sql!(
             "SELECT {} AS ids FROM job_items \
-             WHERE job_id = $1 AND hub = $2 AND device_id IN {} AND (state || '') = 'waiting'",
+             WHERE job_id = $1 AND hub = $2 AND device_id IN {} AND finished_at IS NULL AND (state || '') = 'waiting'",
             self.lines_of("device_id"),
             self.text_list(3)
         );
@@ -115,7 +115,7 @@ impl Store {
         }
         let text = sql!(
             "UPDATE job_items SET {set} WHERE job_id = $1 AND hub = $2 AND device_id IN {} {and} \
-             AND (state || '') = 'waiting'",
+             AND finished_at IS NULL AND (state || '') = 'waiting'",
             self.text_list(list)
         );
         let q = bind(sqlx::query(text)).bind(json_list(device_ids));

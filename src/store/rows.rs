@@ -36,27 +36,42 @@ pub(super) async fn insert_items(
             .bind(job_id)
             .fetch_one(&mut **tx)
             .await?;
-    for it in items {
-        seq += 1;
-        // Re-discovering a device (a page fetched again after a crash) changes nothing.
-        sqlx::query(
+    // Re-discovering a device (a page fetched again after a crash) changes nothing. A multi-row INSERT
+    // per hundred devices: one statement per device made listing 100,000 registrations take 12 s.
+    for chunk in items.chunks(ITEMS_PER_INSERT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|r| {
+                let p: Vec<String> = (1..=6).map(|c| format!("${}", 2 + r * 6 + c)).collect();
+                format!(
+                    "({}, $1, {}, 'waiting', $2, $2, $2)",
+                    p[0],
+                    p[1..].join(", ")
+                )
+            })
+            .collect();
+        let sql = format!(
             "INSERT INTO job_items (id, job_id, seq, registration_id, device_id, hub, data_json, state, next_run_at, \
-             created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,'waiting',$8,$8,$8) \
-             ON CONFLICT (job_id, registration_id) DO NOTHING",
-        )
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(job_id)
-        .bind(seq)
-        .bind(&it.registration_id)
-        .bind(it.device_id.clone())
-        .bind(it.hub.clone())
-        .bind(it.data.as_ref().map(to_json))
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+             created_at, updated_at) VALUES {} ON CONFLICT (job_id, registration_id) DO NOTHING",
+            rows.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(job_id).bind(now);
+        for it in chunk {
+            seq += 1;
+            q = q
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(seq)
+                .bind(&it.registration_id)
+                .bind(it.device_id.clone())
+                .bind(it.hub.clone())
+                .bind(it.data.as_ref().map(to_json));
+        }
+        q.execute(&mut **tx).await?;
     }
     Ok(())
 }
+
+/// Rows per multi-row item INSERT: 6 parameters each, far below both engines' parameter limits.
+const ITEMS_PER_INSERT: usize = 100;
 
 /// Appends one event to a job's timeline (see [`insert_events`]).
 pub(super) async fn insert_event(

@@ -4,9 +4,11 @@
 //! 1. **Snapshot**: an export of the hub's identities with their keys (`{job}/snapshot.txt`), kept for an
 //!    undo. For an undo of a delete, the undone job's snapshot is the source instead.
 //! 2. **Import**: the job's devices are selected from it a batch of lines at a time (never the fleet in
-//!    memory), marked, and written to `{job}/import.txt`: `updateIfMatchETag` with `status: disabled`, the
-//!    status reason and the exported authentication (so no keys change), or `deleteIfMatchETag`; an undo
-//!    writes `updateIfMatchETag` with `status: enabled`, or `create` from the snapshot.
+//!    memory) and written to `{job}/import.txt`: `updateIfMatchETag` with `status: disabled`, the status
+//!    reason and the exported authentication (so no keys change), or `deleteIfMatchETag`; an undo writes
+//!    `updateIfMatchETag` with `status: enabled`, or `create` from the snapshot. While the import job runs,
+//!    the devices that blob names are marked as the run's (the database's share of the work, off the hub
+//!    path).
 //! 3. **Errors**: each device in `importErrors.log` goes back to its own registry step (an ETag that changed
 //!    since the export among them), with an event saying why.
 //! 4. **Verification**: a second export; a device counts done only when it shows the change (disabled, gone,
@@ -130,10 +132,13 @@ enum Phase {
     Selected {
         written: u64,
     },
-    /// The import runs.
+    /// The import runs. While it does, the devices it writes are marked as this run's from the import blob
+    /// (`marked` once all are: the error log and the verification pick devices by that mark).
     Importing {
         hub_job: String,
         written: u64,
+        #[serde(default)]
+        marked: bool,
     },
     /// The import ended and its error log was read: start the verification export.
     Imported {
@@ -452,7 +457,8 @@ async fn advance(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun) -> Advan
         | Phase::Verifying { hub_job, .. } => Some(poll(hub, hub_job).await),
         _ => None,
     };
-    if matches!(polled, Some(Polled::Running)) {
+    let marking = matches!(run.phase, Phase::Importing { marked: false, .. });
+    if matches!(polled, Some(Polled::Running)) && !marking {
         return Advance::Wait(wf.clients.jobs_poll_interval(), Vec::new());
     }
     let source = source_job(job).to_string();
@@ -512,7 +518,11 @@ async fn advance(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun) -> Advan
             let errors = errors_blob(&job.id, &host);
             let props = JobProperties::import(c.clone(), Some(&name), c, Some(&errors));
             let detail = json!({"blob": name, "devices": written});
-            let next = |hub_job| Phase::Importing { hub_job, written };
+            let next = |hub_job| Phase::Importing {
+                hub_job,
+                written,
+                marked: false,
+            };
             start(wf, job, run, hub, props, next, detail).await
         }
         Phase::Imported { import } => {
@@ -522,12 +532,17 @@ async fn advance(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun) -> Advan
             let next = |hub_job| Phase::Verifying { import, hub_job };
             start(wf, job, run, hub, props, next, detail).await
         }
-        Phase::Importing { hub_job, written } => match polled.take().unwrap_or(Polled::Running) {
-            Polled::Running => Advance::Wait(wf.clients.jobs_poll_interval(), Vec::new()),
+        Phase::Importing {
+            hub_job,
+            written,
+            marked,
+        } => match polled.take().unwrap_or(Polled::Running) {
             Polled::Failed(why) => {
                 fall_back(wf, job, run, &format!("its import job {hub_job} {why}")).await
             }
             Polled::Error(r) => Advance::Retry(r),
+            _ if !marked => mark_written(wf, job, run, &container, hub_job, written).await,
+            Polled::Running => Advance::Wait(wf.clients.jobs_poll_interval(), Vec::new()),
             Polled::Completed => imported(wf, job, run, &container, hub_job, written).await,
         },
         Phase::Verifying { import, hub_job } => match polled.take().unwrap_or(Polled::Running) {
@@ -833,6 +848,14 @@ fn device_ids<'a>(batch: &'a [Line], key: &str) -> Vec<&'a str> {
     batch.iter().filter_map(|(_, v)| v[key].as_str()).collect()
 }
 
+/// [`device_ids`], owned: for a write that outlives the batch ([`BatchWrites`]).
+fn owned_ids(batch: &[Line], key: &str) -> Vec<String> {
+    device_ids(batch, key)
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
 /// The job's waiting devices among a batch of lines (keyed by `key`), as (line, item).
 async fn match_items<'a>(
     wf: &AzureWorkflow,
@@ -986,7 +1009,7 @@ async fn select(
             Ok(m) => m,
             Err(e) => return retry(e),
         };
-        let (mut write_ids, mut same_ids) = (Vec::new(), Vec::new());
+        let mut same_ids = Vec::new();
         for ((raw, line), item) in &matched {
             let Some(device_id) = line["id"].as_str() else {
                 continue;
@@ -1019,7 +1042,7 @@ async fn select(
                         return blob_failure(wf, job, run, &format!("writing {import_name}"), e)
                             .await;
                     }
-                    write_ids.push(device_id);
+                    written += 1;
                 }
                 // Disabled by someone else since: its own step says so, device by device.
                 None if change == Change::Enable && line["status"].as_str() == Some("disabled") => {
@@ -1028,21 +1051,18 @@ async fn select(
                 None => same_ids.push(device_id),
             }
         }
+        // The devices written are marked while the import runs (`mark_written`), off the hub path; those
+        // already so are marked here, there being no other record of them.
         let now = wf.clock.now_ms();
-        let store = &wf.store;
-        let marked = Spent::add(&mut spent.database, async {
-            store
-                .mark_hub_devices(&job.id, &host, &run.run, true, &write_ids, now)
-                .await?;
-            store
-                .mark_hub_devices(&job.id, &host, &run.run, false, &same_ids, now)
-                .await
-        })
+        let marked = Spent::add(
+            &mut spent.database,
+            wf.store
+                .mark_hub_devices(&job.id, &host, &run.run, false, &same_ids, now),
+        )
         .await;
         if let Err(e) = marked {
             return retry(format!("marking the devices: {e}"));
         }
-        written += write_ids.len() as u64;
         unchanged += same_ids.len() as u64;
     }
     if let Err(e) = writer.finish().await {
@@ -1080,6 +1100,112 @@ async fn select(
     }
     run.phase = Phase::Selected { written };
     Advance::Moved(events)
+}
+
+/// Marks the devices the import blob names as this run's while the import job runs: the import changes
+/// them (`changed`). A pass interrupted before the end is run again whole (marking is idempotent).
+async fn mark_written(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    run: &mut HubRun,
+    container: &BlobContainerClient,
+    hub_job: String,
+    written: u64,
+) -> Advance {
+    let host = run.hub.clone();
+    let name = blob(&job.id, &host, "import.txt");
+    let mut batches = LineBatches::new(container.reader(&name));
+    let mut writes = BatchWrites::new(&wf.store);
+    while let Some(batch) = batches.next().await {
+        let batch = match batch {
+            Ok(b) => b,
+            // Gone while the import waited or ran: the import's own end says what became of it (it
+            // fails for want of its input, and the run falls back); devices left unmarked are not
+            // verified by the export, so they go device by device.
+            Err(e) if e.is_not_found() => {
+                tracing::warn!(job = %job.id, hub = %host, blob = %name, "the import blob is gone; its devices stay unmarked");
+                break;
+            }
+            Err(e) => return blob_failure(wf, job, run, &format!("reading {name}"), e).await,
+        };
+        let ids = owned_ids(&batch.lines, "id");
+        let (store, job_id, host, mark) = (
+            wf.store.clone(),
+            job.id.clone(),
+            host.clone(),
+            run.run.clone(),
+        );
+        let now = wf.clock.now_ms();
+        let write = async move {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            store
+                .mark_hub_devices(&job_id, &host, &mark, true, &ids, now)
+                .await
+        };
+        if let Err(e) = writes.push(write).await {
+            return retry(format!("marking the devices the import writes: {e}"));
+        }
+    }
+    if let Err(e) = writes.finish().await {
+        return retry(format!("marking the devices the import writes: {e}"));
+    }
+    run.phase = Phase::Importing {
+        hub_job,
+        written,
+        marked: true,
+    };
+    Advance::Moved(Vec::new())
+}
+
+/// Batch updates of one pass under way at once, up to [`crate::store::Store::batch_writers`]: the next
+/// batch is read while earlier ones are written. Dropping it aborts what is still under way, which loses
+/// nothing: each statement is idempotent and an interrupted pass runs again from its start.
+struct BatchWrites<T> {
+    under_way: tokio::task::JoinSet<Result<T, crate::store::StoreError>>,
+    most: usize,
+    done: Vec<T>,
+}
+
+impl<T: Send + 'static> BatchWrites<T> {
+    fn new(store: &crate::store::Store) -> Self {
+        Self {
+            under_way: tokio::task::JoinSet::new(),
+            most: store.batch_writers().max(1),
+            done: Vec::new(),
+        }
+    }
+
+    /// Starts `write`, first waiting for an earlier one when as many as allowed are under way.
+    async fn push(
+        &mut self,
+        write: impl std::future::Future<Output = Result<T, crate::store::StoreError>> + Send + 'static,
+    ) -> Result<(), String> {
+        while self.under_way.len() >= self.most {
+            self.next_done().await?;
+        }
+        self.under_way.spawn(write);
+        Ok(())
+    }
+
+    async fn next_done(&mut self) -> Result<(), String> {
+        match self.under_way.join_next().await {
+            Some(Ok(Ok(v))) => {
+                self.done.push(v);
+                Ok(())
+            }
+            Some(Ok(Err(e))) => Err(e.to_string()),
+            Some(Err(e)) => Err(format!("a batch update stopped: {e}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for every write under way; their results, in the order they ended.
+    async fn finish(mut self) -> Result<Vec<T>, String> {
+        while !self.under_way.is_empty() {
+            self.next_done().await?;
+        }
+        Ok(self.done)
+    }
 }
 
 /// Reads the import's error log: each refused device goes back to its own step, with an event saying why.
@@ -1186,6 +1312,7 @@ async fn verified(
     let (mut not_shown, mut shown) = (0u64, 0u64);
     let steps = job.plan.item_steps().len();
     let mut spent = Spent::default();
+    let mut writes = BatchWrites::new(&wf.store);
     while let Some(batch) = Spent::add(&mut spent.reading, batches.next()).await {
         let batch = match batch {
             Ok(b) => b,
@@ -1200,33 +1327,42 @@ async fn verified(
                 continue;
             };
             if change.shows(Some(line)) {
-                good.push(id);
+                good.push(id.to_string());
             } else {
-                bad.push(id);
+                bad.push(id.to_string());
             }
         }
+        let (store, job_id, host, mark, import) = (
+            wf.store.clone(),
+            job.id.clone(),
+            host.clone(),
+            run.run.clone(),
+            import.to_string(),
+        );
         let now = wf.clock.now_ms();
-        let store = &wf.store;
-        let finished = Spent::add(
-            &mut spent.database,
-            store.finish_hub_devices(&job.id, &host, &run.run, import, steps, &good, now),
-        );
-        match finished.await {
-            Ok(n) => shown += n,
-            Err(e) => return retry(format!("finishing the verified devices: {e}")),
+        let write = async move {
+            let good: Vec<&str> = good.iter().map(String::as_str).collect();
+            let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
+            let shown = store
+                .finish_hub_devices(&job_id, &host, &mark, &import, steps, &good, now)
+                .await?;
+            let not_shown = store
+                .move_hub_devices(&job_id, &host, &mark, None, &bad, now)
+                .await?;
+            Ok((shown, not_shown))
+        };
+        if let Err(e) = Spent::add(&mut spent.database, writes.push(write)).await {
+            return retry(format!("settling the devices the export lists: {e}"));
         }
-        let moved = Spent::add(
-            &mut spent.database,
-            store.move_hub_devices(&job.id, &host, &run.run, None, &bad, now),
-        );
-        match moved.await {
-            Ok(n) => not_shown += n,
-            Err(e) => {
-                return retry(format!(
-                    "returning unverified devices to their own step: {e}"
-                ));
+    }
+    match Spent::add(&mut spent.database, writes.finish()).await {
+        Ok(done) => {
+            for (s, n) in done {
+                shown += s;
+                not_shown += n;
             }
         }
+        Err(e) => return retry(format!("settling the devices the export lists: {e}")),
     }
     // Devices the export did not list: gone, which is the change for a disable or delete, not for an undo.
     // An unreadable line could have been any device: then nobody unlisted counts as gone.
@@ -1354,4 +1490,25 @@ async fn fall_back(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun, why: &
         format!("hub {host}: {why}; its devices are handled device by device instead"),
         json!({"hub": host, "run": run.run, "devices_marked": n, "why": why}),
     )])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_import_an_earlier_version_started_marks_its_devices_again() {
+        // That version marked them during the selection; marking again is idempotent.
+        let phase: Phase =
+            serde_json::from_value(json!({"phase": "importing", "hub_job": "j", "written": 3}))
+                .unwrap();
+        assert!(matches!(
+            phase,
+            Phase::Importing {
+                marked: false,
+                written: 3,
+                ..
+            }
+        ));
+    }
 }

@@ -25,6 +25,7 @@ const TIME_SCALE: f64 = 60.0;
 both_stores!(
     a_large_group_on_s1_takes_import_jobs_and_every_device_is_verified,
     a_device_changed_between_export_and_import_falls_back_to_its_own_step,
+    the_devices_an_import_writes_are_marked_while_it_runs,
     a_hub_running_another_job_is_waited_for,
     a_failed_import_job_falls_back_to_per_device,
     an_expired_sas_falls_back_to_per_device,
@@ -310,6 +311,76 @@ async fn a_device_changed_between_export_and_import_falls_back_to_its_own_step(d
             .any(|e| e["message"].as_str().unwrap().contains(&victim))
     );
     assert!(hub_devices(&sim).iter().all(|d| d["status"] == "disabled"));
+    app.stop().await;
+    sim.shutdown().await;
+}
+
+/// The database's share of the import (marking the devices the import blob names as the run's) happens
+/// once the hub job has started, while it runs, not between the selection and the import's start.
+async fn the_devices_an_import_writes_are_marked_while_it_runs(db: TestDb) {
+    use azure_iot_sim::jobs::{JobKind, JobStatus};
+    let Some(account) = storage() else { return };
+    // Each hub job waits 120 s of quota time (2 s here) in the hub's queue.
+    let sim = sim(vec![group("fleet", 40)], 120.0).await;
+    let app = app(&db, &config(&sim, &account)).await;
+    let store = db.store().await;
+    let body = json!({"target": {"kind": "enrollment_group", "group_id": "fleet"},
+        "reason": {"code": "compromised"}, "registry_path": "import_job"});
+    let id = submit(&app, &body).await;
+    let mut import_started = None;
+    for _ in 0..1_000 {
+        import_started = app
+            .events(&id)
+            .await
+            .into_iter()
+            .find(|e| e["kind"] == "hub_job_started" && e["detail"]["type"] == "import");
+        if import_started.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let import_started = import_started.expect("the import starts");
+    let started_ms = chrono::DateTime::parse_from_rfc3339(import_started["at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    let import_running = || {
+        sim.handle()
+            .0
+            .jobs
+            .list(HUB)
+            .iter()
+            .any(|j| j.kind == JobKind::Import && j.status != JobStatus::Completed)
+    };
+    let mut marked = None;
+    for _ in 0..300 {
+        let items = store.list_items(&id, None, 100).await.unwrap().rows;
+        assert_eq!(items.len(), 40);
+        if items.iter().all(|it| it.hub_job.is_some()) {
+            marked = Some((items, import_running()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (items, running) = marked.expect("every device is marked");
+    assert!(running, "the devices are marked before the import job ends");
+    for it in &items {
+        assert_eq!(it.state, deprovisiond::domain::lane::LaneState::Waiting);
+        assert!(
+            it.updated_at >= started_ms,
+            "{} marked at {} before the import started at {started_ms}",
+            it.registration_id,
+            it.updated_at
+        );
+    }
+    let job = finished(&app, &id).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let events = app.events(&id).await;
+    assert_eq!(
+        kinds(&events, "hub_job_verified")[0]["detail"]["devices"],
+        40
+    );
+    assert!(hub_devices(&sim).iter().all(|d| d["status"] == "disabled"));
+    assert_eq!(registry_calls(&sim.calls()), 0);
     app.stop().await;
     sim.shutdown().await;
 }

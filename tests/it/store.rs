@@ -42,6 +42,7 @@ both_stores!(
     a_batch_of_results_records_each_and_fences_only_the_stale_one,
     kept_counts_match_the_items_through_concurrent_changes,
     hub_job_batches_find_mark_move_and_finish_devices_by_id,
+    a_page_of_devices_is_inserted_in_order_and_a_repeat_adds_nothing,
 );
 
 fn plan() -> Plan {
@@ -1396,4 +1397,52 @@ async fn hub_job_batches_find_mark_move_and_finish_devices_by_id(db: TestDb) {
         [("import-1".into(), 1990)],
         "finished devices keep the import job as their mark"
     );
+}
+
+/// Items go in a hundred per statement: a page longer than that keeps its order in `seq`, and a
+/// registration named twice, in one statement or in two, stays as it was first added.
+async fn a_page_of_devices_is_inserted_in_order_and_a_repeat_adds_nothing(db: TestDb) {
+    let s = db.store().await;
+    let Created::New(job) = s
+        .create_job(new_job(group("fleet"), None), 0)
+        .await
+        .unwrap()
+    else {
+        panic!("a new job")
+    };
+    let item = |r: String, hub: &str| NewItem {
+        registration_id: r.clone(),
+        device_id: Some(format!("dev-{r}")),
+        hub: Some(hub.into()),
+        data: Some(serde_json::json!({"n": r})),
+    };
+    // 250 registrations; reg-5 again inside the first hundred, reg-150 again in the third.
+    let mut page: Vec<NewItem> = (0..250).map(|i| item(format!("reg-{i}"), "h1")).collect();
+    page.insert(50, item("reg-5".into(), "h2"));
+    page.insert(220, item("reg-150".into(), "h2"));
+    let j = s
+        .claim_jobs("w", 1, Duration::from_secs(30), 1)
+        .await
+        .unwrap()
+        .remove(0);
+    let effects = StepEffects {
+        new_items: page,
+        ..StepEffects::default()
+    };
+    s.complete_job_step(&j, &done(j.plan.job_steps(), 0, 1, 2), &effects, 2)
+        .await
+        .unwrap();
+    let items = s.list_items(&job.id, None, 1_000).await.unwrap().rows;
+    let regs: Vec<String> = items.iter().map(|i| i.registration_id.clone()).collect();
+    let want: Vec<String> = (0..250).map(|i| format!("reg-{i}")).collect();
+    assert_eq!(regs, want, "in the page's order, each once");
+    assert!(items.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(
+        items.iter().all(|i| i.hub.as_deref() == Some("h1")),
+        "the first stays"
+    );
+    assert!(items.iter().all(|i| i.state == LaneState::Waiting));
+    assert_eq!(items[7].device_id.as_deref(), Some("dev-reg-7"));
+    assert_eq!(items[7].data, Some(serde_json::json!({"n": "reg-7"})));
+    assert_eq!(s.item_counts(&job.id).await.unwrap().total, 250);
 }
