@@ -169,7 +169,8 @@ pub struct BenchArgs {
     /// The service knows the bench's hub by the label `BENCH` and its DPS instance as `bench-dps`.
     #[arg(long, value_parser = parse_env_pair)]
     pub service_env: Vec<(String, String)>,
-    /// Folder for databases and service logs (kept); a temporary folder, deleted at the end, when absent.
+    /// Folder for databases, service logs and each job's events (kept); a temporary folder, deleted at the
+    /// end, when absent.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
     /// Print JSON (`{"machine": …, "rows": […]}`) instead of the table.

@@ -791,6 +791,13 @@ async fn run_service_job(
         (Ok((_, _, _, _, id)), true) => timeline(ctx, &services[0].base, id).await,
         _ => Vec::new(),
     };
+    if !events.is_empty() && ctx.args.work_dir.is_some() {
+        // Beside the service's log, for reading where a run's time went.
+        let path = ctx.dir.join(format!("{label}-events.json"));
+        if let Err(e) = std::fs::write(&path, Value::Array(events.clone()).to_string()) {
+            tracing::warn!(error = %e, path = %path.display(), "bench events not written");
+        }
+    }
     let mut per_replica_rss = Vec::new();
     for s in services {
         per_replica_rss.push(s.stop().await);

@@ -247,6 +247,18 @@ impl Store {
         Ok(r.rows_affected())
     }
 
+    /// Brings the planner's statistics of `job_items` up to date on PostgreSQL, before the job path's batch
+    /// statements. Right after a job added its devices (before autovacuum's next look) the planner takes
+    /// them for one row and plans each batch lookup as a scan of all the job's devices on the hub: 27 s for
+    /// 2,000 ids among 100,000 devices, against 11 ms once analysed. SQLite's planner picks the device
+    /// index without statistics.
+    pub async fn refresh_item_statistics(&self) -> Result<()> {
+        if self.backend() == super::Backend::Postgres {
+            sqlx::query("ANALYZE job_items").execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
     /// Waiting items of the job per hub (items whose record names no hub are left out: only their own
     /// step can look for them).
     pub async fn waiting_by_hub(&self, job_id: &str) -> Result<Vec<(String, u64)>> {

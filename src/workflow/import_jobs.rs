@@ -285,6 +285,12 @@ async fn plan(wf: &AzureWorkflow, job: &JobRecord) -> Result<(Progress, NewEvent
             });
         }
     }
+    if !hubs.is_empty()
+        && let Err(e) = wf.store.refresh_item_statistics().await
+    {
+        // Slower batches, not wrong ones.
+        tracing::warn!(job = %job.id, error = %e, "could not refresh the planner's statistics of job_items");
+    }
     let message = if lines.is_empty() {
         "no devices with a known hub: each device's own step looks for it".to_string()
     } else {
