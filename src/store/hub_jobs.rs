@@ -219,7 +219,8 @@ impl Store {
     }
 
     /// Finishes every waiting item of the job on `hub` marked `verified`: their device steps are done, and
-    /// they keep `hub_job` (the import job that wrote them) as their mark. Returns how many.
+    /// they keep `hub_job` (the import job that wrote them) as their mark. Returns how many. On PostgreSQL
+    /// the items are split by `seq` among [`Store::batch_writers`] statements under way at once.
     pub async fn finish_hub_job(
         &self,
         job_id: &str,
@@ -229,22 +230,27 @@ impl Store {
         step_count: usize,
         now: Millis,
     ) -> Result<u64> {
-        let r = sqlx::query(
-            "UPDATE job_items SET state = 'succeeded', hub_job = $4, step_index = $5, attempt = 0, next_run_at = $6, \
-             updated_at = $6, finished_at = $6 \
-             WHERE job_id = $1 AND hub = $2 AND hub_job = $3 AND state = 'waiting'",
-        )
-        .bind(job_id)
-        .bind(hub)
-        .bind(verified)
-        .bind(hub_job)
-        .bind(step_count as i64)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        // PostgreSQL's kept counts append this statement's change; fold it with the rest.
+        let parts = self.batch_writers().max(1) as i64;
+        let statements = (0..parts).map(|part| {
+            sqlx::query(
+                "UPDATE job_items SET state = 'succeeded', hub_job = $4, step_index = $5, attempt = 0, next_run_at = $6, \
+                 updated_at = $6, finished_at = $6 \
+                 WHERE job_id = $1 AND hub = $2 AND hub_job = $3 AND state = 'waiting' AND seq % $7 = $8",
+            )
+            .bind(job_id)
+            .bind(hub)
+            .bind(verified)
+            .bind(hub_job)
+            .bind(step_count as i64)
+            .bind(now)
+            .bind(parts)
+            .bind(part)
+            .execute(&self.pool)
+        });
+        let done = futures::future::try_join_all(statements).await?;
+        // PostgreSQL's kept counts append each statement's change; fold them with the rest.
         self.fold_item_counts(job_id).await?;
-        Ok(r.rows_affected())
+        Ok(done.iter().map(|r| r.rows_affected()).sum())
     }
 
     /// Brings the planner's statistics of `job_items` up to date on PostgreSQL, before the job path's batch
