@@ -1239,8 +1239,8 @@ fn phase_spans(events: &[Value]) -> String {
     parts.join(", ")
 }
 
-/// "selection: waiting for lines a s, database b s, blob writes c s; verification: …" from the `spent` the
-/// two passes over an export record in their events.
+/// "selection t s: waiting for lines a s, database b s, blob writes c s; verification …" from the `spent`
+/// the two passes over an export record in their events (t: the whole pass, its own parsing included).
 fn pass_spans(events: &[Value]) -> String {
     let secs = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0) as f64 / 1000.0;
     [
@@ -1251,7 +1251,8 @@ fn pass_spans(events: &[Value]) -> String {
     .filter_map(|(name, kind)| {
         let spent = &events.iter().find(|e| e["kind"] == *kind)?["detail"]["spent"];
         Some(format!(
-            "{name}: waiting for lines {:.1} s, database {:.1} s, blob writes {:.1} s",
+            "{name} {:.1} s: waiting for lines {:.1} s, database {:.1} s, blob writes {:.1} s",
+            secs(spent, "total_ms"),
             secs(spent, "reading_ms"),
             secs(spent, "database_ms"),
             secs(spent, "writing_ms")

@@ -367,7 +367,27 @@ impl Engine {
             &t,
             now,
         ));
-        self.store.complete_job_step(&job, &t, &effects, now).await
+        self.store
+            .complete_job_step(&job, &t, &effects, now)
+            .await?;
+        if let Outcome::Paced { delay, .. } = result.outcome {
+            self.wake_after(delay);
+        }
+        Ok(())
+    }
+
+    /// Looks for work again after `delay` when that comes before the next poll: a job step that waits
+    /// (a hub job polled every 100 ms) would otherwise run only at the engine's poll, up to
+    /// `poll_every` late each time.
+    fn wake_after(&self, delay: Duration) {
+        if delay >= self.config.poll_every {
+            return;
+        }
+        let waker = self.waker.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            waker.wake();
+        });
     }
 
     async fn execute_item(

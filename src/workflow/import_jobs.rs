@@ -733,6 +733,8 @@ struct Spent {
     reading: Duration,
     database: Duration,
     writing: Duration,
+    /// The whole pass, its own work (parsing, building lines) included.
+    total: Duration,
 }
 
 impl Spent {
@@ -746,7 +748,7 @@ impl Spent {
 
     fn json(&self) -> Value {
         json!({"reading_ms": self.reading.as_millis() as u64, "database_ms": self.database.as_millis() as u64,
-            "writing_ms": self.writing.as_millis() as u64})
+            "writing_ms": self.writing.as_millis() as u64, "total_ms": self.total.as_millis() as u64})
     }
 }
 
@@ -1017,6 +1019,7 @@ async fn select(
     let reason = super::registry::status_reason(job);
     let undone = source_job(job).to_string();
     let import_name = blob(&job.id, &host, "import.txt");
+    let began = std::time::Instant::now();
     let mut batches = LineBatches::new(container.reader(source_blob));
     let mut writer = container.writer(&import_name);
     // A deprovision keeps the lines of its own devices as the snapshot an undo re-creates them from.
@@ -1103,17 +1106,18 @@ async fn select(
         }
         unchanged += same_ids.len() as u64;
     }
-    if let Err(e) = writer.finish().await {
+    if let Err(e) = Spent::add(&mut spent.writing, writer.finish()).await {
         return blob_failure(wf, job, run, &format!("writing {import_name}"), e).await;
     }
     if let Some(w) = snapshot
-        && let Err(e) = w.finish().await
+        && let Err(e) = Spent::add(&mut spent.writing, w.finish()).await
     {
         return blob_failure(wf, job, run, &format!("writing {snapshot_name}"), e).await;
     }
     if export_job.is_some() {
-        delete_blob(container, source_blob).await;
+        Spent::add(&mut spent.writing, delete_blob(container, source_blob)).await;
     }
+    spent.total = began.elapsed();
     let detail = json!({"hub": host, "source": source_blob, "export_job": export_job, "import_blob": import_name,
         "snapshot": (job.request.undo.is_none()).then_some(&snapshot_name),
         "written": written, "unchanged": unchanged, "left_to_own_step": left, "unreadable_lines": dropped,
@@ -1349,6 +1353,7 @@ async fn verified(
     let mut dropped = 0u64;
     let (mut not_shown, mut shown) = (0u64, 0u64);
     let steps = job.plan.item_steps().len();
+    let began = std::time::Instant::now();
     let mut spent = Spent::default();
     let mut writes = BatchWrites::new(&wf.store);
     while let Some(batch) = Spent::add(&mut spent.reading, batches.next()).await {
@@ -1432,6 +1437,7 @@ async fn verified(
             Err(e) => return retry(e),
         };
     let verified = verified - relabelled;
+    spent.total = began.elapsed();
     let missing = unlisted_back + (verified - shown);
     let events = vec![
         event(

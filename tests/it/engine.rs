@@ -22,6 +22,7 @@ both_stores!(
     sigkill_mid_step_reruns_that_step_at_most_once,
     an_item_at_a_step_its_plan_lacks_fails_instead_of_looping,
     a_skipped_job_step_moves_the_job_on,
+    a_job_step_that_waits_less_than_the_poll_runs_again_when_due,
 );
 
 async fn transient_failures_back_off_then_succeed(db: TestDb) {
@@ -375,6 +376,35 @@ async fn a_skipped_job_step_moves_the_job_on(db: TestDb) {
         .map(|e| e["kind"].clone())
         .collect();
     assert!(kinds.contains(&Value::from("step_skipped")), "{kinds:?}");
+    app.stop().await;
+}
+
+/// A job step that asks to run again in 50 ms (as the import path does while a hub job runs) is run
+/// again then, not at the engine's next poll, here 5 s away each time.
+async fn a_job_step_that_waits_less_than_the_poll_runs_again_when_due(db: TestDb) {
+    let wf = Scripted::new(1);
+    let wait = Act::Wait(Duration::from_millis(50));
+    wf.script("revoke", "-", vec![wait.clone(), wait.clone(), wait]);
+    let mut engine = fast_engine();
+    engine.poll_every = Duration::from_secs(5);
+    let app = TestApp::spawn_with(&db, wf.clone(), engine, true).await;
+    let job: Value = app
+        .post("/v1/deprovisions", &individual("dev-0000"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.wait_status(job["id"].as_str().unwrap(), "succeeded")
+        .await;
+    let runs = wf.runs_of("revoke", None);
+    assert_eq!(runs.len(), 4, "three waits, then done");
+    for pair in runs.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_millis(50) && gap < Duration::from_millis(2_500),
+            "run again {gap:?} later: when due, not at the next poll"
+        );
+    }
     app.stop().await;
 }
 

@@ -367,6 +367,8 @@ pub enum Act {
     Hang(Duration),
     /// The step had nothing to do.
     Skip,
+    /// The step waits (a hub job still running): run it again after this long.
+    Wait(Duration),
 }
 
 /// The system clock moved by a fixed offset: a replica whose clock is wrong.
@@ -466,6 +468,7 @@ impl Scripted {
                 Outcome::Done
             }
             Act::Skip => Outcome::Skipped("scripted: nothing to do".into()),
+            Act::Wait(delay) => Outcome::Paced { hub: None, delay },
         }
     }
 }
