@@ -1171,17 +1171,11 @@ async fn mark_written(
             Err(e) => return blob_failure(wf, job, run, &format!("reading {name}"), e).await,
         };
         let ids = owned_ids(&batch.lines, "id");
-        let (store, job_id, host, mark) = (
-            wf.store.clone(),
-            job.id.clone(),
-            host.clone(),
-            run.run.clone(),
-        );
-        let now = wf.clock.now_ms();
+        let at = RunWrite::of(wf, job, run);
         let write = async move {
             let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-            store
-                .mark_hub_devices(&job_id, &host, &mark, true, &ids, now)
+            at.store
+                .mark_hub_devices(&at.job_id, &at.hub, &at.mark, true, &ids, at.now)
                 .await
         };
         if let Err(e) = writes.push(write).await {
@@ -1197,6 +1191,28 @@ async fn mark_written(
         marked: true,
     };
     Advance::Moved(Vec::new())
+}
+
+/// A hub run's batch write, owned so that it can outlive the batch it was made from ([`BatchWrites`]).
+struct RunWrite {
+    store: crate::store::Store,
+    job_id: String,
+    hub: String,
+    /// The run's mark on its devices.
+    mark: String,
+    now: crate::domain::clock::Millis,
+}
+
+impl RunWrite {
+    fn of(wf: &AzureWorkflow, job: &JobRecord, run: &HubRun) -> Self {
+        Self {
+            store: wf.store.clone(),
+            job_id: job.id.clone(),
+            hub: run.hub.clone(),
+            mark: run.run.clone(),
+            now: wf.clock.now_ms(),
+        }
+    }
 }
 
 /// Batch updates of one pass under way at once, up to [`crate::store::Store::batch_writers`]: the next
@@ -1375,22 +1391,18 @@ async fn verified(
                 bad.push(id.to_string());
             }
         }
-        let (store, job_id, host, mark, import) = (
-            wf.store.clone(),
-            job.id.clone(),
-            host.clone(),
-            run.run.clone(),
-            import.to_string(),
-        );
-        let now = wf.clock.now_ms();
+        let (at, import) = (RunWrite::of(wf, job, run), import.to_string());
         let write = async move {
             let good: Vec<&str> = good.iter().map(String::as_str).collect();
             let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
-            let shown = store
-                .finish_hub_devices(&job_id, &host, &mark, &import, steps, &good, now)
+            let (job_id, hub, mark, now) = (&at.job_id, &at.hub, &at.mark, at.now);
+            let shown = at
+                .store
+                .finish_hub_devices(job_id, hub, mark, &import, steps, &good, now)
                 .await?;
-            let not_shown = store
-                .move_hub_devices(&job_id, &host, &mark, None, &bad, now)
+            let not_shown = at
+                .store
+                .move_hub_devices(job_id, hub, mark, None, &bad, now)
                 .await?;
             Ok((shown, not_shown))
         };

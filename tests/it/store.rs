@@ -1231,18 +1231,6 @@ async fn kept_counts_match_the_items_through_concurrent_changes(db: TestDb) {
 async fn hub_job_batches_find_mark_move_and_finish_devices_by_id(db: TestDb) {
     use sqlx::Row;
     let s = db.store().await;
-    let Created::New(job) = s
-        .create_job(new_job(group("fleet"), None), 0)
-        .await
-        .unwrap()
-    else {
-        panic!("a new job")
-    };
-    let j = s
-        .claim_jobs("w", 1, Duration::from_secs(30), 1)
-        .await
-        .unwrap()
-        .remove(0);
     // 4,000 devices on h1, 500 on h2; one id needs escaping in JSON.
     let device = |i: usize| {
         if i == 7 {
@@ -1259,13 +1247,7 @@ async fn hub_job_batches_find_mark_move_and_finish_devices_by_id(db: TestDb) {
             data: None,
         })
         .collect();
-    let effects = StepEffects {
-        new_items: items,
-        ..StepEffects::default()
-    };
-    s.complete_job_step(&j, &done(j.plan.job_steps(), 0, 1, 2), &effects, 2)
-        .await
-        .unwrap();
+    let job = job_with_devices(&s, items).await;
 
     // A batch of 3,000 ids: 2,000 on h1, 500 on h2, 500 unknown.
     let ids: Vec<String> = (2000..4500)
@@ -1404,13 +1386,6 @@ async fn hub_job_batches_find_mark_move_and_finish_devices_by_id(db: TestDb) {
 /// registration named twice, in one statement or in two, stays as it was first added.
 async fn a_page_of_devices_is_inserted_in_order_and_a_repeat_adds_nothing(db: TestDb) {
     let s = db.store().await;
-    let Created::New(job) = s
-        .create_job(new_job(group("fleet"), None), 0)
-        .await
-        .unwrap()
-    else {
-        panic!("a new job")
-    };
     let item = |r: String, hub: &str| NewItem {
         registration_id: r.clone(),
         device_id: Some(format!("dev-{r}")),
@@ -1421,18 +1396,7 @@ async fn a_page_of_devices_is_inserted_in_order_and_a_repeat_adds_nothing(db: Te
     let mut page: Vec<NewItem> = (0..250).map(|i| item(format!("reg-{i}"), "h1")).collect();
     page.insert(50, item("reg-5".into(), "h2"));
     page.insert(220, item("reg-150".into(), "h2"));
-    let j = s
-        .claim_jobs("w", 1, Duration::from_secs(30), 1)
-        .await
-        .unwrap()
-        .remove(0);
-    let effects = StepEffects {
-        new_items: page,
-        ..StepEffects::default()
-    };
-    s.complete_job_step(&j, &done(j.plan.job_steps(), 0, 1, 2), &effects, 2)
-        .await
-        .unwrap();
+    let job = job_with_devices(&s, page).await;
     let items = s.list_items(&job.id, None, 1_000).await.unwrap().rows;
     let regs: Vec<String> = items.iter().map(|i| i.registration_id.clone()).collect();
     let want: Vec<String> = (0..250).map(|i| format!("reg-{i}")).collect();
@@ -1455,20 +1419,9 @@ async fn a_page_of_devices_is_inserted_in_order_and_a_repeat_adds_nothing(db: Te
 async fn the_job_paths_lookups_use_the_device_index_once_statistics_are_refreshed(db: TestDb) {
     use sqlx::Row;
     let s = db.store().await;
-    let Created::New(job) = s
-        .create_job(new_job(group("fleet"), None), 0)
-        .await
-        .unwrap()
-    else {
-        panic!("a new job")
-    };
-    let j = s
-        .claim_jobs("w", 1, Duration::from_secs(30), 1)
-        .await
-        .unwrap()
-        .remove(0);
-    let effects = StepEffects {
-        new_items: (0..20_000)
+    let job = job_with_devices(
+        &s,
+        (0..20_000)
             .map(|i| NewItem {
                 registration_id: format!("reg-{i}"),
                 device_id: Some(format!("dev-{i}")),
@@ -1476,11 +1429,8 @@ async fn the_job_paths_lookups_use_the_device_index_once_statistics_are_refreshe
                 data: None,
             })
             .collect(),
-        ..StepEffects::default()
-    };
-    s.complete_job_step(&j, &done(j.plan.job_steps(), 0, 1, 2), &effects, 2)
-        .await
-        .unwrap();
+    )
+    .await;
     s.refresh_item_statistics().await.unwrap();
     let ids: Vec<String> = (0..2_000).map(|i| format!("dev-{i}")).collect();
     let list = serde_json::to_string(&ids).unwrap();
@@ -1525,4 +1475,28 @@ async fn the_job_paths_lookups_use_the_device_index_once_statistics_are_refreshe
         "each id looked up through the device index:\n{}",
         plan.join("\n")
     );
+}
+
+/// A new group job whose first step found `items`, which now wait for the barrier.
+async fn job_with_devices(s: &Store, items: Vec<NewItem>) -> JobRecord {
+    let Created::New(job) = s
+        .create_job(new_job(group("fleet"), None), 0)
+        .await
+        .unwrap()
+    else {
+        panic!("a new job")
+    };
+    let j = s
+        .claim_jobs("w", 1, Duration::from_secs(30), 1)
+        .await
+        .unwrap()
+        .remove(0);
+    let effects = StepEffects {
+        new_items: items,
+        ..StepEffects::default()
+    };
+    s.complete_job_step(&j, &done(j.plan.job_steps(), 0, 1, 2), &effects, 2)
+        .await
+        .unwrap();
+    job
 }
