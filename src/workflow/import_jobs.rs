@@ -1,14 +1,15 @@
 //! The `import_jobs` step: per hub, the quota arithmetic ([`crate::domain::registry_path`]) picks device by
 //! device or import jobs; the hubs that take import jobs then run, one hub job at a time per step run:
 //!
-//! 1. **Snapshot**: an export of the hub's identities with their keys (`{job}/snapshot.txt`), kept for an
-//!    undo. For an undo of a delete, the undone job's snapshot is the source instead.
+//! 1. **Export**: the hub's identities with their keys (`{job}/{hub}/export.txt`). For an undo of a delete,
+//!    the undone job's snapshot is the source instead.
 //! 2. **Import**: the job's devices are selected from it a batch of lines at a time (never the fleet in
-//!    memory) and written to `{job}/import.txt`: `updateIfMatchETag` with `status: disabled`, the status
-//!    reason and the exported authentication (so no keys change), or `deleteIfMatchETag`; an undo writes
-//!    `updateIfMatchETag` with `status: enabled`, or `create` from the snapshot. While the import job runs,
-//!    the devices that blob names are marked as the run's (the database's share of the work, off the hub
-//!    path).
+//!    memory) and written to `{job}/{hub}/import.txt`: `updateIfMatchETag` with `status: disabled`, the
+//!    status reason and the exported authentication (so no keys change), or `deleteIfMatchETag`; an undo
+//!    writes `updateIfMatchETag` with `status: enabled`, or `create` from the snapshot. While the import job
+//!    runs, off the hub path, the devices that blob names are marked as the run's, and the job's devices'
+//!    lines of the export are kept as the snapshot for an undo (`snapshot.txt`) before the export, which
+//!    holds every identity's keys, is deleted.
 //! 3. **Errors**: each device in `importErrors.log` goes back to its own registry step (an ETag that changed
 //!    since the export among them), with an event saying why.
 //! 4. **Verification**: a second export; a device counts done only when it shows the change (disabled, gone,
@@ -132,14 +133,20 @@ enum Phase {
     /// The devices are selected and the import blob written (`written` lines): start the import.
     Selected {
         written: u64,
+        /// The snapshot is still to be taken from the export (an earlier version took it in the selection).
+        #[serde(default)]
+        snapshot_due: bool,
     },
     /// The import runs. While it does, the devices it writes are marked as this run's from the import blob
-    /// (`marked` once all are: the error log and the verification pick devices by that mark).
+    /// (`marked` once all are: the error log and the verification pick devices by that mark), and the
+    /// snapshot is taken from the export (`snapshot_due` until it is).
     Importing {
         hub_job: String,
         written: u64,
         #[serde(default)]
         marked: bool,
+        #[serde(default)]
+        snapshot_due: bool,
     },
     /// The import ended and its error log was read: start the verification export.
     Imported {
@@ -464,8 +471,15 @@ async fn advance(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun) -> Advan
         | Phase::Verifying { hub_job, .. } => Some(poll(hub, hub_job).await),
         _ => None,
     };
-    let marking = matches!(run.phase, Phase::Importing { marked: false, .. });
-    if matches!(polled, Some(Polled::Running)) && !marking {
+    let passes_due = matches!(
+        run.phase,
+        Phase::Importing { marked: false, .. }
+            | Phase::Importing {
+                snapshot_due: true,
+                ..
+            }
+    );
+    if matches!(polled, Some(Polled::Running)) && !passes_due {
         return Advance::Wait(wf.clients.jobs_poll_interval(), Vec::new());
     }
     let source = source_job(job).to_string();
@@ -492,8 +506,8 @@ async fn advance(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun) -> Advan
             select(wf, job, run, &container, &snapshot, None).await
         }
         Phase::Source => {
-            // The full export (every identity of the hub, keys included) lives only until the selection
-            // has read it: the snapshot kept holds the job's devices' lines alone.
+            // The full export (every identity of the hub, keys included) lives only until the snapshot
+            // has been taken from it: the snapshot kept holds the job's devices' lines alone.
             let name = blob(&job.id, &host, "export.txt");
             let props = JobProperties::export(container.container().expose(), Some(&name), false);
             let detail = json!({"blob": name, "container": describe(wf, &source, &host)});
@@ -519,7 +533,10 @@ async fn advance(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun) -> Advan
                 select(wf, job, run, &container, &name, Some(hub_job)).await
             }
         },
-        Phase::Selected { written } => {
+        Phase::Selected {
+            written,
+            snapshot_due,
+        } => {
             let name = blob(&job.id, &host, "import.txt");
             let c = container.container().expose();
             let errors = errors_blob(&job.id, &host);
@@ -529,6 +546,7 @@ async fn advance(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun) -> Advan
                 hub_job,
                 written,
                 marked: false,
+                snapshot_due,
             };
             start(wf, job, run, hub, props, next, detail).await
         }
@@ -540,15 +558,13 @@ async fn advance(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun) -> Advan
             start(wf, job, run, hub, props, next, detail).await
         }
         Phase::Importing {
-            hub_job,
-            written,
-            marked,
+            hub_job, written, ..
         } => match polled.take().unwrap_or(Polled::Running) {
             Polled::Failed(why) => {
                 fall_back(wf, job, run, &format!("its import job {hub_job} {why}")).await
             }
             Polled::Error(r) => Advance::Retry(r),
-            _ if !marked => mark_written(wf, job, run, &container, hub_job, written).await,
+            _ if passes_due => while_importing(wf, job, run, &container).await,
             Polled::Running => Advance::Wait(wf.clients.jobs_poll_interval(), Vec::new()),
             Polled::Completed => imported(wf, job, run, &container, hub_job, written).await,
         },
@@ -844,6 +860,96 @@ impl Drop for LineBatches {
     }
 }
 
+/// Why a pass over a blob stopped: the blob (which may end the path for the hub) or the database (a retry).
+enum PassError {
+    Blob(BlobError),
+    Store(String),
+}
+
+/// A batch of export lines and the job's waiting devices on the hub among them (by `id`).
+struct Looked {
+    batch: LineBatch,
+    /// Each waiting device the batch names, with its item when the lookup asked for items.
+    waiting: std::collections::HashMap<String, Option<HubItem>>,
+    /// The lookup's time, spent while the caller worked on the batch before.
+    database: Duration,
+}
+
+/// The batches of [`LineBatches`] looked up among the job's waiting devices on a hub by a task of its own,
+/// a batch ahead of the caller: the database answers one while the caller writes the lines of the one
+/// before. A pass over an export is then bounded by its slowest stage, not by the sum of them.
+struct Lookups {
+    looked: mpsc::Receiver<Result<Looked, PassError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Lookups {
+    /// `with_items`: answer each device's item (a re-creation reads its data), not only its id.
+    fn new(
+        wf: &AzureWorkflow,
+        job: &JobRecord,
+        hub: &str,
+        with_items: bool,
+        mut batches: LineBatches,
+    ) -> Self {
+        let (tx, looked) = mpsc::channel(1);
+        let (store, job_id, hub) = (wf.store.clone(), job.id.clone(), hub.to_string());
+        let task = tokio::spawn(async move {
+            while let Some(batch) = batches.next().await {
+                let out = match batch {
+                    Err(e) => Err(PassError::Blob(e)),
+                    Ok(batch) => {
+                        let began = std::time::Instant::now();
+                        let ids = device_ids(&batch.lines, "id");
+                        let waiting = if with_items {
+                            store
+                                .waiting_on_hub(&job_id, &hub, &ids)
+                                .await
+                                .map(|items| {
+                                    items
+                                        .into_iter()
+                                        .map(|it| (it.device_id.clone(), Some(it)))
+                                        .collect()
+                                })
+                        } else {
+                            store
+                                .waiting_devices(&job_id, &hub, &ids)
+                                .await
+                                .map(|ids| ids.into_iter().map(|id| (id, None)).collect())
+                        };
+                        match waiting {
+                            Ok(waiting) => Ok(Looked {
+                                batch,
+                                waiting,
+                                database: began.elapsed(),
+                            }),
+                            Err(e) => Err(PassError::Store(format!("looking the devices up: {e}"))),
+                        }
+                    }
+                };
+                let stop = out.is_err();
+                // The caller is gone when the send fails: nothing to tell.
+                if tx.send(out).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Self { looked, task }
+    }
+
+    /// The next batch; `None` after the last.
+    async fn next(&mut self) -> Option<Result<Looked, PassError>> {
+        self.looked.recv().await
+    }
+}
+
+impl Drop for Lookups {
+    fn drop(&mut self) {
+        // Dropping the task drops its `LineBatches`, which stops the reader too.
+        self.task.abort();
+    }
+}
+
 /// Deletes a blob that has served its purpose (an export holding every identity's keys, an import blob);
 /// a failure only leaves it behind.
 async fn delete_blob(container: &BlobContainerClient, name: &str) {
@@ -885,26 +991,6 @@ async fn match_items<'a>(
     Ok(batch
         .iter()
         .filter_map(|l| Some((l, by_id.remove(l.1[key].as_str()?)?)))
-        .collect())
-}
-
-/// The lines of a batch (keyed by `key`) that name waiting devices of the job on `hub`, found by one lookup
-/// that answers a single row.
-async fn matching_lines<'a>(
-    wf: &AzureWorkflow,
-    job: &JobRecord,
-    hub: &str,
-    batch: &'a [Line],
-    key: &str,
-) -> Result<Vec<&'a Line>, String> {
-    let mut waiting = wf
-        .store
-        .waiting_devices(&job.id, hub, &device_ids(batch, key))
-        .await
-        .map_err(|e| format!("looking the devices up: {e}"))?;
-    Ok(batch
-        .iter()
-        .filter(|l| l.1[key].as_str().is_some_and(|id| waiting.remove(id)))
         .collect())
 }
 
@@ -1005,7 +1091,9 @@ pub(super) fn disabled_by(line: &Value, source: &str) -> bool {
         .is_some_and(|r| r.starts_with(&format!("deprovisiond job {source}")))
 }
 
-/// Reads the source export, marks the job's devices in it and writes the import blob.
+/// Reads the source export, marks the job's devices in it that are already as asked and writes the import
+/// blob. A deprovision's snapshot is taken from the same export later, while the import runs
+/// ([`take_snapshot`]): the selection writes only what the import needs.
 async fn select(
     wf: &AzureWorkflow,
     job: &JobRecord,
@@ -1020,48 +1108,37 @@ async fn select(
     let undone = source_job(job).to_string();
     let import_name = blob(&job.id, &host, "import.txt");
     let began = std::time::Instant::now();
-    let mut batches = LineBatches::new(container.reader(source_blob));
+    // A re-creation reads each item's data; everything else needs only to know which lines are the job's.
+    let batches = LineBatches::new(container.reader(source_blob));
+    let mut lookups = Lookups::new(wf, job, &host, change == Change::Recreate, batches);
     let mut writer = container.writer(&import_name);
     // A deprovision keeps the lines of its own devices as the snapshot an undo re-creates them from.
-    let snapshot_name = snapshot_blob(&job.id, &host);
-    let mut snapshot = (job.request.undo.is_none()).then(|| container.writer(&snapshot_name));
+    let snapshot_due = export_job.is_some() && job.request.undo.is_none();
     let mut dropped = 0u64;
     let (mut written, mut unchanged, mut left) = (0u64, 0u64, 0u64);
     let mut spent = Spent::default();
-    while let Some(batch) = Spent::add(&mut spent.reading, batches.next()).await {
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
+    while let Some(looked) = Spent::add(&mut spent.reading, lookups.next()).await {
+        let Looked {
+            batch,
+            mut waiting,
+            database,
+        } = match looked {
+            Ok(l) => l,
+            Err(PassError::Blob(e)) => {
                 return blob_failure(wf, job, run, &format!("reading {source_blob}"), e).await;
             }
+            Err(PassError::Store(e)) => return retry(e),
         };
+        spent.database += database;
         dropped += batch.dropped;
-        // A re-creation reads each item's data; everything else needs only to know which lines are the job's.
-        let matched: Result<Vec<(&Line, Option<HubItem>)>, String> =
-            Spent::add(&mut spent.database, async {
-                if change == Change::Recreate {
-                    let m = match_items(wf, job, &host, &batch.lines, "id").await?;
-                    Ok(m.into_iter().map(|(l, it)| (l, Some(it))).collect())
-                } else {
-                    let m = matching_lines(wf, job, &host, &batch.lines, "id").await?;
-                    Ok(m.into_iter().map(|l| (l, None)).collect())
-                }
-            })
-            .await;
-        let matched = match matched {
-            Ok(m) => m,
-            Err(e) => return retry(e),
-        };
         let mut same_ids = Vec::new();
-        for ((raw, line), item) in &matched {
+        for (raw, line) in &batch.lines {
             let Some(device_id) = line["id"].as_str() else {
                 continue;
             };
-            if let Some(w) = snapshot.as_mut()
-                && let Err(e) = Spent::add(&mut spent.writing, w.write_line(raw)).await
-            {
-                return blob_failure(wf, job, run, &format!("writing {snapshot_name}"), e).await;
-            }
+            let Some(item) = waiting.remove(device_id) else {
+                continue;
+            };
             // Only identities the undone job's import deleted come back from its snapshot: a device
             // deleted on its own step may have changed after the snapshot was taken.
             if change == Change::Recreate
@@ -1109,17 +1186,13 @@ async fn select(
     if let Err(e) = Spent::add(&mut spent.writing, writer.finish()).await {
         return blob_failure(wf, job, run, &format!("writing {import_name}"), e).await;
     }
-    if let Some(w) = snapshot
-        && let Err(e) = Spent::add(&mut spent.writing, w.finish()).await
-    {
-        return blob_failure(wf, job, run, &format!("writing {snapshot_name}"), e).await;
-    }
-    if export_job.is_some() {
+    if export_job.is_some() && !snapshot_due {
         Spent::add(&mut spent.writing, delete_blob(container, source_blob)).await;
     }
     spent.total = began.elapsed();
+    let snapshot_name = snapshot_blob(&job.id, &host);
     let detail = json!({"hub": host, "source": source_blob, "export_job": export_job, "import_blob": import_name,
-        "snapshot": (job.request.undo.is_none()).then_some(&snapshot_name),
+        "snapshot": snapshot_due.then_some(&snapshot_name),
         "written": written, "unchanged": unchanged, "left_to_own_step": left, "unreadable_lines": dropped,
         "spent": spent.json()});
     let mut events = vec![event(
@@ -1131,7 +1204,17 @@ async fn select(
         detail,
     )];
     if written == 0 {
-        // Nothing to import: the export just read is the verification of the devices already so.
+        // Nothing to import: the snapshot is taken now, and the export just read is the verification of
+        // the devices already so.
+        if snapshot_due {
+            match take_snapshot(wf, job, &host, container).await {
+                Ok(e) => events.push(e),
+                Err(PassError::Blob(e)) => {
+                    return blob_failure(wf, job, run, &format!("taking {snapshot_name}"), e).await;
+                }
+                Err(PassError::Store(e)) => return retry(e),
+            }
+        }
         let mark = export_job.unwrap_or_else(|| run.run.clone());
         match finish(wf, job, run, &run.run.clone(), &mark, 0).await {
             Ok((_, e)) => events.push(e),
@@ -1140,8 +1223,85 @@ async fn select(
         run.phase = Phase::Done;
         return Advance::Moved(events);
     }
-    run.phase = Phase::Selected { written };
+    run.phase = Phase::Selected {
+        written,
+        snapshot_due,
+    };
     Advance::Moved(events)
+}
+
+/// Copies the lines of the job's devices from the snapshot export (`export.txt`, every identity of the hub
+/// with its keys) to `snapshot.txt`, kept for an undo, then deletes the export. It runs while the import
+/// does, off the hub path; a pass interrupted before the end is run again whole. An export already gone
+/// was deleted by a pass that had finished.
+async fn take_snapshot(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    host: &str,
+    container: &BlobContainerClient,
+) -> Result<NewEvent, PassError> {
+    let export = blob(&job.id, host, "export.txt");
+    let name = snapshot_blob(&job.id, host);
+    let began = std::time::Instant::now();
+    let mut lookups = Lookups::new(
+        wf,
+        job,
+        host,
+        false,
+        LineBatches::new(container.reader(&export)),
+    );
+    let mut writer = container.writer(&name);
+    let mut spent = Spent::default();
+    let mut devices = 0u64;
+    while let Some(looked) = Spent::add(&mut spent.reading, lookups.next()).await {
+        let Looked {
+            batch,
+            mut waiting,
+            database,
+        } = match looked {
+            Ok(l) => l,
+            Err(PassError::Blob(e)) if e.is_not_found() && devices == 0 => {
+                let kept = container.exists(&name).await.map_err(PassError::Blob)?;
+                let message = if kept {
+                    format!("hub {host}: snapshot {name} was already taken")
+                } else {
+                    format!(
+                        "hub {host}: no snapshot taken: {export} is gone; an undo cannot re-create these devices"
+                    )
+                };
+                return Ok(event(
+                    "snapshot_written",
+                    message,
+                    json!({"hub": host, "snapshot": kept.then_some(&name), "source": export}),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        spent.database += database;
+        for (raw, line) in &batch.lines {
+            if line["id"]
+                .as_str()
+                .is_some_and(|id| waiting.remove(id).is_some())
+            {
+                Spent::add(&mut spent.writing, writer.write_line(raw))
+                    .await
+                    .map_err(PassError::Blob)?;
+                devices += 1;
+            }
+        }
+    }
+    Spent::add(&mut spent.writing, writer.finish())
+        .await
+        .map_err(PassError::Blob)?;
+    delete_blob(container, &export).await;
+    spent.total = began.elapsed();
+    Ok(event(
+        "snapshot_written",
+        format!(
+            "hub {host}: {devices} device(s)' identities kept in {name} for an undo; {export} deleted"
+        ),
+        json!({"hub": host, "snapshot": name, "source": export, "devices": devices, "spent": spent.json()}),
+    ))
 }
 
 /// Marks the devices the import blob names as this run's while the import job runs: the import changes
@@ -1149,15 +1309,14 @@ async fn select(
 async fn mark_written(
     wf: &AzureWorkflow,
     job: &JobRecord,
-    run: &mut HubRun,
+    run: &HubRun,
     container: &BlobContainerClient,
-    hub_job: String,
-    written: u64,
-) -> Advance {
-    let host = run.hub.clone();
-    let name = blob(&job.id, &host, "import.txt");
+) -> Result<(), PassError> {
+    let name = blob(&job.id, &run.hub, "import.txt");
     let mut batches = LineBatches::new(container.reader(&name));
     let mut writes = BatchWrites::new(&wf.store);
+    let marking =
+        |e: String| PassError::Store(format!("marking the devices the import writes: {e}"));
     while let Some(batch) = batches.next().await {
         let batch = match batch {
             Ok(b) => b,
@@ -1165,10 +1324,10 @@ async fn mark_written(
             // fails for want of its input, and the run falls back); devices left unmarked are not
             // verified by the export, so they go device by device.
             Err(e) if e.is_not_found() => {
-                tracing::warn!(job = %job.id, hub = %host, blob = %name, "the import blob is gone; its devices stay unmarked");
+                tracing::warn!(job = %job.id, hub = %run.hub, blob = %name, "the import blob is gone; its devices stay unmarked");
                 break;
             }
-            Err(e) => return blob_failure(wf, job, run, &format!("reading {name}"), e).await,
+            Err(e) => return Err(PassError::Blob(e)),
         };
         let ids = owned_ids(&batch.lines, "id");
         let at = RunWrite::of(wf, job, run);
@@ -1178,19 +1337,72 @@ async fn mark_written(
                 .mark_hub_devices(&at.job_id, &at.hub, &at.mark, true, &ids, at.now)
                 .await
         };
-        if let Err(e) = writes.push(write).await {
-            return retry(format!("marking the devices the import writes: {e}"));
+        writes.push(write).await.map_err(marking)?;
+    }
+    writes.finish().await.map_err(marking)?;
+    Ok(())
+}
+
+/// What a hub run does while its import job runs, both passes at once (one reads the import blob and
+/// writes the database, the other reads the export and writes the snapshot): mark the devices the import
+/// writes, and take the snapshot. Each pass that ends is recorded in the phase, so a retry runs only the
+/// other.
+async fn while_importing(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    run: &mut HubRun,
+    container: &BlobContainerClient,
+) -> Advance {
+    let Phase::Importing {
+        hub_job,
+        written,
+        marked,
+        snapshot_due,
+    } = run.phase.clone()
+    else {
+        return Advance::Moved(Vec::new());
+    };
+    let (marks, snapshot) = tokio::join!(
+        async {
+            match marked {
+                true => Ok(()),
+                false => mark_written(wf, job, run, container).await,
+            }
+        },
+        async {
+            match snapshot_due {
+                true => take_snapshot(wf, job, &run.hub, container).await.map(Some),
+                false => Ok(None),
+            }
         }
-    }
-    if let Err(e) = writes.finish().await {
-        return retry(format!("marking the devices the import writes: {e}"));
-    }
+    );
+    let events: Vec<NewEvent> = snapshot
+        .as_ref()
+        .ok()
+        .cloned()
+        .flatten()
+        .into_iter()
+        .collect();
     run.phase = Phase::Importing {
         hub_job,
         written,
-        marked: true,
+        marked: marked || marks.is_ok(),
+        snapshot_due: snapshot_due && snapshot.is_err(),
     };
-    Advance::Moved(Vec::new())
+    let name = |what: &str| blob(&job.id, &run.hub, what);
+    let failed = match (marks, snapshot) {
+        (Err(e), _) => Some((e, format!("reading {}", name("import.txt")))),
+        (_, Err(e)) => Some((e, format!("taking {}", snapshot_blob(&job.id, &run.hub)))),
+        _ => None,
+    };
+    match failed {
+        None => Advance::Moved(events),
+        Some((PassError::Blob(e), doing)) => match blob_failure(wf, job, run, &doing, e).await {
+            Advance::Moved(more) => Advance::Moved(events.into_iter().chain(more).collect()),
+            other => other,
+        },
+        Some((PassError::Store(e), _)) => retry(e),
+    }
 }
 
 /// A hub run's batch write, owned so that it can outlive the batch it was made from ([`BatchWrites`]).
@@ -1528,6 +1740,10 @@ async fn fall_back(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun, why: &
     // The reason may quote the hub's own words (a job's failure reason), which could hold a SAS URL.
     let why = &crate::azure::blob::redact_sas_in_text(why);
     let host = run.hub.clone();
+    let mut events: Vec<NewEvent> = snapshot_before_falling_back(wf, job, run)
+        .await
+        .into_iter()
+        .collect();
     let now = wf.clock.now_ms();
     let mut n = 0;
     for mark in [run.run.clone(), format!("{}:verified", run.run)] {
@@ -1541,11 +1757,51 @@ async fn fall_back(wf: &AzureWorkflow, job: &JobRecord, run: &mut HubRun, why: &
         }
     }
     run.phase = Phase::Done;
-    Advance::Moved(vec![event(
+    events.push(event(
         "hub_job_fallback",
         format!("hub {host}: {why}; its devices are handled device by device instead"),
         json!({"hub": host, "run": run.run, "devices_marked": n, "why": why}),
-    )])
+    ));
+    Advance::Moved(events)
+}
+
+/// A run that falls back after its selection still keeps the snapshot (an undo names it for the devices
+/// deleted on their own steps) and never leaves the export, with every identity's keys, behind. Both are
+/// tried once: the blob storage may be what failed.
+async fn snapshot_before_falling_back(
+    wf: &AzureWorkflow,
+    job: &JobRecord,
+    run: &HubRun,
+) -> Option<NewEvent> {
+    let (Phase::Selected {
+        snapshot_due: true, ..
+    }
+    | Phase::Importing {
+        snapshot_due: true, ..
+    }) = run.phase
+    else {
+        return None;
+    };
+    let host = &run.hub;
+    let container = match container(wf, source_job(job), host).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(job = %job.id, hub = %host, error = %e, "no snapshot taken: the blob container cannot be opened");
+            return None;
+        }
+    };
+    match take_snapshot(wf, job, host, &container).await {
+        Ok(e) => Some(e),
+        Err(e) => {
+            let why = match e {
+                PassError::Blob(e) => e.to_string(),
+                PassError::Store(e) => e,
+            };
+            tracing::warn!(job = %job.id, hub = %host, error = %why, "no snapshot taken before falling back");
+            delete_blob(&container, &blob(&job.id, host, "export.txt")).await;
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1610,6 +1866,17 @@ mod tests {
             Phase::Importing {
                 marked: false,
                 written: 3,
+                snapshot_due: false,
+                ..
+            }
+        ));
+        // That version also took the snapshot in its selection: no pass takes it again.
+        let phase: Phase =
+            serde_json::from_value(json!({"phase": "selected", "written": 3})).unwrap();
+        assert!(matches!(
+            phase,
+            Phase::Selected {
+                snapshot_due: false,
                 ..
             }
         ));

@@ -188,6 +188,21 @@ async fn a_large_group_on_s1_takes_import_jobs_and_every_device_is_verified(db: 
         ],
         "snapshot export, import, verification export"
     );
+    // The snapshot is taken from the export while the import runs, off the hub path: after the import
+    // started, before its end was read.
+    let at = |kind: &str| {
+        events
+            .iter()
+            .position(|e| {
+                e["kind"] == kind && (kind != "hub_job_started" || e["detail"]["type"] == "import")
+            })
+            .unwrap_or_else(|| panic!("no {kind}: {events:#?}"))
+    };
+    assert!(at("hub_job_started") < at("snapshot_written"));
+    assert!(at("snapshot_written") < at("hub_job_imported"));
+    let taken = &events[at("snapshot_written")]["detail"];
+    assert_eq!(taken["devices"], 300, "{taken}");
+    assert_eq!(taken["snapshot"], format!("{id}/{HUB}/snapshot.txt"));
     // What stays is the snapshot of the job's own devices; the blobs holding the whole hub's keys are gone.
     let clients = AzureClients::new(&config(&sim, &account)).unwrap();
     let container = clients
@@ -493,6 +508,19 @@ async fn a_failed_import_job_falls_back_to_per_device(db: TestDb) {
         "each device on its own"
     );
     assert!(hub_devices(&sim).iter().all(|d| d["status"] == "disabled"));
+    // The run that fell back still kept its snapshot and left no export with the hub's keys behind.
+    assert!(
+        !container
+            .exists(&format!("{id}/{HUB}/export.txt"))
+            .await
+            .unwrap()
+    );
+    let mut snapshot = container.reader(&format!("{id}/{HUB}/snapshot.txt"));
+    let mut lines = 0;
+    while snapshot.next_line().await.unwrap().is_some() {
+        lines += 1;
+    }
+    assert_eq!(lines, 20, "{:#?}", kinds(&events, "snapshot_written"));
     app.stop().await;
     sim.shutdown().await;
 }
