@@ -1343,10 +1343,10 @@ async fn mark_written(
     Ok(())
 }
 
-/// What a hub run does while its import job runs, both passes at once (one reads the import blob and
-/// writes the database, the other reads the export and writes the snapshot): mark the devices the import
-/// writes, and take the snapshot. Each pass that ends is recorded in the phase, so a retry runs only the
-/// other.
+/// What a hub run does while its import job runs: mark the devices the import writes, then take the
+/// snapshot. One pass after the other, not both at once: each holds its blob's read-ahead (and the
+/// snapshot its uploads), and the peak memory of a million-device run is the sum of what runs at once.
+/// Each pass that ends is recorded in the phase, so a retry runs only what is left.
 async fn while_importing(
     wf: &AzureWorkflow,
     job: &JobRecord,
@@ -1362,20 +1362,15 @@ async fn while_importing(
     else {
         return Advance::Moved(Vec::new());
     };
-    let (marks, snapshot) = tokio::join!(
-        async {
-            match marked {
-                true => Ok(()),
-                false => mark_written(wf, job, run, container).await,
-            }
-        },
-        async {
-            match snapshot_due {
-                true => take_snapshot(wf, job, &run.hub, container).await.map(Some),
-                false => Ok(None),
-            }
-        }
-    );
+    let marks = match marked {
+        true => Ok(()),
+        false => mark_written(wf, job, run, container).await,
+    };
+    let snapshot = match (snapshot_due, &marks) {
+        (true, Ok(())) => take_snapshot(wf, job, &run.hub, container).await.map(Some),
+        _ => Ok(None),
+    };
+    let snapshot_taken = matches!(snapshot, Ok(Some(_)));
     let events: Vec<NewEvent> = snapshot
         .as_ref()
         .ok()
@@ -1387,7 +1382,7 @@ async fn while_importing(
         hub_job,
         written,
         marked: marked || marks.is_ok(),
-        snapshot_due: snapshot_due && snapshot.is_err(),
+        snapshot_due: snapshot_due && !snapshot_taken,
     };
     let name = |what: &str| blob(&job.id, &run.hub, what);
     let failed = match (marks, snapshot) {
