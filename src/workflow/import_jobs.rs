@@ -737,9 +737,37 @@ async fn start(
 /// to two batches ahead, so the Blob service's answers and the parsing overlap the caller's database work.
 /// Lines that are not JSON objects are counted in [`LineBatch::dropped`]: they name no device that could
 /// be matched, so a verification that met any does not count unlisted devices as gone.
-struct LineBatches {
-    batches: mpsc::Receiver<Result<LineBatch, BlobError>>,
-    reading: tokio::task::JoinHandle<()>,
+type LineBatches = Ahead<Result<LineBatch, BlobError>>;
+
+/// What a task of its own produces ahead of its caller, `depth` values at most waiting in a channel.
+/// Dropping it aborts the task, which loses nothing: each pass that uses one runs again whole.
+struct Ahead<T> {
+    out: mpsc::Receiver<T>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<T: Send + 'static> Ahead<T> {
+    fn spawn<F>(depth: usize, produce: impl FnOnce(mpsc::Sender<T>) -> F) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (tx, out) = mpsc::channel(depth);
+        Self {
+            out,
+            task: tokio::spawn(produce(tx)),
+        }
+    }
+
+    /// The next value; `None` after the last.
+    async fn next(&mut self) -> Option<T> {
+        self.out.recv().await
+    }
+}
+
+impl<T> Drop for Ahead<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Where a pass over a blob spent its wall time, for its event: waiting for lines (the Blob service and the
@@ -813,8 +841,7 @@ struct LineBatch {
 
 impl LineBatches {
     fn new(mut reader: crate::azure::blob::BlobLines) -> Self {
-        let (tx, batches) = mpsc::channel(2);
-        let reading = tokio::spawn(async move {
+        Self::spawn(2, |tx| async move {
             loop {
                 let mut batch = LineBatch::default();
                 let more = loop {
@@ -844,19 +871,7 @@ impl LineBatches {
                     return;
                 }
             }
-        });
-        Self { batches, reading }
-    }
-
-    /// The next batch; `None` after the last.
-    async fn next(&mut self) -> Option<Result<LineBatch, BlobError>> {
-        self.batches.recv().await
-    }
-}
-
-impl Drop for LineBatches {
-    fn drop(&mut self) {
-        self.reading.abort();
+        })
     }
 }
 
@@ -878,10 +893,8 @@ struct Looked {
 /// The batches of [`LineBatches`] looked up among the job's waiting devices on a hub by a task of its own,
 /// a batch ahead of the caller: the database answers one while the caller writes the lines of the one
 /// before. A pass over an export is then bounded by its slowest stage, not by the sum of them.
-struct Lookups {
-    looked: mpsc::Receiver<Result<Looked, PassError>>,
-    task: tokio::task::JoinHandle<()>,
-}
+/// Dropping it drops its `LineBatches` with the task, which stops the reader too.
+type Lookups = Ahead<Result<Looked, PassError>>;
 
 impl Lookups {
     /// `with_items`: answer each device's item (a re-creation reads its data), not only its id.
@@ -892,9 +905,8 @@ impl Lookups {
         with_items: bool,
         mut batches: LineBatches,
     ) -> Self {
-        let (tx, looked) = mpsc::channel(1);
         let (store, job_id, hub) = (wf.store.clone(), job.id.clone(), hub.to_string());
-        let task = tokio::spawn(async move {
+        Self::spawn(1, |tx| async move {
             while let Some(batch) = batches.next().await {
                 let out = match batch {
                     Err(e) => Err(PassError::Blob(e)),
@@ -933,20 +945,7 @@ impl Lookups {
                     return;
                 }
             }
-        });
-        Self { looked, task }
-    }
-
-    /// The next batch; `None` after the last.
-    async fn next(&mut self) -> Option<Result<Looked, PassError>> {
-        self.looked.recv().await
-    }
-}
-
-impl Drop for Lookups {
-    fn drop(&mut self) {
-        // Dropping the task drops its `LineBatches`, which stops the reader too.
-        self.task.abort();
+        })
     }
 }
 
