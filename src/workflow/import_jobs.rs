@@ -897,14 +897,16 @@ struct Looked {
 type Lookups = Ahead<Result<Looked, PassError>>;
 
 impl Lookups {
-    /// `with_items`: answer each device's item (a re-creation reads its data), not only its id.
+    /// Looks up the lines of `reader`. `with_items`: answer each device's item (a re-creation reads its
+    /// data), not only its id.
     fn new(
         wf: &AzureWorkflow,
         job: &JobRecord,
         hub: &str,
         with_items: bool,
-        mut batches: LineBatches,
+        reader: crate::azure::blob::BlobLines,
     ) -> Self {
+        let mut batches = LineBatches::new(reader);
         let (store, job_id, hub) = (wf.store.clone(), job.id.clone(), hub.to_string());
         Self::spawn(1, |tx| async move {
             while let Some(batch) = batches.next().await {
@@ -946,6 +948,27 @@ impl Lookups {
                 }
             }
         })
+    }
+
+    /// The next batch and the waiting devices it names, the wait for it and its lookup's time added to
+    /// `spent`; `None` after the last.
+    async fn next_looked(
+        &mut self,
+        spent: &mut Spent,
+    ) -> Option<
+        Result<
+            (
+                LineBatch,
+                std::collections::HashMap<String, Option<HubItem>>,
+            ),
+            PassError,
+        >,
+    > {
+        let looked = Spent::add(&mut spent.reading, self.next()).await?;
+        Some(looked.map(|l| {
+            spent.database += l.database;
+            (l.batch, l.waiting)
+        }))
     }
 }
 
@@ -1108,27 +1131,22 @@ async fn select(
     let import_name = blob(&job.id, &host, "import.txt");
     let began = std::time::Instant::now();
     // A re-creation reads each item's data; everything else needs only to know which lines are the job's.
-    let batches = LineBatches::new(container.reader(source_blob));
-    let mut lookups = Lookups::new(wf, job, &host, change == Change::Recreate, batches);
+    let reader = container.reader(source_blob);
+    let mut lookups = Lookups::new(wf, job, &host, change == Change::Recreate, reader);
     let mut writer = container.writer(&import_name);
     // A deprovision keeps the lines of its own devices as the snapshot an undo re-creates them from.
     let snapshot_due = export_job.is_some() && job.request.undo.is_none();
     let mut dropped = 0u64;
     let (mut written, mut unchanged, mut left) = (0u64, 0u64, 0u64);
     let mut spent = Spent::default();
-    while let Some(looked) = Spent::add(&mut spent.reading, lookups.next()).await {
-        let Looked {
-            batch,
-            mut waiting,
-            database,
-        } = match looked {
+    while let Some(looked) = lookups.next_looked(&mut spent).await {
+        let (batch, mut waiting) = match looked {
             Ok(l) => l,
             Err(PassError::Blob(e)) => {
                 return blob_failure(wf, job, run, &format!("reading {source_blob}"), e).await;
             }
             Err(PassError::Store(e)) => return retry(e),
         };
-        spent.database += database;
         dropped += batch.dropped;
         let mut same_ids = Vec::new();
         for (raw, line) in &batch.lines {
@@ -1242,22 +1260,12 @@ async fn take_snapshot(
     let export = blob(&job.id, host, "export.txt");
     let name = snapshot_blob(&job.id, host);
     let began = std::time::Instant::now();
-    let mut lookups = Lookups::new(
-        wf,
-        job,
-        host,
-        false,
-        LineBatches::new(container.reader(&export)),
-    );
+    let mut lookups = Lookups::new(wf, job, host, false, container.reader(&export));
     let mut writer = container.writer(&name);
     let mut spent = Spent::default();
     let mut devices = 0u64;
-    while let Some(looked) = Spent::add(&mut spent.reading, lookups.next()).await {
-        let Looked {
-            batch,
-            mut waiting,
-            database,
-        } = match looked {
+    while let Some(looked) = lookups.next_looked(&mut spent).await {
+        let (batch, mut waiting) = match looked {
             Ok(l) => l,
             Err(PassError::Blob(e)) if e.is_not_found() && devices == 0 => {
                 let kept = container.exists(&name).await.map_err(PassError::Blob)?;
@@ -1276,7 +1284,6 @@ async fn take_snapshot(
             }
             Err(e) => return Err(e),
         };
-        spent.database += database;
         for (raw, line) in &batch.lines {
             if line["id"]
                 .as_str()
